@@ -1,0 +1,194 @@
+//! Request checks from RFC 9110 and RFC 9112 that a proxy must enforce before forwarding:
+//! a request that fails one is answered 400 (or 431) and never reaches an upstream.
+
+use crate::error::GatewayError;
+use crate::snapshot::Limits;
+use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::Version;
+use pingora::http::RequestHeader;
+
+/// Checks framing and header fields. `h2`: the request came over HTTP/2, where the h2 layer
+/// already enforces framing and `:authority` replaces Host.
+pub fn check(req: &RequestHeader, h2: bool, limits: &Limits) -> Result<(), GatewayError> {
+    check_sizes(req, limits)?;
+    check_field_values(req)?;
+    check_host(req, h2)?;
+    if !h2 {
+        check_framing(req)?;
+    }
+    Ok(())
+}
+
+fn check_sizes(req: &RequestHeader, limits: &Limits) -> Result<(), GatewayError> {
+    if req.headers.len() > limits.max_header_count {
+        return Err(GatewayError::HeadersTooLarge);
+    }
+    let size: usize = req.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+    let size = size + req.uri.path_and_query().map_or(0, |p| p.as_str().len());
+    if size > limits.max_header_size {
+        return Err(GatewayError::HeadersTooLarge);
+    }
+    Ok(())
+}
+
+/// RFC 9110 §5.5: field values must not contain CR, LF or NUL; other controls except HTAB are
+/// rejected too, since no legitimate client sends them and they enable smuggling tricks.
+fn check_field_values(req: &RequestHeader) -> Result<(), GatewayError> {
+    let bad = |b: &u8| (*b < 0x20 && *b != b'\t') || *b == 0x7f;
+    if req.headers.values().any(|v| v.as_bytes().iter().any(bad)) {
+        return Err(GatewayError::BadRequest("A header field value contains a control character."));
+    }
+    Ok(())
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request without Host, with several Host fields or with an invalid
+/// Host must be answered 400.
+fn check_host(req: &RequestHeader, h2: bool) -> Result<(), GatewayError> {
+    let mut hosts = req.headers.get_all(HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(GatewayError::BadRequest("The request has more than one Host header field."));
+    }
+    let value = match (host, h2, req.version) {
+        (Some(h), _, _) => Some(h.as_bytes()),
+        (None, true, _) => req.uri.authority().map(|a| a.as_str().as_bytes()),
+        (None, false, Version::HTTP_11) => {
+            return Err(GatewayError::BadRequest("An HTTP/1.1 request must have a Host header field."))
+        }
+        (None, false, _) => None,
+    };
+    match value {
+        Some(v) if !valid_host(v) => Err(GatewayError::BadRequest("The Host header field is invalid.")),
+        _ => Ok(()),
+    }
+}
+
+/// uri-host [ ":" port ] with a reg-name, IPv4 or bracketed IPv6 host.
+pub fn valid_host(v: &[u8]) -> bool {
+    let Ok(s) = std::str::from_utf8(v) else { return false };
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let Some((ip6, after)) = rest.split_once(']') else { return false };
+        if ip6.parse::<std::net::Ipv6Addr>().is_err() {
+            return false;
+        }
+        (None, after.strip_prefix(':').map(Some).unwrap_or(if after.is_empty() { None } else { Some("x") }))
+    } else {
+        match s.rsplit_once(':') {
+            Some((h, p)) => (Some(h), Some(p)),
+            None => (Some(s), None),
+        }
+    };
+    if let Some(p) = port {
+        if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
+            return false;
+        }
+    }
+    match host {
+        None => true,
+        Some(h) => {
+            !h.is_empty()
+                && h.len() <= 253
+                && h.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'%' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='))
+        }
+    }
+}
+
+/// RFC 9112 §6.1 and §6.3: Content-Length with Transfer-Encoding, differing or invalid
+/// Content-Length values and transfer codings other than a final `chunked` are rejected.
+fn check_framing(req: &RequestHeader) -> Result<(), GatewayError> {
+    let te: Vec<&[u8]> = req.headers.get_all(TRANSFER_ENCODING).iter().map(|v| v.as_bytes()).collect();
+    let mut lengths = req.headers.get_all(CONTENT_LENGTH).iter().flat_map(|v| v.as_bytes().split(|b| *b == b','));
+    if !te.is_empty() {
+        if req.headers.contains_key(CONTENT_LENGTH) {
+            return Err(GatewayError::BadRequest("The request has both Content-Length and Transfer-Encoding."));
+        }
+        if req.version != Version::HTTP_11 {
+            return Err(GatewayError::BadRequest("Transfer-Encoding requires HTTP/1.1."));
+        }
+        let codings: Vec<&[u8]> = te.iter().flat_map(|v| v.split(|b| *b == b',')).map(trim).collect();
+        if codings.len() != 1 || !codings[0].eq_ignore_ascii_case(b"chunked") {
+            return Err(GatewayError::BadRequest("Only the chunked transfer coding is accepted."));
+        }
+        return Ok(());
+    }
+    let first = lengths.next().map(trim);
+    if let Some(f) = first {
+        if f.is_empty() || f.len() > 19 || !f.iter().all(u8::is_ascii_digit) {
+            return Err(GatewayError::BadRequest("The Content-Length header field is invalid."));
+        }
+        if lengths.any(|l| trim(l) != f) {
+            return Err(GatewayError::BadRequest("The request has differing Content-Length values."));
+        }
+    }
+    Ok(())
+}
+
+fn trim(b: &[u8]) -> &[u8] {
+    let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
+    let end = b.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    &b[start..end]
+}
+
+/// The declared body length, if any (already validated by [`check`]).
+pub fn content_length(req: &RequestHeader) -> Option<u64> {
+    let v = req.headers.get(CONTENT_LENGTH)?.as_bytes();
+    std::str::from_utf8(trim(v.split(|b| *b == b',').next()?)).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            keepalive: std::time::Duration::from_secs(1),
+            header_read: std::time::Duration::from_secs(1),
+            client_write: std::time::Duration::from_secs(1),
+            max_header_count: 10,
+            max_header_size: 1000,
+        }
+    }
+
+    fn req(headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("POST", b"/", None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    fn verdict(headers: &[(&str, &str)]) -> Result<(), GatewayError> {
+        check(&req(headers), false, &limits())
+    }
+
+    #[test]
+    fn rfc9112_framing_rules() {
+        assert!(verdict(&[("host", "a")]).is_ok());
+        assert!(verdict(&[]).is_err(), "missing Host");
+        assert!(verdict(&[("host", "a"), ("host", "b")]).is_err());
+        assert!(verdict(&[("host", "a b")]).is_err());
+        assert!(verdict(&[("host", "a:99999x")]).is_err());
+        assert!(verdict(&[("host", "[::1]:80")]).is_ok());
+        assert!(verdict(&[("host", "a"), ("content-length", "3"), ("transfer-encoding", "chunked")]).is_err());
+        assert!(verdict(&[("host", "a"), ("content-length", "3"), ("content-length", "4")]).is_err());
+        assert!(verdict(&[("host", "a"), ("content-length", "3, 3")]).is_ok());
+        assert!(verdict(&[("host", "a"), ("content-length", "-1")]).is_err());
+        assert!(verdict(&[("host", "a"), ("transfer-encoding", "gzip, chunked")]).is_err());
+        assert!(verdict(&[("host", "a"), ("transfer-encoding", "chunked")]).is_ok());
+    }
+
+    #[test]
+    fn header_limits_give_431() {
+        let many: Vec<(String, &str)> = (0..11).map(|i| (format!("x-{i}"), "v")).collect();
+        let h: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        assert_eq!(verdict(&h), Err(GatewayError::HeadersTooLarge));
+        let big = "x".repeat(2000);
+        assert_eq!(verdict(&[("host", "a"), ("x-big", &big)]), Err(GatewayError::HeadersTooLarge));
+    }
+
+    #[test]
+    fn content_length_value() {
+        assert_eq!(content_length(&req(&[("content-length", "42")])), Some(42));
+        assert_eq!(content_length(&req(&[])), None);
+    }
+}

@@ -1,0 +1,106 @@
+//! Every default of the configuration in one place.
+
+use super::types::{Dur, Size};
+use super::schema::{RetryKind, RetryOn};
+
+pub const DEFAULT_THREADS: usize = 2;
+
+pub fn version() -> u32 {
+    1
+}
+pub fn yes() -> bool {
+    true
+}
+pub fn threads() -> usize {
+    DEFAULT_THREADS
+}
+pub fn grace_period() -> Dur {
+    Dur::secs(5)
+}
+pub fn graceful_shutdown_timeout() -> Dur {
+    Dur::secs(5)
+}
+pub fn pid_file() -> String {
+    "/run/postern/postern.pid".into()
+}
+pub fn upgrade_sock() -> String {
+    "/run/postern/upgrade.sock".into()
+}
+pub fn max_request_body() -> Size {
+    Size(10 << 20)
+}
+pub fn keepalive_timeout() -> Dur {
+    Dur::secs(60)
+}
+pub fn header_read_timeout() -> Dur {
+    Dur::secs(10)
+}
+pub fn client_write_timeout() -> Dur {
+    Dur::secs(30)
+}
+pub fn max_header_count() -> usize {
+    100
+}
+pub fn max_header_size() -> Size {
+    Size(32 << 10)
+}
+pub fn upstream_pool_size() -> usize {
+    256
+}
+pub fn admin_addr() -> String {
+    "127.0.0.1:9901".into()
+}
+pub fn weight() -> u32 {
+    1
+}
+pub fn resolve_interval() -> Dur {
+    Dur::secs(30)
+}
+pub fn health_path() -> String {
+    "/healthz".into()
+}
+pub fn expected_statuses() -> Vec<u16> {
+    vec![200]
+}
+pub fn health_interval() -> Dur {
+    Dur::secs(5)
+}
+pub fn health_timeout() -> Dur {
+    Dur::secs(1)
+}
+pub fn healthy_after() -> u32 {
+    2
+}
+pub fn unhealthy_after() -> u32 {
+    3
+}
+pub fn passive_unhealthy_after() -> u32 {
+    5
+}
+pub fn eject_for() -> Dur {
+    Dur::secs(30)
+}
+pub fn passive_statuses() -> Vec<u16> {
+    vec![502, 503, 504]
+}
+pub fn connect_timeout() -> Dur {
+    Dur::secs(2)
+}
+pub fn read_timeout() -> Dur {
+    Dur::secs(30)
+}
+pub fn write_timeout() -> Dur {
+    Dur::secs(30)
+}
+pub fn idle_timeout() -> Dur {
+    Dur::secs(60)
+}
+pub fn retry_attempts() -> u32 {
+    2
+}
+pub fn retry_on() -> Vec<RetryOn> {
+    vec![RetryOn::Kind(RetryKind::ConnectError)]
+}
+pub fn retry_backoff() -> Dur {
+    Dur::millis(0)
+}

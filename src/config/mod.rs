@@ -1,0 +1,94 @@
+//! Loading the configuration: read → expand `${VAR}` → parse (unknown keys rejected) → check
+//! cross-references. `snapshot::compile` turns the result into the runtime state; `load_and_compile`
+//! there is what `postern check` runs.
+
+pub mod defaults;
+mod env;
+pub mod error;
+pub mod lines;
+pub mod schema;
+pub mod types;
+mod validate;
+
+pub use error::{ConfigError, Issue, Issues};
+pub use lines::LineIndex;
+pub use schema::Config;
+
+/// A parsed config with what is needed to point errors at lines.
+pub struct Loaded {
+    pub config: Config,
+    pub lines: LineIndex,
+    /// Directory of the file; relative paths in the config are resolved from the working directory.
+    pub file: String,
+}
+
+/// Reads and checks a config file, returning every problem found.
+pub fn load(path: &str) -> Result<Loaded, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_string(),
+        issues: vec![Issue::new("", format!("cannot read the file: {e}"))],
+    })?;
+    load_str(&text, path)
+}
+
+/// Same as [`load`] on text already in memory; `file` names it in errors.
+pub fn load_str(text: &str, file: &str) -> Result<Loaded, ConfigError> {
+    let fail = |issues: Vec<Issue>| ConfigError {
+        file: file.to_string(),
+        issues,
+    };
+    let expanded = env::expand(text, |k| std::env::var(k).ok()).map_err(fail)?;
+    let config: Config = yaml_serde::from_str(&expanded).map_err(|e| fail(vec![parse_issue(&e)]))?;
+    let lines = LineIndex::build(&expanded);
+    let mut issues = Issues::default();
+    validate::check(&config, &mut issues);
+    if !issues.is_empty() {
+        return Err(fail(locate(issues.0, &lines)));
+    }
+    Ok(Loaded {
+        config,
+        lines,
+        file: file.to_string(),
+    })
+}
+
+/// Adds line numbers to issues found after parsing.
+pub fn locate(mut issues: Vec<Issue>, lines: &LineIndex) -> Vec<Issue> {
+    for i in &mut issues {
+        if i.line.is_none() {
+            i.line = lines.line(&i.path);
+        }
+    }
+    issues
+}
+
+/// Turns a serde error ("routes[1].x: invalid type ... at line 7 column 17") into an Issue.
+fn parse_issue(e: &yaml_serde::Error) -> Issue {
+    let text = e.to_string();
+    let body = match text.find(" at line ") {
+        Some(i) => &text[..i],
+        None => &text,
+    };
+    let (path, message) = match body.split_once(": ") {
+        Some((p, m)) if !p.contains(' ') => (p.to_string(), m.to_string()),
+        _ => (String::new(), body.to_string()),
+    };
+    let hint = if message.contains("unknown field") {
+        Some("remove the key or fix its spelling; see conf/postern.example.yaml".to_string())
+    } else if message.contains("missing field") {
+        Some("add the required key".to_string())
+    } else {
+        None
+    };
+    Issue {
+        path,
+        line: e.location().map(|l| l.line()),
+        message,
+        hint,
+    }
+}
+
+/// The JSON Schema of the configuration, generated from the types above.
+pub fn json_schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(Config)).unwrap_or_default()
+}

@@ -1,0 +1,419 @@
+//! The YAML shape of Postern's configuration, as serde types. Every struct rejects unknown keys;
+//! defaults live in `defaults.rs`. The request path never sees these types: `snapshot` compiles
+//! them into runtime structures.
+
+use super::defaults as d;
+use super::types::{Dur, Size};
+use crate::plugins::PluginSpec;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Format version of this file; only `1` exists.
+    #[serde(default = "d::version")]
+    pub version: u32,
+    #[serde(default)]
+    pub server: Server,
+    pub listeners: Vec<Listener>,
+    /// The admin listener (status and upstream health); never on a public address by default.
+    #[serde(default)]
+    pub admin: Option<Admin>,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, Upstream>,
+    #[serde(default)]
+    pub routes: Vec<Route>,
+}
+
+/// Process-wide settings.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    /// Worker threads per listener service.
+    #[serde(default = "d::threads")]
+    pub threads: usize,
+    /// How long an old process keeps serving in-flight requests on shutdown or upgrade.
+    #[serde(default = "d::grace_period")]
+    pub grace_period: Dur,
+    /// Extra time given to runtimes to stop after the grace period.
+    #[serde(default = "d::graceful_shutdown_timeout")]
+    pub graceful_shutdown_timeout: Dur,
+    /// PID file written in daemon mode (`-d`).
+    #[serde(default = "d::pid_file")]
+    pub pid_file: String,
+    /// Unix socket over which listening sockets are handed to a new process (`-u`).
+    #[serde(default = "d::upgrade_sock")]
+    pub upgrade_sock: String,
+    /// File that receives the error log in daemon mode; stderr otherwise.
+    #[serde(default)]
+    pub error_log: Option<String>,
+    /// Largest request body accepted (413 above it); routes may override.
+    #[serde(default = "d::max_request_body")]
+    pub max_request_body: Size,
+    /// Idle time allowed between requests on a client keep-alive connection.
+    #[serde(default = "d::keepalive_timeout")]
+    pub keepalive_timeout: Dur,
+    /// Time allowed to receive a request's header (and each body read) from a client.
+    #[serde(default = "d::header_read_timeout")]
+    pub header_read_timeout: Dur,
+    /// Time allowed for each write to a client.
+    #[serde(default = "d::client_write_timeout")]
+    pub client_write_timeout: Dur,
+    /// Maximum number of request header fields (431 above it).
+    #[serde(default = "d::max_header_count")]
+    pub max_header_count: usize,
+    /// Maximum total size of request header names and values (431 above it).
+    #[serde(default = "d::max_header_size")]
+    pub max_header_size: Size,
+    /// Idle upstream connections kept per listener service.
+    #[serde(default = "d::upstream_pool_size")]
+    pub upstream_pool_size: usize,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            threads: d::threads(),
+            grace_period: d::grace_period(),
+            graceful_shutdown_timeout: d::graceful_shutdown_timeout(),
+            pid_file: d::pid_file(),
+            upgrade_sock: d::upgrade_sock(),
+            error_log: None,
+            max_request_body: d::max_request_body(),
+            keepalive_timeout: d::keepalive_timeout(),
+            header_read_timeout: d::header_read_timeout(),
+            client_write_timeout: d::client_write_timeout(),
+            max_header_count: d::max_header_count(),
+            max_header_size: d::max_header_size(),
+            upstream_pool_size: d::upstream_pool_size(),
+        }
+    }
+}
+
+/// One listening address.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// Name used in logs; defaults to the address.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `ip:port` to bind.
+    pub addr: String,
+    /// Serve TLS on this address.
+    #[serde(default)]
+    pub tls: Option<ListenerTls>,
+    /// Accept cleartext HTTP/2 (prior knowledge) next to HTTP/1.1 on a plain listener.
+    #[serde(default)]
+    pub h2c: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    /// Certificates; the one whose names match the client's SNI is served, the first otherwise.
+    pub certificates: Vec<CertKey>,
+    /// Offer HTTP/2 by ALPN.
+    #[serde(default = "d::yes")]
+    pub http2: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CertKey {
+    /// PEM certificate chain.
+    pub cert: String,
+    /// PEM private key.
+    pub key: String,
+    /// Server names served with this certificate; read from the certificate's SANs when absent.
+    #[serde(default)]
+    pub names: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// Address of the admin listener, loopback by default.
+    #[serde(default = "d::admin_addr")]
+    pub addr: String,
+    /// Bearer token required by write endpoints (empty: writes disabled).
+    #[serde(default)]
+    pub token: String,
+}
+
+/// A named pool of targets.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    pub targets: Vec<Target>,
+    #[serde(default)]
+    pub balance: Balance,
+    /// Key for `consistent_hash`: client_ip | header:NAME | cookie:NAME | query:NAME | path.
+    #[serde(default)]
+    pub hash_key: Option<String>,
+    /// How to pick a target when the hash key is absent from a request: `round_robin` or `random`.
+    #[serde(default)]
+    pub hash_fallback: HashFallback,
+    #[serde(default)]
+    pub health: Health,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    #[serde(default)]
+    pub retry: Retry,
+    /// Connect to targets over TLS.
+    #[serde(default)]
+    pub tls: Option<UpstreamTls>,
+    /// HTTP version spoken to targets: http1, http2 (h2c on cleartext, ALPN h2 over TLS) or auto
+    /// (ALPN h2 with http/1.1 fallback over TLS; http1 on cleartext).
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// How often host-name targets are resolved again.
+    #[serde(default = "d::resolve_interval")]
+    pub resolve_interval: Dur,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    /// `ip:port` or `host:port` (host names are resolved in the background).
+    pub addr: String,
+    #[serde(default = "d::weight")]
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    Random,
+    LeastConn,
+    ConsistentHash,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HashFallback {
+    #[default]
+    RoundRobin,
+    Random,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    #[default]
+    Auto,
+    Http1,
+    Http2,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    #[serde(default)]
+    pub active: Option<ActiveHealth>,
+    #[serde(default)]
+    pub passive: Option<PassiveHealth>,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ActiveHealth {
+    #[serde(default, rename = "type")]
+    pub kind: CheckKind,
+    /// Path requested by `http` checks.
+    #[serde(default = "d::health_path")]
+    pub path: String,
+    /// Host header sent by `http` checks; the target address when absent.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Statuses that count as healthy for `http` checks.
+    #[serde(default = "d::expected_statuses")]
+    pub expected_statuses: Vec<u16>,
+    #[serde(default = "d::health_interval")]
+    pub interval: Dur,
+    #[serde(default = "d::health_timeout")]
+    pub timeout: Dur,
+    #[serde(default = "d::healthy_after")]
+    pub healthy_after: u32,
+    #[serde(default = "d::unhealthy_after")]
+    pub unhealthy_after: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckKind {
+    #[default]
+    Http,
+    Tcp,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PassiveHealth {
+    /// Consecutive proxy failures (connect errors, timeouts, 5xx listed in `statuses`) that eject a target.
+    #[serde(default = "d::passive_unhealthy_after")]
+    pub unhealthy_after: u32,
+    /// How long an ejected target gets no traffic.
+    #[serde(default = "d::eject_for")]
+    pub eject_for: Dur,
+    /// Upstream statuses counted as failures.
+    #[serde(default = "d::passive_statuses")]
+    pub statuses: Vec<u16>,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    #[serde(default = "d::connect_timeout")]
+    pub connect: Dur,
+    #[serde(default = "d::read_timeout")]
+    pub read: Dur,
+    #[serde(default = "d::write_timeout")]
+    pub write: Dur,
+    /// How long an idle pooled connection to a target is kept.
+    #[serde(default = "d::idle_timeout")]
+    pub idle: Dur,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: d::connect_timeout(),
+            read: d::read_timeout(),
+            write: d::write_timeout(),
+            idle: d::idle_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Retry {
+    /// Total tries per request, the first included (1 = no retry).
+    #[serde(default = "d::retry_attempts")]
+    pub attempts: u32,
+    /// Which failures are retried on another target: connect_error, timeout, reset, or a status (502).
+    #[serde(default = "d::retry_on")]
+    pub on: Vec<RetryOn>,
+    /// Pause before each retry.
+    #[serde(default = "d::retry_backoff")]
+    pub backoff: Dur,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            attempts: d::retry_attempts(),
+            on: d::retry_on(),
+            backoff: d::retry_backoff(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", untagged)]
+pub enum RetryOn {
+    Status(u16),
+    Kind(RetryKind),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryKind {
+    ConnectError,
+    Timeout,
+    Reset,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// Server name sent by SNI and verified; the target host when absent.
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// PEM bundle of CAs trusted for targets; the system roots when absent.
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// Verify the target's certificate and name.
+    #[serde(default = "d::yes")]
+    pub verify: bool,
+}
+
+/// A route: what to match and where to send it.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Unique name (logs, metrics); `route-N` when absent.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default, rename = "match")]
+    pub matcher: Match,
+    /// Name of the upstream that serves this route.
+    pub upstream: String,
+    #[serde(default)]
+    pub rewrite: Rewrite,
+    /// Overrides `server.max_request_body` for this route.
+    #[serde(default)]
+    pub max_request_body: Option<Size>,
+    /// Plugins; the request side runs top to bottom, the response side bottom to top.
+    #[serde(default)]
+    pub plugins: Vec<PluginSpec>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Match {
+    /// Host names: exact (`api.example.com`) or suffix wildcards (`*.example.com`).
+    #[serde(default)]
+    pub host: OneOrMany,
+    /// Path pattern: `/exact`, `/prefix/*`, `/users/{id}`; `/*` when absent.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Allowed methods; all when empty.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Header values that must match: exact, `*` (present) or `~regex`.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Query parameter values that must match: exact, `*` (present) or `~regex`.
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
+}
+
+/// A single string or a list of strings.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    #[default]
+    None,
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            OneOrMany::None => Vec::new(),
+            OneOrMany::One(s) => vec![s.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Rewrite {
+    /// Removed from the start of the path before forwarding.
+    #[serde(default)]
+    pub strip_prefix: Option<String>,
+    /// New path, with `{param}` captures and `{*}` for the rest of a prefix match; query kept.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Host header sent upstream; the client's Host is kept when absent.
+    #[serde(default)]
+    pub host: Option<String>,
+}

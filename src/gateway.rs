@@ -1,0 +1,260 @@
+//! The Pingora `ProxyHttp` implementation. Each phase only dispatches: routing is in `router`,
+//! target choice and retries in `upstream`, request rules in `checks` and `forward`, features in
+//! `plugins`, and every error response in `error`.
+
+use crate::checks;
+use crate::context::{ConnInfo, RequestCtx};
+use crate::error::{classify, GatewayError};
+use crate::forward;
+use crate::plugins::{Flow, Reply};
+use crate::router::{path::normalize, strip_port, Captures, RequestView};
+use crate::snapshot::{Route, Snapshot};
+use crate::upstream::target::{InflightGuard, TargetState};
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, RetryType};
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// One proxy service (one listener) of the gateway.
+pub struct Gateway {
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    pub tls: bool,
+}
+
+/// Pingora's per-request context: the plugin view plus what only the gateway touches.
+pub struct Ctx {
+    pub req: RequestCtx,
+    snap: Arc<Snapshot>,
+    route: Option<Arc<Route>>,
+    captures: Captures,
+    client_host: Option<String>,
+    target: Option<Arc<TargetState>>,
+    _inflight: Option<InflightGuard>,
+    tried: Vec<SocketAddr>,
+    tries: u32,
+    body_bytes: u64,
+    failure: Option<GatewayError>,
+}
+
+fn fail(ctx: &mut Ctx, e: GatewayError) -> Box<Error> {
+    let p = e.clone().into_pingora();
+    ctx.failure = Some(e);
+    p
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            req: RequestCtx::default(),
+            snap: self.snapshot.load_full(),
+            route: None,
+            captures: Captures::default(),
+            client_host: None,
+            target: None,
+            _inflight: None,
+            tried: Vec::new(),
+            tries: 0,
+            body_bytes: 0,
+            failure: None,
+        }
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<()> {
+        let limits = &ctx.snap.limits;
+        session.set_keepalive(Some(limits.keepalive.as_secs().max(1)));
+        session.set_read_timeout(Some(limits.header_read));
+        session.set_write_timeout(Some(limits.client_write));
+        let h2 = session.is_http2();
+        let inet = session.client_addr().and_then(|a| a.as_inet());
+        ctx.req.conn = ConnInfo { client_ip: inet.map(|a| a.ip()), client_port: inet.map_or(0, |a| a.port()), tls: self.tls, sni: None, http2: h2 };
+        ctx.req.request_id = forward::request_id(session.req_header());
+        checks::check(session.req_header(), h2, limits).map_err(|e| fail(ctx, e))
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
+        route_request(session, ctx).map_err(|e| fail(ctx, e))?;
+        let Some(route) = ctx.route.clone() else { return Err(fail(ctx, GatewayError::Internal)) };
+        match route.chain.on_request(session.req_header_mut(), &mut ctx.req).await {
+            Ok(Flow::Continue) => Ok(false),
+            Ok(Flow::Respond(reply)) => send_reply(session, ctx, &route, reply).await.map(|_| true),
+            Err(e) => Err(fail(ctx, e)),
+        }
+    }
+
+    async fn request_body_filter(&self, _s: &mut Session, body: &mut Option<Bytes>, _eos: bool, ctx: &mut Ctx) -> pingora::Result<()> {
+        ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
+        match &ctx.route {
+            Some(r) if ctx.body_bytes > r.max_body => Err(fail(ctx, GatewayError::PayloadTooLarge)),
+            _ => Ok(()),
+        }
+    }
+
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<Box<HttpPeer>> {
+        let Some(route) = ctx.route.clone() else { return Err(fail(ctx, GatewayError::Internal)) };
+        let group = &route.upstream;
+        if ctx.tries > 0 && !group.retry.backoff.is_zero() {
+            tokio::time::sleep(group.retry.backoff).await;
+        }
+        let target = group.select(session.req_header(), ctx.req.conn.client_ip, &ctx.tried).map_err(|e| fail(ctx, e))?;
+        ctx.tries += 1;
+        ctx.tried.push(target.addr);
+        ctx._inflight = Some(target.begin());
+        let peer = group.http_peer(&target);
+        ctx.target = Some(target);
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(&self, _s: &mut Session, _peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+        if let (Some(route), Some(t)) = (&ctx.route, &ctx.target) {
+            route.upstream.record_outcome(t, false);
+            e.set_retry(route.upstream.retry.after_connect_failure(ctx.tries, &e));
+        }
+        e
+    }
+
+    fn error_while_proxy(&self, peer: &HttpPeer, session: &mut Session, e: Box<Error>, ctx: &mut Ctx, reused: bool) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let replayable = !session.as_ref().retry_buffer_truncated();
+        let idempotent = session.req_header().method.is_idempotent();
+        let mut stale = e.retry.clone();
+        stale.decide_reuse(reused);
+        let stale_pooled = matches!(e.retry, RetryType::ReusedOnly) && matches!(stale, RetryType::Decided(true));
+        let (Some(route), Some(t)) = (&ctx.route, &ctx.target) else { return e };
+        let retry = if stale_pooled {
+            // A pooled connection closed by the target: not the target's fault, try it again once.
+            ctx.tried.retain(|a| *a != t.addr);
+            idempotent && replayable && ctx.tries <= route.upstream.retry.attempts
+        } else {
+            if e.esource() == &pingora::ErrorSource::Upstream {
+                route.upstream.record_outcome(t, false);
+            }
+            route.upstream.retry.after_proxy_failure(ctx.tries, &e, idempotent, replayable)
+        };
+        e.set_retry(retry);
+        e
+    }
+
+    async fn upstream_request_filter(&self, session: &mut Session, up: &mut RequestHeader, ctx: &mut Ctx) -> pingora::Result<()> {
+        let Some(route) = ctx.route.clone() else { return Ok(()) };
+        if let Some(p) = forward::upstream_path(&route, session.req_header().uri.path(), &ctx.captures) {
+            forward::set_path(up, &p);
+        }
+        forward::set_host(up, &route, ctx.client_host.as_deref());
+        forward::add_forwarding(up, &ctx.req, ctx.client_host.as_deref());
+        route.chain.on_upstream_request(up, &mut ctx.req).map_err(|e| fail(ctx, e))
+    }
+
+    async fn upstream_response_filter(&self, _s: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<()> {
+        let status = resp.status.as_u16();
+        if let (Some(route), Some(t)) = (&ctx.route, &ctx.target) {
+            if status >= 200 {
+                route.upstream.record_outcome(t, !route.upstream.is_failure_status(status));
+            }
+        }
+        Ok(())
+    }
+
+    async fn response_filter(&self, _s: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<()> {
+        forward::clean_response(resp);
+        let _ = resp.insert_header(forward::X_REQUEST_ID, &ctx.req.request_id);
+        ctx.req.status = Some(resp.status.as_u16());
+        match ctx.route.clone() {
+            Some(route) => route.chain.on_response(resp, &mut ctx.req).map_err(|e| fail(ctx, e)),
+            None => Ok(()),
+        }
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let Some(ge) = ctx.failure.take().or_else(|| classify(e)) else {
+            return FailToProxy { error_code: 0, can_reuse_downstream: false };
+        };
+        let code = ge.status();
+        ctx.req.status = Some(code);
+        if session.response_written().is_some() {
+            return FailToProxy { error_code: code, can_reuse_downstream: false };
+        }
+        let Ok((header, body)) = ge.response(&ctx.req.request_id) else {
+            return FailToProxy { error_code: code, can_reuse_downstream: false };
+        };
+        let reusable = matches!(ge, GatewayError::NoRoute | GatewayError::NoHealthyTarget) && session.is_body_empty();
+        if !reusable {
+            session.set_keepalive(None);
+        }
+        let written = match session.write_response_header(Box::new(header), false).await {
+            Ok(()) => session.write_response_body(Some(body), true).await,
+            Err(e) => Err(e),
+        };
+        if let Err(w) = written {
+            log::debug!("could not send the error response: {w}");
+        }
+        FailToProxy { error_code: code, can_reuse_downstream: reusable }
+    }
+
+    async fn logging(&self, _s: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        ctx._inflight = None;
+        if let Some(route) = &ctx.route {
+            route.chain.on_log(&ctx.req);
+        }
+    }
+}
+
+/// Normalizes the path, finds the route and records it in `ctx`.
+fn route_request(session: &mut Session, ctx: &mut Ctx) -> Result<(), GatewayError> {
+    let path = session.req_header().uri.path();
+    let normalized = normalize(path).map_err(|_| GatewayError::BadRequest("The request path is invalid."))?;
+    if let Cow::Owned(p) = normalized {
+        forward::set_path(session.req_header_mut(), &p);
+    }
+    let req = session.req_header();
+    ctx.client_host = forward::client_host(req);
+    let view = RequestView {
+        method: &req.method,
+        host: ctx.client_host.as_deref().map(strip_port),
+        path: req.uri.path(),
+        headers: &req.headers,
+        query: req.uri.query(),
+    };
+    let found = ctx.snap.router.find(&view).ok_or(GatewayError::NoRoute)?;
+    let route = found.value.clone();
+    let path = req.uri.path();
+    ctx.req.params = route
+        .param_names
+        .iter()
+        .zip(&found.captures.params)
+        .map(|(n, (s, e))| (n.clone(), path[*s as usize..*e as usize].to_string()))
+        .collect();
+    ctx.captures = found.captures;
+    ctx.req.route = route.name.clone();
+    if checks::content_length(req).is_some_and(|len| len > route.max_body) {
+        ctx.route = Some(route);
+        return Err(GatewayError::PayloadTooLarge);
+    }
+    ctx.route = Some(route);
+    Ok(())
+}
+
+/// Writes a plugin's reply, after the route's response hooks.
+async fn send_reply(session: &mut Session, ctx: &mut Ctx, route: &Route, reply: Reply) -> pingora::Result<()> {
+    let mut h = ResponseHeader::build(reply.status, Some(reply.headers.len() + 2))?;
+    for (n, v) in reply.headers {
+        h.append_header(n, v)?;
+    }
+    h.insert_header("content-length", reply.body.len().to_string())?;
+    h.insert_header(forward::X_REQUEST_ID, &ctx.req.request_id)?;
+    ctx.req.status = Some(reply.status);
+    route.chain.on_response(&mut h, &mut ctx.req).map_err(|e| fail(ctx, e))?;
+    if !session.is_body_empty() {
+        session.set_keepalive(None);
+    }
+    session.write_response_header(Box::new(h), false).await?;
+    session.write_response_body(Some(reply.body), true).await
+}

@@ -1,0 +1,22 @@
+//! Postern: an API gateway built on Pingora.
+//!
+//! Layers, left to right (a module imports only modules to its left):
+//! `config`, `error` → `context` → `router`, `upstream`, `plugins`, `checks`, `forward`, `tls`
+//! → `snapshot` → `gateway`, `admin` → `app` → `main`.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod app;
+pub mod checks;
+pub mod cli;
+pub mod config;
+pub mod context;
+pub mod error;
+pub mod forward;
+pub mod gateway;
+pub mod plugins;
+pub mod router;
+pub mod snapshot;
+pub mod tls;
+pub mod upstream;

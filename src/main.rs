@@ -1,0 +1,38 @@
+use clap::Parser;
+use postern::cli::{Cli, Command};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match Cli::parse().command {
+        Command::Schema => {
+            println!("{:#}", postern::config::json_schema());
+            ExitCode::SUCCESS
+        }
+        Command::Check { conf } => check(&conf),
+        Command::Run { conf, test: true, .. } => check(&conf),
+        Command::Run { conf, daemon, upgrade, test } => {
+            match postern::app::run(&conf, postern::app::RunFlags { daemon, upgrade, test }) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprint!("{e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+fn check(conf: &str) -> ExitCode {
+    let registry = std::sync::Arc::new(postern::upstream::target::Registry::default());
+    match postern::snapshot::load_and_compile(conf, registry) {
+        Ok(_) => {
+            println!("{conf}: configuration is valid");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprint!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! The plugin contract. A route owns a [`Chain`] built from its `plugins:` list: request-side
+//! hooks run in list order, response-side hooks in reverse order (the onion model of Envoy and
+//! axum). Plugins never touch the socket: they return a [`Flow`], and the gateway writes replies.
+//!
+//! Adding a plugin: a new file with a typed `Config`, a [`PluginSpec`] variant and one match arm
+//! in [`build`]. `gateway.rs` does not change.
+
+pub mod headers;
+
+use crate::config::Issue;
+use crate::context::RequestCtx;
+use crate::error::GatewayError;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use std::sync::Arc;
+
+/// A complete response a plugin wants sent instead of proxying (401, 429, …).
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub body: Bytes,
+}
+
+/// The outcome of a request-side hook.
+#[derive(Debug)]
+pub enum Flow {
+    Continue,
+    Respond(Reply),
+}
+
+/// A plugin. Every hook has a no-op default; implement the ones you need.
+#[async_trait]
+pub trait Plugin: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+
+    /// After routing, before anything is sent upstream. May answer the request itself.
+    async fn on_request(&self, _req: &mut RequestHeader, _ctx: &mut RequestCtx) -> Result<Flow, GatewayError> {
+        Ok(Flow::Continue)
+    }
+
+    /// On the copy of the request sent upstream (after Postern's own forwarding headers).
+    fn on_upstream_request(&self, _req: &mut RequestHeader, _ctx: &mut RequestCtx) -> Result<(), GatewayError> {
+        Ok(())
+    }
+
+    /// On the response header, from the upstream or from a reply.
+    fn on_response(&self, _resp: &mut ResponseHeader, _ctx: &mut RequestCtx) -> Result<(), GatewayError> {
+        Ok(())
+    }
+
+    /// Once per request, after the response was sent (or the request failed).
+    fn on_log(&self, _ctx: &RequestCtx) {}
+}
+
+/// A route's plugins, in configuration order.
+#[derive(Clone, Default)]
+pub struct Chain {
+    plugins: Box<[Arc<dyn Plugin>]>,
+}
+
+impl Chain {
+    pub fn new(plugins: Vec<Arc<dyn Plugin>>) -> Chain {
+        Chain { plugins: plugins.into() }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.plugins.is_empty()
+    }
+
+    pub async fn on_request(&self, req: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<Flow, GatewayError> {
+        for p in self.plugins.iter() {
+            if let Flow::Respond(r) = p.on_request(req, ctx).await? {
+                return Ok(Flow::Respond(r));
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    pub fn on_upstream_request(&self, req: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<(), GatewayError> {
+        self.plugins.iter().try_for_each(|p| p.on_upstream_request(req, ctx))
+    }
+
+    pub fn on_response(&self, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<(), GatewayError> {
+        self.plugins.iter().rev().try_for_each(|p| p.on_response(resp, ctx))
+    }
+
+    pub fn on_log(&self, ctx: &RequestCtx) {
+        self.plugins.iter().rev().for_each(|p| p.on_log(ctx));
+    }
+}
+
+/// Typed plugin configuration: `- headers: { … }` in YAML.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum PluginSpec {
+    /// Add, set or remove request and response headers.
+    Headers(headers::Config),
+}
+
+/// Builds a plugin from its config; `path` names it in errors (`routes[0].plugins[1]`).
+pub fn build(spec: &PluginSpec, path: &str) -> Result<Arc<dyn Plugin>, Vec<Issue>> {
+    match spec {
+        PluginSpec::Headers(c) => Ok(Arc::new(headers::Headers::new(c, &format!("{path}.headers"))?)),
+    }
+}

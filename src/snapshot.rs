@@ -1,0 +1,246 @@
+//! The compiled, immutable runtime state. A [`Snapshot`] is built from a checked [`Config`] and
+//! swapped atomically (`ArcSwap`); each request pins the snapshot it started with, so a reload
+//! never changes a request half-way. Target health lives in a [`Registry`] outside snapshots.
+
+use crate::config::schema::{self, Config};
+use crate::config::{self as cfg, ConfigError, Issue, Loaded};
+use crate::plugins::{self, Chain};
+use crate::router::matcher::ValueMatch;
+use crate::router::pattern::Pattern;
+use crate::router::{check_host, Conditions, Router};
+use crate::tls::SniResolver;
+use crate::upstream::target::Registry;
+use crate::upstream::UpstreamGroup;
+use http::{HeaderName, HeaderValue, Method};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One part of a rewrite template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Part {
+    Text(String),
+    /// Index into the route's captured parameters.
+    Param(usize),
+    /// What a prefix route's `*` matched.
+    Rest,
+}
+
+/// A compiled route.
+pub struct Route {
+    pub name: Arc<str>,
+    pub upstream: Arc<UpstreamGroup>,
+    pub chain: Chain,
+    pub param_names: Vec<Arc<str>>,
+    pub strip_prefix: Option<String>,
+    pub rewrite_path: Option<Vec<Part>>,
+    pub host: Option<HeaderValue>,
+    pub max_body: u64,
+}
+
+/// Limits applied to every downstream request.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub keepalive: Duration,
+    pub header_read: Duration,
+    pub client_write: Duration,
+    pub max_header_count: usize,
+    pub max_header_size: usize,
+}
+
+pub struct Snapshot {
+    pub router: Router<Arc<Route>>,
+    pub upstreams: BTreeMap<String, Arc<UpstreamGroup>>,
+    pub limits: Limits,
+    pub config: Config,
+}
+
+/// A listener ready to be bound.
+pub struct ListenerPlan {
+    pub name: String,
+    pub addr: String,
+    pub tls: Option<(Arc<SniResolver>, bool)>,
+    pub h2c: bool,
+}
+
+/// Loads, checks and compiles a file: what `postern check` and start-up run.
+pub fn load_and_compile(path: &str, registry: Arc<Registry>) -> Result<(Snapshot, Vec<ListenerPlan>), ConfigError> {
+    let loaded = cfg::load(path)?;
+    compile(loaded, registry)
+}
+
+pub fn compile(loaded: Loaded, registry: Arc<Registry>) -> Result<(Snapshot, Vec<ListenerPlan>), ConfigError> {
+    let Loaded { config, lines, file } = loaded;
+    let mut issues = Vec::new();
+    let listeners = compile_listeners(&config, &mut issues);
+    let mut upstreams = BTreeMap::new();
+    for (name, u) in &config.upstreams {
+        match UpstreamGroup::new(name, u, registry.clone()) {
+            Ok(g) => {
+                upstreams.insert(name.clone(), Arc::new(g));
+            }
+            Err(mut e) => issues.append(&mut e),
+        }
+    }
+    let mut router = Router::default();
+    for (i, r) in config.routes.iter().enumerate() {
+        compile_route(i, r, &config, &upstreams, &mut router, &mut issues);
+    }
+    if !issues.is_empty() {
+        return Err(ConfigError { file, issues: cfg::locate(issues, &lines) });
+    }
+    let s = &config.server;
+    let limits = Limits {
+        keepalive: s.keepalive_timeout.0,
+        header_read: s.header_read_timeout.0,
+        client_write: s.client_write_timeout.0,
+        max_header_count: s.max_header_count,
+        max_header_size: s.max_header_size.0 as usize,
+    };
+    Ok((Snapshot { router, upstreams, limits, config }, listeners))
+}
+
+fn compile_listeners(c: &Config, issues: &mut Vec<Issue>) -> Vec<ListenerPlan> {
+    let mut out = Vec::new();
+    for (i, l) in c.listeners.iter().enumerate() {
+        let tls = match &l.tls {
+            None => None,
+            Some(t) => match SniResolver::load(&t.certificates) {
+                Ok(r) => Some((Arc::new(r), t.http2)),
+                Err((j, m)) => {
+                    issues.push(Issue::new(format!("listeners[{i}].tls.certificates[{j}]"), m));
+                    None
+                }
+            },
+        };
+        out.push(ListenerPlan { name: l.name.clone().unwrap_or_else(|| l.addr.clone()), addr: l.addr.clone(), tls, h2c: l.h2c });
+    }
+    out
+}
+
+fn compile_route(
+    i: usize,
+    r: &schema::Route,
+    c: &Config,
+    upstreams: &BTreeMap<String, Arc<UpstreamGroup>>,
+    router: &mut Router<Arc<Route>>,
+    issues: &mut Vec<Issue>,
+) -> Option<()> {
+    let path = format!("routes[{i}]");
+    let before = issues.len();
+    let pattern_src = r.matcher.path.as_deref().unwrap_or("/*");
+    let pattern = Pattern::parse(pattern_src).map_err(|m| issues.push(Issue::new(format!("{path}.match.path"), m))).ok();
+    let hosts = r.matcher.host.to_vec();
+    for h in &hosts {
+        if let Err(m) = check_host(h) {
+            issues.push(Issue::new(format!("{path}.match.host"), m));
+        }
+    }
+    let conditions = compile_conditions(&path, &r.matcher, issues);
+    let mut plugins = Vec::new();
+    for (j, spec) in r.plugins.iter().enumerate() {
+        match plugins::build(spec, &format!("{path}.plugins[{j}]")) {
+            Ok(p) => plugins.push(p),
+            Err(mut e) => issues.append(&mut e),
+        }
+    }
+    let pattern = pattern?;
+    let param_names: Vec<Arc<str>> = pattern.param_names().into_iter().map(Arc::from).collect();
+    let rewrite_path = r.rewrite.path.as_deref().and_then(|t| {
+        compile_template(t, &param_names, pattern.prefix).map_err(|m| issues.push(Issue::new(format!("{path}.rewrite.path"), m))).ok()
+    });
+    let host = r.rewrite.host.as_deref().and_then(|h| {
+        HeaderValue::from_str(h).map_err(|_| issues.push(Issue::new(format!("{path}.rewrite.host"), "invalid host value"))).ok()
+    });
+    let upstream = upstreams.get(&r.upstream)?.clone();
+    if issues.len() > before {
+        return None;
+    }
+    let route = Route {
+        name: r.name.clone().unwrap_or_else(|| format!("route-{i}")).into(),
+        upstream,
+        chain: Chain::new(plugins),
+        param_names,
+        strip_prefix: r.rewrite.strip_prefix.clone(),
+        rewrite_path,
+        host,
+        max_body: r.max_request_body.unwrap_or(c.server.max_request_body).0,
+    };
+    router.insert(&hosts, &pattern, conditions?, Arc::new(route));
+    Some(())
+}
+
+fn compile_conditions(path: &str, m: &schema::Match, issues: &mut Vec<Issue>) -> Option<Conditions> {
+    let before = issues.len();
+    let methods = m.methods.iter().filter_map(|s| Method::from_bytes(s.as_bytes()).ok()).collect();
+    let mut headers = Vec::new();
+    for (k, v) in &m.headers {
+        let p = format!("{path}.match.headers.{k}");
+        match (HeaderName::from_bytes(k.as_bytes()), ValueMatch::parse(v)) {
+            (Ok(n), Ok(vm)) => headers.push((n, vm)),
+            (Err(_), _) => issues.push(Issue::new(p, format!("invalid header name \"{k}\""))),
+            (_, Err(e)) => issues.push(Issue::new(p, e)),
+        }
+    }
+    let mut query = Vec::new();
+    for (k, v) in &m.query {
+        match ValueMatch::parse(v) {
+            Ok(vm) => query.push((k.clone(), vm)),
+            Err(e) => issues.push(Issue::new(format!("{path}.match.query.{k}"), e)),
+        }
+    }
+    (issues.len() == before).then_some(Conditions { methods, headers, query })
+}
+
+/// `/v2/users/{id}/{*}` → parts; every `{name}` must be a parameter of the route's pattern.
+pub fn compile_template(t: &str, names: &[Arc<str>], prefix: bool) -> Result<Vec<Part>, String> {
+    if !t.starts_with('/') {
+        return Err(format!("\"{t}\" must start with /"));
+    }
+    let mut parts = Vec::new();
+    let mut rest = t;
+    while let Some(open) = rest.find('{') {
+        if open > 0 {
+            parts.push(Part::Text(rest[..open].to_string()));
+        }
+        let close = rest[open..].find('}').ok_or_else(|| format!("unclosed {{ in \"{t}\""))? + open;
+        let name = &rest[open + 1..close];
+        if name == "*" {
+            if !prefix {
+                return Err("{*} can only be used when the route path ends with /*".into());
+            }
+            parts.push(Part::Rest);
+        } else {
+            let idx = names.iter().position(|n| &**n == name).ok_or_else(|| {
+                let known: Vec<&str> = names.iter().map(|n| &**n).collect();
+                format!("unknown parameter {{{name}}}; the route path captures: {}", if known.is_empty() { "none".into() } else { known.join(", ") })
+            })?;
+            parts.push(Part::Param(idx));
+        }
+        rest = &rest[close + 1..];
+    }
+    if !rest.is_empty() {
+        parts.push(Part::Text(rest.to_string()));
+    }
+    if rest.contains('}') {
+        return Err(format!("unbalanced }} in \"{t}\""));
+    }
+    Ok(parts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates() {
+        let names: Vec<Arc<str>> = vec!["id".into()];
+        assert_eq!(
+            compile_template("/v2/u/{id}/{*}", &names, true).unwrap(),
+            vec![Part::Text("/v2/u/".into()), Part::Param(0), Part::Text("/".into()), Part::Rest]
+        );
+        assert!(compile_template("/x/{nope}", &names, false).unwrap_err().contains("captures: id"));
+        assert!(compile_template("/x/{*}", &names, false).is_err());
+        assert!(compile_template("x", &names, false).is_err());
+    }
+}

@@ -1,0 +1,95 @@
+//! Listener certificates chosen by SNI. Each certificate serves the names listed in the config or,
+//! by default, the DNS names of its subjectAltName; `*.example.com` names match one label. A
+//! client without SNI, or with an unknown name, gets the first certificate.
+
+use crate::config::schema::CertKey;
+use pingora::tls::sign::CertifiedKey;
+use pingora::tls::{ClientHello, ResolvesServerCert};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+#[derive(Debug)]
+pub struct SniResolver {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    default: Arc<CertifiedKey>,
+}
+
+impl SniResolver {
+    /// Loads and checks every certificate; errors name the file.
+    pub fn load(certs: &[CertKey]) -> Result<SniResolver, (usize, String)> {
+        pingora::tls::install_default_crypto_provider();
+        let mut exact = HashMap::new();
+        let mut wildcard = HashMap::new();
+        let mut default = None;
+        for (i, c) in certs.iter().enumerate() {
+            let (key, names) = load_one(c).map_err(|m| (i, m))?;
+            let key = Arc::new(key);
+            for n in names {
+                let n = n.to_ascii_lowercase();
+                match n.strip_prefix("*.") {
+                    Some(suffix) => wildcard.entry(suffix.to_string()).or_insert_with(|| key.clone()),
+                    None => exact.entry(n).or_insert_with(|| key.clone()),
+                };
+            }
+            default.get_or_insert(key);
+        }
+        let default = default.ok_or((0, "no certificate".to_string()))?;
+        Ok(SniResolver { exact, wildcard, default })
+    }
+
+    pub fn pick(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
+        let Some(name) = sni.map(str::to_ascii_lowercase) else { return self.default.clone() };
+        if let Some(k) = self.exact.get(&name) {
+            return k.clone();
+        }
+        if let Some((_, parent)) = name.split_once('.') {
+            if let Some(k) = self.wildcard.get(parent) {
+                return k.clone();
+            }
+        }
+        self.default.clone()
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.pick(hello.server_name()))
+    }
+}
+
+fn load_one(c: &CertKey) -> Result<(CertifiedKey, Vec<String>), String> {
+    let cert_pem = std::fs::read(&c.cert).map_err(|e| format!("cannot read certificate {}: {e}", c.cert))?;
+    let key_pem = std::fs::read(&c.key).map_err(|e| format!("cannot read key {}: {e}", c.key))?;
+    let chain: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_slice()).filter_map(Result::ok).collect();
+    let leaf = chain.first().ok_or_else(|| format!("{} holds no PEM certificate", c.cert))?.clone();
+    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .ok()
+        .flatten()
+        .ok_or_else(|| format!("{} holds no PEM private key", c.key))?;
+    let provider = rustls::crypto::ring::default_provider();
+    let signing = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| format!("unusable private key {}: {e}", c.key))?;
+    let certified = CertifiedKey::new(chain, signing);
+    certified
+        .keys_match()
+        .map_err(|e| format!("key {} does not match certificate {}: {e}", c.key, c.cert))?;
+    let names = if c.names.is_empty() { san_names(&leaf) } else { c.names.clone() };
+    Ok((certified, names))
+}
+
+fn san_names(der: &[u8]) -> Vec<String> {
+    use x509_parser::prelude::*;
+    let Ok((_, cert)) = X509Certificate::from_der(der) else { return Vec::new() };
+    let mut out = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            if let GeneralName::DNSName(d) = n {
+                out.push(d.to_string());
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,79 @@
+//! Retry decisions, called only from `fail_to_connect` (nothing was sent: always safe) and
+//! `error_while_proxy` (the request may have reached the target: only idempotent methods).
+
+use crate::config::schema::{Retry, RetryKind, RetryOn};
+use pingora::{Error, ErrorType};
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Total tries including the first.
+    pub attempts: u32,
+    pub connect_error: bool,
+    pub timeout: bool,
+    pub reset: bool,
+    pub backoff: Duration,
+}
+
+impl RetryPolicy {
+    pub fn new(c: &Retry) -> RetryPolicy {
+        let has = |k| c.on.contains(&RetryOn::Kind(k));
+        RetryPolicy {
+            attempts: c.attempts.max(1),
+            connect_error: has(RetryKind::ConnectError),
+            timeout: has(RetryKind::Timeout),
+            reset: has(RetryKind::Reset),
+            backoff: c.backoff.0,
+        }
+    }
+
+    /// After a failed connection attempt number `tries` (1-based).
+    pub fn after_connect_failure(&self, tries: u32, e: &Error) -> bool {
+        if tries >= self.attempts {
+            return false;
+        }
+        match e.etype() {
+            ErrorType::ConnectTimedout | ErrorType::TLSHandshakeTimedout => self.connect_error || self.timeout,
+            _ => self.connect_error,
+        }
+    }
+
+    /// After a failure once the request was (maybe) sent upstream.
+    pub fn after_proxy_failure(&self, tries: u32, e: &Error, idempotent: bool, body_replayable: bool) -> bool {
+        if tries >= self.attempts || !idempotent || !body_replayable {
+            return false;
+        }
+        match e.etype() {
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout => self.timeout,
+            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => self.reset,
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(yaml: &str) -> RetryPolicy {
+        RetryPolicy::new(&yaml_serde::from_str(yaml).unwrap())
+    }
+
+    #[test]
+    fn connect_failures_are_retried_within_budget() {
+        let p = policy("{ attempts: 3, on: [connect_error] }");
+        let e = Error::new_up(ErrorType::ConnectRefused);
+        assert!(p.after_connect_failure(1, &e));
+        assert!(p.after_connect_failure(2, &e));
+        assert!(!p.after_connect_failure(3, &e));
+    }
+
+    #[test]
+    fn proxy_failures_need_idempotency_and_opt_in() {
+        let p = policy("{ attempts: 2, on: [timeout] }");
+        let e = Error::new_up(ErrorType::ReadTimedout);
+        assert!(p.after_proxy_failure(1, &e, true, true));
+        assert!(!p.after_proxy_failure(1, &e, false, true));
+        assert!(!p.after_proxy_failure(1, &Error::new_up(ErrorType::ConnectionClosed), true, true));
+    }
+}
