@@ -199,6 +199,12 @@ impl ProxyHttp for Gateway {
         FailToProxy { error_code: code, can_reuse_downstream: reusable }
     }
 
+    /// Client errors Postern answers itself (404, 400, 413, 431) are expected traffic, not
+    /// gateway faults: keep them out of the error log.
+    fn suppress_error_log(&self, _s: &Session, ctx: &Ctx, e: &Error) -> bool {
+        matches!(e.etype(), pingora::ErrorType::HTTPStatus(c) if *c < 500) && ctx.req.status.is_some_and(|s| s < 500)
+    }
+
     async fn logging(&self, _s: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
         ctx._inflight = None;
         if let Some(route) = &ctx.route {

@@ -93,12 +93,44 @@ impl Chain {
     }
 }
 
-/// Typed plugin configuration: `- headers: { … }` in YAML.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+/// Typed plugin configuration: `- headers: { … }` in YAML, a map with exactly one key naming the
+/// plugin. (yaml_serde writes externally tagged enums as YAML tags, so the map form is decoded by
+/// hand here; errors inside a plugin's config keep their path and line.)
+#[derive(Debug, Clone, JsonSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum PluginSpec {
     /// Add, set or remove request and response headers.
     Headers(headers::Config),
+}
+
+/// Names accepted as plugin keys, for error messages.
+pub const PLUGIN_NAMES: &[&str] = &["headers"];
+
+impl<'de> Deserialize<'de> for PluginSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = PluginSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "a map with one plugin name ({}) and its settings", PLUGIN_NAMES.join(", "))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<PluginSpec, A::Error> {
+                use serde::de::Error;
+                let Some(name) = map.next_key::<String>()? else {
+                    return Err(A::Error::custom("empty plugin entry"));
+                };
+                let spec = match name.as_str() {
+                    "headers" => PluginSpec::Headers(map.next_value()?),
+                    other => return Err(A::Error::unknown_variant(other, PLUGIN_NAMES)),
+                };
+                if map.next_key::<String>()?.is_some() {
+                    return Err(A::Error::custom("one plugin per list item; start a new `- name:` item for the next plugin"));
+                }
+                Ok(spec)
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 /// Builds a plugin from its config; `path` names it in errors (`routes[0].plugins[1]`).

@@ -1,0 +1,17 @@
+//! End-to-end tests: the real binary, real sockets, loopback, ephemeral ports.
+
+#[path = "util/mod.rs"]
+mod util;
+
+#[path = "balancing.rs"]
+mod balancing;
+#[path = "config_files.rs"]
+mod config_files;
+#[path = "health.rs"]
+mod health;
+#[path = "parsing.rs"]
+mod parsing;
+#[path = "protocols.rs"]
+mod protocols;
+#[path = "routing.rs"]
+mod routing;

@@ -1,0 +1,155 @@
+//! Test harness: runs the real `postern` binary on a generated config with loopback ports.
+
+#![allow(dead_code)]
+
+pub mod upstream;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_postern");
+
+/// A port that was free a moment ago (bind-and-release). Callers retry on a bind race.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A running gateway; killed on drop.
+pub struct Gateway {
+    pub child: Child,
+    pub port: u16,
+    pub admin: u16,
+    pub dir: tempfile::TempDir,
+    pub conf: PathBuf,
+}
+
+impl Gateway {
+    /// Starts postern with `body` (YAML without `listeners`/`admin`, which are added here with
+    /// free ports; `{extra_listeners}` may be placed by callers that need more).
+    pub fn start(body: &str) -> Gateway {
+        Self::start_with(body, "")
+    }
+
+    /// `extra` is appended to the generated listeners list (already indented items).
+    pub fn start_with(body: &str, extra: &str) -> Gateway {
+        for _ in 0..5 {
+            let (port, admin) = (free_port(), free_port());
+            let dir = tempfile::tempdir().unwrap();
+            let yaml = format!(
+                "listeners:\n  - {{ name: main, addr: \"127.0.0.1:{port}\", h2c: true }}\n{extra}admin: {{ addr: \"127.0.0.1:{admin}\" }}\nserver:\n  threads: 2\n  grace_period: 1s\n  graceful_shutdown_timeout: 1s\n  pid_file: {d}/postern.pid\n  upgrade_sock: {d}/upgrade.sock\n{body}",
+                d = dir.path().display()
+            );
+            let conf = dir.path().join("postern.yaml");
+            std::fs::write(&conf, &yaml).unwrap();
+            let child = Command::new(BIN)
+                .args(["run", "-c", conf.to_str().unwrap()])
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap();
+            let mut gw = Gateway { child, port, admin, dir, conf };
+            if gw.wait_ready(Duration::from_secs(20)) {
+                return gw;
+            }
+        }
+        panic!("the gateway did not start");
+    }
+
+    /// Polls the admin readiness endpoint until it answers (or the process died).
+    fn wait_ready(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            if raw(self.admin, "GET /status/ready HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").starts_with("HTTP/1.1 200")
+                && TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Sends raw bytes to the main listener and returns everything read until close.
+    pub fn raw(&self, request: &str) -> String {
+        raw(self.port, request)
+    }
+
+    /// The admin `/upstreams` document.
+    pub fn upstreams(&self) -> serde_json::Value {
+        let resp = raw(self.admin, "GET /upstreams HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        let body = resp.split("\r\n\r\n").nth(1).unwrap_or("{}");
+        serde_json::from_str(body).unwrap_or_default()
+    }
+
+    /// Waits until `cond` holds on the admin `/upstreams` document (health state changes).
+    pub fn wait_upstreams(&self, what: &str, cond: impl Fn(&serde_json::Value) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if cond(&self.upstreams()) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("timed out waiting for {what}: {}", self.upstreams());
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One request over a fresh connection; returns the whole response text.
+pub fn raw(port: u16, request: &str) -> String {
+    raw_bytes(port, request.as_bytes())
+}
+
+pub fn raw_bytes(port: u16, request: &[u8]) -> String {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    if s.write_all(request).is_err() {
+        return String::new();
+    }
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Status code of a raw response.
+pub fn status_of(resp: &str) -> u16 {
+    resp.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+/// Runs `postern check -c FILE`: (exit code, stderr + stdout).
+pub fn check(file: &str) -> (i32, String) {
+    let out = Command::new(BIN).args(["check", "-c", file]).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+pub fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap()
+}
+
+pub fn upstream_yaml(name: &str, addrs: &[SocketAddr], extra: &str) -> String {
+    let targets: Vec<String> = addrs.iter().map(|a| format!("{{ addr: \"{a}\" }}")).collect();
+    format!("  {name}:\n    targets: [ {} ]\n{extra}", targets.join(", "))
+}

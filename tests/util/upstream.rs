@@ -1,0 +1,170 @@
+//! Mock upstreams on 127.0.0.1:0: an HTTP/1.1 + h2c echo server whose health and status can be
+//! changed at run time, a WebSocket echo and a gRPC-like h2c server with trailers.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+#[derive(Default)]
+pub struct State {
+    pub hits: AtomicUsize,
+    pub health_hits: AtomicUsize,
+    pub health_status: AtomicU16,
+    pub status: AtomicU16,
+    pub delay_ms: AtomicU64,
+}
+
+/// An echo upstream: answers JSON describing the request it received.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub name: String,
+    pub state: Arc<State>,
+    task: JoinHandle<()>,
+}
+
+impl Upstream {
+    pub async fn start(name: &str) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(listener, name).await
+    }
+
+    /// Serves on an address a previous upstream used (to test recovery).
+    pub async fn start_on(addr: SocketAddr, name: &str) -> Upstream {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        Self::serve(listener, name).await
+    }
+
+    async fn serve(listener: TcpListener, name: &str) -> Upstream {
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(State::default());
+        state.health_status.store(200, SeqCst);
+        state.status.store(200, SeqCst);
+        let (st, nm) = (state.clone(), name.to_string());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((sock, _)) = listener.accept().await else { continue };
+                let (st, nm) = (st.clone(), nm.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| handle(req, st.clone(), nm.clone()));
+                    let _ = auto::Builder::new(TokioExecutor::new()).serve_connection_with_upgrades(TokioIo::new(sock), svc).await;
+                });
+            }
+        });
+        Upstream { addr, name: name.to_string(), state, task }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.state.hits.load(SeqCst)
+    }
+
+    /// Stops accepting and closes the listener.
+    pub fn stop(self) -> SocketAddr {
+        self.task.abort();
+        self.addr
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn handle(req: Request<Incoming>, st: Arc<State>, name: String) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.uri().path() == "/healthz" {
+        st.health_hits.fetch_add(1, SeqCst);
+        let code = st.health_status.load(SeqCst);
+        return Ok(Response::builder().status(code).body(Full::new(Bytes::from_static(b"ok"))).unwrap());
+    }
+    st.hits.fetch_add(1, SeqCst);
+    let delay = st.delay_ms.load(SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let method = req.method().to_string();
+    let uri = req.uri().to_string();
+    let version = format!("{:?}", req.version());
+    let headers: serde_json::Map<String, serde_json::Value> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into())))
+        .collect();
+    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let v = serde_json::json!({ "upstream": name, "method": method, "uri": uri, "version": version, "headers": headers, "body_len": body.len() });
+    let status = st.status.load(SeqCst);
+    Ok(Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("connection", "x-hop")
+        .header("x-hop", "must-be-removed")
+        .body(Full::new(Bytes::from(v.to_string())))
+        .unwrap())
+}
+
+/// A WebSocket echo server.
+pub async fn websocket_echo() -> (SocketAddr, JoinHandle<()>) {
+    use futures_util::{SinkExt, StreamExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((sock, _)) = listener.accept().await else { continue };
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(sock).await else { return };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_text() || msg.is_binary() {
+                        if ws.send(msg).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+type GrpcBody = StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
+
+/// A gRPC unary server over h2c: answers every call with the request message reversed, a
+/// `grpc-status: 0` trailer and a custom trailer.
+pub async fn grpc_server() -> (SocketAddr, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((sock, _)) = listener.accept().await else { continue };
+            tokio::spawn(async move {
+                let svc = service_fn(|req: Request<Incoming>| async move {
+                    let ct = req.headers().get("content-type").cloned();
+                    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                    let msg: Vec<u8> = body.get(5..).unwrap_or_default().iter().rev().copied().collect();
+                    let mut framed = vec![0u8];
+                    framed.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+                    framed.extend_from_slice(&msg);
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", "0".parse().unwrap());
+                    trailers.insert("x-trailer", "kept".parse().unwrap());
+                    let frames = vec![Ok(Frame::data(Bytes::from(framed))), Ok(Frame::trailers(trailers))];
+                    let body: GrpcBody = StreamBody::new(futures_util::stream::iter(frames));
+                    let mut resp = Response::new(body);
+                    resp.headers_mut().insert("content-type", ct.unwrap_or_else(|| "application/grpc".parse().unwrap()));
+                    Ok::<_, Infallible>(resp)
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(sock), svc).await;
+            });
+        }
+    });
+    (addr, task)
+}
