@@ -11,6 +11,7 @@ use pingora::http::RequestHeader;
 /// already enforces framing and `:authority` replaces Host.
 pub fn check(req: &RequestHeader, h2: bool, limits: &Limits) -> Result<(), GatewayError> {
     check_sizes(req, limits)?;
+    check_target(req, h2)?;
     check_field_values(req)?;
     check_host(req, h2)?;
     if !h2 {
@@ -29,6 +30,20 @@ fn check_sizes(req: &RequestHeader, limits: &Limits) -> Result<(), GatewayError>
         return Err(GatewayError::HeadersTooLarge);
     }
     Ok(())
+}
+
+/// RFC 9112 §3.2: the request-target is origin-form (`/path`) or absolute-form
+/// (`http://host/path`); `OPTIONS *` and authority-form (CONNECT) are not proxied by routes.
+fn check_target(req: &RequestHeader, h2: bool) -> Result<(), GatewayError> {
+    let raw = req.raw_path();
+    let ok = raw.starts_with(b"/")
+        || (!h2 && (raw.starts_with(b"http://") || raw.starts_with(b"https://")))
+        || (h2 && req.uri.path().starts_with('/'));
+    if ok {
+        Ok(())
+    } else {
+        Err(GatewayError::BadRequest("The request target must be an absolute path."))
+    }
 }
 
 /// RFC 9110 §5.5: field values must not contain CR, LF or NUL; other controls except HTAB are
@@ -127,6 +142,26 @@ fn trim(b: &[u8]) -> &[u8] {
     let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
     let end = b.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(start, |e| e + 1);
     &b[start..end]
+}
+
+/// Pingora follows RFC 9112 §6.1's other option for a request with both Content-Length and
+/// Transfer-Encoding: it drops Content-Length, keeps Transfer-Encoding and turns keep-alive off
+/// (pingora-core 0.9.1 `v1/server.rs`, `read_request`). Postern rejects such requests instead, as
+/// they are the signature of request smuggling. Since the Content-Length is gone by the time our
+/// phases run, the combination is recognized by its trace: an HTTP/1.1 request with
+/// Transfer-Encoding, whose keep-alive was switched off although the client did not ask for
+/// `Connection: close`. (With `Connection: close` the request is processed by Transfer-Encoding
+/// alone and the connection closed, which the RFC also allows.)
+pub fn had_cl_and_te(req: &RequestHeader, keepalive_after_parse: Option<u64>) -> bool {
+    let close_requested = req
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .any(|v| v.as_bytes().split(|b| *b == b',').any(|t| trim(t).eq_ignore_ascii_case(b"close")));
+    req.version == Version::HTTP_11
+        && req.headers.contains_key(TRANSFER_ENCODING)
+        && keepalive_after_parse.is_none()
+        && !close_requested
 }
 
 /// The declared body length, if any (already validated by [`check`]).

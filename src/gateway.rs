@@ -70,10 +70,17 @@ impl ProxyHttp for Gateway {
 
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<()> {
         let limits = &ctx.snap.limits;
-        session.set_keepalive(Some(limits.keepalive.as_secs().max(1)));
+        let h2 = session.is_http2();
+        if !h2 && checks::had_cl_and_te(session.req_header(), session.get_keepalive()) {
+            return Err(fail(ctx, GatewayError::BadRequest("The request has both Content-Length and Transfer-Encoding.")));
+        }
+        // Bound the idle time of connections Pingora keeps alive (its default is infinite), and
+        // leave closed the ones the client or HTTP/1.0 asked to close.
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(limits.keepalive.as_secs().max(1)));
+        }
         session.set_read_timeout(Some(limits.header_read));
         session.set_write_timeout(Some(limits.client_write));
-        let h2 = session.is_http2();
         let inet = session.client_addr().and_then(|a| a.as_inet());
         ctx.req.conn = ConnInfo { client_ip: inet.map(|a| a.ip()), client_port: inet.map_or(0, |a| a.port()), tls: self.tls, sni: None, http2: h2 };
         ctx.req.request_id = forward::request_id(session.req_header());
@@ -201,8 +208,8 @@ impl ProxyHttp for Gateway {
 
     /// Client errors Postern answers itself (404, 400, 413, 431) are expected traffic, not
     /// gateway faults: keep them out of the error log.
-    fn suppress_error_log(&self, _s: &Session, ctx: &Ctx, e: &Error) -> bool {
-        matches!(e.etype(), pingora::ErrorType::HTTPStatus(c) if *c < 500) && ctx.req.status.is_some_and(|s| s < 500)
+    fn suppress_error_log(&self, _s: &Session, ctx: &Ctx, _e: &Error) -> bool {
+        ctx.req.status.is_some_and(|s| s < 500)
     }
 
     async fn logging(&self, _s: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {

@@ -1,1 +1,85 @@
-//! placeholder
+//! Requests that RFC 9112 / RFC 9110 say a proxy must reject are answered 400 (or 431) and never
+//! reach the upstream. Written from the RFCs, each against a raw socket.
+
+use crate::util::upstream::Upstream;
+use crate::util::{status_of, upstream_yaml, Gateway};
+
+async fn setup() -> (Upstream, Gateway) {
+    let up = Upstream::start("u").await;
+    let body = format!("server:\n  max_header_count: 50\nupstreams:\n{}routes:\n  - {{ match: {{ path: /* }}, upstream: u }}\n", upstream_yaml("u", &[up.addr], ""));
+    // `server:` is already emitted by the harness: fold ours into it.
+    let body = body.replace("server:\n  max_header_count: 50\n", "");
+    let gw = Gateway::start(&format!("{body}"));
+    (up, gw)
+}
+
+fn is_problem(resp: &str) -> bool {
+    resp.to_ascii_lowercase().contains("content-type: application/problem+json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_are_rejected_before_the_upstream() {
+    let (up, gw) = setup().await;
+    let cases: &[(&str, &str, u16)] = &[
+        ("missing Host (RFC 9112 §3.2)", "GET / HTTP/1.1\r\nConnection: close\r\n\r\n", 400),
+        ("two Host fields", "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n", 400),
+        ("invalid Host", "GET / HTTP/1.1\r\nHost: a b@c\r\nConnection: close\r\n\r\n", 400),
+        ("CL and TE (RFC 9112 §6.1)", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+        ("differing CL (RFC 9112 §6.3)", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nContent-Length: 5\r\nConnection: close\r\n\r\nabcde", 400),
+        ("non-numeric CL", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4x\r\nConnection: close\r\n\r\nabcd", 400),
+        ("unknown transfer coding", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\nConnection: close\r\n\r\n", 400),
+        ("TE not final chunked", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\nConnection: close\r\n\r\n", 400),
+        ("control character in a value", "GET / HTTP/1.1\r\nHost: a\r\nX-A: a\x01b\r\nConnection: close\r\n\r\n", 400),
+        ("space before colon (RFC 9112 §5.1)", "GET / HTTP/1.1\r\nHost: a\r\nX-A : b\r\nConnection: close\r\n\r\n", 400),
+        ("relative path without slash", "GET users HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", 400),
+    ];
+    for (what, req, want) in cases {
+        let resp = gw.raw(req);
+        assert_eq!(status_of(&resp), *want, "{what}: {resp}");
+    }
+    assert_eq!(up.hits(), 0, "nothing reached the upstream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_chunked_framing_is_rejected() {
+    let (up, gw) = setup().await;
+    for body in ["zz\r\nabc\r\n0\r\n\r\n", "3\r\nabcdef\r\n0\r\n\r\n", "-1\r\nabc\r\n0\r\n\r\n"] {
+        let req = format!("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{body}");
+        let resp = gw.raw(&req);
+        assert_eq!(status_of(&resp), 400, "chunked {body:?}: {resp}");
+    }
+    let _ = up;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_limits_give_431() {
+    let (up, gw) = setup().await;
+    let many: String = (0..120).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let resp = gw.raw(&format!("GET / HTTP/1.1\r\nHost: a\r\n{many}Connection: close\r\n\r\n"));
+    assert_eq!(status_of(&resp), 431, "{resp}");
+    assert!(is_problem(&resp));
+    let big = "x".repeat(40_000);
+    let resp = gw.raw(&format!("GET / HTTP/1.1\r\nHost: a\r\nX-Big: {big}\r\nConnection: close\r\n\r\n"));
+    assert_eq!(status_of(&resp), 431, "{}", &resp[..resp.len().min(200)]);
+    assert_eq!(up.hits(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http10_without_host_is_accepted_and_errors_are_problems() {
+    let (_up, gw) = setup().await;
+    // (At least 24 bytes: h2c listeners peek for the HTTP/2 preface first.)
+    let resp = gw.raw("GET /x HTTP/1.0\r\nUser-Agent: t\r\n\r\n");
+    assert_eq!(status_of(&resp), 200, "{resp}");
+    let resp = gw.raw("GET / HTTP/1.1\r\nConnection: close\r\n\r\n");
+    assert!(is_problem(&resp), "{resp}");
+    let body = resp.split("\r\n\r\n").nth(1).unwrap();
+    let len: usize = resp
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(|v| v.trim().parse().unwrap()))
+        .unwrap();
+    assert_eq!(len, body.len(), "correct Content-Length");
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    for k in ["type", "title", "status", "detail", "request_id"] {
+        assert!(v.get(k).is_some(), "{k} missing");
+    }
+}

@@ -46,7 +46,7 @@ impl Gateway {
             std::fs::write(&conf, &yaml).unwrap();
             let child = Command::new(BIN)
                 .args(["run", "-c", conf.to_str().unwrap()])
-                .env("RUST_LOG", "warn")
+                .env("RUST_LOG", std::env::var("POSTERN_TEST_LOG").unwrap_or_else(|_| "warn".into()))
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit())
                 .spawn()
