@@ -1,1 +1,78 @@
-//! placeholder
+//! Every file under conf/ is loaded by `postern check`: examples must pass, and each file in
+//! conf/invalid/ must fail with the message its first line announces (`# expect: ...`).
+
+use crate::util::{check, BIN};
+use std::path::{Path, PathBuf};
+
+fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            yaml_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+            out.push(p);
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn every_example_config_is_valid() {
+    let mut files = Vec::new();
+    yaml_files(&root().join("conf"), &mut files);
+    let mut checked = 0;
+    for f in files.iter().filter(|f| !f.starts_with(root().join("conf/invalid"))) {
+        if f.starts_with(root().join("conf/monitoring")) {
+            continue; // Prometheus rules, checked by promtool where installed
+        }
+        let rel = f.strip_prefix(root()).unwrap();
+        let out = std::process::Command::new(BIN).current_dir(root()).args(["check", "-c", rel.to_str().unwrap()]).output().unwrap();
+        assert!(out.status.success(), "{}: {}", rel.display(), String::from_utf8_lossy(&out.stderr));
+        checked += 1;
+    }
+    assert!(checked >= 8, "only {checked} example files found");
+}
+
+#[test]
+fn every_invalid_config_fails_with_its_expected_message() {
+    let mut files = Vec::new();
+    yaml_files(&root().join("conf/invalid"), &mut files);
+    assert!(files.len() >= 10);
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let expect = text.lines().next().and_then(|l| l.strip_prefix("# expect: ")).unwrap_or_else(|| panic!("{}: first line must be `# expect: ...`", f.display()));
+        let rel = f.strip_prefix(root()).unwrap().to_str().unwrap().to_string();
+        let out = std::process::Command::new(BIN).current_dir(root()).args(["check", "-c", &rel]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{rel} should be rejected");
+        assert!(stderr.contains(expect), "{rel}: expected `{expect}` in:\n{stderr}");
+    }
+}
+
+#[test]
+fn check_reports_missing_files_and_schema_is_json() {
+    let (code, text) = check("/nonexistent/postern.yaml");
+    assert_eq!(code, 1);
+    assert!(text.contains("cannot read the file"), "{text}");
+    let out = std::process::Command::new(BIN).arg("schema").output().unwrap();
+    assert!(out.status.success());
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(schema["properties"]["routes"].is_object());
+    assert!(schema["properties"]["upstreams"].is_object());
+    let required = schema["required"].as_array().unwrap();
+    assert!(required.iter().any(|r| r == "listeners"));
+}
+
+#[test]
+fn environment_variables_are_expanded() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("env.yaml");
+    std::fs::write(&f, "version: 1\nlisteners: [ { addr: \"${POSTERN_TEST_ADDR}\" } ]\nserver: { threads: ${POSTERN_TEST_THREADS:-3} }\n").unwrap();
+    let out = std::process::Command::new(BIN).env("POSTERN_TEST_ADDR", "127.0.0.1:1").args(["check", "-c", f.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new(BIN).env("POSTERN_TEST_ADDR", "not-an-address").args(["check", "-c", f.to_str().unwrap()]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("listeners[0].addr (line 2): invalid address \"not-an-address\""));
+}

@@ -30,10 +30,11 @@ impl Issue {
 
 impl fmt::Display for Issue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let path = if self.path.is_empty() { "(top level)" } else { &self.path };
-        match self.line {
-            Some(l) => write!(f, "{path} (line {l}): {}", self.message)?,
-            None => write!(f, "{path}: {}", self.message)?,
+        match (self.path.as_str(), self.line) {
+            ("", Some(l)) => write!(f, "line {l}: {}", self.message)?,
+            ("", None) => write!(f, "{}", self.message)?,
+            (path, Some(l)) => write!(f, "{path} (line {l}): {}", self.message)?,
+            (path, None) => write!(f, "{path}: {}", self.message)?,
         }
         if let Some(h) = &self.hint {
             write!(f, "\n  hint: {h}")?;

@@ -1,0 +1,51 @@
+//! The demo upstream used by `make run`: answers every request with JSON describing it, and
+//! `GET /healthz` with 200.
+//!
+//! ```sh
+//! cargo run --example echo -- 127.0.0.1:9001 users-a
+//! ```
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use std::convert::Infallible;
+
+async fn handle(req: Request<Incoming>, name: String) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.uri().path() == "/healthz" {
+        return Ok(Response::new(Full::new(Bytes::from_static(b"ok\n"))));
+    }
+    let headers: serde_json::Map<String, serde_json::Value> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+        .collect();
+    let (method, uri) = (req.method().to_string(), req.uri().to_string());
+    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let doc = serde_json::json!({ "upstream": name, "method": method, "uri": uri, "headers": headers, "body_bytes": body.len() });
+    let mut text = serde_json::to_string_pretty(&doc).unwrap_or_default();
+    text.push('\n');
+    let mut resp = Response::new(Full::new(Bytes::from(text)));
+    resp.headers_mut().insert("content-type", http::HeaderValue::from_static("application/json"));
+    Ok(resp)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let addr = args.next().unwrap_or_else(|| "127.0.0.1:9001".into());
+    let name = args.next().unwrap_or_else(|| addr.clone());
+    let listener = tokio::net::TcpListener::bind(&addr).await?;
+    eprintln!("echo upstream {name} listening on {addr}");
+    loop {
+        let (sock, _) = listener.accept().await?;
+        let name = name.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| handle(req, name.clone()));
+            let _ = auto::Builder::new(TokioExecutor::new()).serve_connection_with_upgrades(TokioIo::new(sock), svc).await;
+        });
+    }
+}
