@@ -24,12 +24,20 @@ async fn handle(req: Request<Incoming>, name: String) -> Result<Response<Full<By
         .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
         .collect();
     let (method, uri) = (req.method().to_string(), req.uri().to_string());
-    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let doc = serde_json::json!({ "upstream": name, "method": method, "uri": uri, "headers": headers, "body_bytes": body.len() });
     let mut text = serde_json::to_string_pretty(&doc).unwrap_or_default();
     text.push('\n');
     let mut resp = Response::new(Full::new(Bytes::from(text)));
-    resp.headers_mut().insert("content-type", http::HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        "content-type",
+        http::HeaderValue::from_static("application/json"),
+    );
     Ok(resp)
 }
 
@@ -45,7 +53,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let name = name.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| handle(req, name.clone()));
-            let _ = auto::Builder::new(TokioExecutor::new()).serve_connection_with_upgrades(TokioIo::new(sock), svc).await;
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(sock), svc)
+                .await;
         });
     }
 }

@@ -66,10 +66,16 @@ impl ServeHttp for Admin {
             return reply(405, json!({ "title": "Method Not Allowed", "status": 405 }));
         }
         match req.uri.path() {
-            "/status" => reply(200, json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION"), "uptime_seconds": self.started.elapsed().as_secs() })),
+            "/status" => reply(
+                200,
+                json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION"), "uptime_seconds": self.started.elapsed().as_secs() }),
+            ),
             "/status/ready" => reply(200, json!({ "ready": true })),
             "/upstreams" => reply(200, self.upstreams()),
-            _ => reply(404, json!({ "title": "Not Found", "status": 404, "detail": "admin endpoints: /status, /status/ready, /upstreams" })),
+            _ => reply(
+                404,
+                json!({ "title": "Not Found", "status": 404, "detail": "admin endpoints: /status, /status/ready, /upstreams" }),
+            ),
         }
     }
 }

@@ -31,23 +31,40 @@ pub struct RunFlags {
 /// the configuration is invalid (nothing is started then).
 pub fn run(conf_path: &str, flags: RunFlags) -> Result<(), String> {
     let registry = Arc::new(Registry::default());
-    let (snap, listeners) = snapshot::load_and_compile(conf_path, registry).map_err(|e| e.to_string())?;
+    let (snap, listeners) =
+        snapshot::load_and_compile(conf_path, registry).map_err(|e| e.to_string())?;
     for g in snap.upstreams.values() {
         for name in g.resolve_blocking() {
-            log::warn!("upstream {}: {name} does not resolve yet; retrying every {:?}", g.name, g.resolve_interval);
+            log::warn!(
+                "upstream {}: {name} does not resolve yet; retrying every {:?}",
+                g.name,
+                g.resolve_interval
+            );
         }
     }
     let server_conf = server_conf(&snap, flags.daemon);
     let admin = snap.config.admin.clone();
     let snapshot = Arc::new(ArcSwap::from_pointee(snap));
-    let opt = Opt { upgrade: flags.upgrade, daemon: flags.daemon, nocapture: false, test: flags.test, conf: None };
+    let opt = Opt {
+        upgrade: flags.upgrade,
+        daemon: flags.daemon,
+        nocapture: false,
+        test: flags.test,
+        conf: None,
+    };
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
     server.bootstrap();
     for l in listeners {
         add_listener(&mut server, l, &snapshot)?;
     }
     if let Some(a) = admin {
-        let mut svc = Service::new("admin".to_string(), Admin { snapshot: snapshot.clone(), started: Instant::now() });
+        let mut svc = Service::new(
+            "admin".to_string(),
+            Admin {
+                snapshot: snapshot.clone(),
+                started: Instant::now(),
+            },
+        );
         svc.add_tcp(&a.addr);
         svc.threads = Some(1);
         server.add_service(svc);
@@ -74,8 +91,15 @@ fn server_conf(snap: &Snapshot, daemon: bool) -> ServerConf {
 struct NoCallbacks;
 impl TlsAccept for NoCallbacks {}
 
-fn add_listener(server: &mut Server, l: ListenerPlan, snapshot: &Arc<ArcSwap<Snapshot>>) -> Result<(), String> {
-    let gateway = Gateway { snapshot: snapshot.clone(), tls: l.tls.is_some() };
+fn add_listener(
+    server: &mut Server,
+    l: ListenerPlan,
+    snapshot: &Arc<ArcSwap<Snapshot>>,
+) -> Result<(), String> {
+    let gateway = Gateway {
+        snapshot: snapshot.clone(),
+        tls: l.tls.is_some(),
+    };
     let mut options = HttpServerOptions::default();
     options.h2c = l.h2c;
     options.h2_idle_timeout = Some(snapshot.load().limits.keepalive);
@@ -86,7 +110,8 @@ fn add_listener(server: &mut Server, l: ListenerPlan, snapshot: &Arc<ArcSwap<Sna
     match l.tls {
         None => svc.add_tcp(&l.addr),
         Some((resolver, http2)) => {
-            let mut tls = TlsSettings::with_callbacks(Box::new(NoCallbacks)).map_err(|e| e.to_string())?;
+            let mut tls =
+                TlsSettings::with_callbacks(Box::new(NoCallbacks)).map_err(|e| e.to_string())?;
             tls.set_cert_resolver(resolver);
             if http2 {
                 tls.enable_h2();

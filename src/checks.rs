@@ -24,7 +24,11 @@ fn check_sizes(req: &RequestHeader, limits: &Limits) -> Result<(), GatewayError>
     if req.headers.len() > limits.max_header_count {
         return Err(GatewayError::HeadersTooLarge);
     }
-    let size: usize = req.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+    let size: usize = req
+        .headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
     let size = size + req.uri.path_and_query().map_or(0, |p| p.as_str().len());
     if size > limits.max_header_size {
         return Err(GatewayError::HeadersTooLarge);
@@ -42,7 +46,9 @@ fn check_target(req: &RequestHeader, h2: bool) -> Result<(), GatewayError> {
     if ok {
         Ok(())
     } else {
-        Err(GatewayError::BadRequest("The request target must be an absolute path."))
+        Err(GatewayError::BadRequest(
+            "The request target must be an absolute path.",
+        ))
     }
 }
 
@@ -51,7 +57,9 @@ fn check_target(req: &RequestHeader, h2: bool) -> Result<(), GatewayError> {
 fn check_field_values(req: &RequestHeader) -> Result<(), GatewayError> {
     let bad = |b: &u8| (*b < 0x20 && *b != b'\t') || *b == 0x7f;
     if req.headers.values().any(|v| v.as_bytes().iter().any(bad)) {
-        return Err(GatewayError::BadRequest("A header field value contains a control character."));
+        return Err(GatewayError::BadRequest(
+            "A header field value contains a control character.",
+        ));
     }
     Ok(())
 }
@@ -62,31 +70,47 @@ fn check_host(req: &RequestHeader, h2: bool) -> Result<(), GatewayError> {
     let mut hosts = req.headers.get_all(HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
-        return Err(GatewayError::BadRequest("The request has more than one Host header field."));
+        return Err(GatewayError::BadRequest(
+            "The request has more than one Host header field.",
+        ));
     }
     let value = match (host, h2, req.version) {
         (Some(h), _, _) => Some(h.as_bytes()),
         (None, true, _) => req.uri.authority().map(|a| a.as_str().as_bytes()),
         (None, false, Version::HTTP_11) => {
-            return Err(GatewayError::BadRequest("An HTTP/1.1 request must have a Host header field."))
+            return Err(GatewayError::BadRequest(
+                "An HTTP/1.1 request must have a Host header field.",
+            ))
         }
         (None, false, _) => None,
     };
     match value {
-        Some(v) if !valid_host(v) => Err(GatewayError::BadRequest("The Host header field is invalid.")),
+        Some(v) if !valid_host(v) => Err(GatewayError::BadRequest(
+            "The Host header field is invalid.",
+        )),
         _ => Ok(()),
     }
 }
 
 /// uri-host [ ":" port ] with a reg-name, IPv4 or bracketed IPv6 host.
 pub fn valid_host(v: &[u8]) -> bool {
-    let Ok(s) = std::str::from_utf8(v) else { return false };
+    let Ok(s) = std::str::from_utf8(v) else {
+        return false;
+    };
     let (host, port) = if let Some(rest) = s.strip_prefix('[') {
-        let Some((ip6, after)) = rest.split_once(']') else { return false };
+        let Some((ip6, after)) = rest.split_once(']') else {
+            return false;
+        };
         if ip6.parse::<std::net::Ipv6Addr>().is_err() {
             return false;
         }
-        (None, after.strip_prefix(':').map(Some).unwrap_or(if after.is_empty() { None } else { Some("x") }))
+        (
+            None,
+            after
+                .strip_prefix(':')
+                .map(Some)
+                .unwrap_or(if after.is_empty() { None } else { Some("x") }),
+        )
     } else {
         match s.rsplit_once(':') {
             Some((h, p)) => (Some(h), Some(p)),
@@ -103,7 +127,27 @@ pub fn valid_host(v: &[u8]) -> bool {
         Some(h) => {
             !h.is_empty()
                 && h.len() <= 253
-                && h.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'%' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='))
+                && h.bytes().all(|b| {
+                    b.is_ascii_alphanumeric()
+                        || matches!(
+                            b,
+                            b'-' | b'.'
+                                | b'_'
+                                | b'~'
+                                | b'%'
+                                | b'!'
+                                | b'$'
+                                | b'&'
+                                | b'\''
+                                | b'('
+                                | b')'
+                                | b'*'
+                                | b'+'
+                                | b','
+                                | b';'
+                                | b'='
+                        )
+                })
         }
     }
 }
@@ -111,36 +155,65 @@ pub fn valid_host(v: &[u8]) -> bool {
 /// RFC 9112 §6.1 and §6.3: Content-Length with Transfer-Encoding, differing or invalid
 /// Content-Length values and transfer codings other than a final `chunked` are rejected.
 fn check_framing(req: &RequestHeader) -> Result<(), GatewayError> {
-    let te: Vec<&[u8]> = req.headers.get_all(TRANSFER_ENCODING).iter().map(|v| v.as_bytes()).collect();
-    let mut lengths = req.headers.get_all(CONTENT_LENGTH).iter().flat_map(|v| v.as_bytes().split(|b| *b == b','));
+    let te: Vec<&[u8]> = req
+        .headers
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
+    let mut lengths = req
+        .headers
+        .get_all(CONTENT_LENGTH)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','));
     if !te.is_empty() {
         if req.headers.contains_key(CONTENT_LENGTH) {
-            return Err(GatewayError::BadRequest("The request has both Content-Length and Transfer-Encoding."));
+            return Err(GatewayError::BadRequest(
+                "The request has both Content-Length and Transfer-Encoding.",
+            ));
         }
         if req.version != Version::HTTP_11 {
-            return Err(GatewayError::BadRequest("Transfer-Encoding requires HTTP/1.1."));
+            return Err(GatewayError::BadRequest(
+                "Transfer-Encoding requires HTTP/1.1.",
+            ));
         }
-        let codings: Vec<&[u8]> = te.iter().flat_map(|v| v.split(|b| *b == b',')).map(trim).collect();
+        let codings: Vec<&[u8]> = te
+            .iter()
+            .flat_map(|v| v.split(|b| *b == b','))
+            .map(trim)
+            .collect();
         if codings.len() != 1 || !codings[0].eq_ignore_ascii_case(b"chunked") {
-            return Err(GatewayError::BadRequest("Only the chunked transfer coding is accepted."));
+            return Err(GatewayError::BadRequest(
+                "Only the chunked transfer coding is accepted.",
+            ));
         }
         return Ok(());
     }
     let first = lengths.next().map(trim);
     if let Some(f) = first {
         if f.is_empty() || f.len() > 19 || !f.iter().all(u8::is_ascii_digit) {
-            return Err(GatewayError::BadRequest("The Content-Length header field is invalid."));
+            return Err(GatewayError::BadRequest(
+                "The Content-Length header field is invalid.",
+            ));
         }
         if lengths.any(|l| trim(l) != f) {
-            return Err(GatewayError::BadRequest("The request has differing Content-Length values."));
+            return Err(GatewayError::BadRequest(
+                "The request has differing Content-Length values.",
+            ));
         }
     }
     Ok(())
 }
 
 fn trim(b: &[u8]) -> &[u8] {
-    let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
-    let end = b.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
     &b[start..end]
 }
 
@@ -157,7 +230,11 @@ pub fn had_cl_and_te(req: &RequestHeader, keepalive_after_parse: Option<u64>) ->
         .headers
         .get_all(http::header::CONNECTION)
         .iter()
-        .any(|v| v.as_bytes().split(|b| *b == b',').any(|t| trim(t).eq_ignore_ascii_case(b"close")));
+        .any(|v| {
+            v.as_bytes()
+                .split(|b| *b == b',')
+                .any(|t| trim(t).eq_ignore_ascii_case(b"close"))
+        });
     req.version == Version::HTTP_11
         && req.headers.contains_key(TRANSFER_ENCODING)
         && keepalive_after_parse.is_none()
@@ -167,7 +244,10 @@ pub fn had_cl_and_te(req: &RequestHeader, keepalive_after_parse: Option<u64>) ->
 /// The declared body length, if any (already validated by [`check`]).
 pub fn content_length(req: &RequestHeader) -> Option<u64> {
     let v = req.headers.get(CONTENT_LENGTH)?.as_bytes();
-    std::str::from_utf8(trim(v.split(|b| *b == b',').next()?)).ok()?.parse().ok()
+    std::str::from_utf8(trim(v.split(|b| *b == b',').next()?))
+        .ok()?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]
@@ -204,8 +284,18 @@ mod tests {
         assert!(verdict(&[("host", "a b")]).is_err());
         assert!(verdict(&[("host", "a:99999x")]).is_err());
         assert!(verdict(&[("host", "[::1]:80")]).is_ok());
-        assert!(verdict(&[("host", "a"), ("content-length", "3"), ("transfer-encoding", "chunked")]).is_err());
-        assert!(verdict(&[("host", "a"), ("content-length", "3"), ("content-length", "4")]).is_err());
+        assert!(verdict(&[
+            ("host", "a"),
+            ("content-length", "3"),
+            ("transfer-encoding", "chunked")
+        ])
+        .is_err());
+        assert!(verdict(&[
+            ("host", "a"),
+            ("content-length", "3"),
+            ("content-length", "4")
+        ])
+        .is_err());
         assert!(verdict(&[("host", "a"), ("content-length", "3, 3")]).is_ok());
         assert!(verdict(&[("host", "a"), ("content-length", "-1")]).is_err());
         assert!(verdict(&[("host", "a"), ("transfer-encoding", "gzip, chunked")]).is_err());
@@ -218,7 +308,10 @@ mod tests {
         let h: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), *v)).collect();
         assert_eq!(verdict(&h), Err(GatewayError::HeadersTooLarge));
         let big = "x".repeat(2000);
-        assert_eq!(verdict(&[("host", "a"), ("x-big", &big)]), Err(GatewayError::HeadersTooLarge));
+        assert_eq!(
+            verdict(&[("host", "a"), ("x-big", &big)]),
+            Err(GatewayError::HeadersTooLarge)
+        );
     }
 
     #[test]

@@ -31,6 +31,9 @@ pub struct RequestCtx {
 
 impl RequestCtx {
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.params.iter().find(|(n, _)| &**n == name).map(|(_, v)| v.as_str())
+        self.params
+            .iter()
+            .find(|(n, _)| &**n == name)
+            .map(|(_, v)| v.as_str())
     }
 }

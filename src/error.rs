@@ -114,7 +114,12 @@ impl GatewayError {
         if !request_id.is_empty() {
             let _ = h.insert_header("x-request-id", request_id);
         }
-        if matches!(self, GatewayError::BadRequest(_) | GatewayError::HeadersTooLarge | GatewayError::PayloadTooLarge) {
+        if matches!(
+            self,
+            GatewayError::BadRequest(_)
+                | GatewayError::HeadersTooLarge
+                | GatewayError::PayloadTooLarge
+        ) {
             // After a framing error the rest of the connection cannot be trusted.
             let _ = h.insert_header("connection", "close");
         }
@@ -150,7 +155,9 @@ pub fn classify(e: &Error) -> Option<GatewayError> {
         _ => match e.esource() {
             ErrorSource::Upstream => GatewayError::BadGateway,
             ErrorSource::Downstream => match e.etype() {
-                WriteError | ReadError | ConnectionClosed | ReadTimedout | WriteTimedout => return None,
+                WriteError | ReadError | ConnectionClosed | ReadTimedout | WriteTimedout => {
+                    return None
+                }
                 InvalidHTTPHeader | H1Error | H2Error | InvalidH2 => {
                     GatewayError::BadRequest("The request is malformed.")
                 }
@@ -174,12 +181,20 @@ mod tests {
         assert_eq!(v["status"], 404);
         assert_eq!(v["type"], "urn:postern:problem:no-route");
         assert_eq!(v["request_id"], "abc");
-        assert_eq!(h.headers.get("content-length").unwrap(), &body.len().to_string());
+        assert_eq!(
+            h.headers.get("content-length").unwrap(),
+            &body.len().to_string()
+        );
     }
 
     #[test]
     fn classification_round_trips() {
-        for g in [GatewayError::NoRoute, GatewayError::PayloadTooLarge, GatewayError::NoHealthyTarget, GatewayError::UpstreamTimeout] {
+        for g in [
+            GatewayError::NoRoute,
+            GatewayError::PayloadTooLarge,
+            GatewayError::NoHealthyTarget,
+            GatewayError::UpstreamTimeout,
+        ] {
             assert_eq!(classify(&g.clone().into_pingora()), Some(g));
         }
         let e = Error::new_up(ErrorType::ConnectRefused);

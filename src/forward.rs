@@ -13,7 +13,15 @@ pub const X_REQUEST_ID: &str = "x-request-id";
 /// Keeps a client's request id when it is short and plain, otherwise makes a new (UUIDv7) one.
 pub fn request_id(req: &RequestHeader) -> String {
     match req.headers.get(X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
-        Some(id) if !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':')) => id.to_string(),
+        Some(id)
+            if !id.is_empty()
+                && id.len() <= 128
+                && id.bytes().all(|b| {
+                    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':')
+                }) =>
+        {
+            id.to_string()
+        }
         _ => uuid::Uuid::now_v7().to_string(),
     }
 }
@@ -29,7 +37,9 @@ pub fn upstream_path(route: &Route, path: &str, caps: &Captures) -> Option<Strin
                     let (s, e) = caps.params.get(*i)?;
                     out.push_str(path.get(*s as usize..*e as usize)?);
                 }
-                Part::Rest => out.push_str(caps.rest.and_then(|r| path.get(r as usize..)).unwrap_or("")),
+                Part::Rest => {
+                    out.push_str(caps.rest.and_then(|r| path.get(r as usize..)).unwrap_or(""))
+                }
             }
         }
         return Some(collapse_slashes(out));
@@ -67,12 +77,20 @@ pub fn set_path(req: &mut RequestHeader, path: &str) {
 pub fn add_forwarding(req: &mut RequestHeader, ctx: &RequestCtx, host: Option<&str>) {
     let proto = if ctx.conn.tls { "https" } else { "http" };
     if let Some(ip) = ctx.conn.client_ip {
-        let xff = match req.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        let xff = match req
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
             Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
             _ => ip.to_string(),
         };
         let _ = req.insert_header("x-forwarded-for", xff);
-        let node = if ip.is_ipv6() { format!("\"[{ip}]\"") } else { ip.to_string() };
+        let node = if ip.is_ipv6() {
+            format!("\"[{ip}]\"")
+        } else {
+            ip.to_string()
+        };
         let mut fwd = format!("for={node};proto={proto}");
         if let Some(h) = host.filter(|h| crate::checks::valid_host(h.as_bytes())) {
             fwd.push_str(&format!(";host=\"{h}\""));

@@ -68,11 +68,20 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<()> {
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
         let limits = &ctx.snap.limits;
         let h2 = session.is_http2();
         if !h2 && checks::had_cl_and_te(session.req_header(), session.get_keepalive()) {
-            return Err(fail(ctx, GatewayError::BadRequest("The request has both Content-Length and Transfer-Encoding.")));
+            return Err(fail(
+                ctx,
+                GatewayError::BadRequest(
+                    "The request has both Content-Length and Transfer-Encoding.",
+                ),
+            ));
         }
         // Bound the idle time of connections Pingora keeps alive (its default is infinite), and
         // leave closed the ones the client or HTTP/1.0 asked to close.
@@ -82,22 +91,40 @@ impl ProxyHttp for Gateway {
         session.set_read_timeout(Some(limits.header_read));
         session.set_write_timeout(Some(limits.client_write));
         let inet = session.client_addr().and_then(|a| a.as_inet());
-        ctx.req.conn = ConnInfo { client_ip: inet.map(|a| a.ip()), client_port: inet.map_or(0, |a| a.port()), tls: self.tls, sni: None, http2: h2 };
+        ctx.req.conn = ConnInfo {
+            client_ip: inet.map(|a| a.ip()),
+            client_port: inet.map_or(0, |a| a.port()),
+            tls: self.tls,
+            sni: None,
+            http2: h2,
+        };
         ctx.req.request_id = forward::request_id(session.req_header());
         checks::check(session.req_header(), h2, limits).map_err(|e| fail(ctx, e))
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
         route_request(session, ctx).map_err(|e| fail(ctx, e))?;
-        let Some(route) = ctx.route.clone() else { return Err(fail(ctx, GatewayError::Internal)) };
-        match route.chain.on_request(session.req_header_mut(), &mut ctx.req).await {
+        let Some(route) = ctx.route.clone() else {
+            return Err(fail(ctx, GatewayError::Internal));
+        };
+        match route
+            .chain
+            .on_request(session.req_header_mut(), &mut ctx.req)
+            .await
+        {
             Ok(Flow::Continue) => Ok(false),
             Ok(Flow::Respond(reply)) => send_reply(session, ctx, &route, reply).await.map(|_| true),
             Err(e) => Err(fail(ctx, e)),
         }
     }
 
-    async fn request_body_filter(&self, _s: &mut Session, body: &mut Option<Bytes>, _eos: bool, ctx: &mut Ctx) -> pingora::Result<()> {
+    async fn request_body_filter(
+        &self,
+        _s: &mut Session,
+        body: &mut Option<Bytes>,
+        _eos: bool,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
         ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
         match &ctx.route {
             Some(r) if ctx.body_bytes > r.max_body => Err(fail(ctx, GatewayError::PayloadTooLarge)),
@@ -105,13 +132,21 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<Box<HttpPeer>> {
-        let Some(route) = ctx.route.clone() else { return Err(fail(ctx, GatewayError::Internal)) };
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        let Some(route) = ctx.route.clone() else {
+            return Err(fail(ctx, GatewayError::Internal));
+        };
         let group = &route.upstream;
         if ctx.tries > 0 && !group.retry.backoff.is_zero() {
             tokio::time::sleep(group.retry.backoff).await;
         }
-        let target = group.select(session.req_header(), ctx.req.conn.client_ip, &ctx.tried).map_err(|e| fail(ctx, e))?;
+        let target = group
+            .select(session.req_header(), ctx.req.conn.client_ip, &ctx.tried)
+            .map_err(|e| fail(ctx, e))?;
         ctx.tries += 1;
         ctx.tried.push(target.addr);
         ctx._inflight = Some(target.begin());
@@ -120,7 +155,13 @@ impl ProxyHttp for Gateway {
         Ok(Box::new(peer))
     }
 
-    fn fail_to_connect(&self, _s: &mut Session, _peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+    fn fail_to_connect(
+        &self,
+        _s: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
         if let (Some(route), Some(t)) = (&ctx.route, &ctx.target) {
             route.upstream.record_outcome(t, false);
             e.set_retry(route.upstream.retry.after_connect_failure(ctx.tries, &e));
@@ -128,14 +169,24 @@ impl ProxyHttp for Gateway {
         e
     }
 
-    fn error_while_proxy(&self, peer: &HttpPeer, session: &mut Session, e: Box<Error>, ctx: &mut Ctx, reused: bool) -> Box<Error> {
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        reused: bool,
+    ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
         let replayable = !session.as_ref().retry_buffer_truncated();
         let idempotent = session.req_header().method.is_idempotent();
-        let mut stale = e.retry.clone();
+        let mut stale = e.retry;
         stale.decide_reuse(reused);
-        let stale_pooled = matches!(e.retry, RetryType::ReusedOnly) && matches!(stale, RetryType::Decided(true));
-        let (Some(route), Some(t)) = (&ctx.route, &ctx.target) else { return e };
+        let stale_pooled =
+            matches!(e.retry, RetryType::ReusedOnly) && matches!(stale, RetryType::Decided(true));
+        let (Some(route), Some(t)) = (&ctx.route, &ctx.target) else {
+            return e;
+        };
         let retry = if stale_pooled {
             // A pooled connection closed by the target: not the target's fault, try it again once.
             ctx.tried.retain(|a| *a != t.addr);
@@ -144,55 +195,112 @@ impl ProxyHttp for Gateway {
             if e.esource() == &pingora::ErrorSource::Upstream {
                 route.upstream.record_outcome(t, false);
             }
-            route.upstream.retry.after_proxy_failure(ctx.tries, &e, idempotent, replayable)
+            route
+                .upstream
+                .retry
+                .after_proxy_failure(ctx.tries, &e, idempotent, replayable)
         };
         e.set_retry(retry);
         e
     }
 
-    async fn upstream_request_filter(&self, session: &mut Session, up: &mut RequestHeader, ctx: &mut Ctx) -> pingora::Result<()> {
-        let Some(route) = ctx.route.clone() else { return Ok(()) };
-        if let Some(p) = forward::upstream_path(&route, session.req_header().uri.path(), &ctx.captures) {
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        up: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
+        let Some(route) = ctx.route.clone() else {
+            return Ok(());
+        };
+        if let Some(p) =
+            forward::upstream_path(&route, session.req_header().uri.path(), &ctx.captures)
+        {
             forward::set_path(up, &p);
         }
         forward::set_host(up, &route, ctx.client_host.as_deref());
         forward::add_forwarding(up, &ctx.req, ctx.client_host.as_deref());
-        route.chain.on_upstream_request(up, &mut ctx.req).map_err(|e| fail(ctx, e))
+        route
+            .chain
+            .on_upstream_request(up, &mut ctx.req)
+            .map_err(|e| fail(ctx, e))
     }
 
-    async fn upstream_response_filter(&self, _s: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<()> {
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
         let status = resp.status.as_u16();
-        if let (Some(route), Some(t)) = (&ctx.route, &ctx.target) {
-            if status >= 200 {
-                route.upstream.record_outcome(t, !route.upstream.is_failure_status(status));
-            }
+        let (Some(route), Some(t)) = (&ctx.route, &ctx.target) else {
+            return Ok(());
+        };
+        if status < 200 {
+            return Ok(());
+        }
+        route
+            .upstream
+            .record_outcome(t, !route.upstream.is_failure_status(status));
+        let idempotent = session.req_header().method.is_idempotent();
+        let replayable = !session.as_ref().retry_buffer_truncated();
+        if route
+            .upstream
+            .retry
+            .retries_status(ctx.tries, status, idempotent, replayable)
+        {
+            // Drop this answer and let `error_while_proxy` send the request to another target.
+            let mut e = Error::explain(
+                pingora::ErrorType::HTTPStatus(status),
+                "retrying on upstream status",
+            );
+            e.esource = pingora::ErrorSource::Upstream;
+            return Err(e);
         }
         Ok(())
     }
 
-    async fn response_filter(&self, _s: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<()> {
+    async fn response_filter(
+        &self,
+        _s: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
         forward::clean_response(resp);
         let _ = resp.insert_header(forward::X_REQUEST_ID, &ctx.req.request_id);
         ctx.req.status = Some(resp.status.as_u16());
         match ctx.route.clone() {
-            Some(route) => route.chain.on_response(resp, &mut ctx.req).map_err(|e| fail(ctx, e)),
+            Some(route) => route
+                .chain
+                .on_response(resp, &mut ctx.req)
+                .map_err(|e| fail(ctx, e)),
             None => Ok(()),
         }
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let Some(ge) = ctx.failure.take().or_else(|| classify(e)) else {
-            return FailToProxy { error_code: 0, can_reuse_downstream: false };
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
         };
         let code = ge.status();
         ctx.req.status = Some(code);
         if session.response_written().is_some() {
-            return FailToProxy { error_code: code, can_reuse_downstream: false };
+            return FailToProxy {
+                error_code: code,
+                can_reuse_downstream: false,
+            };
         }
         let Ok((header, body)) = ge.response(&ctx.req.request_id) else {
-            return FailToProxy { error_code: code, can_reuse_downstream: false };
+            return FailToProxy {
+                error_code: code,
+                can_reuse_downstream: false,
+            };
         };
-        let reusable = matches!(ge, GatewayError::NoRoute | GatewayError::NoHealthyTarget) && session.is_body_empty();
+        let reusable = matches!(ge, GatewayError::NoRoute | GatewayError::NoHealthyTarget)
+            && session.is_body_empty();
         if !reusable {
             session.set_keepalive(None);
         }
@@ -203,7 +311,10 @@ impl ProxyHttp for Gateway {
         if let Err(w) = written {
             log::debug!("could not send the error response: {w}");
         }
-        FailToProxy { error_code: code, can_reuse_downstream: reusable }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: reusable,
+        }
     }
 
     /// Client errors Postern answers itself (404, 400, 413, 431) are expected traffic, not
@@ -223,7 +334,8 @@ impl ProxyHttp for Gateway {
 /// Normalizes the path, finds the route and records it in `ctx`.
 fn route_request(session: &mut Session, ctx: &mut Ctx) -> Result<(), GatewayError> {
     let path = session.req_header().uri.path();
-    let normalized = normalize(path).map_err(|_| GatewayError::BadRequest("The request path is invalid."))?;
+    let normalized =
+        normalize(path).map_err(|_| GatewayError::BadRequest("The request path is invalid."))?;
     if let Cow::Owned(p) = normalized {
         forward::set_path(session.req_header_mut(), &p);
     }
@@ -256,7 +368,12 @@ fn route_request(session: &mut Session, ctx: &mut Ctx) -> Result<(), GatewayErro
 }
 
 /// Writes a plugin's reply, after the route's response hooks.
-async fn send_reply(session: &mut Session, ctx: &mut Ctx, route: &Route, reply: Reply) -> pingora::Result<()> {
+async fn send_reply(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    route: &Route,
+    reply: Reply,
+) -> pingora::Result<()> {
     let mut h = ResponseHeader::build(reply.status, Some(reply.headers.len() + 2))?;
     for (n, v) in reply.headers {
         h.append_header(n, v)?;
@@ -264,7 +381,10 @@ async fn send_reply(session: &mut Session, ctx: &mut Ctx, route: &Route, reply: 
     h.insert_header("content-length", reply.body.len().to_string())?;
     h.insert_header(forward::X_REQUEST_ID, &ctx.req.request_id)?;
     ctx.req.status = Some(reply.status);
-    route.chain.on_response(&mut h, &mut ctx.req).map_err(|e| fail(ctx, e))?;
+    route
+        .chain
+        .on_response(&mut h, &mut ctx.req)
+        .map_err(|e| fail(ctx, e))?;
     if !session.is_body_empty() {
         session.set_keepalive(None);
     }

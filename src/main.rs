@@ -10,9 +10,23 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Check { conf } => check(&conf),
-        Command::Run { conf, test: true, .. } => check(&conf),
-        Command::Run { conf, daemon, upgrade, test } => {
-            match postern::app::run(&conf, postern::app::RunFlags { daemon, upgrade, test }) {
+        Command::Run {
+            conf, test: true, ..
+        } => check(&conf),
+        Command::Run {
+            conf,
+            daemon,
+            upgrade,
+            test,
+        } => {
+            match postern::app::run(
+                &conf,
+                postern::app::RunFlags {
+                    daemon,
+                    upgrade,
+                    test,
+                },
+            ) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprint!("{e}");

@@ -64,13 +64,23 @@ pub struct ListenerPlan {
 }
 
 /// Loads, checks and compiles a file: what `postern check` and start-up run.
-pub fn load_and_compile(path: &str, registry: Arc<Registry>) -> Result<(Snapshot, Vec<ListenerPlan>), ConfigError> {
+pub fn load_and_compile(
+    path: &str,
+    registry: Arc<Registry>,
+) -> Result<(Snapshot, Vec<ListenerPlan>), ConfigError> {
     let loaded = cfg::load(path)?;
     compile(loaded, registry)
 }
 
-pub fn compile(loaded: Loaded, registry: Arc<Registry>) -> Result<(Snapshot, Vec<ListenerPlan>), ConfigError> {
-    let Loaded { config, lines, file } = loaded;
+pub fn compile(
+    loaded: Loaded,
+    registry: Arc<Registry>,
+) -> Result<(Snapshot, Vec<ListenerPlan>), ConfigError> {
+    let Loaded {
+        config,
+        lines,
+        file,
+    } = loaded;
     let mut issues = Vec::new();
     let listeners = compile_listeners(&config, &mut issues);
     let mut upstreams = BTreeMap::new();
@@ -87,7 +97,10 @@ pub fn compile(loaded: Loaded, registry: Arc<Registry>) -> Result<(Snapshot, Vec
         compile_route(i, r, &config, &upstreams, &mut router, &mut issues);
     }
     if !issues.is_empty() {
-        return Err(ConfigError { file, issues: cfg::locate(issues, &lines) });
+        return Err(ConfigError {
+            file,
+            issues: cfg::locate(issues, &lines),
+        });
     }
     let s = &config.server;
     let limits = Limits {
@@ -97,7 +110,15 @@ pub fn compile(loaded: Loaded, registry: Arc<Registry>) -> Result<(Snapshot, Vec
         max_header_count: s.max_header_count,
         max_header_size: s.max_header_size.0 as usize,
     };
-    Ok((Snapshot { router, upstreams, limits, config }, listeners))
+    Ok((
+        Snapshot {
+            router,
+            upstreams,
+            limits,
+            config,
+        },
+        listeners,
+    ))
 }
 
 fn compile_listeners(c: &Config, issues: &mut Vec<Issue>) -> Vec<ListenerPlan> {
@@ -108,12 +129,20 @@ fn compile_listeners(c: &Config, issues: &mut Vec<Issue>) -> Vec<ListenerPlan> {
             Some(t) => match SniResolver::load(&t.certificates) {
                 Ok(r) => Some((Arc::new(r), t.http2)),
                 Err((j, m)) => {
-                    issues.push(Issue::new(format!("listeners[{i}].tls.certificates[{j}]"), m));
+                    issues.push(Issue::new(
+                        format!("listeners[{i}].tls.certificates[{j}]"),
+                        m,
+                    ));
                     None
                 }
             },
         };
-        out.push(ListenerPlan { name: l.name.clone().unwrap_or_else(|| l.addr.clone()), addr: l.addr.clone(), tls, h2c: l.h2c });
+        out.push(ListenerPlan {
+            name: l.name.clone().unwrap_or_else(|| l.addr.clone()),
+            addr: l.addr.clone(),
+            tls,
+            h2c: l.h2c,
+        });
     }
     out
 }
@@ -129,7 +158,9 @@ fn compile_route(
     let path = format!("routes[{i}]");
     let before = issues.len();
     let pattern_src = r.matcher.path.as_deref().unwrap_or("/*");
-    let pattern = Pattern::parse(pattern_src).map_err(|m| issues.push(Issue::new(format!("{path}.match.path"), m))).ok();
+    let pattern = Pattern::parse(pattern_src)
+        .map_err(|m| issues.push(Issue::new(format!("{path}.match.path"), m)))
+        .ok();
     let hosts = r.matcher.host.to_vec();
     for h in &hosts {
         if let Err(m) = check_host(h) {
@@ -147,17 +178,30 @@ fn compile_route(
     let pattern = pattern?;
     let param_names: Vec<Arc<str>> = pattern.param_names().into_iter().map(Arc::from).collect();
     let rewrite_path = r.rewrite.path.as_deref().and_then(|t| {
-        compile_template(t, &param_names, pattern.prefix).map_err(|m| issues.push(Issue::new(format!("{path}.rewrite.path"), m))).ok()
+        compile_template(t, &param_names, pattern.prefix)
+            .map_err(|m| issues.push(Issue::new(format!("{path}.rewrite.path"), m)))
+            .ok()
     });
     let host = r.rewrite.host.as_deref().and_then(|h| {
-        HeaderValue::from_str(h).map_err(|_| issues.push(Issue::new(format!("{path}.rewrite.host"), "invalid host value"))).ok()
+        HeaderValue::from_str(h)
+            .map_err(|_| {
+                issues.push(Issue::new(
+                    format!("{path}.rewrite.host"),
+                    "invalid host value",
+                ))
+            })
+            .ok()
     });
     let upstream = upstreams.get(&r.upstream)?.clone();
     if issues.len() > before {
         return None;
     }
     let route = Route {
-        name: r.name.clone().unwrap_or_else(|| format!("route-{i}")).into(),
+        name: r
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("route-{i}"))
+            .into(),
         upstream,
         chain: Chain::new(plugins),
         param_names,
@@ -170,9 +214,17 @@ fn compile_route(
     Some(())
 }
 
-fn compile_conditions(path: &str, m: &schema::Match, issues: &mut Vec<Issue>) -> Option<Conditions> {
+fn compile_conditions(
+    path: &str,
+    m: &schema::Match,
+    issues: &mut Vec<Issue>,
+) -> Option<Conditions> {
     let before = issues.len();
-    let methods = m.methods.iter().filter_map(|s| Method::from_bytes(s.as_bytes()).ok()).collect();
+    let methods = m
+        .methods
+        .iter()
+        .filter_map(|s| Method::from_bytes(s.as_bytes()).ok())
+        .collect();
     let mut headers = Vec::new();
     for (k, v) in &m.headers {
         let p = format!("{path}.match.headers.{k}");
@@ -189,7 +241,11 @@ fn compile_conditions(path: &str, m: &schema::Match, issues: &mut Vec<Issue>) ->
             Err(e) => issues.push(Issue::new(format!("{path}.match.query.{k}"), e)),
         }
     }
-    (issues.len() == before).then_some(Conditions { methods, headers, query })
+    (issues.len() == before).then_some(Conditions {
+        methods,
+        headers,
+        query,
+    })
 }
 
 /// `/v2/users/{id}/{*}` → parts; every `{name}` must be a parameter of the route's pattern.
@@ -203,7 +259,10 @@ pub fn compile_template(t: &str, names: &[Arc<str>], prefix: bool) -> Result<Vec
         if open > 0 {
             parts.push(Part::Text(rest[..open].to_string()));
         }
-        let close = rest[open..].find('}').ok_or_else(|| format!("unclosed {{ in \"{t}\""))? + open;
+        let close = rest[open..]
+            .find('}')
+            .ok_or_else(|| format!("unclosed {{ in \"{t}\""))?
+            + open;
         let name = &rest[open + 1..close];
         if name == "*" {
             if !prefix {
@@ -213,7 +272,14 @@ pub fn compile_template(t: &str, names: &[Arc<str>], prefix: bool) -> Result<Vec
         } else {
             let idx = names.iter().position(|n| &**n == name).ok_or_else(|| {
                 let known: Vec<&str> = names.iter().map(|n| &**n).collect();
-                format!("unknown parameter {{{name}}}; the route path captures: {}", if known.is_empty() { "none".into() } else { known.join(", ") })
+                format!(
+                    "unknown parameter {{{name}}}; the route path captures: {}",
+                    if known.is_empty() {
+                        "none".into()
+                    } else {
+                        known.join(", ")
+                    }
+                )
             })?;
             parts.push(Part::Param(idx));
         }
@@ -237,9 +303,16 @@ mod tests {
         let names: Vec<Arc<str>> = vec!["id".into()];
         assert_eq!(
             compile_template("/v2/u/{id}/{*}", &names, true).unwrap(),
-            vec![Part::Text("/v2/u/".into()), Part::Param(0), Part::Text("/".into()), Part::Rest]
+            vec![
+                Part::Text("/v2/u/".into()),
+                Part::Param(0),
+                Part::Text("/".into()),
+                Part::Rest
+            ]
         );
-        assert!(compile_template("/x/{nope}", &names, false).unwrap_err().contains("captures: id"));
+        assert!(compile_template("/x/{nope}", &names, false)
+            .unwrap_err()
+            .contains("captures: id"));
         assert!(compile_template("/x/{*}", &names, false).is_err());
         assert!(compile_template("x", &names, false).is_err());
     }

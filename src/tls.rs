@@ -28,18 +28,26 @@ impl SniResolver {
             for n in names {
                 let n = n.to_ascii_lowercase();
                 match n.strip_prefix("*.") {
-                    Some(suffix) => wildcard.entry(suffix.to_string()).or_insert_with(|| key.clone()),
+                    Some(suffix) => wildcard
+                        .entry(suffix.to_string())
+                        .or_insert_with(|| key.clone()),
                     None => exact.entry(n).or_insert_with(|| key.clone()),
                 };
             }
             default.get_or_insert(key);
         }
         let default = default.ok_or((0, "no certificate".to_string()))?;
-        Ok(SniResolver { exact, wildcard, default })
+        Ok(SniResolver {
+            exact,
+            wildcard,
+            default,
+        })
     }
 
     pub fn pick(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
-        let Some(name) = sni.map(str::to_ascii_lowercase) else { return self.default.clone() };
+        let Some(name) = sni.map(str::to_ascii_lowercase) else {
+            return self.default.clone();
+        };
         if let Some(k) = self.exact.get(&name) {
             return k.clone();
         }
@@ -59,10 +67,16 @@ impl ResolvesServerCert for SniResolver {
 }
 
 fn load_one(c: &CertKey) -> Result<(CertifiedKey, Vec<String>), String> {
-    let cert_pem = std::fs::read(&c.cert).map_err(|e| format!("cannot read certificate {}: {e}", c.cert))?;
+    let cert_pem =
+        std::fs::read(&c.cert).map_err(|e| format!("cannot read certificate {}: {e}", c.cert))?;
     let key_pem = std::fs::read(&c.key).map_err(|e| format!("cannot read key {}: {e}", c.key))?;
-    let chain: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_slice()).filter_map(Result::ok).collect();
-    let leaf = chain.first().ok_or_else(|| format!("{} holds no PEM certificate", c.cert))?.clone();
+    let chain: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        .filter_map(Result::ok)
+        .collect();
+    let leaf = chain
+        .first()
+        .ok_or_else(|| format!("{} holds no PEM certificate", c.cert))?
+        .clone();
     let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
         .ok()
         .flatten()
@@ -76,13 +90,19 @@ fn load_one(c: &CertKey) -> Result<(CertifiedKey, Vec<String>), String> {
     certified
         .keys_match()
         .map_err(|e| format!("key {} does not match certificate {}: {e}", c.key, c.cert))?;
-    let names = if c.names.is_empty() { san_names(&leaf) } else { c.names.clone() };
+    let names = if c.names.is_empty() {
+        san_names(&leaf)
+    } else {
+        c.names.clone()
+    };
     Ok((certified, names))
 }
 
 fn san_names(der: &[u8]) -> Vec<String> {
     use x509_parser::prelude::*;
-    let Ok((_, cert)) = X509Certificate::from_der(der) else { return Vec::new() };
+    let Ok((_, cert)) = X509Certificate::from_der(der) else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for n in &san.value.general_names {

@@ -13,13 +13,18 @@ async fn tally(gw: &Gateway, n: usize, header: Option<(&str, String)>) -> HashMa
             req = req.header(*k, v.replace("{i}", &i.to_string()));
         }
         let v: serde_json::Value = req.send().await.unwrap().json().await.unwrap();
-        *counts.entry(v["upstream"].as_str().unwrap().to_string()).or_default() += 1;
+        *counts
+            .entry(v["upstream"].as_str().unwrap().to_string())
+            .or_default() += 1;
     }
     counts
 }
 
 fn conf(balance: &str, targets: &[(&Upstream, u32)], extra: &str) -> String {
-    let t: Vec<String> = targets.iter().map(|(u, w)| format!("{{ addr: \"{}\", weight: {w} }}", u.addr)).collect();
+    let t: Vec<String> = targets
+        .iter()
+        .map(|(u, w)| format!("{{ addr: \"{}\", weight: {w} }}", u.addr))
+        .collect();
     format!("upstreams:\n  pool:\n    balance: {balance}\n{extra}    targets: [ {} ]\nroutes:\n  - {{ match: {{ path: /* }}, upstream: pool }}\n", t.join(", "))
 }
 
@@ -45,7 +50,9 @@ async fn random_follows_weights_within_tolerance() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_conn_avoids_the_busy_target() {
     let (slow, fast) = (Upstream::start("slow").await, Upstream::start("fast").await);
-    slow.state.delay_ms.store(400, std::sync::atomic::Ordering::SeqCst);
+    slow.state
+        .delay_ms
+        .store(400, std::sync::atomic::Ordering::SeqCst);
     let gw = Gateway::start(&conf("least_conn", &[(&slow, 1), (&fast, 1)], ""));
     let c = client();
     // Keep 4 requests in flight at all times; the slow target holds its requests, so new ones
@@ -68,27 +75,60 @@ async fn least_conn_avoids_the_busy_target() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consistent_hash_is_stable_and_moves_about_one_nth() {
-    let ups = [Upstream::start("a").await, Upstream::start("b").await, Upstream::start("c").await, Upstream::start("d").await];
+    let ups = [
+        Upstream::start("a").await,
+        Upstream::start("b").await,
+        Upstream::start("c").await,
+        Upstream::start("d").await,
+    ];
     let targets: Vec<(&Upstream, u32)> = ups.iter().map(|u| (u, 1)).collect();
     let body = conf("consistent_hash", &targets, "    hash_key: header:x-user\n");
     let gw = Gateway::start(&body);
     let c = client();
     let mut first = Vec::new();
     for i in 0..200 {
-        let v: serde_json::Value = c.get(gw.url("/x")).header("x-user", format!("user-{i}")).send().await.unwrap().json().await.unwrap();
+        let v: serde_json::Value = c
+            .get(gw.url("/x"))
+            .header("x-user", format!("user-{i}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         first.push(v["upstream"].as_str().unwrap().to_string());
     }
     for i in 0..200 {
-        let v: serde_json::Value = c.get(gw.url("/x")).header("x-user", format!("user-{i}")).send().await.unwrap().json().await.unwrap();
+        let v: serde_json::Value = c
+            .get(gw.url("/x"))
+            .header("x-user", format!("user-{i}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         assert_eq!(v["upstream"], first[i], "same key, same target");
     }
     drop(gw);
     // Remove target d: only d's keys may move.
     let targets: Vec<(&Upstream, u32)> = ups[..3].iter().map(|u| (u, 1)).collect();
-    let gw = Gateway::start(&conf("consistent_hash", &targets, "    hash_key: header:x-user\n"));
+    let gw = Gateway::start(&conf(
+        "consistent_hash",
+        &targets,
+        "    hash_key: header:x-user\n",
+    ));
     let mut moved = 0;
     for i in 0..200 {
-        let v: serde_json::Value = c.get(gw.url("/x")).header("x-user", format!("user-{i}")).send().await.unwrap().json().await.unwrap();
+        let v: serde_json::Value = c
+            .get(gw.url("/x"))
+            .header("x-user", format!("user-{i}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         if v["upstream"] != first[i] {
             assert_eq!(first[i], "d", "a key owned by a remaining target moved");
             moved += 1;
@@ -96,7 +136,10 @@ async fn consistent_hash_is_stable_and_moves_about_one_nth() {
     }
     let owned_by_d = first.iter().filter(|u| *u == "d").count();
     assert_eq!(moved, owned_by_d);
-    assert!((20..=90).contains(&moved), "about 1/4 of 200 keys should move, moved {moved}");
+    assert!(
+        (20..=90).contains(&moved),
+        "about 1/4 of 200 keys should move, moved {moved}"
+    );
     // Without the key, the fallback (round robin) still serves.
     let r = c.get(gw.url("/x")).send().await.unwrap();
     assert_eq!(r.status(), 200);

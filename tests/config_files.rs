@@ -24,13 +24,25 @@ fn every_example_config_is_valid() {
     let mut files = Vec::new();
     yaml_files(&root().join("conf"), &mut files);
     let mut checked = 0;
-    for f in files.iter().filter(|f| !f.starts_with(root().join("conf/invalid"))) {
+    for f in files
+        .iter()
+        .filter(|f| !f.starts_with(root().join("conf/invalid")))
+    {
         if f.starts_with(root().join("conf/monitoring")) {
             continue; // Prometheus rules, checked by promtool where installed
         }
         let rel = f.strip_prefix(root()).unwrap();
-        let out = std::process::Command::new(BIN).current_dir(root()).args(["check", "-c", rel.to_str().unwrap()]).output().unwrap();
-        assert!(out.status.success(), "{}: {}", rel.display(), String::from_utf8_lossy(&out.stderr));
+        let out = std::process::Command::new(BIN)
+            .current_dir(root())
+            .args(["check", "-c", rel.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            rel.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
         checked += 1;
     }
     assert!(checked >= 8, "only {checked} example files found");
@@ -43,12 +55,28 @@ fn every_invalid_config_fails_with_its_expected_message() {
     assert!(files.len() >= 10);
     for f in files {
         let text = std::fs::read_to_string(&f).unwrap();
-        let expect = text.lines().next().and_then(|l| l.strip_prefix("# expect: ")).unwrap_or_else(|| panic!("{}: first line must be `# expect: ...`", f.display()));
-        let rel = f.strip_prefix(root()).unwrap().to_str().unwrap().to_string();
-        let out = std::process::Command::new(BIN).current_dir(root()).args(["check", "-c", &rel]).output().unwrap();
+        let expect = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("# expect: "))
+            .unwrap_or_else(|| panic!("{}: first line must be `# expect: ...`", f.display()));
+        let rel = f
+            .strip_prefix(root())
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        let out = std::process::Command::new(BIN)
+            .current_dir(root())
+            .args(["check", "-c", &rel])
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{rel} should be rejected");
-        assert!(stderr.contains(expect), "{rel}: expected `{expect}` in:\n{stderr}");
+        assert!(
+            stderr.contains(expect),
+            "{rel}: expected `{expect}` in:\n{stderr}"
+        );
     }
 }
 
@@ -57,7 +85,10 @@ fn check_reports_missing_files_and_schema_is_json() {
     let (code, text) = check("/nonexistent/postern.yaml");
     assert_eq!(code, 1);
     assert!(text.contains("cannot read the file"), "{text}");
-    let out = std::process::Command::new(BIN).arg("schema").output().unwrap();
+    let out = std::process::Command::new(BIN)
+        .arg("schema")
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(schema["properties"]["routes"].is_object());
@@ -71,8 +102,21 @@ fn environment_variables_are_expanded() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("env.yaml");
     std::fs::write(&f, "version: 1\nlisteners: [ { addr: \"${POSTERN_TEST_ADDR}\" } ]\nserver: { threads: ${POSTERN_TEST_THREADS:-3} }\n").unwrap();
-    let out = std::process::Command::new(BIN).env("POSTERN_TEST_ADDR", "127.0.0.1:1").args(["check", "-c", f.to_str().unwrap()]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = std::process::Command::new(BIN).env("POSTERN_TEST_ADDR", "not-an-address").args(["check", "-c", f.to_str().unwrap()]).output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stderr).contains("listeners[0].addr (line 2): invalid address \"not-an-address\""));
+    let out = std::process::Command::new(BIN)
+        .env("POSTERN_TEST_ADDR", "127.0.0.1:1")
+        .args(["check", "-c", f.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = std::process::Command::new(BIN)
+        .env("POSTERN_TEST_ADDR", "not-an-address")
+        .args(["check", "-c", f.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("listeners[0].addr (line 2): invalid address \"not-an-address\""));
 }

@@ -1,5 +1,7 @@
 //! End-to-end tests: the real binary, real sockets, loopback, ephemeral ports.
 
+#![allow(clippy::unwrap_used)]
+
 #[path = "util/mod.rs"]
 mod util;
 

@@ -5,7 +5,11 @@ use crate::util::{client, free_port, Gateway};
 use std::sync::atomic::Ordering::SeqCst;
 
 fn healthy(v: &serde_json::Value, up: &str, addr: &str) -> Option<bool> {
-    v["upstreams"][up]["targets"].as_array()?.iter().find(|t| t["addr"] == addr)?["healthy"].as_bool()
+    v["upstreams"][up]["targets"]
+        .as_array()?
+        .iter()
+        .find(|t| t["addr"] == addr)?["healthy"]
+        .as_bool()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -26,7 +30,9 @@ async fn active_checks_eject_and_restore_a_target() {
     }
     assert_eq!(b.hits(), before, "an unhealthy target gets no traffic");
     b.state.health_status.store(200, SeqCst);
-    gw.wait_upstreams("b healthy again", |v| healthy(v, "pool", &baddr) == Some(true));
+    gw.wait_upstreams("b healthy again", |v| {
+        healthy(v, "pool", &baddr) == Some(true)
+    });
     for _ in 0..20 {
         c.get(gw.url("/x")).send().await.unwrap();
     }
@@ -78,7 +84,11 @@ async fn connect_failures_are_retried_on_another_target() {
     let c = client();
     for _ in 0..10 {
         let r = c.post(gw.url("/x")).body("payload").send().await.unwrap();
-        assert_eq!(r.status(), 200, "POST is safe to retry when the connection never opened");
+        assert_eq!(
+            r.status(),
+            200,
+            "POST is safe to retry when the connection never opened"
+        );
     }
     assert_eq!(a.hits(), 10);
 }
@@ -115,5 +125,43 @@ async fn upstream_timeouts_give_504_and_errors_pass_through() {
     a.state.status.store(500, SeqCst);
     let r = c.get(gw.url("/x")).send().await.unwrap();
     assert_eq!(r.status(), 500);
-    assert_eq!(r.headers()["content-type"], "application/json", "upstream errors pass through untouched");
+    assert_eq!(
+        r.headers()["content-type"],
+        "application/json",
+        "upstream errors pass through untouched"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listed_statuses_are_retried_for_idempotent_requests_only() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    b.state.status.store(503, SeqCst);
+    let body = format!(
+        "upstreams:\n  pool:\n    targets: [ {{ addr: \"{}\" }}, {{ addr: \"{}\" }} ]\n    retry: {{ attempts: 2, on: [connect_error, 503] }}\nroutes:\n  - {{ match: {{ path: /* }}, upstream: pool }}\n",
+        a.addr, b.addr
+    );
+    let gw = Gateway::start(&body);
+    let c = client();
+    for _ in 0..10 {
+        let r = c.get(gw.url("/x")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert!(b.hits() >= 4, "b was tried");
+    let mut passed_through = 0;
+    for _ in 0..10 {
+        if c.post(gw.url("/x"))
+            .body("once")
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 503
+        {
+            passed_through += 1;
+        }
+    }
+    assert!(
+        passed_through >= 4,
+        "a POST is never replayed: b's 503 reaches the client"
+    );
 }

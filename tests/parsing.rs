@@ -7,14 +7,15 @@ use crate::util::{status_of, upstream_yaml, Gateway};
 async fn setup() -> (Upstream, Gateway) {
     let up = Upstream::start("u").await;
     let body = format!("server:\n  max_header_count: 50\nupstreams:\n{}routes:\n  - {{ match: {{ path: /* }}, upstream: u }}\n", upstream_yaml("u", &[up.addr], ""));
-    // `server:` is already emitted by the harness: fold ours into it.
+    // `server:` is already emitted by the harness (max_header_count stays at its default, 100).
     let body = body.replace("server:\n  max_header_count: 50\n", "");
-    let gw = Gateway::start(&format!("{body}"));
+    let gw = Gateway::start(&body);
     (up, gw)
 }
 
 fn is_problem(resp: &str) -> bool {
-    resp.to_ascii_lowercase().contains("content-type: application/problem+json")
+    resp.to_ascii_lowercase()
+        .contains("content-type: application/problem+json")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -43,7 +44,11 @@ async fn malformed_requests_are_rejected_before_the_upstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_chunked_framing_is_rejected() {
     let (up, gw) = setup().await;
-    for body in ["zz\r\nabc\r\n0\r\n\r\n", "3\r\nabcdef\r\n0\r\n\r\n", "-1\r\nabc\r\n0\r\n\r\n"] {
+    for body in [
+        "zz\r\nabc\r\n0\r\n\r\n",
+        "3\r\nabcdef\r\n0\r\n\r\n",
+        "-1\r\nabc\r\n0\r\n\r\n",
+    ] {
         let req = format!("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{body}");
         let resp = gw.raw(&req);
         assert_eq!(status_of(&resp), 400, "chunked {body:?}: {resp}");
@@ -55,11 +60,15 @@ async fn malformed_chunked_framing_is_rejected() {
 async fn header_limits_give_431() {
     let (up, gw) = setup().await;
     let many: String = (0..120).map(|i| format!("X-H{i}: v\r\n")).collect();
-    let resp = gw.raw(&format!("GET / HTTP/1.1\r\nHost: a\r\n{many}Connection: close\r\n\r\n"));
+    let resp = gw.raw(&format!(
+        "GET / HTTP/1.1\r\nHost: a\r\n{many}Connection: close\r\n\r\n"
+    ));
     assert_eq!(status_of(&resp), 431, "{resp}");
     assert!(is_problem(&resp));
     let big = "x".repeat(40_000);
-    let resp = gw.raw(&format!("GET / HTTP/1.1\r\nHost: a\r\nX-Big: {big}\r\nConnection: close\r\n\r\n"));
+    let resp = gw.raw(&format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Big: {big}\r\nConnection: close\r\n\r\n"
+    ));
     assert_eq!(status_of(&resp), 431, "{}", &resp[..resp.len().min(200)]);
     assert_eq!(up.hits(), 0);
 }
@@ -75,7 +84,11 @@ async fn http10_without_host_is_accepted_and_errors_are_problems() {
     let body = resp.split("\r\n\r\n").nth(1).unwrap();
     let len: usize = resp
         .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(|v| v.trim().parse().unwrap()))
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(|v| v.trim().parse().unwrap())
+        })
         .unwrap();
     assert_eq!(len, body.len(), "correct Content-Length");
     let v: serde_json::Value = serde_json::from_str(body).unwrap();

@@ -1,7 +1,7 @@
 //! TLS with SNI, HTTP/2 (TLS ALPN and h2c), WebSocket and gRPC through the gateway.
 
 use crate::util::upstream::{grpc_server, websocket_echo, Upstream};
-use crate::util::{upstream_yaml, Gateway, free_port};
+use crate::util::{free_port, upstream_yaml, Gateway};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -17,11 +17,16 @@ struct Pki {
 fn pki(dir: &Path, names: &[&str]) -> Pki {
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "Postern Test CA");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Postern Test CA");
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
     for n in names {
         let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(vec![n.to_string()]).unwrap().signed_by(&key, &ca).unwrap();
+        let cert = CertificateParams::new(vec![n.to_string()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
         std::fs::write(dir.join(format!("{n}.pem")), cert.pem()).unwrap();
         std::fs::write(dir.join(format!("{n}.key")), key.serialize_pem()).unwrap();
     }
@@ -31,7 +36,12 @@ fn pki(dir: &Path, names: &[&str]) -> Pki {
 fn tls_listener(dir: &Path, port: u16, names: &[&str]) -> String {
     let certs: Vec<String> = names
         .iter()
-        .map(|n| format!("{{ cert: \"{d}/{n}.pem\", key: \"{d}/{n}.key\" }}", d = dir.display()))
+        .map(|n| {
+            format!(
+                "{{ cert: \"{d}/{n}.pem\", key: \"{d}/{n}.key\" }}",
+                d = dir.display()
+            )
+        })
         .collect();
     format!("  - {{ name: tls, addr: \"127.0.0.1:{port}\", tls: {{ certificates: [ {} ], http2: true }} }}\n", certs.join(", "))
 }
@@ -43,15 +53,26 @@ async fn served_names(port: u16, name: &str, ca_pem: &str) -> Vec<String> {
     for c in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
         roots.add(c.unwrap()).unwrap();
     }
-    let cfg = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    let cfg = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
     let sni = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
-    let tls = connector.connect(sni, tcp).await.expect("handshake verifies against the requested name");
+    let tls = connector
+        .connect(sni, tcp)
+        .await
+        .expect("handshake verifies against the requested name");
     let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
     let (_, cert) = x509_parser::parse_x509_certificate(&leaf).unwrap();
     let san = cert.subject_alternative_name().unwrap().unwrap();
-    san.value.general_names.iter().map(|n| n.to_string()).collect()
+    san.value
+        .general_names
+        .iter()
+        .map(|n| n.to_string())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -60,18 +81,37 @@ async fn tls_sni_chooses_the_certificate_and_alpn_gives_http2() {
     let dir = tempfile::tempdir().unwrap();
     let pki = pki(dir.path(), &["a.test", "b.test"]);
     let tls_port = free_port();
-    let body = format!("upstreams:\n{}routes:\n  - {{ match: {{ path: /* }}, upstream: u }}\n", upstream_yaml("u", &[up.addr], ""));
-    let gw = Gateway::start_with(&body, &tls_listener(dir.path(), tls_port, &["a.test", "b.test"]));
-    assert_eq!(served_names(tls_port, "a.test", &pki.ca_pem).await, vec!["DNSName(a.test)"]);
-    assert_eq!(served_names(tls_port, "b.test", &pki.ca_pem).await, vec!["DNSName(b.test)"]);
+    let body = format!(
+        "upstreams:\n{}routes:\n  - {{ match: {{ path: /* }}, upstream: u }}\n",
+        upstream_yaml("u", &[up.addr], "")
+    );
+    let gw = Gateway::start_with(
+        &body,
+        &tls_listener(dir.path(), tls_port, &["a.test", "b.test"]),
+    );
+    assert_eq!(
+        served_names(tls_port, "a.test", &pki.ca_pem).await,
+        vec!["DNSName(a.test)"]
+    );
+    assert_eq!(
+        served_names(tls_port, "b.test", &pki.ca_pem).await,
+        vec!["DNSName(b.test)"]
+    );
 
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::builder()
         .tls_certs_only([reqwest::Certificate::from_pem(pki.ca_pem.as_bytes()).unwrap()])
-        .resolve("b.test", std::net::SocketAddr::from(([127, 0, 0, 1], tls_port)))
+        .resolve(
+            "b.test",
+            std::net::SocketAddr::from(([127, 0, 0, 1], tls_port)),
+        )
         .build()
         .unwrap();
-    let r = client.get(format!("https://b.test:{tls_port}/hello")).send().await.unwrap();
+    let r = client
+        .get(format!("https://b.test:{tls_port}/hello"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["headers"]["x-forwarded-proto"], "https");
@@ -83,10 +123,16 @@ async fn tls_sni_chooses_the_certificate_and_alpn_gives_http2() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cleartext_http2_prior_knowledge() {
     let up = Upstream::start("u").await;
-    let body = format!("upstreams:\n{}routes:\n  - {{ match: {{ path: /* }}, upstream: u }}\n", upstream_yaml("u", &[up.addr], ""));
+    let body = format!(
+        "upstreams:\n{}routes:\n  - {{ match: {{ path: /* }}, upstream: u }}\n",
+        upstream_yaml("u", &[up.addr], "")
+    );
     let gw = Gateway::start(&body);
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let c = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
     let r = c.get(gw.url("/h2")).send().await.unwrap();
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
     assert_eq!(r.status(), 200);
@@ -99,17 +145,29 @@ async fn websocket_upgrade_echoes_through_the_gateway() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     let (ws_addr, _task) = websocket_echo().await;
-    let body = format!("upstreams:\n{}routes:\n  - {{ match: {{ path: /ws }}, upstream: ws }}\n", upstream_yaml("ws", &[ws_addr], ""));
+    let body = format!(
+        "upstreams:\n{}routes:\n  - {{ match: {{ path: /ws }}, upstream: ws }}\n",
+        upstream_yaml("ws", &[ws_addr], "")
+    );
     let gw = Gateway::start(&body);
-    let (mut ws, resp) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/ws", gw.port)).await.unwrap();
+    let (mut ws, resp) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/ws", gw.port))
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 101);
     for i in 0..3 {
-        ws.send(Message::Text(format!("hello {i}").into())).await.unwrap();
+        ws.send(Message::Text(format!("hello {i}").into()))
+            .await
+            .unwrap();
         let m = ws.next().await.unwrap().unwrap();
         assert_eq!(m.into_text().unwrap().as_str(), format!("hello {i}"));
     }
-    ws.send(Message::Binary(Bytes::from_static(&[1, 2, 3]))).await.unwrap();
-    assert_eq!(ws.next().await.unwrap().unwrap().into_data().as_ref(), &[1, 2, 3]);
+    ws.send(Message::Binary(Bytes::from_static(&[1, 2, 3])))
+        .await
+        .unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap().into_data().as_ref(),
+        &[1, 2, 3]
+    );
     ws.close(None).await.unwrap();
 }
 
@@ -122,7 +180,10 @@ async fn grpc_unary_call_with_trailers_over_h2c() {
     );
     let gw = Gateway::start(&body);
     let tcp = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
     tokio::spawn(conn);
     let msg = b"postern";
     let mut framed = vec![0u8];

@@ -28,10 +28,36 @@ async fn routes_by_host_path_method_header_and_query() {
     let gw = Gateway::start(&body);
     let c = client();
     let up = |r: Value| r["upstream"].as_str().unwrap().to_string();
-    assert_eq!(up(json(c.get(gw.url("/users/1")).send().await.unwrap()).await), "users");
-    assert_eq!(up(json(c.get(gw.url("/users/1")).header("x-api-version", "2").send().await.unwrap()).await), "v2");
-    assert_eq!(up(json(c.get(gw.url("/users/1?beta=true")).send().await.unwrap()).await), "beta");
-    assert_eq!(up(json(c.get(gw.url("/users/1")).header("host", "eu.example.com").send().await.unwrap()).await), "wild");
+    assert_eq!(
+        up(json(c.get(gw.url("/users/1")).send().await.unwrap()).await),
+        "users"
+    );
+    assert_eq!(
+        up(json(
+            c.get(gw.url("/users/1"))
+                .header("x-api-version", "2")
+                .send()
+                .await
+                .unwrap()
+        )
+        .await),
+        "v2"
+    );
+    assert_eq!(
+        up(json(c.get(gw.url("/users/1?beta=true")).send().await.unwrap()).await),
+        "beta"
+    );
+    assert_eq!(
+        up(json(
+            c.get(gw.url("/users/1"))
+                .header("host", "eu.example.com")
+                .send()
+                .await
+                .unwrap()
+        )
+        .await),
+        "wild"
+    );
     // Method not allowed by any route for this path: no route.
     let r = c.delete(gw.url("/users/1")).send().await.unwrap();
     assert_eq!(r.status(), 404);
@@ -43,7 +69,10 @@ async fn routes_by_host_path_method_header_and_query() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn normalized_paths_cannot_escape_their_route() {
-    let (users, admin) = (Upstream::start("users").await, Upstream::start("admin").await);
+    let (users, admin) = (
+        Upstream::start("users").await,
+        Upstream::start("admin").await,
+    );
     let body = format!(
         "upstreams:\n{}{}routes:\n  - {{ match: {{ path: /users/* }}, upstream: users }}\n  - {{ match: {{ path: /admin/* }}, upstream: admin }}\n",
         upstream_yaml("users", &[users.addr], ""),
@@ -57,20 +86,30 @@ async fn normalized_paths_cannot_escape_their_route() {
         ("//users//1", "users"),
         ("/users/./../admin", "admin"),
     ] {
-        let resp = gw.raw(&format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"));
+        let resp = gw.raw(&format!(
+            "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        ));
         let body = resp.split("\r\n\r\n").nth(1).unwrap_or("");
         let v: Value = serde_json::from_str(body).unwrap_or_default();
         assert_eq!(v["upstream"], want, "{path}: {resp}");
         // The upstream sees the normalized path, never the dot segments.
         assert!(!v["uri"].as_str().unwrap_or("").contains(".."), "{path}");
     }
-    assert_eq!(crate::util::status_of(&gw.raw("GET /a%zz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")), 400);
+    assert_eq!(
+        crate::util::status_of(
+            &gw.raw("GET /a%zz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        ),
+        400
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarding_headers_request_id_and_hop_by_hop() {
     let users = Upstream::start("users").await;
-    let body = format!("upstreams:\n{}routes:\n  - {{ match: {{ path: /* }}, upstream: users }}\n", upstream_yaml("users", &[users.addr], ""));
+    let body = format!(
+        "upstreams:\n{}routes:\n  - {{ match: {{ path: /* }}, upstream: users }}\n",
+        upstream_yaml("users", &[users.addr], "")
+    );
     let gw = Gateway::start(&body);
     let c = client();
     let r = c
@@ -84,17 +123,34 @@ async fn forwarding_headers_request_id_and_hop_by_hop() {
         .await
         .unwrap();
     assert_eq!(r.headers()["x-request-id"], "abc-123");
-    assert!(r.headers().get("x-hop").is_none(), "Connection-nominated response headers are removed");
+    assert!(
+        r.headers().get("x-hop").is_none(),
+        "Connection-nominated response headers are removed"
+    );
     let v = json(r).await;
     let h = &v["headers"];
     assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
-    assert_eq!(h["forwarded"], format!("for=203.0.113.7, for=127.0.0.1;proto=http;host=\"127.0.0.1:{}\"", gw.port));
+    assert_eq!(
+        h["forwarded"],
+        format!(
+            "for=203.0.113.7, for=127.0.0.1;proto=http;host=\"127.0.0.1:{}\"",
+            gw.port
+        )
+    );
     assert_eq!(h["x-forwarded-proto"], "http");
     assert_eq!(h["x-forwarded-host"], format!("127.0.0.1:{}", gw.port));
     assert_eq!(h["x-request-id"], "abc-123");
-    assert!(h.get("x-secret").is_none(), "Connection-nominated request headers are removed");
+    assert!(
+        h.get("x-secret").is_none(),
+        "Connection-nominated request headers are removed"
+    );
     // Generated when absent (or unsafe), and the same id both ways.
-    let r = c.get(gw.url("/x")).header("x-request-id", "bad id\twith tab").send().await.unwrap();
+    let r = c
+        .get(gw.url("/x"))
+        .header("x-request-id", "bad id\twith tab")
+        .send()
+        .await
+        .unwrap();
     let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
     assert_eq!(id.len(), 36);
     assert_eq!(json(r).await["headers"]["x-request-id"], id);
@@ -110,7 +166,12 @@ async fn strip_prefix_rewrite_host_and_headers_plugin() {
     let body = body.replace("?user={id}", "/by-user/{id}");
     let gw = Gateway::start(&body);
     let c = client();
-    let r = c.get(gw.url("/api/users/7?x=1")).header("x-debug", "1").send().await.unwrap();
+    let r = c
+        .get(gw.url("/api/users/7?x=1"))
+        .header("x-debug", "1")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.headers()["x-served-by"], "postern");
     let v = json(r).await;
     assert_eq!(v["uri"], "/users/7?x=1");
@@ -119,9 +180,19 @@ async fn strip_prefix_rewrite_host_and_headers_plugin() {
     assert!(v["headers"].get("x-debug").is_none());
     let v = json(c.get(gw.url("/api")).send().await.unwrap()).await;
     assert_eq!(v["uri"], "/");
-    let v = json(c.get(gw.url("/v1/users/42/orders/9/items?q=1")).send().await.unwrap()).await;
+    let v = json(
+        c.get(gw.url("/v1/users/42/orders/9/items?q=1"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(v["uri"], "/orders/9/items/by-user/42?q=1");
-    assert_eq!(v["headers"]["host"], format!("127.0.0.1:{}", gw.port), "Host is kept by default");
+    assert_eq!(
+        v["headers"]["host"],
+        format!("127.0.0.1:{}", gw.port),
+        "Host is kept by default"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,16 +204,35 @@ async fn request_body_limits_give_413() {
     );
     let gw = Gateway::start(&body);
     let c = client();
-    let r = c.post(gw.url("/small")).body("0123456789abc").send().await.unwrap();
+    let r = c
+        .post(gw.url("/small"))
+        .body("0123456789abc")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 413);
     assert_eq!(r.headers()["content-type"], "application/problem+json");
-    assert_eq!(users.hits(), 0, "checked against Content-Length before proxying");
+    assert_eq!(
+        users.hits(),
+        0,
+        "checked against Content-Length before proxying"
+    );
     // Chunked bodies are counted while streaming.
     let resp = gw.raw("POST /small HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n8\r\n01234567\r\n8\r\n01234567\r\n0\r\n\r\n");
     assert_eq!(crate::util::status_of(&resp), 413, "{resp}");
-    let r = c.post(gw.url("/small")).body("0123456789").send().await.unwrap();
+    let r = c
+        .post(gw.url("/small"))
+        .body("0123456789")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let r = c.post(gw.url("/other")).body(vec![b'x'; 100_000]).send().await.unwrap();
+    let r = c
+        .post(gw.url("/other"))
+        .body(vec![b'x'; 100_000])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(json(r).await["body_len"], 100_000);
 }

@@ -1,7 +1,7 @@
 //! Every default of the configuration in one place.
 
-use super::types::{Dur, Size};
 use super::schema::{RetryKind, RetryOn};
+use super::types::{Dur, Size};
 
 pub const DEFAULT_THREADS: usize = 2;
 

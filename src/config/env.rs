@@ -47,7 +47,10 @@ fn expand_line(
                 None => (expr, None),
             };
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                issues.push(located(line, &format!("invalid environment variable name \"{name}\"")));
+                issues.push(located(
+                    line,
+                    &format!("invalid environment variable name \"{name}\""),
+                ));
             } else {
                 match (lookup(name), default) {
                     (Some(v), _) => out.push_str(&v),
@@ -100,7 +103,11 @@ mod tests {
 
     #[test]
     fn expands_braced_forms_only() {
-        let out = expand("a: ${HOST}\nb: ${NOPE:-x}\nc: ^/v1$\nd: $$HOST # ${NOPE}\n", env).unwrap();
+        let out = expand(
+            "a: ${HOST}\nb: ${NOPE:-x}\nc: ^/v1$\nd: $$HOST # ${NOPE}\n",
+            env,
+        )
+        .unwrap();
         assert_eq!(out, "a: 10.0.0.1\nb: x\nc: ^/v1$\nd: $HOST # ${NOPE}\n");
     }
 

@@ -53,7 +53,12 @@ pub struct ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.issues.len();
-        writeln!(f, "{}: {n} error{}", self.file, if n == 1 { "" } else { "s" })?;
+        writeln!(
+            f,
+            "{}: {n} error{}",
+            self.file,
+            if n == 1 { "" } else { "s" }
+        )?;
         for i in &self.issues {
             writeln!(f, "{i}")?;
         }

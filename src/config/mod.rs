@@ -38,7 +38,8 @@ pub fn load_str(text: &str, file: &str) -> Result<Loaded, ConfigError> {
         issues,
     };
     let expanded = env::expand(text, |k| std::env::var(k).ok()).map_err(fail)?;
-    let config: Config = yaml_serde::from_str(&expanded).map_err(|e| fail(vec![parse_issue(&e)]))?;
+    let config: Config =
+        yaml_serde::from_str(&expanded).map_err(|e| fail(vec![parse_issue(&e)]))?;
     let lines = LineIndex::build(&expanded);
     let mut issues = Issues::default();
     validate::check(&config, &mut issues);

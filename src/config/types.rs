@@ -106,7 +106,9 @@ mod tests {
     fn durations() {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
-        assert!(parse_duration("5").unwrap_err().contains("unit is required"));
+        assert!(parse_duration("5")
+            .unwrap_err()
+            .contains("unit is required"));
         assert!(parse_duration("fast").is_err());
     }
 

@@ -8,7 +8,10 @@ use std::net::SocketAddr;
 
 pub fn check(c: &Config, out: &mut Issues) {
     if c.version != 1 {
-        out.push(Issue::new("version", format!("unsupported version {}", c.version)).hint("use version: 1"));
+        out.push(
+            Issue::new("version", format!("unsupported version {}", c.version))
+                .hint("use version: 1"),
+        );
     }
     if c.server.threads == 0 {
         out.err("server.threads", "must be at least 1");
@@ -22,37 +25,57 @@ pub fn check(c: &Config, out: &mut Issues) {
 
 fn check_listeners(c: &Config, out: &mut Issues) {
     if c.listeners.is_empty() {
-        out.push(Issue::new("listeners", "at least one listener is required").hint("listeners: [ { addr: \"0.0.0.0:8080\" } ]"));
+        out.push(
+            Issue::new("listeners", "at least one listener is required")
+                .hint("listeners: [ { addr: \"0.0.0.0:8080\" } ]"),
+        );
     }
     let mut addrs = HashSet::new();
     let mut names = HashSet::new();
     for (i, l) in c.listeners.iter().enumerate() {
         let path = format!("listeners[{i}]");
         match l.addr.parse::<SocketAddr>() {
-            Ok(a) if !addrs.insert(a) => out.err(format!("{path}.addr"), format!("duplicate listener address {a}")),
+            Ok(a) if !addrs.insert(a) => out.err(
+                format!("{path}.addr"),
+                format!("duplicate listener address {a}"),
+            ),
             Ok(_) => {}
             Err(_) => out.push(
-                Issue::new(format!("{path}.addr"), format!("invalid address \"{}\"", l.addr))
-                    .hint("write ip:port, e.g. 0.0.0.0:8080 or [::]:8443"),
+                Issue::new(
+                    format!("{path}.addr"),
+                    format!("invalid address \"{}\"", l.addr),
+                )
+                .hint("write ip:port, e.g. 0.0.0.0:8080 or [::]:8443"),
             ),
         }
         if let Some(n) = &l.name {
             if !names.insert(n.clone()) {
-                out.err(format!("{path}.name"), format!("duplicate listener name \"{n}\""));
+                out.err(
+                    format!("{path}.name"),
+                    format!("duplicate listener name \"{n}\""),
+                );
             }
         }
         if let Some(tls) = &l.tls {
             if tls.certificates.is_empty() {
-                out.err(format!("{path}.tls.certificates"), "at least one certificate is required");
+                out.err(
+                    format!("{path}.tls.certificates"),
+                    "at least one certificate is required",
+                );
             }
             if l.h2c {
-                out.err(format!("{path}.h2c"), "h2c is for cleartext listeners; use tls.http2 on a TLS listener");
+                out.err(
+                    format!("{path}.h2c"),
+                    "h2c is for cleartext listeners; use tls.http2 on a TLS listener",
+                );
             }
         }
     }
     if let Some(admin) = &c.admin {
         match admin.addr.parse::<SocketAddr>() {
-            Ok(a) if addrs.contains(&a) => out.err("admin.addr", format!("{a} is already used by a listener")),
+            Ok(a) if addrs.contains(&a) => {
+                out.err("admin.addr", format!("{a} is already used by a listener"))
+            }
             Ok(_) => {}
             Err(_) => out.err("admin.addr", format!("invalid address \"{}\"", admin.addr)),
         }
@@ -67,16 +90,25 @@ fn check_upstream(name: &str, up: &Upstream, out: &mut Issues) {
     for (i, t) in up.targets.iter().enumerate() {
         let tp = format!("{path}.targets[{i}]");
         if let Err(m) = check_host_port(&t.addr) {
-            out.push(Issue::new(format!("{tp}.addr"), m).hint("write host:port, e.g. 127.0.0.1:9001 or users.internal:80"));
+            out.push(
+                Issue::new(format!("{tp}.addr"), m)
+                    .hint("write host:port, e.g. 127.0.0.1:9001 or users.internal:80"),
+            );
         }
         if t.weight == 0 || t.weight > 10_000 {
-            out.err(format!("{tp}.weight"), format!("weight must be between 1 and 10000, got {}", t.weight));
+            out.err(
+                format!("{tp}.weight"),
+                format!("weight must be between 1 and 10000, got {}", t.weight),
+            );
         }
     }
     match (up.balance, &up.hash_key) {
         (Balance::ConsistentHash, None) => out.push(
-            Issue::new(format!("{path}.hash_key"), "consistent_hash needs a hash_key")
-                .hint("hash_key: client_ip | header:NAME | cookie:NAME | query:NAME | path"),
+            Issue::new(
+                format!("{path}.hash_key"),
+                "consistent_hash needs a hash_key",
+            )
+            .hint("hash_key: client_ip | header:NAME | cookie:NAME | query:NAME | path"),
         ),
         (Balance::ConsistentHash, Some(k)) => {
             if let Err(m) = crate::upstream::HashKey::parse(k) {
@@ -84,15 +116,21 @@ fn check_upstream(name: &str, up: &Upstream, out: &mut Issues) {
             }
         }
         (_, Some(_)) => out.push(
-            Issue::new(format!("{path}.hash_key"), "hash_key is only used with balance: consistent_hash")
-                .hint("remove hash_key or set balance: consistent_hash"),
+            Issue::new(
+                format!("{path}.hash_key"),
+                "hash_key is only used with balance: consistent_hash",
+            )
+            .hint("remove hash_key or set balance: consistent_hash"),
         ),
         _ => {}
     }
     if let Some(a) = &up.health.active {
         let hp = format!("{path}.health.active");
         if a.healthy_after == 0 || a.unhealthy_after == 0 {
-            out.err(hp.clone(), "healthy_after and unhealthy_after must be at least 1");
+            out.err(
+                hp.clone(),
+                "healthy_after and unhealthy_after must be at least 1",
+            );
         }
         if a.interval.0.is_zero() || a.timeout.0.is_zero() {
             out.err(hp.clone(), "interval and timeout must be positive");
@@ -100,21 +138,34 @@ fn check_upstream(name: &str, up: &Upstream, out: &mut Issues) {
         if !a.path.starts_with('/') {
             out.err(format!("{hp}.path"), "must start with /");
         }
-        check_statuses(&format!("{hp}.expected_statuses"), &a.expected_statuses, out);
+        check_statuses(
+            &format!("{hp}.expected_statuses"),
+            &a.expected_statuses,
+            out,
+        );
     }
     if let Some(p) = &up.health.passive {
         if p.unhealthy_after == 0 {
-            out.err(format!("{path}.health.passive.unhealthy_after"), "must be at least 1");
+            out.err(
+                format!("{path}.health.passive.unhealthy_after"),
+                "must be at least 1",
+            );
         }
         check_statuses(&format!("{path}.health.passive.statuses"), &p.statuses, out);
     }
     if up.retry.attempts == 0 || up.retry.attempts > 10 {
-        out.err(format!("{path}.retry.attempts"), format!("must be between 1 and 10, got {}", up.retry.attempts));
+        out.err(
+            format!("{path}.retry.attempts"),
+            format!("must be between 1 and 10, got {}", up.retry.attempts),
+        );
     }
     for (i, on) in up.retry.on.iter().enumerate() {
         if let super::schema::RetryOn::Status(s) = on {
             if !(500..=599).contains(s) {
-                out.err(format!("{path}.retry.on[{i}]"), format!("only 5xx statuses can be retried, got {s}"));
+                out.err(
+                    format!("{path}.retry.on[{i}]"),
+                    format!("only 5xx statuses can be retried, got {s}"),
+                );
             }
         }
     }
@@ -146,7 +197,11 @@ fn check_host_port(addr: &str) -> Result<(), String> {
     }
     let ok = !host.is_empty()
         && host.len() <= 253
-        && host.split('.').all(|l| !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
     if ok {
         Ok(())
     } else {
@@ -161,20 +216,31 @@ fn check_routes(c: &Config, out: &mut Issues) {
         if !c.upstreams.contains_key(&r.upstream) {
             let known = known_list(c.upstreams.keys().map(String::as_str));
             out.push(
-                Issue::new(format!("{path}.upstream"), format!("unknown upstream \"{}\"; known: {known}", r.upstream))
-                    .hint("define it under `upstreams:` or fix the name"),
+                Issue::new(
+                    format!("{path}.upstream"),
+                    format!("unknown upstream \"{}\"; known: {known}", r.upstream),
+                )
+                .hint("define it under `upstreams:` or fix the name"),
             );
         }
         if let Some(n) = &r.name {
             if !names.insert(n.clone()) {
-                out.err(format!("{path}.name"), format!("duplicate route name \"{n}\""));
+                out.err(
+                    format!("{path}.name"),
+                    format!("duplicate route name \"{n}\""),
+                );
             }
         }
         for (j, m) in r.matcher.methods.iter().enumerate() {
-            if http::Method::from_bytes(m.as_bytes()).is_err() || m.chars().any(|c| c.is_ascii_lowercase()) {
+            if http::Method::from_bytes(m.as_bytes()).is_err()
+                || m.chars().any(|c| c.is_ascii_lowercase())
+            {
                 out.push(
-                    Issue::new(format!("{path}.match.methods[{j}]"), format!("invalid method \"{m}\""))
-                        .hint("methods are upper case tokens such as GET, POST, PUT"),
+                    Issue::new(
+                        format!("{path}.match.methods[{j}]"),
+                        format!("invalid method \"{m}\""),
+                    )
+                    .hint("methods are upper case tokens such as GET, POST, PUT"),
                 );
             }
         }

@@ -49,7 +49,15 @@ struct Compiled {
 
 /// Hop-by-hop and framing headers that a header rule must not touch: changing them would break
 /// message framing (RFC 9112 §6) or connection management.
-const PROTECTED: &[&str] = &["content-length", "transfer-encoding", "connection", "upgrade", "te", "trailer", "host"];
+const PROTECTED: &[&str] = &[
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "te",
+    "trailer",
+    "host",
+];
 
 impl Compiled {
     fn new(ops: &Ops, path: &str, issues: &mut Vec<Issue>) -> Compiled {
@@ -60,7 +68,10 @@ impl Compiled {
                 let n = header_name(k, &p, issues);
                 match (n, HeaderValue::from_str(v)) {
                     (Some(n), Ok(v)) => out.push((n, v)),
-                    (_, Err(_)) => issues.push(Issue::new(p, "invalid header value (control characters are not allowed)")),
+                    (_, Err(_)) => issues.push(Issue::new(
+                        p,
+                        "invalid header value (control characters are not allowed)",
+                    )),
                     _ => {}
                 }
             }
@@ -77,7 +88,10 @@ impl Compiled {
 fn header_name(n: &str, path: &str, issues: &mut Vec<Issue>) -> Option<HeaderName> {
     match HeaderName::from_bytes(n.as_bytes()) {
         Ok(h) if PROTECTED.contains(&h.as_str()) => {
-            issues.push(Issue::new(path, format!("header \"{n}\" controls framing or routing and cannot be changed here")));
+            issues.push(Issue::new(
+                path,
+                format!("header \"{n}\" controls framing or routing and cannot be changed here"),
+            ));
             None
         }
         Ok(h) => Some(h),
@@ -128,12 +142,20 @@ impl Plugin for Headers {
         "headers"
     }
 
-    fn on_upstream_request(&self, req: &mut RequestHeader, _ctx: &mut RequestCtx) -> Result<(), GatewayError> {
+    fn on_upstream_request(
+        &self,
+        req: &mut RequestHeader,
+        _ctx: &mut RequestCtx,
+    ) -> Result<(), GatewayError> {
         apply!(self.request, req);
         Ok(())
     }
 
-    fn on_response(&self, resp: &mut ResponseHeader, _ctx: &mut RequestCtx) -> Result<(), GatewayError> {
+    fn on_response(
+        &self,
+        resp: &mut ResponseHeader,
+        _ctx: &mut RequestCtx,
+    ) -> Result<(), GatewayError> {
         apply!(self.response, resp);
         Ok(())
     }
@@ -154,18 +176,24 @@ mod tests {
         req.insert_header("x-a", "0").unwrap();
         req.insert_header("x-b", "1").unwrap();
         req.insert_header("x-c", "gone").unwrap();
-        p.on_upstream_request(&mut req, &mut RequestCtx::default()).unwrap();
+        p.on_upstream_request(&mut req, &mut RequestCtx::default())
+            .unwrap();
         assert_eq!(req.headers.get("x-a").unwrap(), "1");
         assert_eq!(req.headers.get_all("x-b").iter().count(), 2);
         assert!(req.headers.get("x-c").is_none());
         let mut resp = ResponseHeader::build(200, None).unwrap();
-        p.on_response(&mut resp, &mut RequestCtx::default()).unwrap();
+        p.on_response(&mut resp, &mut RequestCtx::default())
+            .unwrap();
         assert_eq!(resp.headers.get("server").unwrap(), "postern");
     }
 
     #[test]
     fn rejects_bad_and_protected_names() {
-        let err = Headers::new(&cfg("request: { set: { 'bad name': x, content-length: '3' } }"), "p").unwrap_err();
+        let err = Headers::new(
+            &cfg("request: { set: { 'bad name': x, content-length: '3' } }"),
+            "p",
+        )
+        .unwrap_err();
         assert_eq!(err.len(), 2);
         assert!(err.iter().any(|i| i.message.contains("framing")));
     }

@@ -38,17 +38,29 @@ pub trait Plugin: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 
     /// After routing, before anything is sent upstream. May answer the request itself.
-    async fn on_request(&self, _req: &mut RequestHeader, _ctx: &mut RequestCtx) -> Result<Flow, GatewayError> {
+    async fn on_request(
+        &self,
+        _req: &mut RequestHeader,
+        _ctx: &mut RequestCtx,
+    ) -> Result<Flow, GatewayError> {
         Ok(Flow::Continue)
     }
 
     /// On the copy of the request sent upstream (after Postern's own forwarding headers).
-    fn on_upstream_request(&self, _req: &mut RequestHeader, _ctx: &mut RequestCtx) -> Result<(), GatewayError> {
+    fn on_upstream_request(
+        &self,
+        _req: &mut RequestHeader,
+        _ctx: &mut RequestCtx,
+    ) -> Result<(), GatewayError> {
         Ok(())
     }
 
     /// On the response header, from the upstream or from a reply.
-    fn on_response(&self, _resp: &mut ResponseHeader, _ctx: &mut RequestCtx) -> Result<(), GatewayError> {
+    fn on_response(
+        &self,
+        _resp: &mut ResponseHeader,
+        _ctx: &mut RequestCtx,
+    ) -> Result<(), GatewayError> {
         Ok(())
     }
 
@@ -64,14 +76,20 @@ pub struct Chain {
 
 impl Chain {
     pub fn new(plugins: Vec<Arc<dyn Plugin>>) -> Chain {
-        Chain { plugins: plugins.into() }
+        Chain {
+            plugins: plugins.into(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
         self.plugins.is_empty()
     }
 
-    pub async fn on_request(&self, req: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<Flow, GatewayError> {
+    pub async fn on_request(
+        &self,
+        req: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<Flow, GatewayError> {
         for p in self.plugins.iter() {
             if let Flow::Respond(r) = p.on_request(req, ctx).await? {
                 return Ok(Flow::Respond(r));
@@ -80,12 +98,25 @@ impl Chain {
         Ok(Flow::Continue)
     }
 
-    pub fn on_upstream_request(&self, req: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<(), GatewayError> {
-        self.plugins.iter().try_for_each(|p| p.on_upstream_request(req, ctx))
+    pub fn on_upstream_request(
+        &self,
+        req: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<(), GatewayError> {
+        self.plugins
+            .iter()
+            .try_for_each(|p| p.on_upstream_request(req, ctx))
     }
 
-    pub fn on_response(&self, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<(), GatewayError> {
-        self.plugins.iter().rev().try_for_each(|p| p.on_response(resp, ctx))
+    pub fn on_response(
+        &self,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<(), GatewayError> {
+        self.plugins
+            .iter()
+            .rev()
+            .try_for_each(|p| p.on_response(resp, ctx))
     }
 
     pub fn on_log(&self, ctx: &RequestCtx) {
@@ -112,9 +143,16 @@ impl<'de> Deserialize<'de> for PluginSpec {
         impl<'de> serde::de::Visitor<'de> for V {
             type Value = PluginSpec;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                write!(f, "a map with one plugin name ({}) and its settings", PLUGIN_NAMES.join(", "))
+                write!(
+                    f,
+                    "a map with one plugin name ({}) and its settings",
+                    PLUGIN_NAMES.join(", ")
+                )
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<PluginSpec, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<PluginSpec, A::Error> {
                 use serde::de::Error;
                 let Some(name) = map.next_key::<String>()? else {
                     return Err(A::Error::custom("empty plugin entry"));
@@ -124,7 +162,9 @@ impl<'de> Deserialize<'de> for PluginSpec {
                     other => return Err(A::Error::unknown_variant(other, PLUGIN_NAMES)),
                 };
                 if map.next_key::<String>()?.is_some() {
-                    return Err(A::Error::custom("one plugin per list item; start a new `- name:` item for the next plugin"));
+                    return Err(A::Error::custom(
+                        "one plugin per list item; start a new `- name:` item for the next plugin",
+                    ));
                 }
                 Ok(spec)
             }
@@ -136,6 +176,9 @@ impl<'de> Deserialize<'de> for PluginSpec {
 /// Builds a plugin from its config; `path` names it in errors (`routes[0].plugins[1]`).
 pub fn build(spec: &PluginSpec, path: &str) -> Result<Arc<dyn Plugin>, Vec<Issue>> {
     match spec {
-        PluginSpec::Headers(c) => Ok(Arc::new(headers::Headers::new(c, &format!("{path}.headers"))?)),
+        PluginSpec::Headers(c) => Ok(Arc::new(headers::Headers::new(
+            c,
+            &format!("{path}.headers"),
+        )?)),
     }
 }

@@ -116,13 +116,21 @@ pub fn check_host(h: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("invalid host \"{h}\"; write a name such as api.example.com or *.example.com"))
+        Err(format!(
+            "invalid host \"{h}\"; write a name such as api.example.com or *.example.com"
+        ))
     }
 }
 
 impl<T> Router<T> {
     /// Adds a route. Insertion order is declaration order (the tie-breaker).
-    pub fn insert(&mut self, hosts: &[String], pattern: &Pattern, conditions: Conditions, value: T) {
+    pub fn insert(
+        &mut self,
+        hosts: &[String],
+        pattern: &Pattern,
+        conditions: Conditions,
+        value: T,
+    ) {
         let idx = self.entries.len();
         self.entries.push(Entry { value, conditions });
         if hosts.is_empty() {
@@ -134,12 +142,19 @@ impl<T> Router<T> {
                 let pos = self.wildcard_hosts.iter().position(|(s, _)| **s == *suffix);
                 let pos = pos.unwrap_or_else(|| {
                     self.wildcard_hosts.push((suffix.into(), Table::default()));
-                    self.wildcard_hosts.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
-                    self.wildcard_hosts.iter().position(|(s, _)| **s == *suffix).unwrap_or(0)
+                    self.wildcard_hosts
+                        .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+                    self.wildcard_hosts
+                        .iter()
+                        .position(|(s, _)| **s == *suffix)
+                        .unwrap_or(0)
                 });
                 self.wildcard_hosts[pos].1.insert(pattern, idx);
             } else {
-                self.exact_hosts.entry(h.into()).or_default().insert(pattern, idx);
+                self.exact_hosts
+                    .entry(h.into())
+                    .or_default()
+                    .insert(pattern, idx);
             }
         }
     }
@@ -177,20 +192,38 @@ impl<T> Router<T> {
         let start = Some(1);
         let mut caps = Vec::new();
         if let Some(e) = self.full(&t.root, req, start, &mut caps) {
-            let captures = Captures { params: caps, rest: None };
-            return Some(Found { value: &self.entries[e].value, captures });
+            let captures = Captures {
+                params: caps,
+                rest: None,
+            };
+            return Some(Found {
+                value: &self.entries[e].value,
+                captures,
+            });
         }
         let mut best = None;
         caps.clear();
         self.prefix(&t.root, req, start, 0, &mut caps, &mut best);
-        best.map(|(_, e, captures)| Found { value: &self.entries[e].value, captures })
+        best.map(|(_, e, captures)| Found {
+            value: &self.entries[e].value,
+            captures,
+        })
     }
 
     fn first_accepting(&self, cands: &[usize], req: &RequestView<'_>) -> Option<usize> {
-        cands.iter().copied().find(|&e| self.entries[e].conditions.accepts(req))
+        cands
+            .iter()
+            .copied()
+            .find(|&e| self.entries[e].conditions.accepts(req))
     }
 
-    fn full(&self, n: &Node, req: &RequestView<'_>, pos: Option<usize>, caps: &mut Vec<(u32, u32)>) -> Option<usize> {
+    fn full(
+        &self,
+        n: &Node,
+        req: &RequestView<'_>,
+        pos: Option<usize>,
+        caps: &mut Vec<(u32, u32)>,
+    ) -> Option<usize> {
         let Some(p) = pos else {
             return self.first_accepting(&n.exact, req);
         };
@@ -222,7 +255,14 @@ impl<T> Router<T> {
         if best.as_ref().is_none_or(|b| depth > b.0) {
             if let Some(e) = self.first_accepting(&n.prefix, req) {
                 let rest = pos.unwrap_or(req.path.len()) as u32;
-                *best = Some((depth, e, Captures { params: caps.clone(), rest: Some(rest) }));
+                *best = Some((
+                    depth,
+                    e,
+                    Captures {
+                        params: caps.clone(),
+                        rest: Some(rest),
+                    },
+                ));
             }
         }
         let Some(p) = pos else { return };

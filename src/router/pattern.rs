@@ -30,10 +30,14 @@ impl Pattern {
         if body.len() > 1 || (body == "/" && !prefix) {
             for seg in body[1..].split('/') {
                 if seg.contains('*') {
-                    return Err(format!("\"{p}\": `*` is only allowed as the last segment (`/prefix/*`)"));
+                    return Err(format!(
+                        "\"{p}\": `*` is only allowed as the last segment (`/prefix/*`)"
+                    ));
                 }
                 if let Some(name) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-                    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    if name.is_empty()
+                        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    {
                         return Err(format!("\"{p}\": invalid parameter name \"{{{name}}}\""));
                     }
                     if names.contains(&name) {
@@ -42,7 +46,9 @@ impl Pattern {
                     names.push(name);
                     segments.push(Segment::Param(name.to_string()));
                 } else if seg.contains(['{', '}']) {
-                    return Err(format!("\"{p}\": a parameter must be a whole segment, like /users/{{id}}"));
+                    return Err(format!(
+                        "\"{p}\": a parameter must be a whole segment, like /users/{{id}}"
+                    ));
                 } else if seg.is_empty() && segments.len() + 1 < body[1..].split('/').count() {
                     return Err(format!("\"{p}\": empty segment (`//`)"));
                 } else {
@@ -71,7 +77,10 @@ mod tests {
     #[test]
     fn parses_the_three_kinds() {
         let p = Pattern::parse("/users/{id}").unwrap();
-        assert_eq!(p.segments, vec![Segment::Static("users".into()), Segment::Param("id".into())]);
+        assert_eq!(
+            p.segments,
+            vec![Segment::Static("users".into()), Segment::Param("id".into())]
+        );
         assert!(!p.prefix);
         let p = Pattern::parse("/api/*").unwrap();
         assert_eq!(p.segments, vec![Segment::Static("api".into())]);

@@ -27,14 +27,33 @@ impl Pool {
         let weights: Vec<u64> = targets.iter().map(|t| u64::from(t.weight.max(1))).collect();
         let sequence = smooth_sequence(&weights);
         let mut acc = 0;
-        let cumulative = weights.iter().map(|w| { acc += w; acc }).collect();
+        let cumulative = weights
+            .iter()
+            .map(|w| {
+                acc += w;
+                acc
+            })
+            .collect();
         let ring = (balance == Balance::ConsistentHash).then(|| {
-            let buckets: Vec<Bucket> = targets.iter().map(|t| Bucket::new(t.addr, t.weight.max(1))).collect();
+            let buckets: Vec<Bucket> = targets
+                .iter()
+                .map(|t| Bucket::new(t.addr, t.weight.max(1)))
+                .collect();
             Continuum::new(&buckets)
         });
         // Start each pool at a random place so that many gateways do not move in lockstep.
-        let start = if sequence.is_empty() { 0 } else { rand::random_range(0..sequence.len()) };
-        Pool { targets, sequence, cursor: AtomicUsize::new(start), cumulative, ring }
+        let start = if sequence.is_empty() {
+            0
+        } else {
+            rand::random_range(0..sequence.len())
+        };
+        Pool {
+            targets,
+            sequence,
+            cursor: AtomicUsize::new(start),
+            cumulative,
+            ring,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -59,7 +78,9 @@ impl Pool {
         let r = rand::random_range(0..total);
         let first = self.cumulative.partition_point(|&c| c <= r);
         let n = self.targets.len();
-        (0..n).map(|i| &self.targets[(first + i) % n]).find(|t| ok(t))
+        (0..n)
+            .map(|i| &self.targets[(first + i) % n])
+            .find(|t| ok(t))
     }
 
     /// The accepted target with the fewest in-flight requests per unit of weight; ties are
@@ -86,7 +107,11 @@ impl Pool {
     }
 
     /// The target owning `key` on the ketama ring, or the next accepted one clockwise.
-    pub fn hashed(&self, key: &[u8], ok: &dyn Fn(&TargetState) -> bool) -> Option<&Arc<TargetState>> {
+    pub fn hashed(
+        &self,
+        key: &[u8],
+        ok: &dyn Fn(&TargetState) -> bool,
+    ) -> Option<&Arc<TargetState>> {
         let ring = self.ring.as_ref()?;
         for addr in ring.node_iter(key).take(self.targets.len() * 160 + 1) {
             if let Some(t) = self.by_addr(addr) {
@@ -104,7 +129,11 @@ impl Pool {
 }
 
 fn gcd(a: u64, b: u64) -> u64 {
-    if b == 0 { a } else { gcd(b, a % b) }
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
 }
 
 /// nginx's smooth weighted round robin, unrolled once: {a:5, b:1, c:1} gives a a b a c a a,
@@ -142,7 +171,13 @@ mod tests {
         let targets = weights
             .iter()
             .enumerate()
-            .map(|(i, w)| Arc::new(TargetState::new(format!("127.0.0.1:{}", 1000 + i).parse().unwrap(), None, *w)))
+            .map(|(i, w)| {
+                Arc::new(TargetState::new(
+                    format!("127.0.0.1:{}", 1000 + i).parse().unwrap(),
+                    None,
+                    *w,
+                ))
+            })
             .collect();
         Pool::new(targets, b)
     }
@@ -189,12 +224,36 @@ mod tests {
     #[test]
     fn hashing_is_stable_and_moves_few_keys() {
         let p = pool(&[1, 1, 1, 1], Balance::ConsistentHash);
-        let before: Vec<u16> = (0..1000).map(|k| p.hashed(format!("k{k}").as_bytes(), &|_| true).unwrap().addr.port()).collect();
-        let again: Vec<u16> = (0..1000).map(|k| p.hashed(format!("k{k}").as_bytes(), &|_| true).unwrap().addr.port()).collect();
+        let before: Vec<u16> = (0..1000)
+            .map(|k| {
+                p.hashed(format!("k{k}").as_bytes(), &|_| true)
+                    .unwrap()
+                    .addr
+                    .port()
+            })
+            .collect();
+        let again: Vec<u16> = (0..1000)
+            .map(|k| {
+                p.hashed(format!("k{k}").as_bytes(), &|_| true)
+                    .unwrap()
+                    .addr
+                    .port()
+            })
+            .collect();
         assert_eq!(before, again);
-        let after: Vec<u16> = (0..1000).map(|k| p.hashed(format!("k{k}").as_bytes(), &|t| t.addr.port() != 1003).unwrap().addr.port()).collect();
+        let after: Vec<u16> = (0..1000)
+            .map(|k| {
+                p.hashed(format!("k{k}").as_bytes(), &|t| t.addr.port() != 1003)
+                    .unwrap()
+                    .addr
+                    .port()
+            })
+            .collect();
         let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
         let owned_by_removed = before.iter().filter(|&&p| p == 1003).count();
-        assert_eq!(moved, owned_by_removed, "only the removed target's keys move");
+        assert_eq!(
+            moved, owned_by_removed,
+            "only the removed target's keys move"
+        );
     }
 }

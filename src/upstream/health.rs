@@ -15,7 +15,9 @@ use tokio::task::JoinSet;
 
 /// Checks every target of `group` forever, every `interval`. Cancel by aborting the task.
 pub async fn run_active(group: Arc<UpstreamGroup>) {
-    let Some(cfg) = group.active.clone() else { return };
+    let Some(cfg) = group.active.clone() else {
+        return;
+    };
     loop {
         check_all(&group, &cfg).await;
         tokio::time::sleep(cfg.interval.0).await;
@@ -31,7 +33,11 @@ pub async fn check_all(group: &Arc<UpstreamGroup>, cfg: &ActiveHealth) {
             let ok = check_one(&g, &t, &c).await;
             if let Some(up) = t.record_check(ok, c.healthy_after, c.unhealthy_after) {
                 let state = if up { "healthy" } else { "unhealthy" };
-                log::warn!("upstream {}: target {} is now {state} (active check)", g.name, t.addr);
+                log::warn!(
+                    "upstream {}: target {} is now {state} (active check)",
+                    g.name,
+                    t.addr
+                );
             }
         });
     }
@@ -39,7 +45,9 @@ pub async fn check_all(group: &Arc<UpstreamGroup>, cfg: &ActiveHealth) {
 }
 
 async fn check_one(g: &UpstreamGroup, t: &TargetState, c: &ActiveHealth) -> bool {
-    let Ok(backend) = Backend::new(&t.addr.to_string()) else { return false };
+    let Ok(backend) = Backend::new(&t.addr.to_string()) else {
+        return false;
+    };
     let fut = async {
         match c.kind {
             CheckKind::Tcp => {
@@ -53,7 +61,9 @@ async fn check_one(g: &UpstreamGroup, t: &TargetState, c: &ActiveHealth) -> bool
             },
         }
     };
-    tokio::time::timeout(c.timeout.0, fut).await.unwrap_or(false)
+    tokio::time::timeout(c.timeout.0, fut)
+        .await
+        .unwrap_or(false)
 }
 
 fn http_check(g: &UpstreamGroup, t: &TargetState, c: &ActiveHealth) -> Option<HttpHealthCheck> {
@@ -66,7 +76,8 @@ fn http_check(g: &UpstreamGroup, t: &TargetState, c: &ActiveHealth) -> Option<Ht
     let mut hc = HttpHealthCheck::new(&host, tls);
     let mut req = RequestHeader::build("GET", c.path.as_bytes(), None).ok()?;
     req.insert_header("host", &host).ok()?;
-    req.insert_header("user-agent", "postern-health-check").ok()?;
+    req.insert_header("user-agent", "postern-health-check")
+        .ok()?;
     hc.req = req;
     if let Some(sni) = &g.peer.sni {
         hc.peer_template.sni = sni.clone();
@@ -83,7 +94,10 @@ fn http_check(g: &UpstreamGroup, t: &TargetState, c: &ActiveHealth) -> Option<Ht
         if statuses.contains(&resp.status.as_u16()) {
             Ok(())
         } else {
-            Error::e_explain(ErrorType::Custom("unexpected health check status"), resp.status.to_string())
+            Error::e_explain(
+                ErrorType::Custom("unexpected health check status"),
+                resp.status.to_string(),
+            )
         }
     }));
     Some(hc)
@@ -100,13 +114,21 @@ pub async fn run_dns(group: Arc<UpstreamGroup>) {
         let mut resolved: Vec<Vec<SocketAddr>> = Vec::with_capacity(group.specs.len());
         let current = group.targets();
         for s in &group.specs {
-            let addrs: Vec<SocketAddr> = match tokio::net::lookup_host((s.host.as_str(), s.port)).await {
+            let addrs: Vec<SocketAddr> = match tokio::net::lookup_host((s.host.as_str(), s.port))
+                .await
+            {
                 Ok(it) => it.collect(),
                 Err(e) => {
-                    log::warn!("upstream {}: cannot resolve {}: {e}; keeping the last addresses", group.name, s.host);
+                    log::warn!(
+                        "upstream {}: cannot resolve {}: {e}; keeping the last addresses",
+                        group.name,
+                        s.host
+                    );
                     current
                         .iter()
-                        .filter(|t| t.host.as_deref() == Some(s.host.as_str()) && t.addr.port() == s.port)
+                        .filter(|t| {
+                            t.host.as_deref() == Some(s.host.as_str()) && t.addr.port() == s.port
+                        })
                         .map(|t| t.addr)
                         .collect()
                 }
@@ -114,7 +136,10 @@ pub async fn run_dns(group: Arc<UpstreamGroup>) {
             resolved.push(addrs);
         }
         if group.set_addresses(resolved) {
-            log::info!("upstream {}: targets changed after DNS re-resolution", group.name);
+            log::info!(
+                "upstream {}: targets changed after DNS re-resolution",
+                group.name
+            );
         }
     }
 }

@@ -33,11 +33,15 @@ pub enum HashKey {
 
 impl HashKey {
     pub fn parse(s: &str) -> Result<HashKey, String> {
-        let bad = || format!("invalid hash_key \"{s}\"; use client_ip, header:NAME, cookie:NAME, query:NAME or path");
+        let bad = || {
+            format!("invalid hash_key \"{s}\"; use client_ip, header:NAME, cookie:NAME, query:NAME or path")
+        };
         match s.split_once(':') {
             None if s == "client_ip" => Ok(HashKey::ClientIp),
             None if s == "path" => Ok(HashKey::Path),
-            Some(("header", n)) => http::HeaderName::from_bytes(n.as_bytes()).map(HashKey::Header).map_err(|_| bad()),
+            Some(("header", n)) => http::HeaderName::from_bytes(n.as_bytes())
+                .map(HashKey::Header)
+                .map_err(|_| bad()),
             Some(("cookie", n)) if !n.is_empty() => Ok(HashKey::Cookie(n.to_string())),
             Some(("query", n)) if !n.is_empty() => Ok(HashKey::Query(n.to_string())),
             _ => Err(bad()),
@@ -45,7 +49,11 @@ impl HashKey {
     }
 
     /// The key's bytes for this request, if present.
-    pub fn extract<'a>(&self, req: &'a RequestHeader, client_ip: Option<IpAddr>) -> Option<Cow<'a, [u8]>> {
+    pub fn extract<'a>(
+        &self,
+        req: &'a RequestHeader,
+        client_ip: Option<IpAddr>,
+    ) -> Option<Cow<'a, [u8]>> {
         match self {
             HashKey::ClientIp => client_ip.map(|ip| Cow::Owned(ip.to_string().into_bytes())),
             HashKey::Path => Some(Cow::Borrowed(req.uri.path().as_bytes())),
@@ -56,12 +64,17 @@ impl HashKey {
                     (pk == k).then_some(Cow::Borrowed(v.as_bytes()))
                 })
             }),
-            HashKey::Cookie(name) => req.headers.get_all(http::header::COOKIE).iter().find_map(|h| {
-                h.to_str().ok()?.split(';').find_map(|c| {
-                    let (k, v) = c.trim().split_once('=')?;
-                    (k == name).then_some(Cow::Borrowed(v.as_bytes()))
-                })
-            }),
+            HashKey::Cookie(name) => {
+                req.headers
+                    .get_all(http::header::COOKIE)
+                    .iter()
+                    .find_map(|h| {
+                        h.to_str().ok()?.split(';').find_map(|c| {
+                            let (k, v) = c.trim().split_once('=')?;
+                            (k == name).then_some(Cow::Borrowed(v.as_bytes()))
+                        })
+                    })
+            }
         }
     }
 }
@@ -104,10 +117,18 @@ pub struct UpstreamGroup {
 }
 
 impl UpstreamGroup {
-    pub fn new(name: &str, c: &schema::Upstream, registry: Arc<Registry>) -> Result<UpstreamGroup, Vec<Issue>> {
+    pub fn new(
+        name: &str,
+        c: &schema::Upstream,
+        registry: Arc<Registry>,
+    ) -> Result<UpstreamGroup, Vec<Issue>> {
         let path = format!("upstreams.{name}");
         let mut issues = Vec::new();
-        let specs: Vec<TargetSpec> = c.targets.iter().filter_map(|t| parse_target(&t.addr, t.weight)).collect();
+        let specs: Vec<TargetSpec> = c
+            .targets
+            .iter()
+            .filter_map(|t| parse_target(&t.addr, t.weight))
+            .collect();
         let ca = match c.tls.as_ref().and_then(|t| t.ca.as_ref()) {
             Some(file) => match load_ca(file) {
                 Ok(ca) => Some(ca),
@@ -153,7 +174,10 @@ impl UpstreamGroup {
             .specs
             .iter()
             .map(|s| {
-                let r: Vec<SocketAddr> = (s.host.as_str(), s.port).to_socket_addrs().map(|i| i.collect()).unwrap_or_default();
+                let r: Vec<SocketAddr> = (s.host.as_str(), s.port)
+                    .to_socket_addrs()
+                    .map(|i| i.collect())
+                    .unwrap_or_default();
                 if r.is_empty() {
                     failed.push(format!("{}:{}", s.host, s.port));
                 }
@@ -177,7 +201,11 @@ impl UpstreamGroup {
         }
         let current = self.pool.load();
         let same = current.targets.len() == targets.len()
-            && current.targets.iter().zip(&targets).all(|(a, b)| Arc::ptr_eq(a, b));
+            && current
+                .targets
+                .iter()
+                .zip(&targets)
+                .all(|(a, b)| Arc::ptr_eq(a, b));
         if !same {
             self.pool.store(Arc::new(Pool::new(targets, self.balance)));
         }
@@ -193,7 +221,12 @@ impl UpstreamGroup {
     }
 
     /// Picks a healthy target not in `tried`.
-    pub fn select(&self, req: &RequestHeader, client_ip: Option<IpAddr>, tried: &[SocketAddr]) -> Result<Arc<TargetState>, GatewayError> {
+    pub fn select(
+        &self,
+        req: &RequestHeader,
+        client_ip: Option<IpAddr>,
+        tried: &[SocketAddr],
+    ) -> Result<Arc<TargetState>, GatewayError> {
         let pool = self.pool.load();
         let now = now_ms();
         let ok = |t: &TargetState| t.is_healthy(now) && !tried.contains(&t.addr);
@@ -201,7 +234,11 @@ impl UpstreamGroup {
             Balance::RoundRobin => pool.round_robin(&ok),
             Balance::Random => pool.random(&ok),
             Balance::LeastConn => pool.least_conn(&ok),
-            Balance::ConsistentHash => match self.hash_key.as_ref().and_then(|k| k.extract(req, client_ip)) {
+            Balance::ConsistentHash => match self
+                .hash_key
+                .as_ref()
+                .and_then(|k| k.extract(req, client_ip))
+            {
                 Some(key) => pool.hashed(&key, &ok),
                 None if self.fallback == HashFallback::Random => pool.random(&ok),
                 None => pool.round_robin(&ok),
@@ -245,23 +282,41 @@ impl UpstreamGroup {
     pub fn record_outcome(&self, t: &TargetState, ok: bool) {
         if let Some(p) = &self.passive {
             if t.record_passive(ok, p.unhealthy_after, p.eject_for.0.as_millis() as u64) {
-                log::warn!("upstream {}: target {} ejected for {} after {} consecutive failures", self.name, t.addr, p.eject_for, p.unhealthy_after);
+                log::warn!(
+                    "upstream {}: target {} ejected for {} after {} consecutive failures",
+                    self.name,
+                    t.addr,
+                    p.eject_for,
+                    p.unhealthy_after
+                );
             }
         }
     }
 
     /// Passive health: is this upstream status a failure?
     pub fn is_failure_status(&self, status: u16) -> bool {
-        self.passive.as_ref().is_some_and(|p| p.statuses.contains(&status))
+        self.passive
+            .as_ref()
+            .is_some_and(|p| p.statuses.contains(&status))
     }
 }
 
 fn parse_target(addr: &str, weight: u32) -> Option<TargetSpec> {
     if let Ok(sa) = addr.parse::<SocketAddr>() {
-        return Some(TargetSpec { host: sa.ip().to_string(), port: sa.port(), weight, is_name: false });
+        return Some(TargetSpec {
+            host: sa.ip().to_string(),
+            port: sa.port(),
+            weight,
+            is_name: false,
+        });
     }
     let (host, port) = addr.rsplit_once(':')?;
-    Some(TargetSpec { host: host.to_string(), port: port.parse().ok()?, weight, is_name: true })
+    Some(TargetSpec {
+        host: host.to_string(),
+        port: port.parse().ok()?,
+        weight,
+        is_name: true,
+    })
 }
 
 fn load_ca(file: &str) -> Result<Arc<[WrappedX509]>, String> {
@@ -289,7 +344,12 @@ mod tests {
         let mut req = RequestHeader::build("GET", b"/p?a=1&user=42", None).unwrap();
         req.insert_header("x-user", "u7").unwrap();
         req.insert_header("cookie", "x=1; sid=abc").unwrap();
-        let get = |s: &str| HashKey::parse(s).unwrap().extract(&req, Some("10.1.2.3".parse().unwrap())).map(|c| c.into_owned());
+        let get = |s: &str| {
+            HashKey::parse(s)
+                .unwrap()
+                .extract(&req, Some("10.1.2.3".parse().unwrap()))
+                .map(|c| c.into_owned())
+        };
         assert_eq!(get("header:x-user"), Some(b"u7".to_vec()));
         assert_eq!(get("cookie:sid"), Some(b"abc".to_vec()));
         assert_eq!(get("query:user"), Some(b"42".to_vec()));

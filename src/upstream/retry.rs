@@ -12,6 +12,8 @@ pub struct RetryPolicy {
     pub connect_error: bool,
     pub timeout: bool,
     pub reset: bool,
+    /// Upstream statuses retried on another target (idempotent requests only).
+    pub statuses: Vec<u16>,
     pub backoff: Duration,
 }
 
@@ -23,6 +25,14 @@ impl RetryPolicy {
             connect_error: has(RetryKind::ConnectError),
             timeout: has(RetryKind::Timeout),
             reset: has(RetryKind::Reset),
+            statuses: c
+                .on
+                .iter()
+                .filter_map(|o| match o {
+                    RetryOn::Status(s) => Some(*s),
+                    RetryOn::Kind(_) => None,
+                })
+                .collect(),
             backoff: c.backoff.0,
         }
     }
@@ -33,19 +43,41 @@ impl RetryPolicy {
             return false;
         }
         match e.etype() {
-            ErrorType::ConnectTimedout | ErrorType::TLSHandshakeTimedout => self.connect_error || self.timeout,
+            ErrorType::ConnectTimedout | ErrorType::TLSHandshakeTimedout => {
+                self.connect_error || self.timeout
+            }
             _ => self.connect_error,
         }
     }
 
+    /// Whether an upstream answer with `status` should be replaced by a retry.
+    pub fn retries_status(
+        &self,
+        tries: u32,
+        status: u16,
+        idempotent: bool,
+        body_replayable: bool,
+    ) -> bool {
+        tries < self.attempts && idempotent && body_replayable && self.statuses.contains(&status)
+    }
+
     /// After a failure once the request was (maybe) sent upstream.
-    pub fn after_proxy_failure(&self, tries: u32, e: &Error, idempotent: bool, body_replayable: bool) -> bool {
+    pub fn after_proxy_failure(
+        &self,
+        tries: u32,
+        e: &Error,
+        idempotent: bool,
+        body_replayable: bool,
+    ) -> bool {
         if tries >= self.attempts || !idempotent || !body_replayable {
             return false;
         }
         match e.etype() {
             ErrorType::ReadTimedout | ErrorType::WriteTimedout => self.timeout,
-            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => self.reset,
+            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => {
+                self.reset
+            }
+            ErrorType::HTTPStatus(code) => self.statuses.contains(code),
             _ => false,
         }
     }

@@ -113,17 +113,28 @@ impl Drop for InflightGuard {
     }
 }
 
+/// (upstream name, address): the identity of a target across config generations.
+type TargetKey = (Arc<str>, SocketAddr);
+
 /// Target states shared across config generations.
 #[derive(Default)]
 pub struct Registry {
-    states: Mutex<HashMap<(Arc<str>, SocketAddr), Arc<TargetState>>>,
+    states: Mutex<HashMap<TargetKey, Arc<TargetState>>>,
 }
 
 impl Registry {
     /// The state for this upstream and address, created on first use (weight and host follow config).
-    pub fn get(&self, upstream: &Arc<str>, addr: SocketAddr, host: Option<Arc<str>>, weight: u32) -> Arc<TargetState> {
+    pub fn get(
+        &self,
+        upstream: &Arc<str>,
+        addr: SocketAddr,
+        host: Option<Arc<str>>,
+        weight: u32,
+    ) -> Arc<TargetState> {
         let mut m = self.states.lock();
-        let e = m.entry((upstream.clone(), addr)).or_insert_with(|| Arc::new(TargetState::new(addr, host.clone(), weight)));
+        let e = m
+            .entry((upstream.clone(), addr))
+            .or_insert_with(|| Arc::new(TargetState::new(addr, host.clone(), weight)));
         if e.weight != weight || e.host != host {
             // Same endpoint, new settings: keep the learnt health, rebuild the rest.
             let fresh = Arc::new(TargetState::new(addr, host, weight));

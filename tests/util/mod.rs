@@ -14,7 +14,11 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_postern");
 
 /// A port that was free a moment ago (bind-and-release). Callers retry on a bind race.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A running gateway; killed on drop.
@@ -46,12 +50,21 @@ impl Gateway {
             std::fs::write(&conf, &yaml).unwrap();
             let child = Command::new(BIN)
                 .args(["run", "-c", conf.to_str().unwrap()])
-                .env("RUST_LOG", std::env::var("POSTERN_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+                .env(
+                    "RUST_LOG",
+                    std::env::var("POSTERN_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+                )
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit())
                 .spawn()
                 .unwrap();
-            let mut gw = Gateway { child, port, admin, dir, conf };
+            let mut gw = Gateway {
+                child,
+                port,
+                admin,
+                dir,
+                conf,
+            };
             if gw.wait_ready(Duration::from_secs(20)) {
                 return gw;
             }
@@ -66,7 +79,11 @@ impl Gateway {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return false;
             }
-            if raw(self.admin, "GET /status/ready HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").starts_with("HTTP/1.1 200")
+            if raw(
+                self.admin,
+                "GET /status/ready HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            )
+            .starts_with("HTTP/1.1 200")
                 && TcpStream::connect(("127.0.0.1", self.port)).is_ok()
             {
                 return true;
@@ -91,7 +108,10 @@ impl Gateway {
 
     /// The admin `/upstreams` document.
     pub fn upstreams(&self) -> serde_json::Value {
-        let resp = raw(self.admin, "GET /upstreams HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        let resp = raw(
+            self.admin,
+            "GET /upstreams HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        );
         let body = resp.split("\r\n\r\n").nth(1).unwrap_or("{}");
         serde_json::from_str(body).unwrap_or_default()
     }
@@ -122,7 +142,9 @@ pub fn raw(port: u16, request: &str) -> String {
 }
 
 pub fn raw_bytes(port: u16, request: &[u8]) -> String {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     if s.write_all(request).is_err() {
         return String::new();
@@ -134,22 +156,41 @@ pub fn raw_bytes(port: u16, request: &[u8]) -> String {
 
 /// Status code of a raw response.
 pub fn status_of(resp: &str) -> u16 {
-    resp.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+    resp.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Runs `postern check -c FILE`: (exit code, stderr + stdout).
 pub fn check(file: &str) -> (i32, String) {
-    let out = Command::new(BIN).args(["check", "-c", file]).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+    let out = Command::new(BIN)
+        .args(["check", "-c", file])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
     (out.status.code().unwrap_or(-1), text)
 }
 
 pub fn client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap()
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap()
 }
 
 pub fn upstream_yaml(name: &str, addrs: &[SocketAddr], extra: &str) -> String {
-    let targets: Vec<String> = addrs.iter().map(|a| format!("{{ addr: \"{a}\" }}")).collect();
-    format!("  {name}:\n    targets: [ {} ]\n{extra}", targets.join(", "))
+    let targets: Vec<String> = addrs
+        .iter()
+        .map(|a| format!("{{ addr: \"{a}\" }}"))
+        .collect();
+    format!(
+        "  {name}:\n    targets: [ {} ]\n{extra}",
+        targets.join(", ")
+    )
 }

@@ -53,15 +53,24 @@ impl Upstream {
         let (st, nm) = (state.clone(), name.to_string());
         let task = tokio::spawn(async move {
             loop {
-                let Ok((sock, _)) = listener.accept().await else { continue };
+                let Ok((sock, _)) = listener.accept().await else {
+                    continue;
+                };
                 let (st, nm) = (st.clone(), nm.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| handle(req, st.clone(), nm.clone()));
-                    let _ = auto::Builder::new(TokioExecutor::new()).serve_connection_with_upgrades(TokioIo::new(sock), svc).await;
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(sock), svc)
+                        .await;
                 });
             }
         });
-        Upstream { addr, name: name.to_string(), state, task }
+        Upstream {
+            addr,
+            name: name.to_string(),
+            state,
+            task,
+        }
     }
 
     pub fn hits(&self) -> usize {
@@ -81,11 +90,18 @@ impl Drop for Upstream {
     }
 }
 
-async fn handle(req: Request<Incoming>, st: Arc<State>, name: String) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    req: Request<Incoming>,
+    st: Arc<State>,
+    name: String,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.uri().path() == "/healthz" {
         st.health_hits.fetch_add(1, SeqCst);
         let code = st.health_status.load(SeqCst);
-        return Ok(Response::builder().status(code).body(Full::new(Bytes::from_static(b"ok"))).unwrap());
+        return Ok(Response::builder()
+            .status(code)
+            .body(Full::new(Bytes::from_static(b"ok")))
+            .unwrap());
     }
     st.hits.fetch_add(1, SeqCst);
     let delay = st.delay_ms.load(SeqCst);
@@ -98,9 +114,19 @@ async fn handle(req: Request<Incoming>, st: Arc<State>, name: String) -> Result<
     let headers: serde_json::Map<String, serde_json::Value> = req
         .headers()
         .iter()
-        .map(|(k, v)| (k.to_string(), serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into())))
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into()),
+            )
+        })
         .collect();
-    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let v = serde_json::json!({ "upstream": name, "method": method, "uri": uri, "version": version, "headers": headers, "body_len": body.len() });
     let status = st.status.load(SeqCst);
     Ok(Response::builder()
@@ -119,14 +145,16 @@ pub async fn websocket_echo() -> (SocketAddr, JoinHandle<()>) {
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
         loop {
-            let Ok((sock, _)) = listener.accept().await else { continue };
+            let Ok((sock, _)) = listener.accept().await else {
+                continue;
+            };
             tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(sock).await else { return };
+                let Ok(mut ws) = tokio_tungstenite::accept_async(sock).await else {
+                    return;
+                };
                 while let Some(Ok(msg)) = ws.next().await {
-                    if msg.is_text() || msg.is_binary() {
-                        if ws.send(msg).await.is_err() {
-                            break;
-                        }
+                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                        break;
                     }
                 }
             });
@@ -135,7 +163,8 @@ pub async fn websocket_echo() -> (SocketAddr, JoinHandle<()>) {
     (addr, task)
 }
 
-type GrpcBody = StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
+type GrpcBody =
+    StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
 
 /// A gRPC unary server over h2c: answers every call with the request message reversed, a
 /// `grpc-status: 0` trailer and a custom trailer.
@@ -144,25 +173,46 @@ pub async fn grpc_server() -> (SocketAddr, JoinHandle<()>) {
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
         loop {
-            let Ok((sock, _)) = listener.accept().await else { continue };
+            let Ok((sock, _)) = listener.accept().await else {
+                continue;
+            };
             tokio::spawn(async move {
                 let svc = service_fn(|req: Request<Incoming>| async move {
                     let ct = req.headers().get("content-type").cloned();
-                    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                    let msg: Vec<u8> = body.get(5..).unwrap_or_default().iter().rev().copied().collect();
+                    let body = req
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    let msg: Vec<u8> = body
+                        .get(5..)
+                        .unwrap_or_default()
+                        .iter()
+                        .rev()
+                        .copied()
+                        .collect();
                     let mut framed = vec![0u8];
                     framed.extend_from_slice(&(msg.len() as u32).to_be_bytes());
                     framed.extend_from_slice(&msg);
                     let mut trailers = http::HeaderMap::new();
                     trailers.insert("grpc-status", "0".parse().unwrap());
                     trailers.insert("x-trailer", "kept".parse().unwrap());
-                    let frames = vec![Ok(Frame::data(Bytes::from(framed))), Ok(Frame::trailers(trailers))];
+                    let frames = vec![
+                        Ok(Frame::data(Bytes::from(framed))),
+                        Ok(Frame::trailers(trailers)),
+                    ];
                     let body: GrpcBody = StreamBody::new(futures_util::stream::iter(frames));
                     let mut resp = Response::new(body);
-                    resp.headers_mut().insert("content-type", ct.unwrap_or_else(|| "application/grpc".parse().unwrap()));
+                    resp.headers_mut().insert(
+                        "content-type",
+                        ct.unwrap_or_else(|| "application/grpc".parse().unwrap()),
+                    );
                     Ok::<_, Infallible>(resp)
                 });
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(sock), svc).await;
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(sock), svc)
+                    .await;
             });
         }
     });

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Loopback load test: Postern's plain proxy path beside a bare Pingora proxy and nginx, measured in
+# the same run by the shared bench harness (wrk closed loop, h2load fixed rate, callgrind
+# instructions per request). Everything targets 127.0.0.1 and every run is bounded.
+#
+#   load-tests/run.sh                          # QUICK=1 for a 1-round smoke run
+#   BENCH=/path/to/bench load-tests/run.sh     # harness location (default ../shared/bench)
+#   SCENARIO=plain ROUNDS=3 load-tests/run.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BENCH=${BENCH:-../shared/bench}
+SCENARIO=${SCENARIO:-plain}
+if [ ! -x "$BENCH/compare.sh" ]; then
+  echo "bench harness not found at $BENCH (set BENCH=...)" >&2
+  exit 1
+fi
+for p in wrk nginx h2load valgrind haproxy; do
+  command -v $p >/dev/null || { echo "missing $p: apt-get install -y wrk nginx-light nghttp2-client valgrind haproxy" >&2; exit 1; }
+done
+cargo build --release --bin postern
+export GATEWAY_CMD="$PWD/target/release/postern run -c @CONFIG@"
+export GATEWAY_NAME="postern-$SCENARIO"
+export GATEWAY_CONFIG_TEMPLATE="$PWD/load-tests/scenarios/$SCENARIO.yaml.tmpl"
+export TARGETS=${TARGETS:-"direct nginx pingora"}
+export RESULTS_DIR=${RESULTS_DIR:-$PWD/load-tests/results/$(date -u +%Y%m%dT%H%M%SZ)-$SCENARIO}
+export RUST_LOG=${RUST_LOG:-error}
+"$BENCH/compare.sh"
+echo "results: $RESULTS_DIR/summary.md"
