@@ -40,7 +40,10 @@ impl Admin {
                         })
                     })
                     .collect();
-                (name.clone(), json!({ "balance": format!("{:?}", g.balance).to_lowercase(), "targets": targets }))
+                (
+                    name.clone(),
+                    json!({ "balance": g.balance, "targets": targets }),
+                )
             })
             .collect();
         json!({ "upstreams": ups })

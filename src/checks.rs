@@ -257,7 +257,7 @@ mod tests {
     fn limits() -> Limits {
         Limits {
             keepalive: std::time::Duration::from_secs(1),
-            header_read: std::time::Duration::from_secs(1),
+            client_read: std::time::Duration::from_secs(1),
             client_write: std::time::Duration::from_secs(1),
             max_header_count: 10,
             max_header_size: 1000,

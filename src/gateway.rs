@@ -88,7 +88,7 @@ impl ProxyHttp for Gateway {
         if session.get_keepalive().is_some() {
             session.set_keepalive(Some(limits.keepalive.as_secs().max(1)));
         }
-        session.set_read_timeout(Some(limits.header_read));
+        session.set_read_timeout(Some(limits.client_read));
         session.set_write_timeout(Some(limits.client_write));
         let inet = session.client_addr().and_then(|a| a.as_inet());
         ctx.req.conn = ConnInfo {

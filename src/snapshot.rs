@@ -42,7 +42,7 @@ pub struct Route {
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub keepalive: Duration,
-    pub header_read: Duration,
+    pub client_read: Duration,
     pub client_write: Duration,
     pub max_header_count: usize,
     pub max_header_size: usize,
@@ -105,7 +105,7 @@ pub fn compile(
     let s = &config.server;
     let limits = Limits {
         keepalive: s.keepalive_timeout.0,
-        header_read: s.header_read_timeout.0,
+        client_read: s.client_read_timeout.0,
         client_write: s.client_write_timeout.0,
         max_header_count: s.max_header_count,
         max_header_size: s.max_header_size.0 as usize,

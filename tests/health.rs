@@ -22,6 +22,10 @@ async fn active_checks_eject_and_restore_a_target() {
     let gw = Gateway::start(&body);
     let c = client();
     b.state.health_status.store(503, SeqCst);
+    assert_eq!(
+        gw.upstreams()["upstreams"]["pool"]["balance"],
+        "round_robin"
+    );
     let baddr = b.addr.to_string();
     gw.wait_upstreams("b unhealthy", |v| healthy(v, "pool", &baddr) == Some(false));
     let before = b.hits();

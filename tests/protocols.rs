@@ -1,6 +1,6 @@
 //! TLS with SNI, HTTP/2 (TLS ALPN and h2c), WebSocket and gRPC through the gateway.
 
-use crate::util::upstream::{grpc_server, websocket_echo, Upstream};
+use crate::util::upstream::{grpc_server, tls_upstream, websocket_echo, Upstream};
 use crate::util::{free_port, upstream_yaml, Gateway};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -11,6 +11,10 @@ use std::sync::Arc;
 
 struct Pki {
     ca_pem: String,
+}
+
+fn read(dir: &Path, file: &str) -> String {
+    std::fs::read_to_string(dir.join(file)).unwrap()
 }
 
 /// A CA and one leaf certificate per name, written as `<name>.pem` / `<name>.key` in `dir`.
@@ -204,4 +208,72 @@ async fn grpc_unary_call_with_trailers_over_h2c() {
     assert_eq!(trailers["x-trailer"], "kept");
     let data = collected.to_bytes();
     assert_eq!(&data[5..], b"nretsop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_the_upstream_verifies_sni_and_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path(), &["backend.test"]);
+    std::fs::write(dir.path().join("ca.pem"), &pki.ca_pem).unwrap();
+    let (addr, _task) = tls_upstream(
+        &read(dir.path(), "backend.test.pem"),
+        &read(dir.path(), "backend.test.key"),
+        "secure",
+    )
+    .await;
+    let other = pki_other(dir.path());
+    let body = format!(
+        "upstreams:\n  good:\n    targets: [ {{ addr: \"{addr}\" }} ]\n    tls: {{ sni: backend.test, ca: \"{d}/ca.pem\" }}\n  wrong-name:\n    targets: [ {{ addr: \"{addr}\" }} ]\n    tls: {{ sni: other.test, ca: \"{d}/ca.pem\" }}\n    retry: {{ attempts: 1 }}\n  wrong-ca:\n    targets: [ {{ addr: \"{addr}\" }} ]\n    tls: {{ sni: backend.test, ca: \"{other}\" }}\n    retry: {{ attempts: 1 }}\n  unverified:\n    targets: [ {{ addr: \"{addr}\" }} ]\n    tls: {{ sni: whatever.test, verify: false }}\nroutes:\n  - {{ match: {{ path: /good }}, upstream: good }}\n  - {{ match: {{ path: /wrong-name }}, upstream: wrong-name }}\n  - {{ match: {{ path: /wrong-ca }}, upstream: wrong-ca }}\n  - {{ match: {{ path: /unverified }}, upstream: unverified }}\n",
+        d = dir.path().display()
+    );
+    let gw = Gateway::start(&body);
+    let c = crate::util::client();
+    let r = c.get(gw.url("/good")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["upstream"], "secure");
+    assert_eq!(
+        c.get(gw.url("/wrong-name")).send().await.unwrap().status(),
+        502
+    );
+    assert_eq!(
+        c.get(gw.url("/wrong-ca")).send().await.unwrap().status(),
+        502
+    );
+    assert_eq!(
+        c.get(gw.url("/unverified")).send().await.unwrap().status(),
+        200
+    );
+}
+
+/// A second, unrelated CA (for the negative case); returns its PEM path.
+fn pki_other(dir: &Path) -> String {
+    let sub = dir.join("other");
+    std::fs::create_dir_all(&sub).unwrap();
+    let other = pki(&sub, &[]);
+    let path = sub.join("ca.pem");
+    std::fs::write(&path, other.ca_pem).unwrap();
+    path.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_name_targets_are_resolved_off_the_request_path() {
+    let up = Upstream::start("named").await;
+    let body = format!(
+        "upstreams:\n  named:\n    targets: [ {{ addr: \"localhost:{}\" }} ]\n    resolve_interval: 100ms\n    retry: {{ attempts: 3, on: [connect_error] }}\nroutes:\n  - {{ match: {{ path: /* }}, upstream: named }}\n",
+        up.addr.port()
+    );
+    let gw = Gateway::start(&body);
+    let c = crate::util::client();
+    for _ in 0..5 {
+        assert_eq!(c.get(gw.url("/x")).send().await.unwrap().status(), 200);
+    }
+    let ups = gw.upstreams();
+    let targets = ups["upstreams"]["named"]["targets"].as_array().unwrap();
+    assert!(
+        targets
+            .iter()
+            .any(|t| t["addr"] == up.addr.to_string() && t["host"] == "localhost"),
+        "{ups}"
+    );
 }

@@ -32,7 +32,7 @@ pub fn max_request_body() -> Size {
 pub fn keepalive_timeout() -> Dur {
     Dur::secs(60)
 }
-pub fn header_read_timeout() -> Dur {
+pub fn client_read_timeout() -> Dur {
     Dur::secs(10)
 }
 pub fn client_write_timeout() -> Dur {

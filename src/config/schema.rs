@@ -56,9 +56,11 @@ pub struct Server {
     /// Idle time allowed between requests on a client keep-alive connection.
     #[serde(default = "d::keepalive_timeout")]
     pub keepalive_timeout: Dur,
-    /// Time allowed to receive a request's header (and each body read) from a client.
-    #[serde(default = "d::header_read_timeout")]
-    pub header_read_timeout: Dur,
+    /// Time allowed for each read of a request body from a client (a stalled upload is cut).
+    /// Header reads are bounded per read by Pingora: 60 s on a new connection, and
+    /// `keepalive_timeout` between requests on a kept-alive one.
+    #[serde(default = "d::client_read_timeout")]
+    pub client_read_timeout: Dur,
     /// Time allowed for each write to a client.
     #[serde(default = "d::client_write_timeout")]
     pub client_write_timeout: Dur,
@@ -84,7 +86,7 @@ impl Default for Server {
             error_log: None,
             max_request_body: d::max_request_body(),
             keepalive_timeout: d::keepalive_timeout(),
-            header_read_timeout: d::header_read_timeout(),
+            client_read_timeout: d::client_read_timeout(),
             client_write_timeout: d::client_write_timeout(),
             max_header_count: d::max_header_count(),
             max_header_size: d::max_header_size(),
@@ -183,7 +185,7 @@ pub struct Target {
     pub weight: u32,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Balance {
     #[default]

@@ -114,6 +114,7 @@ pub struct UpstreamGroup {
     pub active: Option<schema::ActiveHealth>,
     pub resolve_interval: Duration,
     registry: Arc<Registry>,
+    pool_key: u64,
 }
 
 impl UpstreamGroup {
@@ -162,6 +163,12 @@ impl UpstreamGroup {
             active: c.health.active.clone(),
             resolve_interval: c.resolve_interval.0,
             registry,
+            pool_key: {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                name.hash(&mut h);
+                h.finish()
+            },
         };
         Ok(g)
     }
@@ -256,6 +263,9 @@ impl UpstreamGroup {
             (None, None) => t.addr.ip().to_string(),
         };
         let mut peer = HttpPeer::new(t.addr, p.tls, if p.tls { sni } else { String::new() });
+        // Pooled connections are keyed by address, SNI and verify flags but not by CA or
+        // timeouts: keep each upstream group's connections apart.
+        peer.group_key = self.pool_key;
         let o = &mut peer.options;
         let to = &p.timeouts;
         o.connection_timeout = Some(to.connect.0);

@@ -218,3 +218,46 @@ pub async fn grpc_server() -> (SocketAddr, JoinHandle<()>) {
     });
     (addr, task)
 }
+
+/// An HTTPS echo upstream (HTTP/1.1 over TLS with the given PEM certificate and key).
+pub async fn tls_upstream(
+    cert_pem: &str,
+    key_pem: &str,
+    name: &str,
+) -> (SocketAddr, JoinHandle<()>) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let certs: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+        .map(|c| c.unwrap())
+        .collect();
+    let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+        .unwrap()
+        .unwrap();
+    let cfg = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = Arc::new(State::default());
+    state.status.store(200, SeqCst);
+    let name = name.to_string();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((sock, _)) = listener.accept().await else {
+                continue;
+            };
+            let (acceptor, st, nm) = (acceptor.clone(), state.clone(), name.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(sock).await else {
+                    return;
+                };
+                let svc = service_fn(move |req| handle(req, st.clone(), nm.clone()));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, task)
+}
