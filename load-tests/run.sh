@@ -17,8 +17,8 @@ fi
 for p in wrk nginx h2load valgrind haproxy; do
   command -v $p >/dev/null || { echo "missing $p: apt-get install -y wrk nginx-light nghttp2-client valgrind haproxy" >&2; exit 1; }
 done
-cargo build --release --bin postern
-export GATEWAY_CMD="$PWD/target/release/postern run -c @CONFIG@"
+cargo build --profile dist --bin postern
+export GATEWAY_CMD="$PWD/target/dist/postern run -c @CONFIG@"
 export GATEWAY_NAME="postern-$SCENARIO"
 export GATEWAY_CONFIG_TEMPLATE="$PWD/load-tests/scenarios/$SCENARIO.yaml.tmpl"
 export TARGETS=${TARGETS:-"direct nginx pingora"}
