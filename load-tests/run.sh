@@ -23,6 +23,7 @@ export GATEWAY_NAME="postern-$SCENARIO"
 export GATEWAY_CONFIG_TEMPLATE="$PWD/load-tests/scenarios/$SCENARIO.yaml.tmpl"
 export TARGETS=${TARGETS:-"direct nginx pingora"}
 export RESULTS_DIR=${RESULTS_DIR:-$PWD/load-tests/results/$(date -u +%Y%m%dT%H%M%SZ)-$SCENARIO}
+export BENCH_WORK=${BENCH_WORK:-${TMPDIR:-/tmp}/gateway-bench}
 export RUST_LOG=${RUST_LOG:-error}
 "$BENCH/compare.sh"
 echo "results: $RESULTS_DIR/summary.md"

@@ -261,6 +261,8 @@ mod tests {
             client_write: std::time::Duration::from_secs(1),
             max_header_count: 10,
             max_header_size: 1000,
+            forwarded: Default::default(),
+            request_id: true,
         }
     }
 

@@ -1,6 +1,7 @@
 //! What Postern changes on the request it forwards: path rewrite, Host, the `X-Forwarded-*` and
 //! `Forwarded` (RFC 7239) fields, and the request id.
 
+use crate::config::schema::ForwardedHeaders;
 use crate::context::RequestCtx;
 use crate::router::Captures;
 use crate::snapshot::{Part, Route};
@@ -73,40 +74,66 @@ pub fn set_path(req: &mut RequestHeader, path: &str) {
 }
 
 /// Appends the client to `X-Forwarded-For` and `Forwarded`, and sets `X-Forwarded-Proto/-Host`
-/// and the request id. `host` is the Host the client asked for.
-pub fn add_forwarding(req: &mut RequestHeader, ctx: &RequestCtx, host: Option<&str>) {
+/// and the request id, as `which` enables them. `host` is the Host the client asked for.
+pub fn add_forwarding(
+    req: &mut RequestHeader,
+    ctx: &RequestCtx,
+    host: Option<&str>,
+    which: &ForwardedHeaders,
+) {
+    use std::fmt::Write;
     let proto = if ctx.conn.tls { "https" } else { "http" };
     if let Some(ip) = ctx.conn.client_ip {
-        let xff = match req
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-            _ => ip.to_string(),
-        };
-        let _ = req.insert_header("x-forwarded-for", xff);
-        let node = if ip.is_ipv6() {
-            format!("\"[{ip}]\"")
-        } else {
-            ip.to_string()
-        };
-        let mut fwd = format!("for={node};proto={proto}");
-        if let Some(h) = host.filter(|h| crate::checks::valid_host(h.as_bytes())) {
-            fwd.push_str(&format!(";host=\"{h}\""));
+        if which.x_forwarded_for {
+            let mut xff = String::with_capacity(64);
+            if let Some(prev) = req
+                .headers
+                .get(X_FORWARDED_FOR)
+                .and_then(|v| v.to_str().ok())
+                .filter(|p| !p.trim().is_empty())
+            {
+                xff.push_str(prev);
+                xff.push_str(", ");
+            }
+            let _ = write!(xff, "{ip}");
+            let _ = req.insert_header(X_FORWARDED_FOR, xff);
         }
-        let fwd = match req.headers.get("forwarded").and_then(|v| v.to_str().ok()) {
-            Some(prev) if !prev.trim().is_empty() => format!("{prev}, {fwd}"),
-            _ => fwd,
-        };
-        let _ = req.insert_header("forwarded", fwd);
+        if which.forwarded {
+            let mut fwd = String::with_capacity(96);
+            if let Some(prev) = req
+                .headers
+                .get(http::header::FORWARDED)
+                .and_then(|v| v.to_str().ok())
+                .filter(|p| !p.trim().is_empty())
+            {
+                fwd.push_str(prev);
+                fwd.push_str(", ");
+            }
+            let _ = match ip {
+                std::net::IpAddr::V4(v4) => write!(fwd, "for={v4};proto={proto}"),
+                std::net::IpAddr::V6(v6) => write!(fwd, "for=\"[{v6}]\";proto={proto}"),
+            };
+            if let Some(h) = host.filter(|h| crate::checks::valid_host(h.as_bytes())) {
+                let _ = write!(fwd, ";host=\"{h}\"");
+            }
+            let _ = req.insert_header(FORWARDED, fwd);
+        }
     }
-    let _ = req.insert_header("x-forwarded-proto", proto);
-    if let Some(h) = host {
-        let _ = req.insert_header("x-forwarded-host", h);
+    if which.x_forwarded_proto {
+        let _ = req.insert_header(X_FORWARDED_PROTO, proto);
     }
-    let _ = req.insert_header(X_REQUEST_ID, &ctx.request_id);
+    if let (Some(h), true) = (host, which.x_forwarded_host) {
+        let _ = req.insert_header(X_FORWARDED_HOST, h);
+    }
+    if !ctx.request_id.is_empty() {
+        let _ = req.insert_header(X_REQUEST_ID, &ctx.request_id);
+    }
 }
+
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+const X_FORWARDED_HOST: &str = "x-forwarded-host";
+const FORWARDED: &str = "forwarded";
 
 /// The Host the client addressed: the Host field, or the authority of an HTTP/2 request.
 pub fn client_host(req: &RequestHeader) -> Option<String> {
@@ -136,6 +163,18 @@ pub fn clean_response(resp: &mut ResponseHeader) {
     if resp.status.as_u16() == 101 {
         return;
     }
+    // Static names: looking up a `&str` that is not a standard header parses (and allocates) it.
+    static KEEP_ALIVE: http::HeaderName = http::HeaderName::from_static("keep-alive");
+    static PROXY_CONNECTION: http::HeaderName = http::HeaderName::from_static("proxy-connection");
+    if resp.headers.contains_key(&KEEP_ALIVE) {
+        resp.remove_header(&KEEP_ALIVE);
+    }
+    if resp.headers.contains_key(&PROXY_CONNECTION) {
+        resp.remove_header(&PROXY_CONNECTION);
+    }
+    if !resp.headers.contains_key(http::header::CONNECTION) {
+        return;
+    }
     let named: Vec<String> = resp
         .headers
         .get_all(http::header::CONNECTION)
@@ -148,6 +187,4 @@ pub fn clean_response(resp: &mut ResponseHeader) {
     for n in named {
         resp.remove_header(&n);
     }
-    resp.remove_header("keep-alive");
-    resp.remove_header("proxy-connection");
 }

@@ -98,7 +98,9 @@ impl ProxyHttp for Gateway {
             sni: None,
             http2: h2,
         };
-        ctx.req.request_id = forward::request_id(session.req_header());
+        if limits.request_id {
+            ctx.req.request_id = forward::request_id(session.req_header());
+        }
         checks::check(session.req_header(), h2, limits).map_err(|e| fail(ctx, e))
     }
 
@@ -112,7 +114,19 @@ impl ProxyHttp for Gateway {
             .on_request(session.req_header_mut(), &mut ctx.req)
             .await
         {
-            Ok(Flow::Continue) => Ok(false),
+            Ok(Flow::Continue) => {
+                // Added to the client's request header, which Pingora clones for each upstream
+                // attempt: once per request, and into a map that still has spare capacity (the
+                // clone has none, so inserting there reallocates both of Pingora's header maps).
+                let which = &ctx.snap.limits.forwarded;
+                forward::add_forwarding(
+                    session.req_header_mut(),
+                    &ctx.req,
+                    ctx.client_host.as_deref(),
+                    which,
+                );
+                Ok(false)
+            }
             Ok(Flow::Respond(reply)) => send_reply(session, ctx, &route, reply).await.map(|_| true),
             Err(e) => Err(fail(ctx, e)),
         }
@@ -219,7 +233,6 @@ impl ProxyHttp for Gateway {
             forward::set_path(up, &p);
         }
         forward::set_host(up, &route, ctx.client_host.as_deref());
-        forward::add_forwarding(up, &ctx.req, ctx.client_host.as_deref());
         route
             .chain
             .on_upstream_request(up, &mut ctx.req)
@@ -267,7 +280,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> pingora::Result<()> {
         forward::clean_response(resp);
-        let _ = resp.insert_header(forward::X_REQUEST_ID, &ctx.req.request_id);
+        if !ctx.req.request_id.is_empty() {
+            let _ = resp.insert_header(forward::X_REQUEST_ID, &ctx.req.request_id);
+        }
         ctx.req.status = Some(resp.status.as_u16());
         match ctx.route.clone() {
             Some(route) => route
@@ -379,7 +394,9 @@ async fn send_reply(
         h.append_header(n, v)?;
     }
     h.insert_header("content-length", reply.body.len().to_string())?;
-    h.insert_header(forward::X_REQUEST_ID, &ctx.req.request_id)?;
+    if !ctx.req.request_id.is_empty() {
+        h.insert_header(forward::X_REQUEST_ID, &ctx.req.request_id)?;
+    }
     ctx.req.status = Some(reply.status);
     route
         .chain

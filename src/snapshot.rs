@@ -46,6 +46,8 @@ pub struct Limits {
     pub client_write: Duration,
     pub max_header_count: usize,
     pub max_header_size: usize,
+    pub forwarded: schema::ForwardedHeaders,
+    pub request_id: bool,
 }
 
 pub struct Snapshot {
@@ -109,6 +111,8 @@ pub fn compile(
         client_write: s.client_write_timeout.0,
         max_header_count: s.max_header_count,
         max_header_size: s.max_header_size.0 as usize,
+        forwarded: s.forwarded_headers.clone(),
+        request_id: s.request_id,
     };
     Ok((
         Snapshot {

@@ -236,3 +236,28 @@ async fn request_body_limits_give_413() {
     assert_eq!(r.status(), 200);
     assert_eq!(json(r).await["body_len"], 100_000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_headers_and_request_ids_can_be_turned_off() {
+    let users = Upstream::start("users").await;
+    let body = format!(
+        "upstreams:\n{}routes:\n  - {{ match: {{ path: /* }}, upstream: users }}\n",
+        upstream_yaml("users", &[users.addr], "")
+    );
+    // The harness writes `server:` first; these keys go into the same section.
+    let body = format!("  request_id: false\n  forwarded_headers: {{ x_forwarded_for: true, x_forwarded_proto: false, x_forwarded_host: false, forwarded: false }}\n{body}");
+    let gw = Gateway::start(&body);
+    let r = client().get(gw.url("/x")).send().await.unwrap();
+    assert!(r.headers().get("x-request-id").is_none());
+    let v = json(r).await;
+    let h = &v["headers"];
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    for absent in [
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "forwarded",
+        "x-request-id",
+    ] {
+        assert!(h.get(absent).is_none(), "{absent} should not be sent");
+    }
+}

@@ -73,6 +73,41 @@ pub struct Server {
     /// Idle upstream connections kept per listener service.
     #[serde(default = "d::upstream_pool_size")]
     pub upstream_pool_size: usize,
+    /// Which forwarding headers are added to proxied requests.
+    #[serde(default)]
+    pub forwarded_headers: ForwardedHeaders,
+    /// Keep or generate an `X-Request-Id` and return it on the response.
+    #[serde(default = "d::yes")]
+    pub request_id: bool,
+}
+
+/// Forwarding headers added to proxied requests (each costs a header insertion per request).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardedHeaders {
+    /// Append the client address to `X-Forwarded-For`.
+    #[serde(default = "d::yes")]
+    pub x_forwarded_for: bool,
+    /// Set `X-Forwarded-Proto` to http or https.
+    #[serde(default = "d::yes")]
+    pub x_forwarded_proto: bool,
+    /// Set `X-Forwarded-Host` to the Host the client asked for.
+    #[serde(default = "d::yes")]
+    pub x_forwarded_host: bool,
+    /// Append `for=...;proto=...;host=...` to the RFC 7239 `Forwarded` header.
+    #[serde(default = "d::yes")]
+    pub forwarded: bool,
+}
+
+impl Default for ForwardedHeaders {
+    fn default() -> Self {
+        ForwardedHeaders {
+            x_forwarded_for: true,
+            x_forwarded_proto: true,
+            x_forwarded_host: true,
+            forwarded: true,
+        }
+    }
 }
 
 impl Default for Server {
@@ -91,6 +126,8 @@ impl Default for Server {
             max_header_count: d::max_header_count(),
             max_header_size: d::max_header_size(),
             upstream_pool_size: d::upstream_pool_size(),
+            forwarded_headers: ForwardedHeaders::default(),
+            request_id: true,
         }
     }
 }

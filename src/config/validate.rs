@@ -19,10 +19,22 @@ pub fn check(c: &Config, out: &mut Issues) {
     // Pingora's HTTP/1 parser stops at 256 fields and 1 MiB with a bare 400 before any phase
     // runs; Postern's limits must be lower for its 431 problem response to apply.
     if c.server.max_header_count == 0 || c.server.max_header_count > 255 {
-        out.push(Issue::new("server.max_header_count", format!("must be between 1 and 255, got {}", c.server.max_header_count)).hint("Pingora itself refuses requests with 256 fields or more"));
+        out.push(
+            Issue::new(
+                "server.max_header_count",
+                format!(
+                    "must be between 1 and 255, got {}",
+                    c.server.max_header_count
+                ),
+            )
+            .hint("Pingora itself refuses requests with 256 fields or more"),
+        );
     }
     if c.server.max_header_size.0 < 1024 || c.server.max_header_size.0 >= 1 << 20 {
-        out.push(Issue::new("server.max_header_size", "must be between 1KiB and 1023KiB").hint("Pingora itself refuses headers of 1 MiB or more"));
+        out.push(
+            Issue::new("server.max_header_size", "must be between 1KiB and 1023KiB")
+                .hint("Pingora itself refuses headers of 1 MiB or more"),
+        );
     }
     check_listeners(c, out);
     for (name, up) in &c.upstreams {

@@ -257,12 +257,13 @@ impl UpstreamGroup {
     /// The peer to connect to `t`, with this group's timeouts, TLS and HTTP version.
     pub fn http_peer(&self, t: &TargetState) -> HttpPeer {
         let p = &self.peer;
-        let sni = match (&p.sni, &t.host) {
-            (Some(s), _) => s.clone(),
-            (None, Some(h)) => h.to_string(),
-            (None, None) => t.addr.ip().to_string(),
+        let sni = match (p.tls, &p.sni, &t.host) {
+            (false, _, _) => String::new(),
+            (true, Some(s), _) => s.clone(),
+            (true, None, Some(h)) => h.to_string(),
+            (true, None, None) => t.addr.ip().to_string(),
         };
-        let mut peer = HttpPeer::new(t.addr, p.tls, if p.tls { sni } else { String::new() });
+        let mut peer = HttpPeer::new(t.addr, p.tls, sni);
         // Pooled connections are keyed by address, SNI and verify flags but not by CA or
         // timeouts: keep each upstream group's connections apart.
         peer.group_key = self.pool_key;
