@@ -1,6 +1,7 @@
 //! The admin listener (loopback by default): liveness, readiness and upstream health as JSON.
 //! Metrics, reload and purge endpoints come with their features.
 
+use crate::reload::Reloader;
 use crate::snapshot::Snapshot;
 use crate::upstream::target::now_ms;
 use arc_swap::ArcSwap;
@@ -14,6 +15,9 @@ use std::time::Instant;
 
 pub struct Admin {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
+    pub reloader: Arc<Reloader>,
+    /// Bearer token required by write endpoints; empty: writes are refused.
+    pub token: String,
     pub started: Instant,
 }
 
@@ -50,6 +54,34 @@ impl Admin {
     }
 }
 
+impl Admin {
+    /// Write endpoints need `Authorization: Bearer <admin.token>` (compared in constant time).
+    /// Returns the rejection to send, or None when the request may proceed.
+    fn reject_unauthorized(&self, req: &pingora::http::RequestHeader) -> Option<Response<Vec<u8>>> {
+        if self.token.is_empty() {
+            return Some(reply(
+                403,
+                json!({ "title": "Forbidden", "status": 403, "detail": "set admin.token to enable write endpoints" }),
+            ));
+        }
+        let presented = req
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        let (a, b) = (presented.as_bytes(), self.token.as_bytes());
+        let same =
+            a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0;
+        (!same).then(|| {
+            reply(
+                401,
+                json!({ "title": "Unauthorized", "status": 401, "detail": "a valid bearer token is required" }),
+            )
+        })
+    }
+}
+
 fn reply(status: u16, v: serde_json::Value) -> Response<Vec<u8>> {
     let body = v.to_string().into_bytes();
     Response::builder()
@@ -65,6 +97,18 @@ fn reply(status: u16, v: serde_json::Value) -> Response<Vec<u8>> {
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
+        if req.method == http::Method::POST && req.uri.path() == "/reload" {
+            if let Some(rejection) = self.reject_unauthorized(req) {
+                return rejection;
+            }
+            return match self.reloader.reload().await {
+                Ok(outcome) => reply(200, outcome.to_json()),
+                Err(e) => reply(
+                    422,
+                    json!({ "title": "Reload Failed", "status": 422, "detail": "the running configuration is kept", "errors": e.lines().collect::<Vec<_>>() }),
+                ),
+            };
+        }
         if req.method != http::Method::GET {
             return reply(405, json!({ "title": "Method Not Allowed", "status": 405 }));
         }

@@ -3,6 +3,7 @@
 
 use crate::admin::Admin;
 use crate::gateway::Gateway;
+use crate::reload::Reloader;
 use crate::snapshot::{self, ListenerPlan, Snapshot};
 use crate::upstream::health;
 use crate::upstream::target::Registry;
@@ -32,7 +33,7 @@ pub struct RunFlags {
 pub fn run(conf_path: &str, flags: RunFlags) -> Result<(), String> {
     let registry = Arc::new(Registry::default());
     let (snap, listeners) =
-        snapshot::load_and_compile(conf_path, registry).map_err(|e| e.to_string())?;
+        snapshot::load_and_compile(conf_path, registry.clone()).map_err(|e| e.to_string())?;
     for g in snap.upstreams.values() {
         for name in g.resolve_blocking() {
             log::warn!(
@@ -45,6 +46,7 @@ pub fn run(conf_path: &str, flags: RunFlags) -> Result<(), String> {
     let server_conf = server_conf(&snap, flags.daemon);
     let admin = snap.config.admin.clone();
     let snapshot = Arc::new(ArcSwap::from_pointee(snap));
+    let reloader = Arc::new(Reloader::new(conf_path, snapshot.clone(), registry));
     let opt = Opt {
         upgrade: flags.upgrade,
         daemon: flags.daemon,
@@ -62,6 +64,8 @@ pub fn run(conf_path: &str, flags: RunFlags) -> Result<(), String> {
             "admin".to_string(),
             Admin {
                 snapshot: snapshot.clone(),
+                reloader: reloader.clone(),
+                token: a.token.clone(),
                 started: Instant::now(),
             },
         );
@@ -69,7 +73,13 @@ pub fn run(conf_path: &str, flags: RunFlags) -> Result<(), String> {
         svc.threads = Some(1);
         server.add_service(svc);
     }
-    server.add_service(background_service("supervisor", Supervisor { snapshot }));
+    server.add_service(background_service(
+        "supervisor",
+        Supervisor {
+            reloader: reloader.clone(),
+        },
+    ));
+    server.add_service(background_service("sighup", SighupReload { reloader }));
     server.run_forever()
 }
 
@@ -124,21 +134,65 @@ fn add_listener(
 }
 
 /// Runs the background work of the current snapshot's upstreams: active health checks and DNS
-/// re-resolution. State lives in the registry, so tasks can be restarted for a new snapshot.
+/// re-resolution. State lives in the registry, so the tasks are simply restarted for each new
+/// snapshot after a reload.
 struct Supervisor {
-    snapshot: Arc<ArcSwap<Snapshot>>,
+    reloader: Arc<Reloader>,
 }
 
 #[async_trait]
 impl BackgroundService for Supervisor {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut tasks = tokio::task::JoinSet::new();
-        let snap = self.snapshot.load_full();
-        for g in snap.upstreams.values() {
-            tasks.spawn(health::run_active(g.clone()));
-            tasks.spawn(health::run_dns(g.clone()));
+        loop {
+            let mut tasks = tokio::task::JoinSet::new();
+            let snap = self.reloader.snapshot.load_full();
+            for g in snap.upstreams.values() {
+                tasks.spawn(health::run_active(g.clone()));
+                tasks.spawn(health::run_dns(g.clone()));
+            }
+            drop(snap);
+            tokio::select! {
+                _ = shutdown.changed() => {
+                    tasks.abort_all();
+                    return;
+                }
+                _ = self.reloader.changed.notified() => tasks.abort_all(),
+            }
         }
-        let _ = shutdown.changed().await;
-        tasks.abort_all();
+    }
+}
+
+/// Reloads the configuration on SIGHUP. Pingora installs no SIGHUP handler, and the default
+/// action of SIGHUP would terminate the process.
+struct SighupReload {
+    reloader: Arc<Reloader>,
+}
+
+#[async_trait]
+impl BackgroundService for SighupReload {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!(
+                    "cannot install the SIGHUP handler, reload by signal is unavailable: {e}"
+                );
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                got = hup.recv() => {
+                    if got.is_none() {
+                        return;
+                    }
+                    if let Err(e) = self.reloader.reload().await {
+                        log::error!("reload on SIGHUP failed, the running configuration is kept:\n{e}");
+                    }
+                }
+            }
+        }
     }
 }

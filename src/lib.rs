@@ -16,6 +16,7 @@ pub mod error;
 pub mod forward;
 pub mod gateway;
 pub mod plugins;
+pub mod reload;
 pub mod router;
 pub mod snapshot;
 pub mod tls;

@@ -15,5 +15,7 @@ mod health;
 mod parsing;
 #[path = "protocols.rs"]
 mod protocols;
+#[path = "reload.rs"]
+mod reload;
 #[path = "routing.rs"]
 mod routing;

@@ -28,7 +28,12 @@ pub struct Gateway {
     pub admin: u16,
     pub dir: tempfile::TempDir,
     pub conf: PathBuf,
+    /// The generated part of the file (listeners, admin, server), kept for [`Gateway::rewrite`].
+    head: String,
 }
+
+/// Bearer token of the admin listener in every test gateway.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
 
 impl Gateway {
     /// Starts postern with `body` (YAML without `listeners`/`admin`, which are added here with
@@ -42,10 +47,11 @@ impl Gateway {
         for _ in 0..5 {
             let (port, admin) = (free_port(), free_port());
             let dir = tempfile::tempdir().unwrap();
-            let yaml = format!(
-                "listeners:\n  - {{ name: main, addr: \"127.0.0.1:{port}\", h2c: true }}\n{extra}admin: {{ addr: \"127.0.0.1:{admin}\" }}\nserver:\n  threads: 2\n  grace_period: 1s\n  graceful_shutdown_timeout: 1s\n  pid_file: {d}/postern.pid\n  upgrade_sock: {d}/upgrade.sock\n{body}",
+            let head = format!(
+                "listeners:\n  - {{ name: main, addr: \"127.0.0.1:{port}\", h2c: true }}\n{extra}admin: {{ addr: \"127.0.0.1:{admin}\", token: {ADMIN_TOKEN} }}\nserver:\n  threads: 2\n  grace_period: 1s\n  graceful_shutdown_timeout: 1s\n  pid_file: {d}/postern.pid\n  upgrade_sock: {d}/upgrade.sock\n",
                 d = dir.path().display()
             );
+            let yaml = format!("{head}{body}");
             let conf = dir.path().join("postern.yaml");
             std::fs::write(&conf, &yaml).unwrap();
             let child = Command::new(BIN)
@@ -64,6 +70,7 @@ impl Gateway {
                 admin,
                 dir,
                 conf,
+                head,
             };
             if gw.wait_ready(Duration::from_secs(20)) {
                 return gw;
@@ -91,6 +98,45 @@ impl Gateway {
             std::thread::sleep(Duration::from_millis(20));
         }
         false
+    }
+
+    /// Rewrites the config file with a new body (same listeners, admin and server section).
+    pub fn rewrite(&self, body: &str) {
+        let tmp = self.dir.path().join("postern.yaml.tmp");
+        std::fs::write(&tmp, format!("{}{body}", self.head)).unwrap();
+        std::fs::rename(&tmp, &self.conf).unwrap();
+    }
+
+    /// Writes raw text as the config file (for broken-file tests).
+    pub fn rewrite_raw(&self, text: &str) {
+        std::fs::write(&self.conf, text).unwrap();
+    }
+
+    /// Sends a signal to the gateway process.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// An admin request: (status, JSON body).
+    pub fn admin_call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let resp = raw(self.admin, &format!("{method} {path} HTTP/1.1\r\nHost: a\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"));
+        let body = resp.split("\r\n\r\n").nth(1).unwrap_or("{}");
+        (
+            status_of(&resp),
+            serde_json::from_str(body).unwrap_or_default(),
+        )
     }
 
     pub fn url(&self, path: &str) -> String {
