@@ -19,3 +19,5 @@ mod protocols;
 mod reload;
 #[path = "routing.rs"]
 mod routing;
+#[path = "upgrade.rs"]
+mod upgrade;

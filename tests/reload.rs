@@ -70,7 +70,7 @@ async fn zero_loss_reload_under_load() {
     for _ in 0..4 {
         let url = url.clone();
         load.spawn(async move {
-            let c = reqwest::Client::builder()
+            let c = crate::util::client_builder()
                 .pool_max_idle_per_host(1)
                 .build()
                 .unwrap();

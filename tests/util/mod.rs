@@ -223,11 +223,23 @@ pub fn check(file: &str) -> (i32, String) {
 }
 
 pub fn client() -> reqwest::Client {
+    client_builder().pool_max_idle_per_host(0).build().unwrap()
+}
+
+/// A reqwest builder with the ring crypto provider installed (reqwest is built without one).
+pub fn client_builder() -> reqwest::ClientBuilder {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .build()
-        .unwrap()
+}
+
+/// Kills a child process when dropped (so a failing test leaves nothing running).
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 pub fn upstream_yaml(name: &str, addrs: &[SocketAddr], extra: &str) -> String {
