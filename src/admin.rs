@@ -1,6 +1,7 @@
 //! The admin listener (loopback by default): liveness, readiness and upstream health as JSON.
 //! Metrics, reload and purge endpoints come with their features.
 
+use crate::observability::metrics::{self, METRICS};
 use crate::reload::Reloader;
 use crate::snapshot::Snapshot;
 use crate::upstream::target::now_ms;
@@ -18,6 +19,8 @@ pub struct Admin {
     pub reloader: Arc<Reloader>,
     /// Bearer token required by write endpoints; empty: writes are refused.
     pub token: String,
+    /// Serve `GET /metrics`.
+    pub metrics: bool,
     pub started: Instant,
 }
 
@@ -82,6 +85,35 @@ impl Admin {
     }
 }
 
+impl Admin {
+    /// Prometheus text; target health gauges are refreshed from the registry first.
+    fn metrics_text(&self) -> Response<Vec<u8>> {
+        if let Some(m) = METRICS.as_ref() {
+            let snap = self.snapshot.load();
+            let now = now_ms();
+            for (name, g) in &snap.upstreams {
+                for t in g.targets() {
+                    m.target_up
+                        .with_label_values(&[name.as_str(), &t.addr.to_string()])
+                        .set(i64::from(t.is_healthy(now)));
+                }
+            }
+            m.config_generation.set(
+                self.reloader
+                    .generation
+                    .load(std::sync::atomic::Ordering::SeqCst) as i64,
+            );
+        }
+        let body = metrics::render().into_bytes();
+        Response::builder()
+            .status(200)
+            .header("content-type", "text/plain; version=0.0.4")
+            .header("content-length", body.len())
+            .body(body)
+            .unwrap_or_default()
+    }
+}
+
 fn reply(status: u16, v: serde_json::Value) -> Response<Vec<u8>> {
     let body = v.to_string().into_bytes();
     Response::builder()
@@ -119,6 +151,7 @@ impl ServeHttp for Admin {
             ),
             "/status/ready" => reply(200, json!({ "ready": true })),
             "/upstreams" => reply(200, self.upstreams()),
+            "/metrics" if self.metrics => self.metrics_text(),
             _ => reply(
                 404,
                 json!({ "title": "Not Found", "status": 404, "detail": "admin endpoints: /status, /status/ready, /upstreams" }),

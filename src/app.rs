@@ -3,6 +3,7 @@
 
 use crate::admin::Admin;
 use crate::gateway::Gateway;
+use crate::observability::access_log::{self, AccessLog, Writer};
 use crate::reload::Reloader;
 use crate::snapshot::{self, ListenerPlan, Snapshot};
 use crate::upstream::health;
@@ -14,7 +15,7 @@ use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::TlsAccept;
 use pingora::proxy::ProxyServiceBuilder;
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::{Server, ShutdownWatch};
+use pingora::server::{ExecutionPhase, Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 use std::sync::Arc;
@@ -45,6 +46,14 @@ pub fn run(conf_path: &str, flags: RunFlags) -> Result<(), String> {
     }
     let server_conf = server_conf(&snap, flags.daemon);
     let admin = snap.config.admin.clone();
+    let metrics_enabled = snap.config.observability.metrics.enabled;
+    let (access_log, log_writer) = match &snap.config.observability.access_log {
+        Some(cfg) => {
+            let (log, writer) = access_log::channel(cfg);
+            (Some(log), Some(writer))
+        }
+        None => (None, None),
+    };
     let snapshot = Arc::new(ArcSwap::from_pointee(snap));
     let reloader = Arc::new(Reloader::new(conf_path, snapshot.clone(), registry));
     let opt = Opt {
@@ -57,7 +66,7 @@ pub fn run(conf_path: &str, flags: RunFlags) -> Result<(), String> {
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
     server.bootstrap();
     for l in listeners {
-        add_listener(&mut server, l, &snapshot)?;
+        add_listener(&mut server, l, &snapshot, access_log.clone())?;
     }
     if let Some(a) = admin {
         let mut svc = Service::new(
@@ -66,6 +75,7 @@ pub fn run(conf_path: &str, flags: RunFlags) -> Result<(), String> {
                 snapshot: snapshot.clone(),
                 reloader: reloader.clone(),
                 token: a.token.clone(),
+                metrics: metrics_enabled,
                 started: Instant::now(),
             },
         );
@@ -80,6 +90,14 @@ pub fn run(conf_path: &str, flags: RunFlags) -> Result<(), String> {
         },
     ));
     server.add_service(background_service("sighup", SighupReload { reloader }));
+    let phases = server.watch_execution_phase();
+    server.add_service(background_service(
+        "drain",
+        DrainWatch(parking_lot::Mutex::new(Some(phases))),
+    ));
+    if let Some(w) = log_writer {
+        server.add_service(background_service("access log", LogWriter(Arc::new(w))));
+    }
     server.run_forever()
 }
 
@@ -105,10 +123,12 @@ fn add_listener(
     server: &mut Server,
     l: ListenerPlan,
     snapshot: &Arc<ArcSwap<Snapshot>>,
+    access_log: Option<AccessLog>,
 ) -> Result<(), String> {
     let gateway = Gateway {
         snapshot: snapshot.clone(),
         tls: l.tls.is_some(),
+        access_log,
     };
     let mut options = HttpServerOptions::default();
     options.h2c = l.h2c;
@@ -192,6 +212,68 @@ impl BackgroundService for SighupReload {
                         log::error!("reload on SIGHUP failed, the running configuration is kept:\n{e}");
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Runs the access-log writer on its own thread (blocking file I/O never touches a worker) and
+/// asks it to reopen its file on SIGUSR1.
+struct LogWriter(Arc<Writer>);
+
+#[async_trait]
+impl BackgroundService for LogWriter {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let writer = self.0.clone();
+        if let Err(e) = std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || writer.run())
+        {
+            log::error!("access log disabled: cannot start its writer thread: {e}");
+            return;
+        }
+        let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                got = usr1.recv() => {
+                    if got.is_none() {
+                        return;
+                    }
+                    self.0.reopen.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        }
+    }
+}
+
+/// Turns client keep-alive off as soon as this process starts handing its sockets to a new one
+/// (or starts a graceful stop): every busy connection then closes after its current response and
+/// the client reconnects, instead of racing Pingora's close of idle connections 5 s later.
+struct DrainWatch(parking_lot::Mutex<Option<tokio::sync::broadcast::Receiver<ExecutionPhase>>>);
+
+#[async_trait]
+impl BackgroundService for DrainWatch {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(mut phases) = self.0.lock().take() else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => {
+                    crate::gateway::start_draining();
+                    return;
+                }
+                phase = phases.recv() => match phase {
+                    Ok(ExecutionPhase::GracefulUpgradeTransferringFds | ExecutionPhase::GracefulTerminate | ExecutionPhase::ShutdownStarted) => {
+                        crate::gateway::start_draining();
+                    }
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
             }
         }
     }

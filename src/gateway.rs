@@ -6,6 +6,8 @@ use crate::checks;
 use crate::context::{ConnInfo, RequestCtx};
 use crate::error::{classify, GatewayError};
 use crate::forward;
+use crate::observability::access_log::AccessLog;
+use crate::observability::metrics::{observe_method, METRICS};
 use crate::plugins::{Flow, Reply};
 use crate::router::{path::normalize, strip_port, Captures, RequestView};
 use crate::snapshot::{Route, Snapshot};
@@ -20,11 +22,24 @@ use pingora::{Error, RetryType};
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
+
+static DRAINING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// From now on every response closes its client connection (graceful upgrade or stop).
+pub fn start_draining() {
+    DRAINING.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn draining() -> bool {
+    DRAINING.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 /// One proxy service (one listener) of the gateway.
 pub struct Gateway {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     pub tls: bool,
+    pub access_log: Option<AccessLog>,
 }
 
 /// Pingora's per-request context: the plugin view plus what only the gateway touches.
@@ -40,6 +55,30 @@ pub struct Ctx {
     tries: u32,
     body_bytes: u64,
     failure: Option<GatewayError>,
+    started: Instant,
+    upstream_started: Option<Instant>,
+    upstream_secs: Option<f64>,
+    _counted: InFlight,
+}
+
+/// Counts a request in `postern_http_requests_in_flight` for as long as its context lives.
+struct InFlight;
+
+impl InFlight {
+    fn new() -> InFlight {
+        if let Some(m) = METRICS.as_ref() {
+            m.in_flight.inc();
+        }
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(m) = METRICS.as_ref() {
+            m.in_flight.dec();
+        }
+    }
 }
 
 fn fail(ctx: &mut Ctx, e: GatewayError) -> Box<Error> {
@@ -65,6 +104,10 @@ impl ProxyHttp for Gateway {
             tries: 0,
             body_bytes: 0,
             failure: None,
+            started: Instant::now(),
+            upstream_started: None,
+            upstream_secs: None,
+            _counted: InFlight::new(),
         }
     }
 
@@ -85,7 +128,9 @@ impl ProxyHttp for Gateway {
         }
         // Bound the idle time of connections Pingora keeps alive (its default is infinite), and
         // leave closed the ones the client or HTTP/1.0 asked to close.
-        if session.get_keepalive().is_some() {
+        if draining() {
+            session.set_keepalive(None);
+        } else if session.get_keepalive().is_some() {
             session.set_keepalive(Some(limits.keepalive.as_secs().max(1)));
         }
         session.set_read_timeout(Some(limits.client_read));
@@ -161,7 +206,13 @@ impl ProxyHttp for Gateway {
         let target = group
             .select(session.req_header(), ctx.req.conn.client_ip, &ctx.tried)
             .map_err(|e| fail(ctx, e))?;
+        if ctx.tries > 0 {
+            if let Some(c) = &group.metrics.retries {
+                c.inc();
+            }
+        }
         ctx.tries += 1;
+        ctx.upstream_started = Some(Instant::now());
         ctx.tried.push(target.addr);
         ctx._inflight = Some(target.begin());
         let peer = group.http_peer(&target);
@@ -246,6 +297,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> pingora::Result<()> {
         let status = resp.status.as_u16();
+        ctx.upstream_secs = ctx.upstream_started.map(|s| s.elapsed().as_secs_f64());
         let (Some(route), Some(t)) = (&ctx.route, &ctx.target) else {
             return Ok(());
         };
@@ -275,11 +327,14 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(
         &self,
-        _s: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> pingora::Result<()> {
         forward::clean_response(resp);
+        if draining() {
+            session.set_keepalive(None);
+        }
         if !ctx.req.request_id.is_empty() {
             let _ = resp.insert_header(forward::X_REQUEST_ID, &ctx.req.request_id);
         }
@@ -338,8 +393,35 @@ impl ProxyHttp for Gateway {
         ctx.req.status.is_some_and(|s| s < 500)
     }
 
-    async fn logging(&self, _s: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         ctx._inflight = None;
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .or(ctx.req.status)
+            .unwrap_or(0);
+        ctx.req.status = Some(status);
+        let elapsed = ctx.started.elapsed().as_secs_f64();
+        let (bytes_in, bytes_out) = (
+            session.body_bytes_read() as u64,
+            session.body_bytes_sent() as u64,
+        );
+        let metrics = ctx
+            .route
+            .as_ref()
+            .map_or(&ctx.snap.unrouted, |r| &r.metrics);
+        metrics.observe(status, elapsed, bytes_in, bytes_out);
+        observe_method(&session.req_header().method, status);
+        if let (Some(route), Some(secs)) = (&ctx.route, ctx.upstream_secs) {
+            if let Some(h) = &route.upstream.metrics.response {
+                h.observe(secs);
+            }
+        }
+        if let Some(log) = &self.access_log {
+            log.send(&access_record(
+                session, ctx, log, e, elapsed, bytes_in, bytes_out,
+            ));
+        }
         if let Some(route) = &ctx.route {
             route.chain.on_log(&ctx.req);
         }
@@ -407,4 +489,37 @@ async fn send_reply(
     }
     session.write_response_header(Box::new(h), false).await?;
     session.write_response_body(Some(reply.body), true).await
+}
+
+/// The access log line of a finished request. Headers are never logged; sensitive query
+/// parameters are redacted.
+fn access_record(
+    session: &Session,
+    ctx: &Ctx,
+    log: &AccessLog,
+    e: Option<&Error>,
+    secs: f64,
+    bytes_in: u64,
+    bytes_out: u64,
+) -> serde_json::Value {
+    let req = session.req_header();
+    serde_json::json!({
+        "time": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        "request_id": ctx.req.request_id,
+        "client": ctx.req.conn.client_ip.map(|ip| ip.to_string()),
+        "method": req.method.as_str(),
+        "host": ctx.client_host,
+        "path": log.redacted_target(req.uri.path(), req.uri.query()),
+        "protocol": if ctx.req.conn.http2 { "HTTP/2" } else { "HTTP/1.1" },
+        "route": ctx.route.as_ref().map(|r| &*r.name),
+        "upstream": ctx.route.as_ref().map(|r| &*r.upstream.name),
+        "target": ctx.target.as_ref().map(|t| t.addr.to_string()),
+        "status": ctx.req.status,
+        "bytes_in": bytes_in,
+        "bytes_out": bytes_out,
+        "duration_ms": (secs * 1000.0 * 1000.0).round() / 1000.0,
+        "upstream_ms": ctx.upstream_secs.map(|s| (s * 1000.0 * 1000.0).round() / 1000.0),
+        "tries": ctx.tries,
+        "error": e.map(|e| format!("{:?}", e.etype())),
+    })
 }

@@ -15,6 +15,7 @@ pub mod context;
 pub mod error;
 pub mod forward;
 pub mod gateway;
+pub mod observability;
 pub mod plugins;
 pub mod reload;
 pub mod router;

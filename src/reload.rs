@@ -57,6 +57,16 @@ impl Reloader {
 
     /// Reloads the file. Blocking work (file read, DNS) runs on the blocking pool.
     pub async fn reload(&self) -> Result<Outcome, String> {
+        let result = self.reload_inner().await;
+        if let Some(m) = crate::observability::metrics::METRICS.as_ref() {
+            m.reloads
+                .with_label_values(&[if result.is_ok() { "success" } else { "failure" }])
+                .inc();
+        }
+        result
+    }
+
+    async fn reload_inner(&self) -> Result<Outcome, String> {
         let _one_at_a_time = self.lock.lock().await;
         let (path, registry) = (self.path.clone(), self.registry.clone());
         let compiled = tokio::task::spawn_blocking(move || {

@@ -4,6 +4,7 @@
 
 use crate::config::schema::{self, Config};
 use crate::config::{self as cfg, ConfigError, Issue, Loaded};
+use crate::observability::metrics::RouteMetrics;
 use crate::plugins::{self, Chain};
 use crate::router::matcher::ValueMatch;
 use crate::router::pattern::Pattern;
@@ -36,6 +37,7 @@ pub struct Route {
     pub rewrite_path: Option<Vec<Part>>,
     pub host: Option<HeaderValue>,
     pub max_body: u64,
+    pub metrics: RouteMetrics,
 }
 
 /// Limits applied to every downstream request.
@@ -52,6 +54,8 @@ pub struct Limits {
 
 pub struct Snapshot {
     pub router: Router<Arc<Route>>,
+    /// Metrics of requests that matched no route.
+    pub unrouted: RouteMetrics,
     pub upstreams: BTreeMap<String, Arc<UpstreamGroup>>,
     pub limits: Limits,
     pub config: Config,
@@ -117,6 +121,7 @@ pub fn compile(
     Ok((
         Snapshot {
             router,
+            unrouted: RouteMetrics::new("(none)"),
             upstreams,
             limits,
             config,
@@ -200,12 +205,14 @@ fn compile_route(
     if issues.len() > before {
         return None;
     }
+    let name: Arc<str> = r
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("route-{i}"))
+        .into();
     let route = Route {
-        name: r
-            .name
-            .clone()
-            .unwrap_or_else(|| format!("route-{i}"))
-            .into(),
+        metrics: RouteMetrics::new(&name),
+        name,
         upstream,
         chain: Chain::new(plugins),
         param_names,

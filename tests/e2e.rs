@@ -11,6 +11,8 @@ mod balancing;
 mod config_files;
 #[path = "health.rs"]
 mod health;
+#[path = "observability.rs"]
+mod observability;
 #[path = "parsing.rs"]
 mod parsing;
 #[path = "protocols.rs"]

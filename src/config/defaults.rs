@@ -104,3 +104,20 @@ pub fn retry_on() -> Vec<RetryOn> {
 pub fn retry_backoff() -> Dur {
     Dur::millis(0)
 }
+pub fn access_log_path() -> String {
+    "stdout".into()
+}
+pub fn redact_query() -> Vec<String> {
+    [
+        "token",
+        "access_token",
+        "api_key",
+        "apikey",
+        "key",
+        "password",
+        "secret",
+        "signature",
+    ]
+    .map(String::from)
+    .to_vec()
+}

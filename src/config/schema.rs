@@ -22,6 +22,9 @@ pub struct Config {
     /// The admin listener (status and upstream health); never on a public address by default.
     #[serde(default)]
     pub admin: Option<Admin>,
+    /// Access log and metrics.
+    #[serde(default)]
+    pub observability: Observability,
     #[serde(default)]
     pub upstreams: BTreeMap<String, Upstream>,
     #[serde(default)]
@@ -180,6 +183,41 @@ pub struct Admin {
     /// Bearer token required by write endpoints (empty: writes disabled).
     #[serde(default)]
     pub token: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Observability {
+    /// One JSON line per request; off when absent.
+    #[serde(default)]
+    pub access_log: Option<AccessLogConfig>,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogConfig {
+    /// `stdout` or a file path (appended; reopened on SIGUSR1).
+    #[serde(default = "d::access_log_path")]
+    pub path: String,
+    /// Query parameters whose values are written as REDACTED.
+    #[serde(default = "d::redact_query")]
+    pub redact_query: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve `GET /metrics` (Prometheus text format) on the admin listener.
+    #[serde(default = "d::yes")]
+    pub enabled: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { enabled: true }
+    }
 }
 
 /// A named pool of targets.

@@ -8,6 +8,7 @@ pub mod target;
 use crate::config::schema::{self, Balance, HashFallback, Protocol};
 use crate::config::Issue;
 use crate::error::GatewayError;
+use crate::observability::metrics::UpstreamMetrics;
 use arc_swap::ArcSwap;
 use balancer::Pool;
 use pingora::http::RequestHeader;
@@ -115,6 +116,7 @@ pub struct UpstreamGroup {
     pub resolve_interval: Duration,
     registry: Arc<Registry>,
     pool_key: u64,
+    pub metrics: UpstreamMetrics,
 }
 
 impl UpstreamGroup {
@@ -163,6 +165,7 @@ impl UpstreamGroup {
             active: c.health.active.clone(),
             resolve_interval: c.resolve_interval.0,
             registry,
+            metrics: UpstreamMetrics::new(name),
             pool_key: {
                 use std::hash::{Hash, Hasher};
                 let mut h = std::collections::hash_map::DefaultHasher::new();

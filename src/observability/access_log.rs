@@ -1,0 +1,142 @@
+//! JSON access log: one line per request, built in `logging()`, handed to a bounded queue and
+//! written by a dedicated thread, so a slow disk never blocks a worker (full queue: the record is
+//! dropped and counted). SIGUSR1 makes the writer reopen its file (for logrotate).
+
+use super::metrics::METRICS;
+use crate::config::schema::AccessLogConfig;
+use parking_lot::Mutex;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Records waiting for the writer; beyond this they are dropped.
+const QUEUE: usize = 65_536;
+
+/// The request side: cheap to clone, never blocks.
+#[derive(Clone)]
+pub struct AccessLog {
+    tx: SyncSender<String>,
+    redact: Arc<[String]>,
+}
+
+/// The writer side, started as a background service after daemonizing.
+pub struct Writer {
+    rx: Mutex<Option<Receiver<String>>>,
+    path: String,
+    pub reopen: Arc<AtomicBool>,
+}
+
+pub fn channel(cfg: &AccessLogConfig) -> (AccessLog, Writer) {
+    let (tx, rx) = sync_channel(QUEUE);
+    let log = AccessLog {
+        tx,
+        redact: cfg.redact_query.clone().into(),
+    };
+    let writer = Writer {
+        rx: Mutex::new(Some(rx)),
+        path: cfg.path.clone(),
+        reopen: Arc::new(AtomicBool::new(false)),
+    };
+    (log, writer)
+}
+
+impl AccessLog {
+    /// Queues one record; drops it (and counts the drop) when the writer is behind.
+    pub fn send(&self, record: &serde_json::Value) {
+        let line = record.to_string();
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(line) {
+            if let Some(m) = METRICS.as_ref() {
+                m.access_log_dropped.inc();
+            }
+        }
+    }
+
+    /// The path and query to log, with the values of sensitive query parameters replaced.
+    pub fn redacted_target(&self, path: &str, query: Option<&str>) -> String {
+        let Some(q) = query else {
+            return path.to_string();
+        };
+        let mut out = String::with_capacity(path.len() + q.len() + 1);
+        out.push_str(path);
+        out.push('?');
+        for (i, pair) in q.split('&').enumerate() {
+            if i > 0 {
+                out.push('&');
+            }
+            match pair.split_once('=') {
+                Some((k, _)) if self.redact.iter().any(|r| r.eq_ignore_ascii_case(k)) => {
+                    out.push_str(k);
+                    out.push_str("=REDACTED");
+                }
+                _ => out.push_str(pair),
+            }
+        }
+        out
+    }
+}
+
+impl Writer {
+    /// Runs the write loop on the current (dedicated) thread until every sender is gone.
+    pub fn run(&self) {
+        let Some(rx) = self.rx.lock().take() else {
+            return;
+        };
+        let mut out = match open(&self.path) {
+            Ok(o) => o,
+            Err(e) => {
+                log::error!("access log disabled: cannot open {}: {e}", self.path);
+                return;
+            }
+        };
+        loop {
+            match rx.recv_timeout(Duration::from_millis(500)) {
+                Ok(line) => {
+                    let _ = writeln!(out, "{line}");
+                    // Write whatever else is queued, then flush once.
+                    while let Ok(more) = rx.try_recv() {
+                        let _ = writeln!(out, "{more}");
+                    }
+                    let _ = out.flush();
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            if self.reopen.swap(false, Ordering::SeqCst) {
+                match open(&self.path) {
+                    Ok(o) => out = o,
+                    Err(e) => log::error!("cannot reopen access log {}: {e}", self.path),
+                }
+            }
+        }
+    }
+}
+
+fn open(path: &str) -> std::io::Result<Box<dyn Write + Send>> {
+    if path == "stdout" {
+        return Ok(Box::new(std::io::BufWriter::new(std::io::stdout())));
+    }
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    Ok(Box::new(std::io::BufWriter::new(f)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sensitive_query_values_are_redacted() {
+        let cfg: AccessLogConfig =
+            yaml_serde::from_str("{ path: stdout, redact_query: [token, api_key] }").unwrap();
+        let (log, _w) = channel(&cfg);
+        assert_eq!(
+            log.redacted_target("/a", Some("x=1&TOKEN=abc&api_key=k&y")),
+            "/a?x=1&TOKEN=REDACTED&api_key=REDACTED&y"
+        );
+        assert_eq!(log.redacted_target("/a", None), "/a");
+    }
+}

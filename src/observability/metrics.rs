@@ -1,0 +1,190 @@
+//! Prometheus metrics, served by the admin listener at `GET /metrics`. Handles are bound when a
+//! snapshot is compiled (per route and per upstream), so the request path only increments.
+//! Names follow Prometheus conventions: `_total` counters, seconds, bytes.
+
+use pingora_prometheus::prometheus::{
+    self, register_histogram_vec, register_int_counter_vec, register_int_gauge,
+    register_int_gauge_vec, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec,
+};
+use std::sync::LazyLock;
+
+/// Request and upstream latency buckets, 1 ms to 60 s.
+pub const BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "OTHER",
+];
+
+pub struct Families {
+    requests: IntCounterVec,
+    by_method: IntCounterVec,
+    duration: HistogramVec,
+    bytes: IntCounterVec,
+    upstream_duration: HistogramVec,
+    retries: IntCounterVec,
+    pub in_flight: IntGauge,
+    pub target_up: IntGaugeVec,
+    pub reloads: IntCounterVec,
+    pub config_generation: IntGauge,
+    pub access_log_dropped: IntCounter,
+}
+
+fn families() -> Result<Families, prometheus::Error> {
+    Ok(Families {
+        requests: register_int_counter_vec!(
+            "postern_http_requests_total",
+            "Requests answered, by route and status class.",
+            &["route", "status_class"]
+        )?,
+        by_method: register_int_counter_vec!(
+            "postern_http_requests_by_method_total",
+            "Requests answered, by method and status class.",
+            &["method", "status_class"]
+        )?,
+        duration: register_histogram_vec!(
+            "postern_http_request_duration_seconds",
+            "Time from the request header to the end of the response, by route.",
+            &["route"],
+            BUCKETS.to_vec()
+        )?,
+        bytes: register_int_counter_vec!(
+            "postern_http_body_bytes_total",
+            "Body bytes received from clients (in) and sent to them (out), by route.",
+            &["route", "direction"]
+        )?,
+        upstream_duration: register_histogram_vec!(
+            "postern_upstream_response_seconds",
+            "Time from choosing a target to its response header, by upstream.",
+            &["upstream"],
+            BUCKETS.to_vec()
+        )?,
+        retries: register_int_counter_vec!(
+            "postern_upstream_retries_total",
+            "Requests sent to another target after a failure, by upstream.",
+            &["upstream"]
+        )?,
+        in_flight: register_int_gauge!(
+            "postern_http_requests_in_flight",
+            "Requests being processed."
+        )?,
+        target_up: register_int_gauge_vec!(
+            "postern_upstream_target_up",
+            "1 when a target receives traffic (healthy and not ejected), else 0.",
+            &["upstream", "target"]
+        )?,
+        reloads: register_int_counter_vec!(
+            "postern_config_reloads_total",
+            "Configuration reloads, by result.",
+            &["result"]
+        )?,
+        config_generation: register_int_gauge!(
+            "postern_config_generation",
+            "Generation of the running configuration (1 at start, +1 per reload)."
+        )?,
+        access_log_dropped: IntCounter::new(
+            "postern_access_log_dropped_total",
+            "Access log records dropped because the writer fell behind.",
+        )
+        .and_then(|c| prometheus::register(Box::new(c.clone())).map(|_| c))?,
+    })
+}
+
+/// The process-wide families (Pingora's exporter serves the default registry).
+pub static METRICS: LazyLock<Option<Families>> = LazyLock::new(|| match families() {
+    Ok(f) => Some(f),
+    Err(e) => {
+        log::error!("metrics disabled: {e}");
+        None
+    }
+});
+
+/// Handles of one route.
+#[derive(Clone)]
+pub struct RouteMetrics {
+    by_class: Option<[IntCounter; 5]>,
+    duration: Option<Histogram>,
+    bytes_in: Option<IntCounter>,
+    bytes_out: Option<IntCounter>,
+}
+
+impl RouteMetrics {
+    pub fn new(route: &str) -> RouteMetrics {
+        let Some(m) = METRICS.as_ref() else {
+            return RouteMetrics {
+                by_class: None,
+                duration: None,
+                bytes_in: None,
+                bytes_out: None,
+            };
+        };
+        RouteMetrics {
+            by_class: Some(CLASSES.map(|c| m.requests.with_label_values(&[route, c]))),
+            duration: Some(m.duration.with_label_values(&[route])),
+            bytes_in: Some(m.bytes.with_label_values(&[route, "in"])),
+            bytes_out: Some(m.bytes.with_label_values(&[route, "out"])),
+        }
+    }
+
+    pub fn observe(&self, status: u16, seconds: f64, bytes_in: u64, bytes_out: u64) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        if let Some(c) = &self.by_class {
+            c[class].inc();
+        }
+        if let Some(h) = &self.duration {
+            h.observe(seconds);
+        }
+        if let (Some(i), Some(o)) = (&self.bytes_in, &self.bytes_out) {
+            i.inc_by(bytes_in);
+            o.inc_by(bytes_out);
+        }
+    }
+}
+
+/// Handles of one upstream group.
+#[derive(Clone)]
+pub struct UpstreamMetrics {
+    pub response: Option<Histogram>,
+    pub retries: Option<IntCounter>,
+}
+
+impl UpstreamMetrics {
+    pub fn new(upstream: &str) -> UpstreamMetrics {
+        let m = METRICS.as_ref();
+        UpstreamMetrics {
+            response: m.map(|m| m.upstream_duration.with_label_values(&[upstream])),
+            retries: m.map(|m| m.retries.with_label_values(&[upstream])),
+        }
+    }
+}
+
+/// Counts a request by method and status class (handles bound once, on first use).
+pub fn observe_method(method: &http::Method, status: u16) {
+    static HANDLES: LazyLock<Option<Vec<IntCounter>>> = LazyLock::new(|| {
+        let m = METRICS.as_ref()?;
+        Some(
+            METHODS
+                .iter()
+                .flat_map(|meth| CLASSES.map(|c| m.by_method.with_label_values(&[*meth, c])))
+                .collect(),
+        )
+    });
+    let Some(h) = HANDLES.as_ref() else { return };
+    let mi = METHODS
+        .iter()
+        .position(|m| *m == method.as_str())
+        .unwrap_or(METHODS.len() - 1);
+    let class = (status / 100).clamp(1, 5) as usize - 1;
+    h[mi * CLASSES.len() + class].inc();
+}
+
+/// The text exposition of every registered metric.
+pub fn render() -> String {
+    use prometheus::Encoder;
+    let mut out = Vec::new();
+    let _ = prometheus::TextEncoder::new().encode(&prometheus::gather(), &mut out);
+    String::from_utf8(out).unwrap_or_default()
+}

@@ -1,0 +1,4 @@
+//! Metrics and access logs: plain records from the gateway, never a reach into the snapshot.
+
+pub mod access_log;
+pub mod metrics;

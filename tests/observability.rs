@@ -1,0 +1,201 @@
+//! Metrics after a known sequence of requests, and the JSON access log (fields, redaction,
+//! reopen on SIGUSR1).
+
+use crate::util::upstream::Upstream;
+use crate::util::{client, raw, upstream_yaml, Gateway};
+use std::time::{Duration, Instant};
+
+fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_a_known_sequence() {
+    let up = Upstream::start("u").await;
+    let body = format!(
+        "upstreams:\n{}routes:\n  - {{ name: users, match: {{ path: /users/* }}, upstream: u }}\n",
+        upstream_yaml("u", &[up.addr], "")
+    );
+    let gw = Gateway::start(&body);
+    let c = client();
+    for _ in 0..3 {
+        assert_eq!(
+            c.get(gw.url("/users/1")).send().await.unwrap().status(),
+            200
+        );
+    }
+    assert_eq!(
+        c.post(gw.url("/nowhere")).send().await.unwrap().status(),
+        404
+    );
+    // Metrics are recorded in the logging phase, just after the response went out: wait for them.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let resp = raw(
+            gw.admin,
+            "GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        );
+        let text = resp.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+        if metric(&text, "postern_http_requests_in_flight") == Some(0.0)
+            || Instant::now() > deadline
+        {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let text = text.as_str();
+    assert_eq!(
+        metric(
+            text,
+            "postern_http_requests_total{route=\"users\",status_class=\"2xx\"}"
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            text,
+            "postern_http_requests_total{route=\"(none)\",status_class=\"4xx\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            text,
+            "postern_http_requests_by_method_total{method=\"POST\",status_class=\"4xx\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            text,
+            "postern_http_request_duration_seconds_count{route=\"users\"}"
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        metric(
+            text,
+            "postern_upstream_response_seconds_count{upstream=\"u\"}"
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        metric(
+            text,
+            &format!(
+                "postern_upstream_target_up{{target=\"{}\",upstream=\"u\"}}",
+                up.addr
+            )
+        ),
+        Some(1.0)
+    );
+    assert_eq!(metric(text, "postern_http_requests_in_flight"), Some(0.0));
+    assert_eq!(metric(text, "postern_config_generation"), Some(1.0));
+    // promtool validates naming when it is installed (it is with `apt-get install prometheus`).
+    if let Ok(mut child) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+fn read_lines(path: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+            .collect();
+        if lines.len() >= n || Instant::now() > deadline {
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_lines_are_json_redacted_and_reopened() {
+    let up = Upstream::start("u").await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let body = format!(
+        "observability:\n  access_log: {{ path: \"{}\" }}\nupstreams:\n{}routes:\n  - {{ name: users, match: {{ path: /users/* }}, upstream: u }}\n",
+        log.display(),
+        upstream_yaml("u", &[up.addr], "")
+    );
+    let gw = Gateway::start(&body);
+    let c = client();
+    c.get(gw.url("/users/1?token=s3cret&page=2"))
+        .header("authorization", "Bearer very-secret")
+        .header("x-request-id", "log-1")
+        .send()
+        .await
+        .unwrap();
+    c.get(gw.url("/missing")).send().await.unwrap();
+    let lines = read_lines(&log, 2);
+    assert_eq!(lines.len(), 2);
+    let first = &lines[0];
+    for k in [
+        "time",
+        "request_id",
+        "client",
+        "method",
+        "host",
+        "path",
+        "route",
+        "upstream",
+        "target",
+        "status",
+        "bytes_out",
+        "duration_ms",
+        "upstream_ms",
+        "tries",
+    ] {
+        assert!(first.get(k).is_some(), "{k} missing in {first}");
+    }
+    assert_eq!(first["request_id"], "log-1");
+    assert_eq!(first["route"], "users");
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["path"], "/users/1?token=REDACTED&page=2");
+    assert_eq!(lines[1]["status"], 404);
+    assert!(lines[1]["route"].is_null());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !text.contains("s3cret") && !text.contains("very-secret"),
+        "secrets never reach the log"
+    );
+    // logrotate: move the file away, SIGUSR1, the next line goes to a new file.
+    std::fs::rename(&log, dir.path().join("access.log.1")).unwrap();
+    gw.signal("USR1");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !log.exists() {
+        c.get(gw.url("/users/2")).send().await.unwrap();
+        assert!(Instant::now() < deadline, "the log was not reopened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.get(gw.url("/users/3")).send().await.unwrap();
+    let after = read_lines(&log, 1);
+    assert!(after.iter().any(|l| l["path"] == "/users/3"), "{after:?}");
+}
