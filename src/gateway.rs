@@ -418,7 +418,7 @@ impl ProxyHttp for Gateway {
             }
         }
         if let Some(log) = &self.access_log {
-            log.send(&access_record(
+            log.send(access_record(
                 session, ctx, log, e, elapsed, bytes_in, bytes_out,
             ));
         }
@@ -492,7 +492,7 @@ async fn send_reply(
 }
 
 /// The access log line of a finished request. Headers are never logged; sensitive query
-/// parameters are redacted.
+/// parameters are redacted. Serialized straight from borrowed fields (no `serde_json::Value`).
 fn access_record(
     session: &Session,
     ctx: &Ctx,
@@ -501,25 +501,51 @@ fn access_record(
     secs: f64,
     bytes_in: u64,
     bytes_out: u64,
-) -> serde_json::Value {
+) -> String {
+    #[derive(serde::Serialize)]
+    struct Record<'a> {
+        time: String,
+        request_id: &'a str,
+        client: Option<std::net::IpAddr>,
+        method: &'a str,
+        host: Option<&'a str>,
+        path: std::borrow::Cow<'a, str>,
+        protocol: &'static str,
+        route: Option<&'a str>,
+        upstream: Option<&'a str>,
+        target: Option<SocketAddr>,
+        status: Option<u16>,
+        bytes_in: u64,
+        bytes_out: u64,
+        duration_ms: f64,
+        upstream_ms: Option<f64>,
+        tries: u32,
+        error: Option<String>,
+    }
     let req = session.req_header();
-    serde_json::json!({
-        "time": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-        "request_id": ctx.req.request_id,
-        "client": ctx.req.conn.client_ip.map(|ip| ip.to_string()),
-        "method": req.method.as_str(),
-        "host": ctx.client_host,
-        "path": log.redacted_target(req.uri.path(), req.uri.query()),
-        "protocol": if ctx.req.conn.http2 { "HTTP/2" } else { "HTTP/1.1" },
-        "route": ctx.route.as_ref().map(|r| &*r.name),
-        "upstream": ctx.route.as_ref().map(|r| &*r.upstream.name),
-        "target": ctx.target.as_ref().map(|t| t.addr.to_string()),
-        "status": ctx.req.status,
-        "bytes_in": bytes_in,
-        "bytes_out": bytes_out,
-        "duration_ms": (secs * 1000.0 * 1000.0).round() / 1000.0,
-        "upstream_ms": ctx.upstream_secs.map(|s| (s * 1000.0 * 1000.0).round() / 1000.0),
-        "tries": ctx.tries,
-        "error": e.map(|e| format!("{:?}", e.etype())),
-    })
+    let ms = |s: f64| (s * 1_000_000.0).round() / 1000.0;
+    let record = Record {
+        time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        request_id: &ctx.req.request_id,
+        client: ctx.req.conn.client_ip,
+        method: req.method.as_str(),
+        host: ctx.client_host.as_deref(),
+        path: log.redacted_target(req.uri.path(), req.uri.query()),
+        protocol: if ctx.req.conn.http2 {
+            "HTTP/2"
+        } else {
+            "HTTP/1.1"
+        },
+        route: ctx.route.as_ref().map(|r| &*r.name),
+        upstream: ctx.route.as_ref().map(|r| &*r.upstream.name),
+        target: ctx.target.as_ref().map(|t| t.addr),
+        status: ctx.req.status,
+        bytes_in,
+        bytes_out,
+        duration_ms: ms(secs),
+        upstream_ms: ctx.upstream_secs.map(ms),
+        tries: ctx.tries,
+        error: e.map(|e| format!("{:?}", e.etype())),
+    };
+    serde_json::to_string(&record).unwrap_or_default()
 }

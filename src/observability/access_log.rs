@@ -43,9 +43,8 @@ pub fn channel(cfg: &AccessLogConfig) -> (AccessLog, Writer) {
 }
 
 impl AccessLog {
-    /// Queues one record; drops it (and counts the drop) when the writer is behind.
-    pub fn send(&self, record: &serde_json::Value) {
-        let line = record.to_string();
+    /// Queues one JSON line; drops it (and counts the drop) when the writer is behind.
+    pub fn send(&self, line: String) {
         if let Err(TrySendError::Full(_)) = self.tx.try_send(line) {
             if let Some(m) = METRICS.as_ref() {
                 m.access_log_dropped.inc();
@@ -54,9 +53,13 @@ impl AccessLog {
     }
 
     /// The path and query to log, with the values of sensitive query parameters replaced.
-    pub fn redacted_target(&self, path: &str, query: Option<&str>) -> String {
+    pub fn redacted_target<'a>(
+        &self,
+        path: &'a str,
+        query: Option<&'a str>,
+    ) -> std::borrow::Cow<'a, str> {
         let Some(q) = query else {
-            return path.to_string();
+            return std::borrow::Cow::Borrowed(path);
         };
         let mut out = String::with_capacity(path.len() + q.len() + 1);
         out.push_str(path);
@@ -73,7 +76,7 @@ impl AccessLog {
                 _ => out.push_str(pair),
             }
         }
-        out
+        std::borrow::Cow::Owned(out)
     }
 }
 
