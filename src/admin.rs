@@ -86,6 +86,58 @@ impl Admin {
 }
 
 impl Admin {
+    /// Ready when every upstream that a route uses has at least one healthy target.
+    fn ready(&self) -> Response<Vec<u8>> {
+        let snap = self.snapshot.load();
+        let now = now_ms();
+        let used: std::collections::BTreeSet<&str> = snap
+            .config
+            .routes
+            .iter()
+            .map(|r| r.upstream.as_str())
+            .collect();
+        let down: Vec<&str> = used
+            .into_iter()
+            .filter(|u| {
+                snap.upstreams
+                    .get(*u)
+                    .is_none_or(|g| !g.targets().iter().any(|t| t.is_healthy(now)))
+            })
+            .collect();
+        if down.is_empty() {
+            reply(200, json!({ "ready": true }))
+        } else {
+            reply(
+                503,
+                json!({ "ready": false, "upstreams_without_healthy_target": down }),
+            )
+        }
+    }
+
+    /// The running configuration (after `${VAR}` expansion and defaults) with secrets redacted,
+    /// and a hash of it that changes whenever the effective configuration does.
+    fn config(&self) -> Response<Vec<u8>> {
+        let snap = self.snapshot.load();
+        let mut v = serde_json::to_value(&snap.config).unwrap_or_default();
+        if let Some(t) = v.pointer_mut("/admin/token") {
+            if t.as_str().is_some_and(|s| !s.is_empty()) {
+                *t = json!("REDACTED");
+            }
+        }
+        let hash = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            serde_json::to_string(&snap.config)
+                .unwrap_or_default()
+                .hash(&mut h);
+            format!("{:016x}", h.finish())
+        };
+        reply(
+            200,
+            json!({ "hash": hash, "generation": self.reloader.generation.load(std::sync::atomic::Ordering::SeqCst), "config": v }),
+        )
+    }
+
     /// Prometheus text; target health gauges are refreshed from the registry first.
     fn metrics_text(&self) -> Response<Vec<u8>> {
         if let Some(m) = METRICS.as_ref() {
@@ -145,11 +197,14 @@ impl ServeHttp for Admin {
             return reply(405, json!({ "title": "Method Not Allowed", "status": 405 }));
         }
         match req.uri.path() {
+            "/health" => reply(200, json!({ "status": "up" })),
+            "/ready" => self.ready(),
+            "/config" => self.config(),
             "/status" => reply(
                 200,
                 json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION"), "uptime_seconds": self.started.elapsed().as_secs() }),
             ),
-            "/status/ready" => reply(200, json!({ "ready": true })),
+            "/status/ready" => self.ready(),
             "/upstreams" => reply(200, self.upstreams()),
             "/metrics" if self.metrics => self.metrics_text(),
             _ => reply(

@@ -199,3 +199,32 @@ async fn access_log_lines_are_json_redacted_and_reopened() {
     let after = read_lines(&log, 1);
     assert!(after.iter().any(|l| l["path"] == "/users/3"), "{after:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_reports_health_readiness_and_redacted_config() {
+    let dead = format!("127.0.0.1:{}", crate::util::free_port());
+    let body = format!(
+        "upstreams:\n  gone:\n    targets: [ {{ addr: \"{dead}\" }} ]\n    health:\n      active: {{ type: tcp, interval: 50ms, timeout: 200ms, healthy_after: 1, unhealthy_after: 1 }}\nroutes:\n  - {{ match: {{ path: /* }}, upstream: gone }}\n"
+    );
+    let gw = Gateway::start(&body);
+    assert_eq!(gw.admin_call("GET", "/health", None).0, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, v) = gw.admin_call("GET", "/ready", None);
+        if status == 503 {
+            assert_eq!(v["upstreams_without_healthy_target"][0], "gone");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never became unready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (status, v) = gw.admin_call("GET", "/config", None);
+    assert_eq!(status, 200);
+    assert_eq!(v["config"]["admin"]["token"], "REDACTED");
+    assert!(
+        !v.to_string().contains(crate::util::ADMIN_TOKEN),
+        "the token never leaves the process"
+    );
+    assert_eq!(v["config"]["upstreams"]["gone"]["targets"][0]["addr"], dead);
+    assert_eq!(v["hash"].as_str().unwrap().len(), 16);
+}

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Format version of this file; only `1` exists.
@@ -32,7 +32,7 @@ pub struct Config {
 }
 
 /// Process-wide settings.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Server {
     /// Worker threads per listener service.
@@ -85,7 +85,7 @@ pub struct Server {
 }
 
 /// Forwarding headers added to proxied requests (each costs a header insertion per request).
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ForwardedHeaders {
     /// Append the client address to `X-Forwarded-For`.
@@ -136,7 +136,7 @@ impl Default for Server {
 }
 
 /// One listening address.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Listener {
     /// Name used in logs; defaults to the address.
@@ -152,7 +152,7 @@ pub struct Listener {
     pub h2c: bool,
 }
 
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerTls {
     /// Certificates; the one whose names match the client's SNI is served, the first otherwise.
@@ -162,7 +162,7 @@ pub struct ListenerTls {
     pub http2: bool,
 }
 
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CertKey {
     /// PEM certificate chain.
@@ -174,7 +174,7 @@ pub struct CertKey {
     pub names: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Admin {
     /// Address of the admin listener, loopback by default.
@@ -185,7 +185,7 @@ pub struct Admin {
     pub token: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Observability {
     /// One JSON line per request; off when absent.
@@ -195,7 +195,7 @@ pub struct Observability {
     pub metrics: MetricsConfig,
 }
 
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AccessLogConfig {
     /// `stdout` or a file path (appended; reopened on SIGUSR1).
@@ -206,7 +206,7 @@ pub struct AccessLogConfig {
     pub redact_query: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     /// Serve `GET /metrics` (Prometheus text format) on the admin listener.
@@ -221,7 +221,7 @@ impl Default for MetricsConfig {
 }
 
 /// A named pool of targets.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
     pub targets: Vec<Target>,
@@ -251,7 +251,7 @@ pub struct Upstream {
     pub resolve_interval: Dur,
 }
 
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Target {
     /// `ip:port` or `host:port` (host names are resolved in the background).
@@ -270,7 +270,7 @@ pub enum Balance {
     ConsistentHash,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum HashFallback {
     #[default]
@@ -278,7 +278,7 @@ pub enum HashFallback {
     Random,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Protocol {
     #[default]
@@ -287,7 +287,7 @@ pub enum Protocol {
     Http2,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Health {
     #[serde(default)]
@@ -296,7 +296,7 @@ pub struct Health {
     pub passive: Option<PassiveHealth>,
 }
 
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ActiveHealth {
     #[serde(default, rename = "type")]
@@ -320,7 +320,7 @@ pub struct ActiveHealth {
     pub unhealthy_after: u32,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CheckKind {
     #[default]
@@ -328,7 +328,7 @@ pub enum CheckKind {
     Tcp,
 }
 
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PassiveHealth {
     /// Consecutive proxy failures (connect errors, timeouts, 5xx listed in `statuses`) that eject a target.
@@ -342,7 +342,7 @@ pub struct PassiveHealth {
     pub statuses: Vec<u16>,
 }
 
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Timeouts {
     #[serde(default = "d::connect_timeout")]
@@ -367,7 +367,7 @@ impl Default for Timeouts {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Retry {
     /// Total tries per request, the first included (1 = no retry).
@@ -391,14 +391,14 @@ impl Default for Retry {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case", untagged)]
 pub enum RetryOn {
     Status(u16),
     Kind(RetryKind),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RetryKind {
     ConnectError,
@@ -406,7 +406,7 @@ pub enum RetryKind {
     Reset,
 }
 
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTls {
     /// Server name sent by SNI and verified; the target host when absent.
@@ -421,7 +421,7 @@ pub struct UpstreamTls {
 }
 
 /// A route: what to match and where to send it.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
     /// Unique name (logs, metrics); `route-N` when absent.
@@ -441,7 +441,7 @@ pub struct Route {
     pub plugins: Vec<PluginSpec>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Match {
     /// Host names: exact (`api.example.com`) or suffix wildcards (`*.example.com`).
@@ -462,7 +462,7 @@ pub struct Match {
 }
 
 /// A single string or a list of strings.
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(untagged)]
 pub enum OneOrMany {
     #[default]
@@ -481,7 +481,7 @@ impl OneOrMany {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Rewrite {
     /// Removed from the start of the path before forwarding.

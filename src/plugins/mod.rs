@@ -127,7 +127,7 @@ impl Chain {
 /// Typed plugin configuration: `- headers: { … }` in YAML, a map with exactly one key naming the
 /// plugin. (yaml_serde writes externally tagged enums as YAML tags, so the map form is decoded by
 /// hand here; errors inside a plugin's config keep their path and line.)
-#[derive(Debug, Clone, JsonSchema)]
+#[derive(Debug, Clone, JsonSchema, serde::Serialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum PluginSpec {
     /// Add, set or remove request and response headers.

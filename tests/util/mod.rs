@@ -88,7 +88,7 @@ impl Gateway {
             }
             if raw(
                 self.admin,
-                "GET /status/ready HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+                "GET /health HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
             )
             .starts_with("HTTP/1.1 200")
                 && TcpStream::connect(("127.0.0.1", self.port)).is_ok()
