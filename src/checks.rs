@@ -263,6 +263,7 @@ mod tests {
             max_header_size: 1000,
             forwarded: Default::default(),
             request_id: true,
+            trace: false,
         }
     }
 

@@ -23,6 +23,8 @@ pub struct RequestCtx {
     pub route: Arc<str>,
     /// Captured path parameters, in pattern order.
     pub params: Vec<(Arc<str>, String)>,
+    /// The W3C trace this request belongs to (when tracing propagation is on).
+    pub trace: Option<crate::observability::trace::TraceContext>,
     /// Final response status, once known.
     pub status: Option<u16>,
     /// Plugin-private data, keyed by type.

@@ -8,6 +8,7 @@ use crate::error::{classify, GatewayError};
 use crate::forward;
 use crate::observability::access_log::AccessLog;
 use crate::observability::metrics::{observe_method, METRICS};
+use crate::observability::trace::TraceContext;
 use crate::plugins::{Flow, Reply};
 use crate::router::{path::normalize, strip_port, Captures, RequestView};
 use crate::snapshot::{Route, Snapshot};
@@ -145,6 +146,18 @@ impl ProxyHttp for Gateway {
         };
         if limits.request_id {
             ctx.req.request_id = forward::request_id(session.req_header());
+        }
+        if limits.trace {
+            let incoming = session
+                .req_header()
+                .headers
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok());
+            ctx.req.trace = Some(
+                incoming
+                    .and_then(TraceContext::parse)
+                    .unwrap_or_else(TraceContext::new_root),
+            );
         }
         checks::check(session.req_header(), h2, limits).map_err(|e| fail(ctx, e))
     }
@@ -284,6 +297,9 @@ impl ProxyHttp for Gateway {
             forward::set_path(up, &p);
         }
         forward::set_host(up, &route, ctx.client_host.as_deref());
+        if let Some(t) = &ctx.req.trace {
+            let _ = up.insert_header("traceparent", t.child_header());
+        }
         route
             .chain
             .on_upstream_request(up, &mut ctx.req)
@@ -506,6 +522,7 @@ fn access_record(
     struct Record<'a> {
         time: String,
         request_id: &'a str,
+        trace_id: Option<String>,
         client: Option<std::net::IpAddr>,
         method: &'a str,
         host: Option<&'a str>,
@@ -527,6 +544,7 @@ fn access_record(
     let record = Record {
         time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
         request_id: &ctx.req.request_id,
+        trace_id: ctx.req.trace.map(|t| t.trace_id_hex()),
         client: ctx.req.conn.client_ip,
         method: req.method.as_str(),
         host: ctx.client_host.as_deref(),

@@ -50,6 +50,7 @@ pub struct Limits {
     pub max_header_size: usize,
     pub forwarded: schema::ForwardedHeaders,
     pub request_id: bool,
+    pub trace: bool,
 }
 
 pub struct Snapshot {
@@ -117,6 +118,7 @@ pub fn compile(
         max_header_size: s.max_header_size.0 as usize,
         forwarded: s.forwarded_headers.clone(),
         request_id: s.request_id,
+        trace: config.observability.tracing.propagate,
     };
     Ok((
         Snapshot {

@@ -228,3 +228,50 @@ async fn admin_reports_health_readiness_and_redacted_config() {
     assert_eq!(v["config"]["upstreams"]["gone"]["targets"][0]["addr"], dead);
     assert_eq!(v["hash"].as_str().unwrap().len(), 16);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traceparent_is_continued_with_a_new_span_per_upstream_call() {
+    let up = Upstream::start("u").await;
+    let body = format!(
+        "observability:\n  tracing: {{ propagate: true }}\nupstreams:\n{}routes:\n  - {{ match: {{ path: /* }}, upstream: u }}\n",
+        upstream_yaml("u", &[up.addr], "")
+    );
+    let gw = Gateway::start(&body);
+    let c = client();
+    let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let v: serde_json::Value = c
+        .get(gw.url("/x"))
+        .header("traceparent", incoming)
+        .header("tracestate", "vendor=1")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sent = v["headers"]["traceparent"].as_str().unwrap();
+    assert!(
+        sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "{sent}"
+    );
+    assert!(sent.ends_with("-01"));
+    assert_ne!(
+        &sent[36..52],
+        "00f067aa0ba902b7",
+        "a new span id for the upstream call"
+    );
+    assert_eq!(v["headers"]["tracestate"], "vendor=1");
+    // No (or an invalid) traceparent: a new trace is started.
+    let v: serde_json::Value = c
+        .get(gw.url("/x"))
+        .header("traceparent", "garbage")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sent = v["headers"]["traceparent"].as_str().unwrap();
+    assert_eq!(sent.len(), 55);
+    assert!(!sent.contains("4bf92f3577b34da6a3ce929d0e0e4736"));
+}

@@ -193,6 +193,16 @@ pub struct Observability {
     pub access_log: Option<AccessLogConfig>,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub tracing: TracingConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TracingConfig {
+    /// Continue or start a W3C trace and send `traceparent` (a new span id per upstream call).
+    #[serde(default)]
+    pub propagate: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
