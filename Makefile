@@ -9,6 +9,8 @@ export POSTERN_RUN_DIR := $(RUN_DIR)
 
 # System packages needed to build (cmake for Pingora's zlib-ng) and to test.
 BUILD_PKGS := cmake pkg-config build-essential
+# promtool (package prometheus) checks the alert rules and the metrics output in the tests.
+TEST_PKGS := prometheus
 LOAD_PKGS := wrk nginx-light
 
 .PHONY: run stop test deps bench load-test check lint demo-stop-b demo-start-b
@@ -18,7 +20,7 @@ define ensure_pkgs
 	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	    echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	  else \
 	    echo "missing packages:$$missing"; echo "run: sudo apt-get install -y$$missing"; exit 1; \
 	  fi; \
@@ -48,6 +50,7 @@ demo-start-b:
 
 # Benches and examples are compiled (so they cannot rot) but not run; the end-to-end suite runs last.
 test: deps
+	$(call ensure_pkgs,$(TEST_PKGS))
 	$(CARGO) build --benches --examples
 	$(CARGO) test --lib --test e2e
 

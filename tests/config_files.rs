@@ -120,3 +120,67 @@ fn environment_variables_are_expanded() {
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("listeners[0].addr (line 2): invalid address \"not-an-address\""));
 }
+
+/// Metric names the gateway exports (kept in step with src/observability/metrics.rs).
+const EXPORTED: &[&str] = &[
+    "postern_http_requests_total",
+    "postern_http_requests_by_method_total",
+    "postern_http_request_duration_seconds",
+    "postern_http_body_bytes_total",
+    "postern_upstream_response_seconds",
+    "postern_upstream_retries_total",
+    "postern_http_requests_in_flight",
+    "postern_upstream_target_up",
+    "postern_config_reloads_total",
+    "postern_config_generation",
+    "postern_access_log_dropped_total",
+];
+
+fn metric_names(text: &str) -> Vec<String> {
+    let re_start = "postern_";
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find(re_start) {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = tail[..end]
+            .trim_end_matches("_bucket")
+            .trim_end_matches("_count")
+            .trim_end_matches("_sum");
+        out.push(name.to_string());
+        rest = &tail[end..];
+    }
+    out
+}
+
+#[test]
+fn monitoring_rules_and_dashboard_are_valid() {
+    let dir = root().join("conf/monitoring");
+    let dash: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("grafana-dashboard.json")).unwrap())
+            .unwrap();
+    let panels = dash["panels"].as_array().unwrap();
+    assert!(panels.len() >= 8);
+    let rules = std::fs::read_to_string(dir.join("alerts.yaml")).unwrap();
+    for name in metric_names(&dash.to_string())
+        .into_iter()
+        .chain(metric_names(&rules))
+    {
+        assert!(
+            EXPORTED.contains(&name.as_str()),
+            "{name} is used by the dashboard or rules but not exported"
+        );
+    }
+    let out = std::process::Command::new("promtool")
+        .args(["check", "rules", dir.join("alerts.yaml").to_str().unwrap()])
+        .output()
+        .expect("promtool is needed (make test installs the prometheus package)");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
