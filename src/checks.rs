@@ -264,6 +264,7 @@ mod tests {
             forwarded: Default::default(),
             request_id: true,
             trace: false,
+            preserve_header_case: false,
         }
     }
 

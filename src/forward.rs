@@ -6,7 +6,7 @@ use crate::context::RequestCtx;
 use crate::router::Captures;
 use crate::snapshot::{Part, Route};
 use http::header::HOST;
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 
 pub const X_REQUEST_ID: &str = "x-request-id";
@@ -73,40 +73,38 @@ pub fn set_path(req: &mut RequestHeader, path: &str) {
     }
 }
 
-/// Appends the client to `X-Forwarded-For` and `Forwarded`, and sets `X-Forwarded-Proto/-Host`
-/// and the request id, as `which` enables them. `host` is the Host the client asked for.
-pub fn add_forwarding(
-    req: &mut RequestHeader,
+/// The forwarding fields for this request, as `which` enables them: the client appended to
+/// `X-Forwarded-For` and `Forwarded`, `X-Forwarded-Proto`, `X-Forwarded-Host` and the request id.
+/// `host` is the Host the client asked for.
+pub fn forwarding_fields(
+    req: &RequestHeader,
     ctx: &RequestCtx,
     host: Option<&str>,
     which: &ForwardedHeaders,
-) {
+) -> Vec<(&'static HeaderName, HeaderValue)> {
     use std::fmt::Write;
+    let mut out = Vec::with_capacity(5);
     let proto = if ctx.conn.tls { "https" } else { "http" };
+    let prev = |name: &HeaderName| {
+        req.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .filter(|p| !p.trim().is_empty())
+    };
     if let Some(ip) = ctx.conn.client_ip {
         if which.x_forwarded_for {
             let mut xff = String::with_capacity(64);
-            if let Some(prev) = req
-                .headers
-                .get(X_FORWARDED_FOR)
-                .and_then(|v| v.to_str().ok())
-                .filter(|p| !p.trim().is_empty())
-            {
-                xff.push_str(prev);
+            if let Some(p) = prev(&X_FORWARDED_FOR) {
+                xff.push_str(p);
                 xff.push_str(", ");
             }
             let _ = write!(xff, "{ip}");
-            let _ = req.insert_header(X_FORWARDED_FOR, xff);
+            push(&mut out, &X_FORWARDED_FOR, xff);
         }
         if which.forwarded {
             let mut fwd = String::with_capacity(96);
-            if let Some(prev) = req
-                .headers
-                .get(http::header::FORWARDED)
-                .and_then(|v| v.to_str().ok())
-                .filter(|p| !p.trim().is_empty())
-            {
-                fwd.push_str(prev);
+            if let Some(p) = prev(&http::header::FORWARDED) {
+                fwd.push_str(p);
                 fwd.push_str(", ");
             }
             let _ = match ip {
@@ -116,24 +114,79 @@ pub fn add_forwarding(
             if let Some(h) = host.filter(|h| crate::checks::valid_host(h.as_bytes())) {
                 let _ = write!(fwd, ";host=\"{h}\"");
             }
-            let _ = req.insert_header(FORWARDED, fwd);
+            push(&mut out, &http::header::FORWARDED, fwd);
         }
     }
     if which.x_forwarded_proto {
-        let _ = req.insert_header(X_FORWARDED_PROTO, proto);
+        out.push((&X_FORWARDED_PROTO, HeaderValue::from_static(proto)));
     }
     if let (Some(h), true) = (host, which.x_forwarded_host) {
-        let _ = req.insert_header(X_FORWARDED_HOST, h);
+        push(&mut out, &X_FORWARDED_HOST, h.to_string());
     }
     if !ctx.request_id.is_empty() {
-        let _ = req.insert_header(X_REQUEST_ID, &ctx.request_id);
+        push(&mut out, &X_REQUEST_ID_NAME, ctx.request_id.clone());
+    }
+    out
+}
+
+fn push(
+    out: &mut Vec<(&'static HeaderName, HeaderValue)>,
+    name: &'static HeaderName,
+    value: String,
+) {
+    if let Ok(v) = HeaderValue::try_from(value) {
+        out.push((name, v));
     }
 }
 
-const X_FORWARDED_FOR: &str = "x-forwarded-for";
-const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
-const X_FORWARDED_HOST: &str = "x-forwarded-host";
-const FORWARDED: &str = "forwarded";
+/// Sets `fields` on `req`, replacing earlier values.
+///
+/// Pingora parses a request into two header maps of exactly the received size (values, and the
+/// names as the client spelled them) and inserts through a path that re-parses and allocates each
+/// name; five added fields then grow both maps twice. Unless `preserve_case` is set, the header is
+/// turned into plain `http` parts, which have room reserved and take the fields directly
+/// (about 17k instructions per request less with the default fields, measured with callgrind);
+/// field names then reach the upstream in lower case, as HTTP/2 sends them anyway (Envoy does the
+/// same for HTTP/1). Only done when the request target round-trips through the URI
+/// (origin-form), since plain parts keep no separate raw target.
+pub fn set_fields(
+    req: &mut RequestHeader,
+    fields: Vec<(&'static HeaderName, HeaderValue)>,
+    preserve_case: bool,
+) {
+    if fields.is_empty() {
+        return;
+    }
+    let round_trips = req
+        .uri
+        .path_and_query()
+        .is_some_and(|pq| pq.as_str().as_bytes() == req.raw_path());
+    if preserve_case || !round_trips {
+        for (n, v) in fields {
+            let _ = req.insert_header(n, v);
+        }
+        return;
+    }
+    let Ok(placeholder) = RequestHeader::build_no_case(http::Method::GET, b"/", Some(0)) else {
+        return;
+    };
+    let old = std::mem::replace(req, placeholder);
+    let end_stream = old.send_end_stream();
+    let mut parts: http::request::Parts = old.into();
+    parts.headers.reserve(fields.len());
+    for (n, v) in fields {
+        parts.headers.insert(n.clone(), v);
+    }
+    *req = RequestHeader::from(parts);
+    if let Some(e) = end_stream {
+        req.set_send_end_stream(e);
+    }
+}
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REQUEST_ID_NAME: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The Host the client addressed: the Host field, or the authority of an HTTP/2 request.
 pub fn client_host(req: &RequestHeader) -> Option<String> {
@@ -186,5 +239,45 @@ pub fn clean_response(resp: &mut ResponseHeader) {
         .collect();
     for n in named {
         resp.remove_header(&n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields() -> Vec<(&'static HeaderName, HeaderValue)> {
+        vec![
+            (&X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4")),
+            (&X_FORWARDED_PROTO, HeaderValue::from_static("http")),
+        ]
+    }
+
+    #[test]
+    fn fields_are_set_with_or_without_case_preservation() {
+        for preserve in [false, true] {
+            let mut req = RequestHeader::build("GET", b"/a?b=c", None).unwrap();
+            req.insert_header("X-Custom", "v").unwrap();
+            req.insert_header("X-Forwarded-Proto", "spoofed").unwrap();
+            set_fields(&mut req, fields(), preserve);
+            assert_eq!(req.has_case(), preserve);
+            assert_eq!(req.headers["x-forwarded-for"], "1.2.3.4");
+            assert_eq!(
+                req.headers.get_all("x-forwarded-proto").iter().count(),
+                1,
+                "replaced, not appended"
+            );
+            assert_eq!(req.headers["x-custom"], "v");
+            assert_eq!(req.raw_path(), b"/a?b=c");
+        }
+    }
+
+    #[test]
+    fn absolute_form_targets_keep_the_pingora_header() {
+        let mut req = RequestHeader::build("GET", b"http://example.com/a", None).unwrap();
+        set_fields(&mut req, fields(), false);
+        assert!(req.has_case());
+        assert_eq!(req.raw_path(), b"http://example.com/a");
+        assert_eq!(req.headers["x-forwarded-for"], "1.2.3.4");
     }
 }

@@ -173,15 +173,20 @@ impl ProxyHttp for Gateway {
             .await
         {
             Ok(Flow::Continue) => {
-                // Added to the client's request header, which Pingora clones for each upstream
-                // attempt: once per request, and into a map that still has spare capacity (the
-                // clone has none, so inserting there reallocates both of Pingora's header maps).
-                let which = &ctx.snap.limits.forwarded;
-                forward::add_forwarding(
-                    session.req_header_mut(),
+                // Set on the client's request header, which Pingora clones for each upstream
+                // attempt: done once per request.
+                let limits = &ctx.snap.limits;
+                let host = ctx.client_host.as_deref();
+                let fields = forward::forwarding_fields(
+                    session.req_header(),
                     &ctx.req,
-                    ctx.client_host.as_deref(),
-                    which,
+                    host,
+                    &limits.forwarded,
+                );
+                forward::set_fields(
+                    session.req_header_mut(),
+                    fields,
+                    limits.preserve_header_case,
                 );
                 Ok(false)
             }

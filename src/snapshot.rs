@@ -51,6 +51,7 @@ pub struct Limits {
     pub forwarded: schema::ForwardedHeaders,
     pub request_id: bool,
     pub trace: bool,
+    pub preserve_header_case: bool,
 }
 
 pub struct Snapshot {
@@ -119,6 +120,7 @@ pub fn compile(
         forwarded: s.forwarded_headers.clone(),
         request_id: s.request_id,
         trace: config.observability.tracing.propagate,
+        preserve_header_case: s.preserve_header_case,
     };
     Ok((
         Snapshot {

@@ -82,6 +82,10 @@ pub struct Server {
     /// Keep or generate an `X-Request-Id` and return it on the response.
     #[serde(default = "d::yes")]
     pub request_id: bool,
+    /// Forward HTTP/1 header names with the client's (and upstream's) spelling instead of in
+    /// lower case; costs throughput (Pingora keeps a second header map for it).
+    #[serde(default)]
+    pub preserve_header_case: bool,
 }
 
 /// Forwarding headers added to proxied requests (each costs a header insertion per request).
@@ -131,6 +135,7 @@ impl Default for Server {
             upstream_pool_size: d::upstream_pool_size(),
             forwarded_headers: ForwardedHeaders::default(),
             request_id: true,
+            preserve_header_case: false,
         }
     }
 }
