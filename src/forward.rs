@@ -92,13 +92,15 @@ pub fn forwarding_fields(
             .filter(|p| !p.trim().is_empty())
     };
     if let Some(ip) = ctx.conn.client_ip {
+        let mut ip_text = String::with_capacity(40);
+        let _ = write!(ip_text, "{ip}");
         if which.x_forwarded_for {
             let mut xff = String::with_capacity(64);
             if let Some(p) = prev(&X_FORWARDED_FOR) {
                 xff.push_str(p);
                 xff.push_str(", ");
             }
-            let _ = write!(xff, "{ip}");
+            xff.push_str(&ip_text);
             push(&mut out, &X_FORWARDED_FOR, xff);
         }
         if which.forwarded {
@@ -107,12 +109,18 @@ pub fn forwarding_fields(
                 fwd.push_str(p);
                 fwd.push_str(", ");
             }
-            let _ = match ip {
-                std::net::IpAddr::V4(v4) => write!(fwd, "for={v4};proto={proto}"),
-                std::net::IpAddr::V6(v6) => write!(fwd, "for=\"[{v6}]\";proto={proto}"),
+            let (open, close) = if ip.is_ipv6() {
+                ("\"[", "]\"")
+            } else {
+                ("", "")
             };
+            for part in ["for=", open, &ip_text, close, ";proto=", proto] {
+                fwd.push_str(part);
+            }
             if let Some(h) = host.filter(|h| crate::checks::valid_host(h.as_bytes())) {
-                let _ = write!(fwd, ";host=\"{h}\"");
+                fwd.push_str(";host=\"");
+                fwd.push_str(h);
+                fwd.push('"');
             }
             push(&mut out, &http::header::FORWARDED, fwd);
         }
@@ -281,3 +289,27 @@ mod tests {
         assert_eq!(req.headers["x-forwarded-for"], "1.2.3.4");
     }
 }
+
+/// Sets one field on a response from an upstream. Without `preserve_case` the header is first
+/// turned into plain `http` parts (see [`set_fields`] for why); the reason phrase then becomes
+/// the standard one for the status.
+pub fn set_response_field(
+    resp: &mut ResponseHeader,
+    name: &'static HeaderName,
+    value: HeaderValue,
+    preserve_case: bool,
+) {
+    if preserve_case || !resp.has_case() {
+        let _ = resp.insert_header(name, value);
+        return;
+    }
+    let Ok(placeholder) = ResponseHeader::build_no_case(200, Some(0)) else {
+        return;
+    };
+    let old = std::mem::replace(resp, placeholder);
+    let mut parts: http::response::Parts = old.into();
+    parts.headers.insert(name.clone(), value);
+    *resp = ResponseHeader::from(parts);
+}
+
+pub static REQUEST_ID: &HeaderName = &X_REQUEST_ID_NAME;

@@ -16,6 +16,7 @@ use crate::upstream::target::{InflightGuard, TargetState};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
+use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
@@ -356,8 +357,12 @@ impl ProxyHttp for Gateway {
         if draining() {
             session.set_keepalive(None);
         }
-        if !ctx.req.request_id.is_empty() {
-            let _ = resp.insert_header(forward::X_REQUEST_ID, &ctx.req.request_id);
+        if let (false, Ok(id)) = (
+            ctx.req.request_id.is_empty(),
+            HeaderValue::from_str(&ctx.req.request_id),
+        ) {
+            let preserve = ctx.snap.limits.preserve_header_case || resp.status.as_u16() == 101;
+            forward::set_response_field(resp, forward::REQUEST_ID, id, preserve);
         }
         ctx.req.status = Some(resp.status.as_u16());
         match ctx.route.clone() {
