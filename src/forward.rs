@@ -250,6 +250,30 @@ pub fn clean_response(resp: &mut ResponseHeader) {
     }
 }
 
+/// Sets one field on a response from an upstream. Without `preserve_case` the header is first
+/// turned into plain `http` parts (see [`set_fields`] for why); the reason phrase then becomes
+/// the standard one for the status.
+pub fn set_response_field(
+    resp: &mut ResponseHeader,
+    name: &'static HeaderName,
+    value: HeaderValue,
+    preserve_case: bool,
+) {
+    if preserve_case || !resp.has_case() {
+        let _ = resp.insert_header(name, value);
+        return;
+    }
+    let Ok(placeholder) = ResponseHeader::build_no_case(200, Some(0)) else {
+        return;
+    };
+    let old = std::mem::replace(resp, placeholder);
+    let mut parts: http::response::Parts = old.into();
+    parts.headers.insert(name.clone(), value);
+    *resp = ResponseHeader::from(parts);
+}
+
+pub static REQUEST_ID: &HeaderName = &X_REQUEST_ID_NAME;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,27 +313,3 @@ mod tests {
         assert_eq!(req.headers["x-forwarded-for"], "1.2.3.4");
     }
 }
-
-/// Sets one field on a response from an upstream. Without `preserve_case` the header is first
-/// turned into plain `http` parts (see [`set_fields`] for why); the reason phrase then becomes
-/// the standard one for the status.
-pub fn set_response_field(
-    resp: &mut ResponseHeader,
-    name: &'static HeaderName,
-    value: HeaderValue,
-    preserve_case: bool,
-) {
-    if preserve_case || !resp.has_case() {
-        let _ = resp.insert_header(name, value);
-        return;
-    }
-    let Ok(placeholder) = ResponseHeader::build_no_case(200, Some(0)) else {
-        return;
-    };
-    let old = std::mem::replace(resp, placeholder);
-    let mut parts: http::response::Parts = old.into();
-    parts.headers.insert(name.clone(), value);
-    *resp = ResponseHeader::from(parts);
-}
-
-pub static REQUEST_ID: &HeaderName = &X_REQUEST_ID_NAME;
