@@ -114,6 +114,14 @@ impl Reloader {
             upstreams: compiled.upstreams.len(),
             not_applied,
         };
+        // Targets that left the configuration lose their state (their pools are already gone).
+        let live: std::collections::HashSet<(String, std::net::SocketAddr)> = compiled
+            .upstreams
+            .iter()
+            .flat_map(|(name, g)| g.targets().into_iter().map(move |t| (name.clone(), t.addr)))
+            .collect();
+        self.registry
+            .retain(|up, addr| live.contains(&(up.to_string(), addr)));
         self.snapshot.store(Arc::new(compiled));
         self.changed.notify_one();
         log::info!(

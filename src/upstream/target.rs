@@ -145,6 +145,22 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// Forgets targets that no longer belong to any upstream (after a reload). `keep` says
+    /// whether (upstream, address) is still configured.
+    pub fn retain(&self, keep: impl Fn(&str, SocketAddr) -> bool) {
+        self.states.lock().retain(|(up, addr), _| keep(up, *addr));
+    }
+
+    pub fn len(&self) -> usize {
+        self.states.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,5 +197,7 @@ mod tests {
         let c = r.get(&name, "127.0.0.1:1".parse().unwrap(), None, 5);
         assert!(!c.active_up());
         assert_eq!(c.weight, 5);
+        r.retain(|_, _| false);
+        assert!(r.is_empty());
     }
 }
