@@ -4,7 +4,6 @@
 use crate::util::upstream::Upstream;
 use crate::util::{upstream_yaml, Gateway, KillOnDrop, BIN};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zero_loss_binary_upgrade() {
@@ -14,29 +13,7 @@ async fn zero_loss_binary_upgrade() {
         upstream_yaml("u", &[up.addr], "")
     );
     let mut gw = Gateway::start(&body);
-    let url = gw.url("/x");
-    let mut load = tokio::task::JoinSet::new();
-    for _ in 0..4 {
-        let url = url.clone();
-        load.spawn(async move {
-            let c = crate::util::client_builder()
-                .pool_max_idle_per_host(1)
-                .build()
-                .unwrap();
-            let mut ok = 0;
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while ok < 2000 && Instant::now() < deadline {
-                let r = c
-                    .get(&url)
-                    .send()
-                    .await
-                    .expect("no request lost during the upgrade");
-                assert!(r.status().is_success());
-                ok += 1;
-            }
-            ok
-        });
-    }
+    let mut load = crate::util::keep_alive_load(&gw.url("/x"), 4, 2000, "x-request-id");
     // The new process waits for the sockets on the upgrade socket; then the old one hands them
     // over on SIGQUIT and drains for grace_period (1 s in the harness).
     let mut next = KillOnDrop(
@@ -54,7 +31,7 @@ async fn zero_loss_binary_upgrade() {
     });
     let mut total = 0;
     while let Some(r) = load.join_next().await {
-        total += r.unwrap();
+        total += r.unwrap().len();
     }
     let (status, _gw) = old_exit.await.unwrap();
     assert!(

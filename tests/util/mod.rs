@@ -252,3 +252,34 @@ pub fn upstream_yaml(name: &str, addrs: &[SocketAddr], extra: &str) -> String {
         targets.join(", ")
     )
 }
+
+/// `clients` keep-alive clients send `requests` GETs each to `url`; every request must get a 2xx
+/// (a connection error or another status fails the test). Returns each response's `header` value.
+pub fn keep_alive_load(
+    url: &str,
+    clients: usize,
+    requests: usize,
+    header: &'static str,
+) -> tokio::task::JoinSet<Vec<String>> {
+    let mut load = tokio::task::JoinSet::new();
+    for _ in 0..clients {
+        let url = url.to_string();
+        load.spawn(async move {
+            let c = client_builder().pool_max_idle_per_host(1).build().unwrap();
+            let mut seen = Vec::with_capacity(requests);
+            for _ in 0..requests {
+                let r = c.get(&url).send().await.expect("no request lost");
+                assert!(r.status().is_success(), "status {}", r.status());
+                seen.push(
+                    r.headers()
+                        .get(header)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string(),
+                );
+            }
+            seen
+        });
+    }
+    load
+}
