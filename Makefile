@@ -9,8 +9,9 @@ export POSTERN_RUN_DIR := $(RUN_DIR)
 
 # System packages needed to build (cmake for Pingora's zlib-ng) and to test.
 BUILD_PKGS := cmake pkg-config build-essential
-# promtool (package prometheus) checks the alert rules and the metrics output in the tests.
-TEST_PKGS := prometheus
+# promtool (package prometheus) checks the alert rules and the metrics output in the tests;
+# redis-server backs the cluster-wide rate-limit tests (each test starts its own on a free port).
+TEST_PKGS := prometheus redis-server
 LOAD_PKGS := wrk nginx-light
 
 .PHONY: run stop test deps bench load-test check lint demo-stop-b demo-start-b

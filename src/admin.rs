@@ -119,11 +119,7 @@ impl Admin {
     fn config(&self) -> Response<Vec<u8>> {
         let snap = self.snapshot.load();
         let mut v = serde_json::to_value(&snap.config).unwrap_or_default();
-        if let Some(t) = v.pointer_mut("/admin/token") {
-            if t.as_str().is_some_and(|s| !s.is_empty()) {
-                *t = json!("REDACTED");
-            }
-        }
+        redact(&mut v);
         let hash = {
             use std::hash::{Hash, Hasher};
             let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -212,5 +208,57 @@ impl ServeHttp for Admin {
                 json!({ "title": "Not Found", "status": 404, "detail": "admin endpoints: /status, /status/ready, /upstreams" }),
             ),
         }
+    }
+}
+
+/// Field names whose values are secrets wherever they appear in the configuration.
+const SECRET_FIELDS: &[&str] = &["token", "password", "secret", "client_secret"];
+
+/// Replaces secrets in the configuration document: values of [`SECRET_FIELDS`] and the password
+/// of URLs with credentials (`redis://user:password@host`).
+pub fn redact(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Object(m) => {
+            for (k, val) in m.iter_mut() {
+                if SECRET_FIELDS.contains(&k.as_str())
+                    && val.as_str().is_some_and(|s| !s.is_empty())
+                {
+                    *val = json!("REDACTED");
+                } else {
+                    redact(val);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(redact),
+        Value::String(s) => {
+            if let Some((scheme, rest)) = s.split_once("://") {
+                if let Some((creds, host)) = rest.split_once('@') {
+                    if let Some((user, _)) = creds.split_once(':') {
+                        *s = format!("{scheme}://{user}:REDACTED@{host}");
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn secrets_are_redacted_anywhere() {
+        let mut v = serde_json::json!({
+            "admin": { "token": "t0p" },
+            "cluster": { "redis": { "url": "redis://app:s3cret@10.0.0.1:6379/0" } },
+            "other": [ { "password": "x" }, "plain" ],
+        });
+        super::redact(&mut v);
+        let s = v.to_string();
+        assert!(
+            !s.contains("t0p") && !s.contains("s3cret") && !s.contains("\"x\""),
+            "{s}"
+        );
+        assert!(s.contains("redis://app:REDACTED@10.0.0.1:6379/0"));
     }
 }

@@ -7,7 +7,6 @@ use crate::observability::access_log::{self, AccessLog, Writer};
 use crate::reload::Reloader;
 use crate::snapshot::{self, ListenerPlan, Snapshot};
 use crate::upstream::health;
-use crate::upstream::target::Registry;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
@@ -32,9 +31,9 @@ pub struct RunFlags {
 /// Loads the config, builds every service and runs until shutdown. Returns an error message when
 /// the configuration is invalid (nothing is started then).
 pub fn run(conf_path: &str, flags: RunFlags) -> Result<(), String> {
-    let registry = Arc::new(Registry::default());
+    let shared = crate::shared::Shared::new();
     let (snap, listeners) =
-        snapshot::load_and_compile(conf_path, registry.clone()).map_err(|e| e.to_string())?;
+        snapshot::load_and_compile(conf_path, &shared).map_err(|e| e.to_string())?;
     for g in snap.upstreams.values() {
         for name in g.resolve_blocking() {
             log::warn!(
@@ -55,7 +54,7 @@ pub fn run(conf_path: &str, flags: RunFlags) -> Result<(), String> {
         None => (None, None),
     };
     let snapshot = Arc::new(ArcSwap::from_pointee(snap));
-    let reloader = Arc::new(Reloader::new(conf_path, snapshot.clone(), registry));
+    let reloader = Arc::new(Reloader::new(conf_path, snapshot.clone(), shared));
     let opt = Opt {
         upgrade: flags.upgrade,
         daemon: flags.daemon,
@@ -169,6 +168,9 @@ impl BackgroundService for Supervisor {
             for g in snap.upstreams.values() {
                 tasks.spawn(health::run_active(g.clone()));
                 tasks.spawn(health::run_dns(g.clone()));
+            }
+            if let Some(r) = &snap.redis {
+                r.connect_in_background();
             }
             drop(snap);
             tokio::select! {

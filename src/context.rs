@@ -13,6 +13,13 @@ pub struct ConnInfo {
     pub http2: bool,
 }
 
+/// A known caller, from the `consumers` section.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Consumer {
+    pub name: String,
+    pub groups: Vec<String>,
+}
+
 /// The plugin-visible per-request state.
 #[derive(Debug, Default)]
 pub struct RequestCtx {
@@ -25,6 +32,10 @@ pub struct RequestCtx {
     pub params: Vec<(Arc<str>, String)>,
     /// The W3C trace this request belongs to (when tracing propagation is on).
     pub trace: Option<crate::observability::trace::TraceContext>,
+    /// Who is calling, once an authentication plugin identified the caller.
+    pub consumer: Option<Arc<Consumer>>,
+    /// Claims of a verified token (JWT or introspection), for keys and header templates.
+    pub claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
     /// Final response status, once known.
     pub status: Option<u16>,
     /// Plugin-private data, keyed by type.
@@ -37,5 +48,16 @@ impl RequestCtx {
             .iter()
             .find(|(n, _)| &**n == name)
             .map(|(_, v)| v.as_str())
+    }
+}
+
+impl RequestCtx {
+    /// A claim as text: strings as they are, other JSON values in their JSON form.
+    pub fn claim(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
+        match self.claims.as_ref()?.get(name)? {
+            serde_json::Value::String(s) => Some(std::borrow::Cow::Borrowed(s)),
+            serde_json::Value::Null => None,
+            v => Some(std::borrow::Cow::Owned(v.to_string())),
+        }
     }
 }

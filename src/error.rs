@@ -23,6 +23,10 @@ pub enum GatewayError {
     BadGateway,
     /// The upstream did not answer in time.
     UpstreamTimeout,
+    /// A rate or concurrency limit refused the request; the reason is public.
+    TooManyRequests(&'static str),
+    /// A service the gateway depends on for this request (e.g. the rate-limit store) is down.
+    Unavailable(&'static str),
     /// A bug or an unexpected internal state; the detail goes to the error log only.
     Internal,
 }
@@ -37,6 +41,8 @@ impl GatewayError {
             GatewayError::NoHealthyTarget => 503,
             GatewayError::BadGateway => 502,
             GatewayError::UpstreamTimeout => 504,
+            GatewayError::TooManyRequests(_) => 429,
+            GatewayError::Unavailable(_) => 503,
             GatewayError::Internal => 500,
         }
     }
@@ -51,6 +57,8 @@ impl GatewayError {
             GatewayError::NoHealthyTarget => "no-healthy-upstream",
             GatewayError::BadGateway => "bad-gateway",
             GatewayError::UpstreamTimeout => "upstream-timeout",
+            GatewayError::TooManyRequests(_) => "rate-limited",
+            GatewayError::Unavailable(_) => "unavailable",
             GatewayError::Internal => "internal-error",
         }
     }
@@ -64,6 +72,8 @@ impl GatewayError {
             GatewayError::NoHealthyTarget => "Service Unavailable",
             GatewayError::BadGateway => "Bad Gateway",
             GatewayError::UpstreamTimeout => "Gateway Timeout",
+            GatewayError::TooManyRequests(_) => "Too Many Requests",
+            GatewayError::Unavailable(_) => "Service Unavailable",
             GatewayError::Internal => "Internal Server Error",
         }
     }
@@ -77,6 +87,7 @@ impl GatewayError {
             GatewayError::NoHealthyTarget => "No healthy upstream target is available.",
             GatewayError::BadGateway => "The upstream service failed to answer correctly.",
             GatewayError::UpstreamTimeout => "The upstream service did not answer in time.",
+            GatewayError::TooManyRequests(why) | GatewayError::Unavailable(why) => why,
             GatewayError::Internal => "The gateway failed to process the request.",
         }
     }
@@ -86,7 +97,9 @@ impl GatewayError {
     pub fn into_pingora(self) -> Box<Error> {
         let source = match self {
             GatewayError::BadGateway | GatewayError::UpstreamTimeout => ErrorSource::Upstream,
-            GatewayError::Internal | GatewayError::NoHealthyTarget => ErrorSource::Internal,
+            GatewayError::Internal
+            | GatewayError::NoHealthyTarget
+            | GatewayError::Unavailable(_) => ErrorSource::Internal,
             _ => ErrorSource::Downstream,
         };
         let mut e = Error::new(ErrorType::HTTPStatus(self.status()));
@@ -105,6 +118,24 @@ impl GatewayError {
             "request_id": request_id,
         });
         Bytes::from(v.to_string())
+    }
+
+    /// The error as a plugin reply (the gateway adds `Content-Length` and `X-Request-Id`), so
+    /// that the route's response hooks still run on it.
+    pub fn reply(&self, request_id: &str) -> crate::plugins::Reply {
+        use http::header::{CACHE_CONTROL, CONTENT_TYPE};
+        use http::HeaderValue;
+        crate::plugins::Reply {
+            status: self.status(),
+            headers: vec![
+                (
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("application/problem+json"),
+                ),
+                (CACHE_CONTROL, HeaderValue::from_static("no-store")),
+            ],
+            body: self.body(request_id),
+        }
     }
 
     /// A complete response: status, `Content-Type`, `Content-Length`, `X-Request-Id`.

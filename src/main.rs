@@ -38,8 +38,8 @@ fn main() -> ExitCode {
 }
 
 fn check(conf: &str) -> ExitCode {
-    let registry = std::sync::Arc::new(postern::upstream::target::Registry::default());
-    match postern::snapshot::load_and_compile(conf, registry) {
+    let shared = postern::shared::Shared::new();
+    match postern::snapshot::load_and_compile(conf, &shared) {
         Ok(_) => {
             println!("{conf}: configuration is valid");
             ExitCode::SUCCESS

@@ -6,8 +6,8 @@
 //! Listeners and `server` settings are bound to sockets and runtimes: changing them needs a
 //! binary upgrade (`postern run -u`), and a reload reports that it did not apply them.
 
+use crate::shared::Shared;
 use crate::snapshot::{self, Snapshot};
-use crate::upstream::target::Registry;
 use arc_swap::ArcSwap;
 use serde_json::json;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 pub struct Reloader {
     pub path: String,
     pub snapshot: Arc<ArcSwap<Snapshot>>,
-    pub registry: Arc<Registry>,
+    pub shared: Arc<Shared>,
     /// Wakes the supervisor so it restarts health checks for the new snapshot.
     pub changed: Notify,
     pub generation: AtomicU64,
@@ -44,11 +44,11 @@ impl Outcome {
 }
 
 impl Reloader {
-    pub fn new(path: &str, snapshot: Arc<ArcSwap<Snapshot>>, registry: Arc<Registry>) -> Reloader {
+    pub fn new(path: &str, snapshot: Arc<ArcSwap<Snapshot>>, shared: Arc<Shared>) -> Reloader {
         Reloader {
             path: path.to_string(),
             snapshot,
-            registry,
+            shared,
             changed: Notify::new(),
             generation: AtomicU64::new(1),
             lock: tokio::sync::Mutex::new(()),
@@ -68,10 +68,10 @@ impl Reloader {
 
     async fn reload_inner(&self) -> Result<Outcome, String> {
         let _one_at_a_time = self.lock.lock().await;
-        let (path, registry) = (self.path.clone(), self.registry.clone());
+        let (path, shared) = (self.path.clone(), self.shared.clone());
         let compiled = tokio::task::spawn_blocking(move || {
             let (snap, _listeners) =
-                snapshot::load_and_compile(&path, registry).map_err(|e| e.to_string())?;
+                snapshot::load_and_compile(&path, &shared).map_err(|e| e.to_string())?;
             for g in snap.upstreams.values() {
                 for name in g.resolve_blocking() {
                     log::warn!("upstream {}: {name} does not resolve yet", g.name);
@@ -120,7 +120,8 @@ impl Reloader {
             .iter()
             .flat_map(|(name, g)| g.targets().into_iter().map(move |t| (name.clone(), t.addr)))
             .collect();
-        self.registry
+        self.shared
+            .registry
             .retain(|up, addr| live.contains(&(up.to_string(), addr)));
         self.snapshot.store(Arc::new(compiled));
         self.changed.notify_one();

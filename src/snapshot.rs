@@ -6,11 +6,12 @@ use crate::config::schema::{self, Config};
 use crate::config::{self as cfg, ConfigError, Issue, Loaded};
 use crate::observability::metrics::RouteMetrics;
 use crate::plugins::{self, Chain};
+use crate::ratelimit::cluster::Redis;
 use crate::router::matcher::ValueMatch;
 use crate::router::pattern::Pattern;
 use crate::router::{check_host, Conditions, Router};
+use crate::shared::Shared;
 use crate::tls::SniResolver;
-use crate::upstream::target::Registry;
 use crate::upstream::UpstreamGroup;
 use http::{HeaderName, HeaderValue, Method};
 use std::collections::BTreeMap;
@@ -60,7 +61,17 @@ pub struct Snapshot {
     pub unrouted: RouteMetrics,
     pub upstreams: BTreeMap<String, Arc<UpstreamGroup>>,
     pub limits: Limits,
+    /// The Redis of cluster-wide rate limits, when configured.
+    pub redis: Option<Arc<Redis>>,
     pub config: Config,
+}
+
+/// What compiling a route needs besides the route itself.
+struct RouteEnv<'a> {
+    config: &'a Config,
+    upstreams: &'a BTreeMap<String, Arc<UpstreamGroup>>,
+    shared: &'a Arc<Shared>,
+    redis: Option<(&'a Arc<Redis>, schema::OnError)>,
 }
 
 /// A listener ready to be bound.
@@ -74,15 +85,15 @@ pub struct ListenerPlan {
 /// Loads, checks and compiles a file: what `postern check` and start-up run.
 pub fn load_and_compile(
     path: &str,
-    registry: Arc<Registry>,
+    shared: &Arc<Shared>,
 ) -> Result<(Snapshot, Vec<ListenerPlan>), ConfigError> {
     let loaded = cfg::load(path)?;
-    compile(loaded, registry)
+    compile(loaded, shared)
 }
 
 pub fn compile(
     loaded: Loaded,
-    registry: Arc<Registry>,
+    shared: &Arc<Shared>,
 ) -> Result<(Snapshot, Vec<ListenerPlan>), ConfigError> {
     let Loaded {
         config,
@@ -93,16 +104,29 @@ pub fn compile(
     let listeners = compile_listeners(&config, &mut issues);
     let mut upstreams = BTreeMap::new();
     for (name, u) in &config.upstreams {
-        match UpstreamGroup::new(name, u, registry.clone()) {
+        match UpstreamGroup::new(name, u, shared.registry.clone()) {
             Ok(g) => {
                 upstreams.insert(name.clone(), Arc::new(g));
             }
             Err(mut e) => issues.append(&mut e),
         }
     }
+    let redis = config.cluster.redis.as_ref().and_then(|c| {
+        shared
+            .redis(c)
+            .map(|r| (r, c.on_error))
+            .map_err(|e| issues.push(Issue::new("cluster.redis", e)))
+            .ok()
+    });
     let mut router = Router::default();
     for (i, r) in config.routes.iter().enumerate() {
-        compile_route(i, r, &config, &upstreams, &mut router, &mut issues);
+        let env = RouteEnv {
+            config: &config,
+            upstreams: &upstreams,
+            shared,
+            redis: redis.as_ref().map(|(r, e)| (r, *e)),
+        };
+        compile_route(i, r, &env, &mut router, &mut issues);
     }
     if !issues.is_empty() {
         return Err(ConfigError {
@@ -126,6 +150,7 @@ pub fn compile(
         Snapshot {
             router,
             unrouted: RouteMetrics::new("(none)"),
+            redis: redis.map(|(r, _)| r),
             upstreams,
             limits,
             config,
@@ -163,8 +188,7 @@ fn compile_listeners(c: &Config, issues: &mut Vec<Issue>) -> Vec<ListenerPlan> {
 fn compile_route(
     i: usize,
     r: &schema::Route,
-    c: &Config,
-    upstreams: &BTreeMap<String, Arc<UpstreamGroup>>,
+    env: &RouteEnv,
     router: &mut Router<Arc<Route>>,
     issues: &mut Vec<Issue>,
 ) -> Option<()> {
@@ -181,9 +205,21 @@ fn compile_route(
         }
     }
     let conditions = compile_conditions(&path, &r.matcher, issues);
+    let name: Arc<str> = r
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("route-{i}"))
+        .into();
     let mut plugins = Vec::new();
     for (j, spec) in r.plugins.iter().enumerate() {
-        match plugins::build(spec, &format!("{path}.plugins[{j}]")) {
+        let b = plugins::BuildCtx {
+            route: &name,
+            index: j,
+            path: format!("{path}.plugins[{j}]"),
+            shared: env.shared,
+            redis: env.redis,
+        };
+        match plugins::build(spec, &b) {
             Ok(p) => plugins.push(p),
             Err(mut e) => issues.append(&mut e),
         }
@@ -205,15 +241,10 @@ fn compile_route(
             })
             .ok()
     });
-    let upstream = upstreams.get(&r.upstream)?.clone();
+    let upstream = env.upstreams.get(&r.upstream)?.clone();
     if issues.len() > before {
         return None;
     }
-    let name: Arc<str> = r
-        .name
-        .clone()
-        .unwrap_or_else(|| format!("route-{i}"))
-        .into();
     let route = Route {
         metrics: RouteMetrics::new(&name),
         name,
@@ -223,7 +254,10 @@ fn compile_route(
         strip_prefix: r.rewrite.strip_prefix.clone(),
         rewrite_path,
         host,
-        max_body: r.max_request_body.unwrap_or(c.server.max_request_body).0,
+        max_body: r
+            .max_request_body
+            .unwrap_or(env.config.server.max_request_body)
+            .0,
     };
     router.insert(&hosts, &pattern, conditions?, Arc::new(route));
     Some(())

@@ -134,6 +134,9 @@ const EXPORTED: &[&str] = &[
     "postern_config_reloads_total",
     "postern_config_generation",
     "postern_access_log_dropped_total",
+    "postern_ratelimit_requests_total",
+    "postern_redis_up",
+    "postern_redis_errors_total",
 ];
 
 fn metric_names(text: &str) -> Vec<String> {

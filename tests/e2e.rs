@@ -17,6 +17,8 @@ mod observability;
 mod parsing;
 #[path = "protocols.rs"]
 mod protocols;
+#[path = "ratelimit.rs"]
+mod ratelimit;
 #[path = "reload.rs"]
 mod reload;
 #[path = "routing.rs"]

@@ -2,15 +2,8 @@
 //! reopen on SIGUSR1).
 
 use crate::util::upstream::Upstream;
-use crate::util::{client, raw, upstream_yaml, Gateway};
+use crate::util::{client, metric, raw, upstream_yaml, Gateway};
 use std::time::{Duration, Instant};
-
-fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(name_and_labels))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_a_known_sequence() {

@@ -121,3 +121,10 @@ pub fn redact_query() -> Vec<String> {
     .map(String::from)
     .to_vec()
 }
+
+pub fn redis_timeout() -> Dur {
+    Dur::millis(10)
+}
+pub fn redis_prefix() -> String {
+    "postern".into()
+}

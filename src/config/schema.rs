@@ -25,10 +25,53 @@ pub struct Config {
     /// Access log and metrics.
     #[serde(default)]
     pub observability: Observability,
+    /// State shared between Postern nodes (cluster-wide rate limits).
+    #[serde(default)]
+    pub cluster: Cluster,
     #[serde(default)]
     pub upstreams: BTreeMap<String, Upstream>,
     #[serde(default)]
     pub routes: Vec<Route>,
+}
+
+/// What several Postern nodes share.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    /// The Redis (standalone or Redis Cluster) holding cluster-wide rate-limit state.
+    #[serde(default)]
+    pub redis: Option<RedisConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// One server: `redis://[user:password@]host:port[/db]`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Seed nodes of a Redis Cluster, instead of `url`.
+    #[serde(default)]
+    pub cluster_nodes: Vec<String>,
+    /// Hard limit on one rate-limit check; past it the rule follows `on_error`.
+    #[serde(default = "d::redis_timeout")]
+    pub timeout: Dur,
+    /// When Redis is slow or down: `allow` (fall back to a per-node limit) or `deny` (503).
+    #[serde(default)]
+    pub on_error: OnError,
+    /// Prefix of every key Postern writes.
+    #[serde(default = "d::redis_prefix")]
+    pub key_prefix: String,
+}
+
+/// What a cluster-wide rule does when its store does not answer.
+#[derive(Debug, Clone, Copy, Default, Deserialize, serde::Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    /// Let the request through, limited by the same rule enforced on this node alone.
+    #[default]
+    Allow,
+    /// Answer 503.
+    Deny,
 }
 
 /// Process-wide settings.

@@ -31,6 +31,9 @@ pub struct Families {
     pub reloads: IntCounterVec,
     pub config_generation: IntGauge,
     pub access_log_dropped: IntCounter,
+    ratelimit: IntCounterVec,
+    pub redis_up: IntGauge,
+    pub redis_errors: IntCounter,
 }
 
 fn families() -> Result<Families, prometheus::Error> {
@@ -90,7 +93,60 @@ fn families() -> Result<Families, prometheus::Error> {
             "Access log records dropped because the writer fell behind.",
         )
         .and_then(|c| prometheus::register(Box::new(c.clone())).map(|_| c))?,
+        ratelimit: register_int_counter_vec!(
+            "postern_ratelimit_requests_total",
+            "Requests checked by rate and concurrency limits, by route, rule and result \
+             (allowed, delayed, rejected).",
+            &["route", "rule", "result"]
+        )?,
+        redis_up: register_int_gauge!(
+            "postern_redis_up",
+            "1 while the Redis of cluster-wide rate limits answers, else 0."
+        )?,
+        redis_errors: IntCounter::new(
+            "postern_redis_errors_total",
+            "Redis calls of cluster-wide rate limits that failed or timed out.",
+        )
+        .and_then(|c| prometheus::register(Box::new(c.clone())).map(|_| c))?,
     })
+}
+
+/// Counters of one rate-limit rule on one route: allowed, delayed, rejected.
+#[derive(Clone, Default)]
+pub struct LimitMetrics(Option<[IntCounter; 3]>);
+
+impl LimitMetrics {
+    pub fn new(route: &str, rule: &str) -> LimitMetrics {
+        LimitMetrics(METRICS.as_ref().map(|m| {
+            ["allowed", "delayed", "rejected"]
+                .map(|r| m.ratelimit.with_label_values(&[route, rule, r]))
+        }))
+    }
+    pub fn allowed(&self) {
+        if let Some(c) = &self.0 {
+            c[0].inc();
+        }
+    }
+    pub fn delayed(&self) {
+        if let Some(c) = &self.0 {
+            c[1].inc();
+        }
+    }
+    pub fn rejected(&self) {
+        if let Some(c) = &self.0 {
+            c[2].inc();
+        }
+    }
+}
+
+/// Records a Redis outage or recovery in the metrics.
+pub fn redis_state(up: bool, error: bool) {
+    if let Some(m) = METRICS.as_ref() {
+        m.redis_up.set(i64::from(up));
+        if error {
+            m.redis_errors.inc();
+        }
+    }
 }
 
 /// The process-wide families (Pingora's exporter serves the default registry).

@@ -5,7 +5,10 @@
 //! Adding a plugin: a new file with a typed `Config`, a [`PluginSpec`] variant and one match arm
 //! in [`build`]. `gateway.rs` does not change.
 
+pub mod concurrency_limit;
 pub mod headers;
+pub mod key;
+pub mod rate_limit;
 
 use crate::config::Issue;
 use crate::context::RequestCtx;
@@ -124,6 +127,22 @@ impl Chain {
     }
 }
 
+/// What building a plugin may use besides its config.
+pub struct BuildCtx<'a> {
+    /// Name of the route the plugin belongs to.
+    pub route: &'a str,
+    /// Position in the route's plugin list.
+    pub index: usize,
+    /// Config path of the plugin entry, for errors: `routes[0].plugins[1]`.
+    pub path: String,
+    pub shared: &'a Arc<crate::shared::Shared>,
+    /// The cluster store and its default failure policy, when `cluster.redis` is configured.
+    pub redis: Option<(
+        &'a Arc<crate::ratelimit::cluster::Redis>,
+        crate::config::schema::OnError,
+    )>,
+}
+
 /// Typed plugin configuration: `- headers: { … }` in YAML, a map with exactly one key naming the
 /// plugin. (yaml_serde writes externally tagged enums as YAML tags, so the map form is decoded by
 /// hand here; errors inside a plugin's config keep their path and line.)
@@ -132,10 +151,14 @@ impl Chain {
 pub enum PluginSpec {
     /// Add, set or remove request and response headers.
     Headers(headers::Config),
+    /// Requests per key and window (GCRA), local or cluster-wide.
+    RateLimit(rate_limit::Config),
+    /// Requests in flight per key.
+    ConcurrencyLimit(concurrency_limit::Config),
 }
 
 /// Names accepted as plugin keys, for error messages.
-pub const PLUGIN_NAMES: &[&str] = &["headers"];
+pub const PLUGIN_NAMES: &[&str] = &["headers", "rate_limit", "concurrency_limit"];
 
 impl<'de> Deserialize<'de> for PluginSpec {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -159,6 +182,8 @@ impl<'de> Deserialize<'de> for PluginSpec {
                 };
                 let spec = match name.as_str() {
                     "headers" => PluginSpec::Headers(map.next_value()?),
+                    "rate_limit" => PluginSpec::RateLimit(map.next_value()?),
+                    "concurrency_limit" => PluginSpec::ConcurrencyLimit(map.next_value()?),
                     other => return Err(A::Error::unknown_variant(other, PLUGIN_NAMES)),
                 };
                 if map.next_key::<String>()?.is_some() {
@@ -173,12 +198,18 @@ impl<'de> Deserialize<'de> for PluginSpec {
     }
 }
 
-/// Builds a plugin from its config; `path` names it in errors (`routes[0].plugins[1]`).
-pub fn build(spec: &PluginSpec, path: &str) -> Result<Arc<dyn Plugin>, Vec<Issue>> {
-    match spec {
-        PluginSpec::Headers(c) => Ok(Arc::new(headers::Headers::new(
+/// Builds a plugin from its config; `b.path` names it in errors (`routes[0].plugins[1]`).
+pub fn build(spec: &PluginSpec, b: &BuildCtx) -> Result<Arc<dyn Plugin>, Vec<Issue>> {
+    let at = |name: &str| BuildCtx {
+        path: format!("{}.{name}", b.path),
+        ..*b
+    };
+    Ok(match spec {
+        PluginSpec::Headers(c) => Arc::new(headers::Headers::new(c, &at("headers").path)?),
+        PluginSpec::RateLimit(c) => Arc::new(rate_limit::RateLimit::new(c, &at("rate_limit"))?),
+        PluginSpec::ConcurrencyLimit(c) => Arc::new(concurrency_limit::ConcurrencyLimit::new(
             c,
-            &format!("{path}.headers"),
-        )?)),
-    }
+            &at("concurrency_limit"),
+        )?),
+    })
 }

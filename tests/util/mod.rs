@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod redis;
 pub mod upstream;
 
 use std::io::{Read, Write};
@@ -152,6 +153,31 @@ impl Gateway {
         raw(self.port, request)
     }
 
+    /// The Prometheus text of the admin `/metrics` endpoint.
+    pub fn metrics(&self) -> String {
+        let resp = raw(
+            self.admin,
+            "GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        );
+        resp.split("\r\n\r\n").nth(1).unwrap_or("").to_string()
+    }
+
+    /// Waits until a metric (name with labels, as printed) has the value.
+    pub fn wait_metric(&self, name: &str, value: f64) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = self.metrics();
+            if metric(&text, name) == Some(value) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {name} = {value}:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The admin `/upstreams` document.
     pub fn upstreams(&self) -> serde_json::Value {
         let resp = raw(
@@ -198,6 +224,14 @@ pub fn raw_bytes(port: u16, request: &[u8]) -> String {
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The value of a metric line starting with `name_and_labels` in Prometheus text.
+pub fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
 
 /// Status code of a raw response.
