@@ -120,8 +120,10 @@ impl Key {
     }
 }
 
-/// Process-random hash of a key, for the local engines.
+/// Hash of a key for the local engines: foldhash with a per-process random seed (fast, and keys
+/// chosen by clients cannot be made to collide without knowing the seed).
 pub fn hash(key: &str) -> u64 {
-    static STATE: LazyLock<std::hash::RandomState> = LazyLock::new(std::hash::RandomState::new);
+    static STATE: LazyLock<foldhash::fast::RandomState> =
+        LazyLock::new(foldhash::fast::RandomState::default);
     STATE.hash_one(key)
 }

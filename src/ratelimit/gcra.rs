@@ -35,6 +35,19 @@ impl Hasher for PreHashed {
 
 pub(crate) type PreHashedMap<V> = HashMap<u64, V, BuildHasherDefault<PreHashed>>;
 
+/// One shard's lock on its own cache lines, so that two cores working on neighbouring shards do
+/// not invalidate each other's line (false sharing).
+#[repr(align(128))]
+#[derive(Default)]
+pub(crate) struct Padded<T>(pub T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 /// Shard index from bits that neither hashbrown's bucket index (low bits) nor its control tag
 /// (top 7 bits) use, so every shard still spreads its keys evenly.
 pub(crate) fn shard_of(hash: u64) -> usize {
@@ -73,13 +86,15 @@ impl Cell {
     }
 }
 
-/// Arrival times per key, one per limit.
-type Shard = PreHashedMap<Box<[u64]>>;
+/// Arrival times of a key, one per limit; inline for rules of up to two limits (the common
+/// case), so a check touches one cache line of the map and no separate allocation.
+type Tats = smallvec::SmallVec<[u64; 2]>;
+type Shard = PreHashedMap<Tats>;
 
 pub struct LocalGcra {
     cells: Box<[Cell]>,
     max_delay: u64,
-    shards: Box<[Mutex<Shard>]>,
+    shards: Box<[Padded<Mutex<Shard>>]>,
     shard_cap: usize,
     clock: Clock,
 }
@@ -89,9 +104,7 @@ impl LocalGcra {
         LocalGcra {
             cells: quotas.iter().map(Cell::new).collect(),
             max_delay: max_delay.as_nanos() as u64,
-            shards: (0..SHARDS)
-                .map(|_| Mutex::new(PreHashedMap::default()))
-                .collect(),
+            shards: (0..SHARDS).map(|_| Padded::default()).collect(),
             shard_cap: (max_keys / SHARDS).max(1),
             clock: Clock::new(),
         }
@@ -103,12 +116,12 @@ impl LocalGcra {
     pub fn check(&self, hash: u64) -> Outcome {
         let now = self.clock.now();
         let mut shard = self.shards[shard_of(hash)].lock();
-        if !shard.contains_key(&hash) && shard.len() >= self.shard_cap {
+        if shard.len() >= self.shard_cap && !shard.contains_key(&hash) {
             evict(&mut shard, self.shard_cap, now);
         }
         let tats = shard
             .entry(hash)
-            .or_insert_with(|| vec![0; self.cells.len()].into_boxed_slice());
+            .or_insert_with(|| smallvec::smallvec![0; self.cells.len()]);
         decide(&self.cells, tats, now, self.max_delay)
     }
 
