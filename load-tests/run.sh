@@ -21,6 +21,17 @@ cargo build --profile dist --bin postern
 export GATEWAY_CMD="$PWD/target/dist/postern run -c @CONFIG@"
 export GATEWAY_NAME="postern-$SCENARIO"
 export GATEWAY_CONFIG_TEMPLATE="$PWD/load-tests/scenarios/$SCENARIO.yaml.tmpl"
+# Scenarios that use Redis get their own redis-server on a free loopback port.
+if grep -q "@REDIS_PORT@" "$GATEWAY_CONFIG_TEMPLATE"; then
+  command -v redis-server >/dev/null || { echo "missing redis-server: apt-get install -y redis-server" >&2; exit 1; }
+  REDIS_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --daemonize no >/dev/null &
+  REDIS_PID=$!
+  trap 'kill $REDIS_PID 2>/dev/null' EXIT
+  TMPL=$(mktemp /tmp/postern-scenario.XXXXXX.yaml.tmpl)
+  sed "s/@REDIS_PORT@/$REDIS_PORT/" "$GATEWAY_CONFIG_TEMPLATE" > "$TMPL"
+  export GATEWAY_CONFIG_TEMPLATE="$TMPL"
+fi
 export TARGETS=${TARGETS:-"direct nginx pingora"}
 export RESULTS_DIR=${RESULTS_DIR:-$PWD/load-tests/results/$(date -u +%Y%m%dT%H%M%SZ)-$SCENARIO}
 export BENCH_WORK=${BENCH_WORK:-${TMPDIR:-/tmp}/gateway-bench}
