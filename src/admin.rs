@@ -212,7 +212,13 @@ impl ServeHttp for Admin {
 }
 
 /// Field names whose values are secrets wherever they appear in the configuration.
-const SECRET_FIELDS: &[&str] = &["token", "password", "secret", "client_secret"];
+const SECRET_FIELDS: &[&str] = &[
+    "token",
+    "password",
+    "secret",
+    "client_secret",
+    "password_hash",
+];
 
 /// Replaces secrets in the configuration document: values of [`SECRET_FIELDS`] and the password
 /// of URLs with credentials (`redis://user:password@host`).
@@ -225,6 +231,13 @@ pub fn redact(v: &mut serde_json::Value) {
                     && val.as_str().is_some_and(|s| !s.is_empty())
                 {
                     *val = json!("REDACTED");
+                } else if k == "api_keys" {
+                    // Plain keys of consumers (digests stay: they identify, they do not open).
+                    for entry in val.as_array_mut().into_iter().flatten() {
+                        if let Some(key) = entry.get_mut("key").filter(|k| k.is_string()) {
+                            *key = json!("REDACTED");
+                        }
+                    }
                 } else {
                     redact(val);
                 }
@@ -252,6 +265,7 @@ mod tests {
             "admin": { "token": "t0p" },
             "cluster": { "redis": { "url": "redis://app:s3cret@10.0.0.1:6379/0" } },
             "other": [ { "password": "x" }, "plain" ],
+            "consumers": [ { "api_keys": [ { "key": "k3y" } ], "basic": { "password_hash": "$2b$h" } } ],
         });
         super::redact(&mut v);
         let s = v.to_string();
@@ -259,6 +273,7 @@ mod tests {
             !s.contains("t0p") && !s.contains("s3cret") && !s.contains("\"x\""),
             "{s}"
         );
+        assert!(!s.contains("k3y") && !s.contains("$2b$h"), "{s}");
         assert!(s.contains("redis://app:REDACTED@10.0.0.1:6379/0"));
     }
 }

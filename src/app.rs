@@ -172,6 +172,9 @@ impl BackgroundService for Supervisor {
             if let Some(r) = &snap.redis {
                 r.connect_in_background();
             }
+            for route in &snap.routes {
+                route.chain.start();
+            }
             drop(snap);
             tokio::select! {
                 _ = shutdown.changed() => {

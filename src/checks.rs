@@ -265,6 +265,7 @@ mod tests {
             request_id: true,
             trace: false,
             preserve_header_case: false,
+            trusted_proxies: Vec::new(),
         }
     }
 

@@ -32,6 +32,9 @@ pub struct RequestCtx {
     pub params: Vec<(Arc<str>, String)>,
     /// The W3C trace this request belongs to (when tracing propagation is on).
     pub trace: Option<crate::observability::trace::TraceContext>,
+    /// The client address: the peer, or the address a trusted proxy forwarded
+    /// (`server.trusted_proxies`).
+    pub client_ip: Option<IpAddr>,
     /// Who is calling, once an authentication plugin identified the caller.
     pub consumer: Option<Arc<Consumer>>,
     /// Claims of a verified token (JWT or introspection), for keys and header templates.

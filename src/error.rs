@@ -23,6 +23,10 @@ pub enum GatewayError {
     BadGateway,
     /// The upstream did not answer in time.
     UpstreamTimeout,
+    /// Authentication failed or is missing; the reason is public.
+    Unauthorized(&'static str),
+    /// The caller is known but not allowed; the reason is public.
+    Forbidden(&'static str),
     /// A rate or concurrency limit refused the request; the reason is public.
     TooManyRequests(&'static str),
     /// A service the gateway depends on for this request (e.g. the rate-limit store) is down.
@@ -41,6 +45,8 @@ impl GatewayError {
             GatewayError::NoHealthyTarget => 503,
             GatewayError::BadGateway => 502,
             GatewayError::UpstreamTimeout => 504,
+            GatewayError::Unauthorized(_) => 401,
+            GatewayError::Forbidden(_) => 403,
             GatewayError::TooManyRequests(_) => 429,
             GatewayError::Unavailable(_) => 503,
             GatewayError::Internal => 500,
@@ -57,6 +63,8 @@ impl GatewayError {
             GatewayError::NoHealthyTarget => "no-healthy-upstream",
             GatewayError::BadGateway => "bad-gateway",
             GatewayError::UpstreamTimeout => "upstream-timeout",
+            GatewayError::Unauthorized(_) => "unauthorized",
+            GatewayError::Forbidden(_) => "forbidden",
             GatewayError::TooManyRequests(_) => "rate-limited",
             GatewayError::Unavailable(_) => "unavailable",
             GatewayError::Internal => "internal-error",
@@ -72,6 +80,8 @@ impl GatewayError {
             GatewayError::NoHealthyTarget => "Service Unavailable",
             GatewayError::BadGateway => "Bad Gateway",
             GatewayError::UpstreamTimeout => "Gateway Timeout",
+            GatewayError::Unauthorized(_) => "Unauthorized",
+            GatewayError::Forbidden(_) => "Forbidden",
             GatewayError::TooManyRequests(_) => "Too Many Requests",
             GatewayError::Unavailable(_) => "Service Unavailable",
             GatewayError::Internal => "Internal Server Error",
@@ -87,7 +97,10 @@ impl GatewayError {
             GatewayError::NoHealthyTarget => "No healthy upstream target is available.",
             GatewayError::BadGateway => "The upstream service failed to answer correctly.",
             GatewayError::UpstreamTimeout => "The upstream service did not answer in time.",
-            GatewayError::TooManyRequests(why) | GatewayError::Unavailable(why) => why,
+            GatewayError::TooManyRequests(why)
+            | GatewayError::Unavailable(why)
+            | GatewayError::Unauthorized(why)
+            | GatewayError::Forbidden(why) => why,
             GatewayError::Internal => "The gateway failed to process the request.",
         }
     }

@@ -145,6 +145,11 @@ impl ProxyHttp for Gateway {
             sni: None,
             http2: h2,
         };
+        ctx.req.client_ip = crate::auth::client_ip(
+            ctx.req.conn.client_ip,
+            session.req_header(),
+            &limits.trusted_proxies,
+        );
         if limits.request_id {
             ctx.req.request_id = forward::request_id(session.req_header());
         }
@@ -223,7 +228,7 @@ impl ProxyHttp for Gateway {
             tokio::time::sleep(group.retry.backoff).await;
         }
         let target = group
-            .select(session.req_header(), ctx.req.conn.client_ip, &ctx.tried)
+            .select(session.req_header(), ctx.req.client_ip, &ctx.tried)
             .map_err(|e| fail(ctx, e))?;
         if ctx.tries > 0 {
             if let Some(c) = &group.metrics.retries {
@@ -534,6 +539,7 @@ fn access_record(
         request_id: &'a str,
         trace_id: Option<String>,
         client: Option<std::net::IpAddr>,
+        consumer: Option<&'a str>,
         method: &'a str,
         host: Option<&'a str>,
         path: std::borrow::Cow<'a, str>,
@@ -555,7 +561,8 @@ fn access_record(
         time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
         request_id: &ctx.req.request_id,
         trace_id: ctx.req.trace.map(|t| t.trace_id_hex()),
-        client: ctx.req.conn.client_ip,
+        client: ctx.req.client_ip,
+        consumer: ctx.req.consumer.as_deref().map(|c| c.name.as_str()),
         method: req.method.as_str(),
         host: ctx.client_host.as_deref(),
         path: log.redacted_target(req.uri.path(), req.uri.query()),

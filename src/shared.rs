@@ -2,6 +2,7 @@
 //! connection. A reload compiles the new snapshot against the same `Shared`, so whatever did not
 //! change keeps its state.
 
+use crate::auth::jwks::RemoteJwks;
 use crate::config::schema::RedisConfig;
 use crate::ratelimit::cluster::Redis;
 use crate::ratelimit::Store;
@@ -14,11 +15,37 @@ pub struct Shared {
     pub registry: Arc<Registry>,
     pub limits: Store,
     redis: Mutex<Option<Arc<Redis>>>,
+    jwks: Mutex<std::collections::HashMap<String, std::sync::Weak<RemoteJwks>>>,
 }
 
 impl Shared {
     pub fn new() -> Arc<Shared> {
         Arc::new(Shared::default())
+    }
+
+    /// The JWKS of a URL with these settings: one fetcher (and key set) per distinct setting,
+    /// kept across reloads while a route uses it.
+    pub fn jwks(
+        &self,
+        url: &str,
+        refresh: std::time::Duration,
+        min_refetch: std::time::Duration,
+        fallback: &[jsonwebtoken::Algorithm],
+    ) -> Result<Arc<RemoteJwks>, String> {
+        let id = format!("{url}\n{refresh:?}\n{min_refetch:?}\n{fallback:?}");
+        let mut m = self.jwks.lock();
+        m.retain(|_, w| w.strong_count() > 0);
+        if let Some(j) = m.get(&id).and_then(std::sync::Weak::upgrade) {
+            return Ok(j);
+        }
+        let j = Arc::new(RemoteJwks::new(
+            url.to_string(),
+            refresh,
+            min_refetch,
+            fallback.to_vec(),
+        )?);
+        m.insert(id, Arc::downgrade(&j));
+        Ok(j)
     }
 
     /// The Redis client for these settings: the current one when they did not change.

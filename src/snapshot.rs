@@ -53,6 +53,8 @@ pub struct Limits {
     pub request_id: bool,
     pub trace: bool,
     pub preserve_header_case: bool,
+    /// `server.trusted_proxies`, parsed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 pub struct Snapshot {
@@ -61,6 +63,8 @@ pub struct Snapshot {
     pub unrouted: RouteMetrics,
     pub upstreams: BTreeMap<String, Arc<UpstreamGroup>>,
     pub limits: Limits,
+    /// Every route, for starting their plugins' background work.
+    pub routes: Vec<Arc<Route>>,
     /// The Redis of cluster-wide rate limits, when configured.
     pub redis: Option<Arc<Redis>>,
     pub config: Config,
@@ -71,6 +75,7 @@ struct RouteEnv<'a> {
     config: &'a Config,
     upstreams: &'a BTreeMap<String, Arc<UpstreamGroup>>,
     shared: &'a Arc<Shared>,
+    consumers: &'a Arc<crate::auth::Consumers>,
     redis: Option<(&'a Arc<Redis>, schema::OnError)>,
 }
 
@@ -118,15 +123,34 @@ pub fn compile(
             .map_err(|e| issues.push(Issue::new("cluster.redis", e)))
             .ok()
     });
+    let consumers = Arc::new(crate::auth::Consumers::compile(
+        &config.consumers,
+        &mut issues,
+    ));
+    let trusted_proxies: Vec<ipnet::IpNet> = config
+        .server
+        .trusted_proxies
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            crate::plugins::ip_filter::parse_net(s)
+                .map_err(|e| issues.push(Issue::new(format!("server.trusted_proxies[{i}]"), e)))
+                .ok()
+        })
+        .collect();
     let mut router = Router::default();
+    let mut routes = Vec::new();
     for (i, r) in config.routes.iter().enumerate() {
         let env = RouteEnv {
+            consumers: &consumers,
             config: &config,
             upstreams: &upstreams,
             shared,
             redis: redis.as_ref().map(|(r, e)| (r, *e)),
         };
-        compile_route(i, r, &env, &mut router, &mut issues);
+        if let Some(route) = compile_route(i, r, &env, &mut router, &mut issues) {
+            routes.push(route);
+        }
     }
     if !issues.is_empty() {
         return Err(ConfigError {
@@ -145,12 +169,14 @@ pub fn compile(
         request_id: s.request_id,
         trace: config.observability.tracing.propagate,
         preserve_header_case: s.preserve_header_case,
+        trusted_proxies,
     };
     Ok((
         Snapshot {
             router,
             unrouted: RouteMetrics::new("(none)"),
             redis: redis.map(|(r, _)| r),
+            routes,
             upstreams,
             limits,
             config,
@@ -191,7 +217,7 @@ fn compile_route(
     env: &RouteEnv,
     router: &mut Router<Arc<Route>>,
     issues: &mut Vec<Issue>,
-) -> Option<()> {
+) -> Option<Arc<Route>> {
     let path = format!("routes[{i}]");
     let before = issues.len();
     let pattern_src = r.matcher.path.as_deref().unwrap_or("/*");
@@ -217,6 +243,7 @@ fn compile_route(
             index: j,
             path: format!("{path}.plugins[{j}]"),
             shared: env.shared,
+            consumers: env.consumers,
             redis: env.redis,
         };
         match plugins::build(spec, &b) {
@@ -259,8 +286,9 @@ fn compile_route(
             .unwrap_or(env.config.server.max_request_body)
             .0,
     };
-    router.insert(&hosts, &pattern, conditions?, Arc::new(route));
-    Some(())
+    let route = Arc::new(route);
+    router.insert(&hosts, &pattern, conditions?, route.clone());
+    Some(route)
 }
 
 fn compile_conditions(

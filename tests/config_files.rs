@@ -35,6 +35,8 @@ fn every_example_config_is_valid() {
         let out = std::process::Command::new(BIN)
             .current_dir(root())
             .args(["check", "-c", rel.to_str().unwrap()])
+            // Secrets the examples take from the environment.
+            .env("CI_BOT_API_KEY", "example-key")
             .output()
             .unwrap();
         assert!(
@@ -137,6 +139,7 @@ const EXPORTED: &[&str] = &[
     "postern_ratelimit_requests_total",
     "postern_redis_up",
     "postern_redis_errors_total",
+    "postern_auth_failures_total",
 ];
 
 fn metric_names(text: &str) -> Vec<String> {

@@ -5,6 +5,8 @@
 #[path = "util/mod.rs"]
 mod util;
 
+#[path = "auth.rs"]
+mod auth;
 #[path = "balancing.rs"]
 mod balancing;
 #[path = "config_files.rs"]

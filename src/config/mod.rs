@@ -43,6 +43,7 @@ pub fn load_str(text: &str, file: &str) -> Result<Loaded, ConfigError> {
     let lines = LineIndex::build(&expanded);
     let mut issues = Issues::default();
     validate::check(&config, &mut issues);
+    plain_keys_from_env(&config, text, &lines, &mut issues);
     if !issues.is_empty() {
         return Err(fail(locate(issues.0, &lines)));
     }
@@ -51,6 +52,31 @@ pub fn load_str(text: &str, file: &str) -> Result<Loaded, ConfigError> {
         lines,
         file: file.to_string(),
     })
+}
+
+/// A plain API key (`key:`) must come from the environment: the raw line has to hold `${VAR}`
+/// (without a `:-default`, which would put the key in the file after all).
+fn plain_keys_from_env(config: &Config, raw: &str, lines: &LineIndex, issues: &mut Issues) {
+    let raw_lines: Vec<&str> = raw.lines().collect();
+    for (i, c) in config.consumers.iter().enumerate() {
+        for (j, k) in c.api_keys.iter().enumerate() {
+            if k.key.is_none() {
+                continue;
+            }
+            let path = format!("consumers[{i}].api_keys[{j}].key");
+            let from_env = lines
+                .line(&path)
+                .or_else(|| lines.line(&format!("consumers[{i}].api_keys[{j}]")))
+                .and_then(|n| raw_lines.get(n.saturating_sub(1)))
+                .is_some_and(|l| l.contains("${") && !l.contains(":-"));
+            if !from_env {
+                issues.push(
+                    Issue::new(path, "a plain API key must come from the environment")
+                        .hint("write `key: ${ALICE_API_KEY}`, or store `sha256:` of the key"),
+                );
+            }
+        }
+    }
 }
 
 /// Adds line numbers to issues found after parsing.

@@ -25,6 +25,9 @@ pub struct Config {
     /// Access log and metrics.
     #[serde(default)]
     pub observability: Observability,
+    /// Known callers; authentication plugins resolve requests to them.
+    #[serde(default)]
+    pub consumers: Vec<ConsumerConfig>,
     /// State shared between Postern nodes (cluster-wide rate limits).
     #[serde(default)]
     pub cluster: Cluster,
@@ -32,6 +35,43 @@ pub struct Config {
     pub upstreams: BTreeMap<String, Upstream>,
     #[serde(default)]
     pub routes: Vec<Route>,
+}
+
+/// A known caller and its credentials.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerConfig {
+    /// Unique name; also what a JWT's consumer claim (`sub` by default) is matched against.
+    pub name: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// API keys, stored as SHA-256 digests.
+    #[serde(default)]
+    pub api_keys: Vec<ApiKeyCredential>,
+    /// Basic credentials.
+    #[serde(default)]
+    pub basic: Option<BasicCredential>,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyCredential {
+    /// Hex SHA-256 of the key (`printf %s KEY | sha256sum`).
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// The key itself; only accepted as `${ENV_VAR}` so that keys stay out of files.
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BasicCredential {
+    /// Defaults to the consumer name.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// argon2id (`$argon2id$...`) or bcrypt (`$2b$...`) hash of the password.
+    pub password_hash: String,
 }
 
 /// What several Postern nodes share.
@@ -129,6 +169,10 @@ pub struct Server {
     /// lower case; costs throughput (Pingora keeps a second header map for it).
     #[serde(default)]
     pub preserve_header_case: bool,
+    /// Proxies (addresses or CIDR blocks) whose `X-Forwarded-For` is believed when finding the
+    /// client address (used by `client_ip` keys, `ip_filter` and the access log).
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 /// Forwarding headers added to proxied requests (each costs a header insertion per request).
@@ -179,6 +223,7 @@ impl Default for Server {
             forwarded_headers: ForwardedHeaders::default(),
             request_id: true,
             preserve_header_case: false,
+            trusted_proxies: Vec::new(),
         }
     }
 }

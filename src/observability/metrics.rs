@@ -34,6 +34,7 @@ pub struct Families {
     ratelimit: IntCounterVec,
     pub redis_up: IntGauge,
     pub redis_errors: IntCounter,
+    auth_failures: IntCounterVec,
 }
 
 fn families() -> Result<Families, prometheus::Error> {
@@ -103,6 +104,12 @@ fn families() -> Result<Families, prometheus::Error> {
             "postern_redis_up",
             "1 while the Redis of cluster-wide rate limits answers, else 0."
         )?,
+        auth_failures: register_int_counter_vec!(
+            "postern_auth_failures_total",
+            "Requests refused by authentication and authorization plugins, by route, plugin and \
+             reason.",
+            &["route", "plugin", "reason"]
+        )?,
         redis_errors: IntCounter::new(
             "postern_redis_errors_total",
             "Redis calls of cluster-wide rate limits that failed or timed out.",
@@ -135,6 +142,35 @@ impl LimitMetrics {
     pub fn rejected(&self) {
         if let Some(c) = &self.0 {
             c[2].inc();
+        }
+    }
+}
+
+/// Failure counters of one authentication or authorization plugin on one route, one per reason.
+#[derive(Clone, Default)]
+pub struct AuthMetrics(Option<Vec<(crate::auth::AuthFail, IntCounter)>>);
+
+impl AuthMetrics {
+    pub fn new(route: &str, plugin: &str) -> AuthMetrics {
+        AuthMetrics(METRICS.as_ref().map(|m| {
+            crate::auth::AuthFail::ALL
+                .iter()
+                .map(|f| {
+                    (
+                        *f,
+                        m.auth_failures
+                            .with_label_values(&[route, plugin, f.reason()]),
+                    )
+                })
+                .collect()
+        }))
+    }
+
+    pub fn failed(&self, why: crate::auth::AuthFail) {
+        if let Some(v) = &self.0 {
+            if let Some((_, c)) = v.iter().find(|(f, _)| *f == why) {
+                c.inc();
+            }
         }
     }
 }

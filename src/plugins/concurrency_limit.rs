@@ -8,8 +8,7 @@
 //! ```
 
 use super::key::{self, Key, KeyConfig, MissingKey};
-use super::rate_limit::retry_after;
-use super::{BuildCtx, Flow, Plugin};
+use super::{retry_after, BuildCtx, Flow, Plugin};
 use crate::config::Issue;
 use crate::context::RequestCtx;
 use crate::error::GatewayError;

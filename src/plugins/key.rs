@@ -82,11 +82,11 @@ impl Key {
                 out.push('\n');
             }
             let ok = match p {
-                Part::Request(HashKey::ClientIp) => match ctx.conn.client_ip {
+                Part::Request(HashKey::ClientIp) => match ctx.client_ip {
                     Some(ip) => write!(out, "{ip}").is_ok(),
                     None => false,
                 },
-                Part::Request(k) => match k.extract(req, ctx.conn.client_ip) {
+                Part::Request(k) => match k.extract(req, ctx.client_ip) {
                     Some(v) => {
                         out.push_str(&String::from_utf8_lossy(&v));
                         true

@@ -5,8 +5,14 @@
 //! Adding a plugin: a new file with a typed `Config`, a [`PluginSpec`] variant and one match arm
 //! in [`build`]. `gateway.rs` does not change.
 
+pub mod acl;
+pub mod api_key;
+pub mod auth;
+pub mod basic_auth;
 pub mod concurrency_limit;
 pub mod headers;
+pub mod ip_filter;
+pub mod jwt;
 pub mod key;
 pub mod rate_limit;
 
@@ -69,6 +75,10 @@ pub trait Plugin: Send + Sync + 'static {
 
     /// Once per request, after the response was sent (or the request failed).
     fn on_log(&self, _ctx: &RequestCtx) {}
+
+    /// Starts background work (key refresh, connections). Called for every snapshot put in
+    /// service, inside the runtime; must be idempotent.
+    fn start(&self) {}
 }
 
 /// A route's plugins, in configuration order.
@@ -125,6 +135,19 @@ impl Chain {
     pub fn on_log(&self, ctx: &RequestCtx) {
         self.plugins.iter().rev().for_each(|p| p.on_log(ctx));
     }
+
+    pub fn start(&self) {
+        self.plugins.iter().for_each(|p| p.start());
+    }
+}
+
+/// `Retry-After` in whole seconds, at least 1.
+pub fn retry_after(d: std::time::Duration) -> (http::HeaderName, http::HeaderValue) {
+    let secs = d.as_nanos().div_ceil(1_000_000_000) as u64;
+    (
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from(secs.max(1)),
+    )
 }
 
 /// What building a plugin may use besides its config.
@@ -136,6 +159,8 @@ pub struct BuildCtx<'a> {
     /// Config path of the plugin entry, for errors: `routes[0].plugins[1]`.
     pub path: String,
     pub shared: &'a Arc<crate::shared::Shared>,
+    /// The compiled `consumers` section.
+    pub consumers: &'a Arc<crate::auth::Consumers>,
     /// The cluster store and its default failure policy, when `cluster.redis` is configured.
     pub redis: Option<(
         &'a Arc<crate::ratelimit::cluster::Redis>,
@@ -155,10 +180,32 @@ pub enum PluginSpec {
     RateLimit(rate_limit::Config),
     /// Requests in flight per key.
     ConcurrencyLimit(concurrency_limit::Config),
+    /// JSON Web Token verification (keys inline, from a JWKS file or URL).
+    Jwt(Box<jwt::Config>),
+    /// API keys of consumers, in a header or query parameter.
+    ApiKey(api_key::Config),
+    /// HTTP Basic credentials of consumers (argon2id or bcrypt hashes).
+    BasicAuth(basic_auth::Config),
+    /// Any one of several authentication mechanisms.
+    Auth(auth::Config),
+    /// Allow or deny by consumer name or group.
+    Acl(acl::Config),
+    /// Allow or deny by client address.
+    IpFilter(ip_filter::Config),
 }
 
 /// Names accepted as plugin keys, for error messages.
-pub const PLUGIN_NAMES: &[&str] = &["headers", "rate_limit", "concurrency_limit"];
+pub const PLUGIN_NAMES: &[&str] = &[
+    "headers",
+    "rate_limit",
+    "concurrency_limit",
+    "jwt",
+    "api_key",
+    "basic_auth",
+    "auth",
+    "acl",
+    "ip_filter",
+];
 
 impl<'de> Deserialize<'de> for PluginSpec {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -184,6 +231,12 @@ impl<'de> Deserialize<'de> for PluginSpec {
                     "headers" => PluginSpec::Headers(map.next_value()?),
                     "rate_limit" => PluginSpec::RateLimit(map.next_value()?),
                     "concurrency_limit" => PluginSpec::ConcurrencyLimit(map.next_value()?),
+                    "jwt" => PluginSpec::Jwt(map.next_value()?),
+                    "api_key" => PluginSpec::ApiKey(map.next_value()?),
+                    "basic_auth" => PluginSpec::BasicAuth(map.next_value()?),
+                    "auth" => PluginSpec::Auth(map.next_value()?),
+                    "acl" => PluginSpec::Acl(map.next_value()?),
+                    "ip_filter" => PluginSpec::IpFilter(map.next_value()?),
                     other => return Err(A::Error::unknown_variant(other, PLUGIN_NAMES)),
                 };
                 if map.next_key::<String>()?.is_some() {
@@ -211,5 +264,11 @@ pub fn build(spec: &PluginSpec, b: &BuildCtx) -> Result<Arc<dyn Plugin>, Vec<Iss
             c,
             &at("concurrency_limit"),
         )?),
+        PluginSpec::Jwt(c) => Arc::new(jwt::Jwt::new(c, &at("jwt"))?),
+        PluginSpec::ApiKey(c) => Arc::new(api_key::ApiKey::new(c, &at("api_key"))?),
+        PluginSpec::BasicAuth(c) => Arc::new(basic_auth::BasicAuth::new(c, &at("basic_auth"))?),
+        PluginSpec::Auth(c) => Arc::new(auth::AnyAuth::new(c, &at("auth"))?),
+        PluginSpec::Acl(c) => Arc::new(acl::Acl::new(c, &at("acl"))?),
+        PluginSpec::IpFilter(c) => Arc::new(ip_filter::IpFilter::new(c, &at("ip_filter"))?),
     })
 }

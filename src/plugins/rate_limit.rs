@@ -22,7 +22,7 @@
 //! the same algorithm in Redis with the Redis server's clock.
 
 use super::key::{self, Key, KeyConfig, MissingKey};
-use super::{BuildCtx, Flow, Plugin};
+use super::{retry_after, BuildCtx, Flow, Plugin};
 use crate::config::schema::OnError;
 use crate::config::types::Dur;
 use crate::config::Issue;
@@ -150,14 +150,6 @@ static X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
 fn ceil_secs(d: Duration) -> u64 {
     d.as_nanos().div_ceil(1_000_000_000) as u64
-}
-
-/// `Retry-After` in whole seconds, at least 1.
-pub fn retry_after(d: Duration) -> (HeaderName, HeaderValue) {
-    (
-        http::header::RETRY_AFTER,
-        HeaderValue::from(ceil_secs(d).max(1)),
-    )
 }
 
 impl RateLimit {

@@ -45,11 +45,16 @@ impl Gateway {
 
     /// `extra` is appended to the generated listeners list (already indented items).
     pub fn start_with(body: &str, extra: &str) -> Gateway {
+        Self::start_full(body, extra, "")
+    }
+
+    /// `server` is appended to the generated `server:` section (indented lines).
+    pub fn start_full(body: &str, extra: &str, server: &str) -> Gateway {
         for _ in 0..5 {
             let (port, admin) = (free_port(), free_port());
             let dir = tempfile::tempdir().unwrap();
             let head = format!(
-                "listeners:\n  - {{ name: main, addr: \"127.0.0.1:{port}\", h2c: true }}\n{extra}admin: {{ addr: \"127.0.0.1:{admin}\", token: {ADMIN_TOKEN} }}\nserver:\n  threads: 2\n  grace_period: 1s\n  graceful_shutdown_timeout: 1s\n  pid_file: {d}/postern.pid\n  upgrade_sock: {d}/upgrade.sock\n",
+                "listeners:\n  - {{ name: main, addr: \"127.0.0.1:{port}\", h2c: true }}\n{extra}admin: {{ addr: \"127.0.0.1:{admin}\", token: {ADMIN_TOKEN} }}\nserver:\n  threads: 2\n  grace_period: 1s\n  graceful_shutdown_timeout: 1s\n  pid_file: {d}/postern.pid\n  upgrade_sock: {d}/upgrade.sock\n{server}",
                 d = dir.path().display()
             );
             let yaml = format!("{head}{body}");

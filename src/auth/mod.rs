@@ -1,0 +1,342 @@
+//! What the authentication plugins share: the compiled `consumers` section (lookups by name, by
+//! API-key digest and by Basic user name), password hashes, JWKS key sets, and where a token is
+//! read from. Plugins resolve a request to a [`Consumer`] and record it in the request context.
+
+pub mod jwks;
+pub mod password;
+
+use crate::config::schema::ConsumerConfig;
+use crate::config::Issue;
+use crate::context::Consumer;
+use password::PasswordHash;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The `consumers` section, compiled.
+#[derive(Default)]
+pub struct Consumers {
+    by_name: HashMap<String, Arc<Consumer>>,
+    api_keys: HashMap<[u8; 32], Arc<Consumer>>,
+    basic: HashMap<String, (PasswordHash, Arc<Consumer>)>,
+}
+
+/// SHA-256 of a secret.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+fn parse_hex32(s: &str) -> Option<[u8; 32]> {
+    let s = s.trim();
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+impl Consumers {
+    pub fn compile(list: &[ConsumerConfig], issues: &mut Vec<Issue>) -> Consumers {
+        let mut c = Consumers::default();
+        for (i, cc) in list.iter().enumerate() {
+            let path = format!("consumers[{i}]");
+            let consumer = Arc::new(Consumer {
+                name: cc.name.clone(),
+                groups: cc.groups.clone(),
+            });
+            if cc.name.is_empty() {
+                issues.push(Issue::new(
+                    format!("{path}.name"),
+                    "a consumer needs a name",
+                ));
+            }
+            if c.by_name
+                .insert(cc.name.clone(), consumer.clone())
+                .is_some()
+            {
+                issues.push(Issue::new(
+                    format!("{path}.name"),
+                    format!("duplicate consumer name \"{}\"", cc.name),
+                ));
+            }
+            for (j, k) in cc.api_keys.iter().enumerate() {
+                let p = format!("{path}.api_keys[{j}]");
+                let digest = match (&k.sha256, &k.key) {
+                    (Some(h), None) => parse_hex32(h).or_else(|| {
+                        issues.push(Issue::new(
+                            format!("{p}.sha256"),
+                            "expected 64 hex digits (the SHA-256 of the key)",
+                        ));
+                        None
+                    }),
+                    (None, Some(plain)) if !plain.is_empty() => Some(sha256(plain.as_bytes())),
+                    _ => {
+                        issues.push(Issue::new(p.clone(), "give either `sha256` or `key`"));
+                        None
+                    }
+                };
+                if let Some(d) = digest {
+                    if c.api_keys.insert(d, consumer.clone()).is_some() {
+                        issues.push(Issue::new(
+                            p,
+                            "this API key belongs to another consumer too",
+                        ));
+                    }
+                }
+            }
+            if let Some(b) = &cc.basic {
+                let user = b.username.clone().unwrap_or_else(|| cc.name.clone());
+                match PasswordHash::parse(&b.password_hash) {
+                    Ok(h) => {
+                        if c.basic
+                            .insert(user.clone(), (h, consumer.clone()))
+                            .is_some()
+                        {
+                            issues.push(Issue::new(
+                                format!("{path}.basic.username"),
+                                format!("duplicate Basic user name \"{user}\""),
+                            ));
+                        }
+                    }
+                    Err(e) => issues.push(Issue::new(format!("{path}.basic.password_hash"), e)),
+                }
+            }
+        }
+        c
+    }
+
+    pub fn by_name(&self, name: &str) -> Option<&Arc<Consumer>> {
+        self.by_name.get(name)
+    }
+
+    /// The consumer owning this API key. The map is keyed by the key's SHA-256, so what a client
+    /// sends is never compared with stored material byte by byte; the final comparison of the
+    /// digests is constant-time as well.
+    pub fn by_api_key(&self, key: &[u8]) -> Option<&Arc<Consumer>> {
+        use subtle::ConstantTimeEq;
+        let d = sha256(key);
+        self.api_keys
+            .get_key_value(&d)
+            .filter(|(k, _)| bool::from(k.ct_eq(&d)))
+            .map(|(_, c)| c)
+    }
+
+    pub fn basic(&self, user: &str) -> Option<&(PasswordHash, Arc<Consumer>)> {
+        self.basic.get(user)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.by_name.keys().map(String::as_str)
+    }
+}
+
+/// Why an authentication or authorization plugin refused a request (also the metric reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFail {
+    /// No credentials of this kind in the request.
+    Missing,
+    /// Credentials present but wrong (bad signature, unknown key, wrong password).
+    Invalid,
+    /// A token outside its `nbf`..`exp` validity.
+    Expired,
+    /// A valid token without the required scope.
+    Scope,
+    /// Valid credentials that map to no known consumer where one is required.
+    UnknownConsumer,
+    /// An authorization policy (acl, ip_filter, time_window) said no.
+    Denied,
+}
+
+impl AuthFail {
+    pub const ALL: [AuthFail; 6] = [
+        AuthFail::Missing,
+        AuthFail::Invalid,
+        AuthFail::Expired,
+        AuthFail::Scope,
+        AuthFail::UnknownConsumer,
+        AuthFail::Denied,
+    ];
+
+    pub fn reason(self) -> &'static str {
+        match self {
+            AuthFail::Missing => "missing",
+            AuthFail::Invalid => "invalid",
+            AuthFail::Expired => "expired",
+            AuthFail::Scope => "insufficient_scope",
+            AuthFail::UnknownConsumer => "unknown_consumer",
+            AuthFail::Denied => "denied",
+        }
+    }
+
+    fn error(self) -> crate::error::GatewayError {
+        use crate::error::GatewayError::{Forbidden, Unauthorized};
+        match self {
+            AuthFail::Missing => Unauthorized("Credentials are required."),
+            AuthFail::Invalid => Unauthorized("The credentials are not valid."),
+            AuthFail::Expired => Unauthorized("The token has expired or is not valid yet."),
+            AuthFail::Scope => Forbidden("The token lacks a required scope."),
+            AuthFail::UnknownConsumer => Forbidden("The caller is not a known consumer."),
+            AuthFail::Denied => Forbidden("Access to this resource is denied."),
+        }
+    }
+}
+
+/// The last authentication failure of a request (the `auth: { any: [...] }` combinator picks
+/// the most informative one).
+#[derive(Debug, Clone, Copy)]
+pub struct LastFail(pub AuthFail);
+
+/// The 401/403 reply of a failure, with a `WWW-Authenticate` challenge on 401 (RFC 9110 §11.6.1)
+/// and the Bearer error codes of RFC 6750 §3.
+pub fn failure(
+    ctx: &mut crate::context::RequestCtx,
+    why: AuthFail,
+    scheme: &str,
+    realm: &str,
+) -> crate::plugins::Reply {
+    ctx.ext.insert(LastFail(why));
+    let mut r = why.error().reply(&ctx.request_id);
+    let challenge = match (why, scheme) {
+        (AuthFail::Missing, s) => Some(format!("{s} realm=\"{realm}\"")),
+        (AuthFail::Invalid | AuthFail::Expired, "Bearer") => {
+            Some(format!("Bearer realm=\"{realm}\", error=\"invalid_token\""))
+        }
+        (AuthFail::Scope, "Bearer") => Some(format!(
+            "Bearer realm=\"{realm}\", error=\"insufficient_scope\""
+        )),
+        (AuthFail::Invalid | AuthFail::Expired, s) => Some(format!("{s} realm=\"{realm}\"")),
+        _ => None,
+    };
+    if let Some(v) = challenge.and_then(|c| http::HeaderValue::from_str(&c).ok()) {
+        r.headers.push((http::header::WWW_AUTHENTICATE, v));
+    }
+    r
+}
+
+/// A cookie's value from the request.
+pub fn cookie<'a>(req: &'a pingora::http::RequestHeader, name: &str) -> Option<&'a str> {
+    req.headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|h| h.to_str().ok())
+        .flat_map(|h| h.split(';'))
+        .find_map(|c| {
+            let (k, v) = c.trim().split_once('=')?;
+            (k == name).then_some(v)
+        })
+}
+
+/// A query parameter's raw value from the request.
+pub fn query<'a>(req: &'a pingora::http::RequestHeader, name: &str) -> Option<&'a str> {
+    req.uri.query()?.split('&').find_map(|p| {
+        let (k, v) = p.split_once('=').unwrap_or((p, ""));
+        (k == name).then_some(v)
+    })
+}
+
+/// Removes a cookie from the `Cookie` header(s) sent upstream.
+pub fn remove_cookie(req: &mut pingora::http::RequestHeader, name: &str) {
+    let kept: Vec<String> = req
+        .headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|h| h.to_str().ok())
+        .flat_map(|h| h.split(';'))
+        .map(str::trim)
+        .filter(|c| !c.is_empty() && c.split_once('=').map_or(*c, |(k, _)| k) != name)
+        .map(String::from)
+        .collect();
+    req.remove_header(&http::header::COOKIE);
+    if !kept.is_empty() {
+        let _ = req.insert_header(http::header::COOKIE, kept.join("; "));
+    }
+}
+
+/// Removes a query parameter from the request target sent upstream.
+pub fn remove_query(req: &mut pingora::http::RequestHeader, name: &str) {
+    let Some(q) = req.uri.query() else { return };
+    let kept: Vec<&str> = q
+        .split('&')
+        .filter(|p| p.split_once('=').map_or(*p, |(k, _)| k) != name)
+        .collect();
+    let path = req.uri.path().to_string();
+    let target = if kept.is_empty() {
+        path
+    } else {
+        format!("{path}?{}", kept.join("&"))
+    };
+    if let Ok(uri) = target.parse::<http::Uri>() {
+        req.set_uri(uri);
+    }
+}
+
+/// Installs the process-wide rustls crypto provider used by outgoing HTTPS calls (JWKS,
+/// introspection, forward auth); harmless when one is installed already.
+pub fn http_client_ready() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// IPv4-mapped IPv6 addresses (`::ffff:10.0.0.1`, what a dual-stack socket reports) as IPv4,
+/// so that IPv4 rules match them.
+pub fn canonical_ip(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The client address: the peer, or when the peer is a trusted proxy, the right-most
+/// `X-Forwarded-For` entry that is not a trusted proxy itself.
+pub fn client_ip(
+    peer: Option<std::net::IpAddr>,
+    req: &pingora::http::RequestHeader,
+    trusted: &[ipnet::IpNet],
+) -> Option<std::net::IpAddr> {
+    let mut current = canonical_ip(peer?);
+    if trusted.is_empty() || !trusted.iter().any(|n| n.contains(&current)) {
+        return Some(current);
+    }
+    let hops: Vec<&str> = req
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    for hop in hops.iter().rev() {
+        let Ok(ip) = hop.parse::<std::net::IpAddr>() else {
+            break;
+        };
+        current = canonical_ip(ip);
+        if !trusted.iter().any(|n| n.contains(&current)) {
+            break;
+        }
+    }
+    Some(current)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_hops() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut req = pingora::http::RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("x-forwarded-for", "6.6.6.6, 1.2.3.4, 10.0.0.2")
+            .unwrap();
+        let peer = "10.0.0.1".parse().ok();
+        assert_eq!(
+            client_ip(peer, &req, &trusted),
+            "1.2.3.4".parse().ok(),
+            "the right-most untrusted hop, not the spoofable left-most one"
+        );
+        let untrusted_peer = "8.8.8.8".parse().ok();
+        assert_eq!(client_ip(untrusted_peer, &req, &trusted), untrusted_peer);
+        assert_eq!(client_ip(peer, &req, &[]), peer);
+    }
+}

@@ -1,0 +1,507 @@
+//! `jwt`: verifies a JSON Web Token and resolves the caller to a consumer.
+//!
+//! ```yaml
+//! plugins:
+//!   - jwt:
+//!       jwks_url: https://auth.example.com/.well-known/jwks.json   # background refresh
+//!       # jwks_file: /etc/postern/jwks.json
+//!       # keys: [ { kid: k1, alg: HS256, secret: "${JWT_SECRET}" }, { alg: ES256, pem_file: pub.pem } ]
+//!       issuers: [ "https://auth.example.com/" ]
+//!       audiences: [ api ]
+//!       leeway: 30s
+//!       scopes_any: [ "orders:read", "orders:admin" ]
+//!       consumer_claim: sub
+//!       forward_claims: { sub: x-user-id }
+//!       strip_token: true
+//! ```
+//! Algorithms: HS256/384/512, RS256/384/512, PS256/384/512, ES256/384, EdDSA. Every key is
+//! pinned to its algorithm (see `auth::jwks`); `alg: none` never verifies.
+
+use super::{BuildCtx, Flow, Plugin};
+use crate::auth::jwks::{self, family, KeySet, RemoteJwks, VerifyKey};
+use crate::auth::{failure, AuthFail, Consumers};
+use crate::config::types::Dur;
+use crate::config::Issue;
+use crate::context::{Consumer, RequestCtx};
+use crate::error::GatewayError;
+use crate::observability::metrics::AuthMetrics;
+use async_trait::async_trait;
+use http::{HeaderName, HeaderValue};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use pingora::http::RequestHeader;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+type Claims = serde_json::Map<String, serde_json::Value>;
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Keys given inline (secret, PEM, PEM file or JWK).
+    #[serde(default)]
+    pub keys: Vec<KeyConfig>,
+    /// A JWKS document on disk, read when the configuration loads.
+    #[serde(default)]
+    pub jwks_file: Option<String>,
+    /// A JWKS URL, fetched in the background.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    #[serde(default = "default_refresh")]
+    pub jwks_refresh: Dur,
+    /// Shortest time between two fetches caused by unknown `kid`s.
+    #[serde(default = "default_min_refetch")]
+    pub jwks_min_refetch: Dur,
+    /// Algorithms allowed for JWKS keys that do not name their own `alg`.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Accepted `iss` values (any when empty).
+    #[serde(default)]
+    pub issuers: Vec<String>,
+    /// Accepted `aud` values (not checked when empty).
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    #[serde(default = "default_leeway")]
+    pub leeway: Dur,
+    /// Claims that must be present.
+    #[serde(default = "default_required")]
+    pub required_claims: Vec<String>,
+    /// At least one of these scopes (`scope` string or `scp` list).
+    #[serde(default)]
+    pub scopes_any: Vec<String>,
+    /// All of these scopes.
+    #[serde(default)]
+    pub scopes_all: Vec<String>,
+    /// The claim naming the consumer.
+    #[serde(default = "default_consumer_claim")]
+    pub consumer_claim: String,
+    /// Reject tokens whose consumer claim names no entry of `consumers`.
+    #[serde(default)]
+    pub consumer_required: bool,
+    /// Where the token is read from (default: `Authorization: Bearer`).
+    #[serde(default)]
+    pub token: TokenSource,
+    /// Claims copied to request headers: `{ claim: header }`.
+    #[serde(default)]
+    pub forward_claims: BTreeMap<String, String>,
+    /// Remove the token from the request sent upstream.
+    #[serde(default)]
+    pub strip_token: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    #[serde(default)]
+    pub kid: Option<String>,
+    /// The one algorithm this key verifies (not needed for a JWK with `alg`).
+    #[serde(default)]
+    pub alg: Option<String>,
+    /// HMAC secret (use `${ENV}`).
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// Public key PEM (RSA, EC or Ed25519).
+    #[serde(default)]
+    pub pem: Option<String>,
+    #[serde(default)]
+    pub pem_file: Option<String>,
+    #[serde(default)]
+    pub jwk: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSource {
+    /// A header holding the token; `authorization` expects the `Bearer` scheme.
+    #[serde(default)]
+    pub header: Option<String>,
+    #[serde(default)]
+    pub cookie: Option<String>,
+    #[serde(default)]
+    pub query: Option<String>,
+}
+
+fn default_refresh() -> Dur {
+    Dur::secs(300)
+}
+fn default_min_refetch() -> Dur {
+    Dur::secs(30)
+}
+fn default_algorithms() -> Vec<String> {
+    ["RS256", "ES256", "PS256", "EdDSA"]
+        .map(String::from)
+        .to_vec()
+}
+fn default_leeway() -> Dur {
+    Dur::secs(30)
+}
+fn default_required() -> Vec<String> {
+    vec!["exp".into()]
+}
+fn default_consumer_claim() -> String {
+    "sub".into()
+}
+
+enum Source {
+    Header(HeaderName, bool),
+    Cookie(String),
+    Query(String),
+}
+
+pub struct Jwt {
+    fixed: KeySet,
+    remote: Option<Arc<RemoteJwks>>,
+    validation: Validation,
+    scopes_any: Vec<String>,
+    scopes_all: Vec<String>,
+    consumer_claim: String,
+    consumer_required: bool,
+    consumers: Arc<Consumers>,
+    source: Source,
+    forward: Vec<(String, HeaderName)>,
+    strip: bool,
+    metrics: AuthMetrics,
+}
+
+fn parse_alg(s: &str) -> Result<Algorithm, String> {
+    if s.eq_ignore_ascii_case("none") {
+        return Err("`none` is not an algorithm Postern accepts".into());
+    }
+    Algorithm::from_str(s)
+        .ok()
+        .filter(|a| family(*a).is_some())
+        .ok_or_else(|| {
+            format!("unknown algorithm \"{s}\"; use HS256/384/512, RS256/384/512, PS256/384/512, ES256/384 or EdDSA")
+        })
+}
+
+fn inline_key(k: &KeyConfig, fallback: &[Algorithm]) -> Result<VerifyKey, String> {
+    if let Some(j) = &k.jwk {
+        let jwk: jsonwebtoken::jwk::Jwk =
+            serde_json::from_value(j.clone()).map_err(|e| format!("invalid JWK: {e}"))?;
+        let mut vk = jwks::from_jwk(&jwk, fallback)?;
+        if let Some(a) = &k.alg {
+            let a = parse_alg(a)?;
+            if !vk.algs.contains(&a) {
+                return Err(format!("alg {a:?} does not fit this JWK"));
+            }
+            vk.algs = vec![a];
+        }
+        vk.kid = k.kid.clone().or(vk.kid);
+        return Ok(vk);
+    }
+    let alg = parse_alg(k.alg.as_deref().ok_or("`alg` is required for this key")?)?;
+    let pem = match (&k.pem, &k.pem_file) {
+        (Some(p), None) => Some(p.clone()),
+        (None, Some(f)) => {
+            Some(std::fs::read_to_string(f).map_err(|e| format!("cannot read {f}: {e}"))?)
+        }
+        (Some(_), Some(_)) => return Err("give `pem` or `pem_file`, not both".into()),
+        (None, None) => None,
+    };
+    let Some(fam) = family(alg) else {
+        return Err(format!("unsupported algorithm {alg:?}"));
+    };
+    let key = match (fam, &k.secret, pem) {
+        (jwks::Family::Hmac, Some(s), None) => {
+            if s.len() < 32 {
+                return Err("an HMAC secret needs at least 32 bytes".into());
+            }
+            DecodingKey::from_secret(s.as_bytes())
+        }
+        (jwks::Family::Hmac, _, _) => return Err("HS algorithms need `secret` only".into()),
+        (_, Some(_), _) => {
+            return Err(format!(
+                "{alg:?} needs a public key (`pem`, `pem_file` or `jwk`), not a secret"
+            ))
+        }
+        (jwks::Family::Rsa, None, Some(p)) => {
+            DecodingKey::from_rsa_pem(p.as_bytes()).map_err(|e| format!("invalid RSA PEM: {e}"))?
+        }
+        (jwks::Family::Ec, None, Some(p)) => {
+            DecodingKey::from_ec_pem(p.as_bytes()).map_err(|e| format!("invalid EC PEM: {e}"))?
+        }
+        (jwks::Family::Ed, None, Some(p)) => DecodingKey::from_ed_pem(p.as_bytes())
+            .map_err(|e| format!("invalid Ed25519 PEM: {e}"))?,
+        (_, None, None) => return Err("give the public key as `pem`, `pem_file` or `jwk`".into()),
+    };
+    Ok(VerifyKey {
+        kid: k.kid.clone(),
+        algs: vec![alg],
+        key,
+    })
+}
+
+impl Jwt {
+    pub fn new(c: &Config, b: &BuildCtx) -> Result<Jwt, Vec<Issue>> {
+        let path = &b.path;
+        let mut issues = Vec::new();
+        let mut fallback = Vec::new();
+        for (i, a) in c.algorithms.iter().enumerate() {
+            match parse_alg(a) {
+                Ok(a) => fallback.push(a),
+                Err(e) => issues.push(Issue::new(format!("{path}.algorithms[{i}]"), e)),
+            }
+        }
+        let mut fixed = KeySet::default();
+        for (i, k) in c.keys.iter().enumerate() {
+            match inline_key(k, &fallback) {
+                Ok(k) => fixed.keys.push(k),
+                Err(e) => issues.push(Issue::new(format!("{path}.keys[{i}]"), e)),
+            }
+        }
+        if let Some(f) = &c.jwks_file {
+            match std::fs::read(f)
+                .map_err(|e| format!("cannot read {f}: {e}"))
+                .and_then(|t| jwks::parse_set(&t, &fallback))
+            {
+                Ok(s) => fixed.keys.extend(s.keys),
+                Err(e) => issues.push(Issue::new(format!("{path}.jwks_file"), e)),
+            }
+        }
+        let remote = match &c.jwks_url {
+            Some(u) if !(u.starts_with("https://") || u.starts_with("http://")) => {
+                issues.push(Issue::new(
+                    format!("{path}.jwks_url"),
+                    "expected an http:// or https:// URL",
+                ));
+                None
+            }
+            Some(u) => b
+                .shared
+                .jwks(u, c.jwks_refresh.0, c.jwks_min_refetch.0, &fallback)
+                .map_err(|e| issues.push(Issue::new(format!("{path}.jwks_url"), e)))
+                .ok(),
+            None => None,
+        };
+        if fixed.keys.is_empty() && remote.is_none() && issues.is_empty() {
+            issues.push(Issue::new(
+                path.clone(),
+                "no verification key: give `keys`, `jwks_file` or `jwks_url`",
+            ));
+        }
+        let source = match (&c.token.header, &c.token.cookie, &c.token.query) {
+            (None, None, None) => Some(Source::Header(http::header::AUTHORIZATION, true)),
+            (Some(h), None, None) => HeaderName::from_bytes(h.as_bytes())
+                .map(|n| {
+                    let bearer = n == http::header::AUTHORIZATION;
+                    Source::Header(n, bearer)
+                })
+                .map_err(|_| {
+                    issues.push(Issue::new(
+                        format!("{path}.token.header"),
+                        "invalid header name",
+                    ))
+                })
+                .ok(),
+            (None, Some(c), None) => Some(Source::Cookie(c.clone())),
+            (None, None, Some(q)) => Some(Source::Query(q.clone())),
+            _ => {
+                issues.push(Issue::new(
+                    format!("{path}.token"),
+                    "give one of `header`, `cookie` or `query`",
+                ));
+                None
+            }
+        };
+        let mut forward = Vec::new();
+        for (claim, h) in &c.forward_claims {
+            match HeaderName::from_bytes(h.as_bytes()) {
+                Ok(n) => forward.push((claim.clone(), n)),
+                Err(_) => issues.push(Issue::new(
+                    format!("{path}.forward_claims.{claim}"),
+                    format!("invalid header name \"{h}\""),
+                )),
+            }
+        }
+        let (Some(source), true) = (source, issues.is_empty()) else {
+            return Err(issues);
+        };
+        // The algorithm list is set per token from the key; the rest is fixed here.
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = c.leeway.0.as_secs();
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&c.required_claims);
+        if !c.issuers.is_empty() {
+            validation.set_issuer(&c.issuers);
+        }
+        if c.audiences.is_empty() {
+            validation.validate_aud = false;
+        } else {
+            validation.set_audience(&c.audiences);
+        }
+        Ok(Jwt {
+            fixed,
+            remote,
+            validation,
+            scopes_any: c.scopes_any.clone(),
+            scopes_all: c.scopes_all.clone(),
+            consumer_claim: c.consumer_claim.clone(),
+            consumer_required: c.consumer_required,
+            consumers: b.consumers.clone(),
+            source,
+            forward,
+            strip: c.strip_token,
+            metrics: AuthMetrics::new(b.route, "jwt"),
+        })
+    }
+
+    fn token<'a>(&self, req: &'a RequestHeader) -> Option<&'a str> {
+        match &self.source {
+            Source::Header(n, bearer) => {
+                let v = req.headers.get(n)?.to_str().ok()?.trim();
+                if *bearer {
+                    let (scheme, t) = v.split_once(' ')?;
+                    scheme.eq_ignore_ascii_case("bearer").then(|| t.trim())
+                } else {
+                    Some(v)
+                }
+            }
+            Source::Cookie(name) => crate::auth::cookie(req, name),
+            Source::Query(name) => crate::auth::query(req, name),
+        }
+    }
+
+    /// Verifies with the candidate keys of `set`: `Ok(None)` when no key matched.
+    fn verify(
+        &self,
+        set: &KeySet,
+        token: &str,
+        kid: Option<&str>,
+        alg: Algorithm,
+    ) -> Result<Option<Claims>, ErrorKind> {
+        let mut last = None;
+        for k in set.candidates(kid, alg) {
+            let mut v = self.validation.clone();
+            v.algorithms = vec![alg];
+            match jsonwebtoken::decode::<Claims>(token, &k.key, &v) {
+                Ok(data) => return Ok(Some(data.claims)),
+                Err(e) => match e.kind() {
+                    ErrorKind::InvalidSignature => last = Some(ErrorKind::InvalidSignature),
+                    other => return Err(other.clone()),
+                },
+            }
+        }
+        match last {
+            Some(e) => Err(e),
+            None => Ok(None),
+        }
+    }
+
+    fn scopes_ok(&self, claims: &Claims) -> bool {
+        if self.scopes_any.is_empty() && self.scopes_all.is_empty() {
+            return true;
+        }
+        let mut have: Vec<&str> = Vec::new();
+        for name in ["scope", "scp"] {
+            match claims.get(name) {
+                Some(serde_json::Value::String(s)) => have.extend(s.split_whitespace()),
+                Some(serde_json::Value::Array(a)) => {
+                    have.extend(a.iter().filter_map(|v| v.as_str()))
+                }
+                _ => {}
+            }
+        }
+        (self.scopes_any.is_empty() || self.scopes_any.iter().any(|s| have.contains(&s.as_str())))
+            && self.scopes_all.iter().all(|s| have.contains(&s.as_str()))
+    }
+
+    fn fail(&self, ctx: &mut RequestCtx, why: AuthFail) -> Result<Flow, GatewayError> {
+        self.metrics.failed(why);
+        Ok(Flow::Respond(failure(ctx, why, "Bearer", "postern")))
+    }
+}
+
+#[async_trait]
+impl Plugin for Jwt {
+    fn name(&self) -> &'static str {
+        "jwt"
+    }
+
+    fn start(&self) {
+        if let Some(r) = &self.remote {
+            r.start();
+        }
+    }
+
+    async fn on_request(
+        &self,
+        req: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<Flow, GatewayError> {
+        let Some(token) = self.token(req).map(str::to_string) else {
+            return self.fail(ctx, AuthFail::Missing);
+        };
+        let Ok(header) = jsonwebtoken::decode_header(&token) else {
+            return self.fail(ctx, AuthFail::Invalid);
+        };
+        let kid = header.kid.as_deref();
+        let mut result = self.verify(&self.fixed, &token, kid, header.alg);
+        if let (Ok(None), Some(remote)) = (&result, &self.remote) {
+            let set = match remote.current() {
+                Some(s) if kid.is_none_or(|k| s.has_kid(k)) => Some(s),
+                // Unknown kid or no set yet: a rotation may have happened.
+                _ => remote.refetch(Duration::from_secs(2)).await,
+            };
+            if let Some(set) = set {
+                result = self.verify(&set, &token, kid, header.alg);
+            }
+        }
+        let claims = match result {
+            Ok(Some(c)) => c,
+            Ok(None) => return self.fail(ctx, AuthFail::Invalid),
+            Err(ErrorKind::ExpiredSignature | ErrorKind::ImmatureSignature) => {
+                return self.fail(ctx, AuthFail::Expired)
+            }
+            Err(_) => return self.fail(ctx, AuthFail::Invalid),
+        };
+        if !self.scopes_ok(&claims) {
+            return self.fail(ctx, AuthFail::Scope);
+        }
+        let name = match claims.get(&self.consumer_claim) {
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        };
+        let consumer = match name {
+            Some(n) => match self.consumers.by_name(&n) {
+                Some(c) => Some(c.clone()),
+                None if self.consumer_required => return self.fail(ctx, AuthFail::UnknownConsumer),
+                None => Some(Arc::new(Consumer {
+                    name: n,
+                    groups: Vec::new(),
+                })),
+            },
+            None if self.consumer_required => return self.fail(ctx, AuthFail::UnknownConsumer),
+            None => None,
+        };
+        for (claim, h) in &self.forward {
+            req.remove_header(h);
+            let v = match claims.get(claim) {
+                Some(serde_json::Value::String(s)) => HeaderValue::from_str(s).ok(),
+                Some(serde_json::Value::Null) | None => None,
+                Some(other) => HeaderValue::from_str(&other.to_string()).ok(),
+            };
+            if let Some(v) = v {
+                let _ = req.insert_header(h.clone(), v);
+            }
+        }
+        if self.strip {
+            match &self.source {
+                Source::Header(n, _) => {
+                    req.remove_header(n);
+                }
+                Source::Cookie(name) => crate::auth::remove_cookie(req, name),
+                Source::Query(name) => crate::auth::remove_query(req, name),
+            }
+        }
+        ctx.consumer = consumer;
+        ctx.claims = Some(Arc::new(claims));
+        Ok(Flow::Continue)
+    }
+}

@@ -1,0 +1,531 @@
+//! Authentication and authorization plugins end to end: API keys, Basic (argon2id, bcrypt),
+//! JWT (inline keys, JWKS URL with rotation, claims, scopes, algorithm pinning), the `auth: any`
+//! combinator, ACLs, IP filters behind trusted proxies, and consumers used by rate limits.
+
+use crate::util::upstream::{DocServer, Upstream};
+use crate::util::{client, metric, upstream_yaml, Gateway};
+use base64::Engine;
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+const SECRET: &str = "an-hmac-secret-of-at-least-32-bytes!!";
+
+fn sha256_hex(s: &str) -> String {
+    Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn hs256(claims: Value) -> String {
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn consumers() -> String {
+    let argon = {
+        use argon2::password_hash::{PasswordHasher, SaltString};
+        let params = argon2::Params::new(64, 1, 1, None).unwrap();
+        let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
+        a.hash_password(b"open sesame", &salt).unwrap().to_string()
+    };
+    let bcrypt = bcrypt::hash("hunter2", 4).unwrap();
+    format!(
+        "consumers:\n  - name: alice\n    groups: [gold]\n    api_keys: [ {{ sha256: \"{}\" }} ]\n    basic: {{ password_hash: \"{argon}\" }}\n  - name: bob\n    groups: [silver]\n    api_keys: [ {{ sha256: \"{}\" }} ]\n    basic: {{ username: robert, password_hash: \"{bcrypt}\" }}\n",
+        sha256_hex("key-alice"),
+        sha256_hex("key-bob"),
+    )
+}
+
+fn route(name: &str, path: &str, plugins: &str) -> String {
+    format!(
+        "  - name: {name}\n    match: {{ path: {path} }}\n    upstream: u\n    plugins:\n{plugins}"
+    )
+}
+
+async fn call(
+    c: &reqwest::Client,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let mut r = c.get(url);
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    let resp = r.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let h = resp.headers().clone();
+    let v = resp.json().await.unwrap_or(Value::Null);
+    (status, h, v)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_basic_credentials_and_acls() {
+    let up = Upstream::start("u").await;
+    let body = format!(
+        "{}upstreams:\n{}routes:\n{}{}{}",
+        consumers(),
+        upstream_yaml("u", &[up.addr], ""),
+        route(
+            "keys",
+            "/keys/*",
+            "      - api_key: { header: x-api-key, query: api_key }\n      - acl: { allow_groups: [gold] }\n"
+        ),
+        route("basic", "/basic/*", "      - basic_auth: { realm: internal }\n"),
+        route(
+            "limited",
+            "/limited/*",
+            "      - api_key: {}\n      - rate_limit: { key: consumer, limits: [ { requests: 1, per: 1h } ] }\n"
+        ),
+    );
+    let gw = Gateway::start(&body);
+    let c = client();
+
+    let (s, h, v) = call(&c, &gw.url("/keys/a"), &[]).await;
+    assert_eq!(s, 401);
+    assert_eq!(v["type"], "urn:postern:problem:unauthorized");
+    assert_eq!(h["content-type"], "application/problem+json");
+    let (s, _, _) = call(&c, &gw.url("/keys/a"), &[("x-api-key", "nope")]).await;
+    assert_eq!(s, 401);
+    let (s, _, v) = call(&c, &gw.url("/keys/a"), &[("x-api-key", "key-alice")]).await;
+    assert_eq!(s, 200);
+    assert!(
+        v["headers"].get("x-api-key").is_none(),
+        "the key is not proxied: {v}"
+    );
+    let (s, _, v) = call(&c, &gw.url("/keys/a?x=1&api_key=key-alice"), &[]).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["uri"], "/keys/a?x=1", "the key is removed from the query");
+    // bob is authenticated but not in the allowed group.
+    let (s, _, v) = call(&c, &gw.url("/keys/a"), &[("x-api-key", "key-bob")]).await;
+    assert_eq!(s, 403);
+    assert_eq!(v["type"], "urn:postern:problem:forbidden");
+
+    let basic = |u: &str, p: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+        )
+    };
+    let (s, h, _) = call(&c, &gw.url("/basic/a"), &[]).await;
+    assert_eq!(s, 401);
+    assert_eq!(h["www-authenticate"], "Basic realm=\"internal\"");
+    let (s, _, _) = call(
+        &c,
+        &gw.url("/basic/a"),
+        &[("authorization", &basic("alice", "wrong"))],
+    )
+    .await;
+    assert_eq!(s, 401);
+    for _ in 0..2 {
+        // argon2id, then from the cache of verified credentials
+        let (s, _, v) = call(
+            &c,
+            &gw.url("/basic/a"),
+            &[("authorization", &basic("alice", "open sesame"))],
+        )
+        .await;
+        assert_eq!(s, 200);
+        assert!(v["headers"].get("authorization").is_none());
+    }
+    let (s, _, _) = call(
+        &c,
+        &gw.url("/basic/a"),
+        &[("authorization", &basic("robert", "hunter2"))],
+    )
+    .await;
+    assert_eq!(s, 200, "bcrypt");
+
+    // Rate limits keyed by consumer: each consumer has its own budget.
+    assert_eq!(
+        call(&c, &gw.url("/limited/a"), &[("x-api-key", "key-alice")])
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        call(&c, &gw.url("/limited/a"), &[("x-api-key", "key-alice")])
+            .await
+            .0,
+        429
+    );
+    assert_eq!(
+        call(&c, &gw.url("/limited/a"), &[("x-api-key", "key-bob")])
+            .await
+            .0,
+        200
+    );
+
+    gw.wait_metric(
+        "postern_auth_failures_total{plugin=\"acl\",reason=\"denied\",route=\"keys\"}",
+        1.0,
+    );
+    let text = gw.metrics();
+    assert_eq!(
+        metric(
+            &text,
+            "postern_auth_failures_total{plugin=\"api_key\",reason=\"missing\",route=\"keys\"}"
+        ),
+        Some(1.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_claims_scopes_and_algorithm_pinning() {
+    let up = Upstream::start("u").await;
+    let jwt = format!(
+        "      - jwt:\n          keys: [ {{ kid: k1, alg: HS256, secret: \"{SECRET}\" }} ]\n          issuers: [ \"https://issuer.test/\" ]\n          audiences: [ api ]\n          leeway: 0s\n          scopes_any: [ \"orders:read\", \"orders:admin\" ]\n          forward_claims: {{ sub: x-user-id }}\n          strip_token: true\n"
+    );
+    let body = format!(
+        "{}upstreams:\n{}routes:\n{}",
+        consumers(),
+        upstream_yaml("u", &[up.addr], ""),
+        route("jwt", "/jwt/*", &jwt),
+    );
+    let gw = Gateway::start(&body);
+    let c = client();
+    let good = json!({ "sub": "alice", "iss": "https://issuer.test/", "aud": "api", "exp": now() + 600, "scope": "profile orders:read" });
+    let bearer = |t: &str| format!("Bearer {t}");
+
+    let (s, _, v) = call(
+        &c,
+        &gw.url("/jwt/x"),
+        &[
+            ("authorization", &bearer(&hs256(good.clone()))),
+            ("x-user-id", "spoofed"),
+        ],
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        v["headers"]["x-user-id"], "alice",
+        "claim forwarded, client value replaced"
+    );
+    assert!(
+        v["headers"].get("authorization").is_none(),
+        "token stripped"
+    );
+
+    let (s, h, _) = call(&c, &gw.url("/jwt/x"), &[]).await;
+    assert_eq!(s, 401);
+    assert_eq!(h["www-authenticate"], "Bearer realm=\"postern\"");
+
+    let mut expired = good.clone();
+    expired["exp"] = json!(now() - 10);
+    let (s, h, _) = call(
+        &c,
+        &gw.url("/jwt/x"),
+        &[("authorization", &bearer(&hs256(expired)))],
+    )
+    .await;
+    assert_eq!(s, 401);
+    assert!(h["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .contains("invalid_token"));
+
+    for (field, value) in [
+        ("iss", json!("https://evil.test/")),
+        ("aud", json!("other")),
+    ] {
+        let mut bad = good.clone();
+        bad[field] = value;
+        let (s, _, _) = call(
+            &c,
+            &gw.url("/jwt/x"),
+            &[("authorization", &bearer(&hs256(bad)))],
+        )
+        .await;
+        assert_eq!(s, 401, "{field}");
+    }
+    let mut no_exp = good.clone();
+    no_exp.as_object_mut().unwrap().remove("exp");
+    assert_eq!(
+        call(
+            &c,
+            &gw.url("/jwt/x"),
+            &[("authorization", &bearer(&hs256(no_exp)))]
+        )
+        .await
+        .0,
+        401
+    );
+
+    let mut no_scope = good.clone();
+    no_scope["scope"] = json!("profile");
+    let (s, h, v) = call(
+        &c,
+        &gw.url("/jwt/x"),
+        &[("authorization", &bearer(&hs256(no_scope)))],
+    )
+    .await;
+    assert_eq!(s, 403);
+    assert!(h["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .contains("insufficient_scope"));
+    assert_eq!(v["type"], "urn:postern:problem:forbidden");
+    let mut scp = good.clone();
+    scp.as_object_mut().unwrap().remove("scope");
+    scp["scp"] = json!(["orders:admin"]);
+    assert_eq!(
+        call(
+            &c,
+            &gw.url("/jwt/x"),
+            &[("authorization", &bearer(&hs256(scp)))]
+        )
+        .await
+        .0,
+        200
+    );
+
+    // alg: none, a wrong secret, and a token whose header lies about its algorithm.
+    let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let none = format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "typ": "JWT"})),
+        b64(&good)
+    );
+    assert_eq!(
+        call(&c, &gw.url("/jwt/x"), &[("authorization", &bearer(&none))])
+            .await
+            .0,
+        401
+    );
+    let wrong = encode(
+        &Header::new(Algorithm::HS256),
+        &good,
+        &EncodingKey::from_secret(b"another-secret-that-is-long-enough!!"),
+    )
+    .unwrap();
+    assert_eq!(
+        call(&c, &gw.url("/jwt/x"), &[("authorization", &bearer(&wrong))])
+            .await
+            .0,
+        401
+    );
+    let hs512 = encode(
+        &Header::new(Algorithm::HS512),
+        &good,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    assert_eq!(
+        call(&c, &gw.url("/jwt/x"), &[("authorization", &bearer(&hs512))])
+            .await
+            .0,
+        401,
+        "the key is pinned to HS256"
+    );
+    assert_eq!(
+        call(
+            &c,
+            &gw.url("/jwt/x"),
+            &[("authorization", "Bearer not.a.token")]
+        )
+        .await
+        .0,
+        401
+    );
+}
+
+/// An ES256 key pair: (private PEM for signing, public JWK with `kid`).
+fn es256_key(kid: &str) -> (String, Value) {
+    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let raw = kp.public_key_raw();
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let jwk = json!({ "kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256", "use": "sig",
+                      "x": b64(&raw[1..33]), "y": b64(&raw[33..65]) });
+    (kp.serialize_pem(), jwk)
+}
+
+fn es256_token(pem: &str, kid: &str, sub: &str) -> String {
+    let mut h = Header::new(Algorithm::ES256);
+    h.kid = Some(kid.to_string());
+    encode(
+        &h,
+        &json!({ "sub": sub, "exp": now() + 600 }),
+        &EncodingKey::from_ec_pem(pem.as_bytes()).unwrap(),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_url_rotation_outage_and_refetch_rate_limit() {
+    let (pem1, jwk1) = es256_key("k1");
+    let (pem2, jwk2) = es256_key("k2");
+    let jwks = DocServer::start(200, &json!({ "keys": [jwk1] }).to_string()).await;
+    let up = Upstream::start("u").await;
+    let body = format!(
+        "upstreams:\n{}routes:\n{}",
+        upstream_yaml("u", &[up.addr], ""),
+        route(
+            "jwks",
+            "/jwks/*",
+            &format!("      - jwt: {{ jwks_url: \"http://{}/jwks.json\", jwks_refresh: 2s, jwks_min_refetch: 1h, forward_claims: {{ sub: x-user }} }}\n", jwks.addr)
+        ),
+    );
+    let gw = Gateway::start(&body);
+    let c = client();
+    let auth = |t: String| format!("Bearer {t}");
+    let (s, _, v) = call(
+        &c,
+        &gw.url("/jwks/a"),
+        &[("authorization", &auth(es256_token(&pem1, "k1", "carol")))],
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        v["headers"]["x-user"], "carol",
+        "a consumer that is not configured is named by the claim"
+    );
+
+    // Rotation: the issuer publishes k2; the first token with kid k2 triggers a refetch.
+    jwks.set(200, &json!({ "keys": [jwk1, jwk2] }).to_string());
+    let (s, _, _) = call(
+        &c,
+        &gw.url("/jwks/a"),
+        &[("authorization", &auth(es256_token(&pem2, "k2", "dave")))],
+    )
+    .await;
+    assert_eq!(s, 200, "unknown kid refetched the JWKS");
+    let fetches = jwks.hits();
+
+    // Forged kids cannot make Postern hammer the JWKS endpoint (min refetch 1h).
+    for i in 0..5 {
+        let (s, _, _) = call(
+            &c,
+            &gw.url("/jwks/a"),
+            &[(
+                "authorization",
+                &auth(es256_token(&pem2, &format!("forged-{i}"), "x")),
+            )],
+        )
+        .await;
+        assert_eq!(s, 401);
+    }
+    assert!(
+        jwks.hits() <= fetches + 1,
+        "no refetch within jwks_min_refetch (one periodic refresh at most)"
+    );
+
+    // The endpoint fails: after the next periodic refresh failed, the last good set still works.
+    jwks.set(500, "oops");
+    let before = jwks.hits();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while jwks.hits() == before {
+        assert!(std::time::Instant::now() < deadline, "no periodic refresh");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (s, _, _) = call(
+        &c,
+        &gw.url("/jwks/a"),
+        &[("authorization", &auth(es256_token(&pem1, "k1", "erin")))],
+    )
+    .await;
+    assert_eq!(s, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_of_several_mechanisms_and_ip_filters_behind_trusted_proxies() {
+    let up = Upstream::start("u").await;
+    let body = format!(
+        "{}upstreams:\n{}routes:\n{}{}{}",
+        consumers(),
+        upstream_yaml("u", &[up.addr], ""),
+        route(
+            "either",
+            "/either/*",
+            &format!("      - auth:\n          any:\n            - jwt: {{ keys: [ {{ alg: HS256, secret: \"{SECRET}\" }} ] }}\n            - api_key: {{}}\n")
+        ),
+        route("blocked", "/blocked/*", "      - ip_filter: { deny: [6.6.6.0/24] }\n"),
+        route("office", "/office/*", "      - ip_filter: { allow: [10.0.0.0/8] }\n"),
+    );
+    let gw = Gateway::start_full(&body, "", "  trusted_proxies: [127.0.0.1/32]\n");
+    let c = client();
+    let token = hs256(json!({ "sub": "alice", "exp": now() + 60 }));
+    assert_eq!(
+        call(
+            &c,
+            &gw.url("/either/a"),
+            &[("authorization", &format!("Bearer {token}"))]
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        call(&c, &gw.url("/either/a"), &[("x-api-key", "key-bob")])
+            .await
+            .0,
+        200
+    );
+    let resp = c.get(gw.url("/either/a")).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    let challenges: Vec<_> = resp
+        .headers()
+        .get_all("www-authenticate")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        challenges,
+        ["Bearer realm=\"postern\"", "ApiKey realm=\"postern\""]
+    );
+    let (s, h, _) = call(
+        &c,
+        &gw.url("/either/a"),
+        &[("authorization", "Bearer bad.token.here")],
+    )
+    .await;
+    assert_eq!(s, 401);
+    assert!(
+        h.get_all("www-authenticate")
+            .iter()
+            .any(|v| v.to_str().unwrap().contains("invalid_token")),
+        "the failure of the mechanism that found credentials is reported"
+    );
+
+    // 127.0.0.1 is a trusted proxy: the right-most untrusted X-Forwarded-For hop is the client.
+    assert_eq!(
+        call(&c, &gw.url("/blocked/a"), &[("x-forwarded-for", "6.6.6.6")])
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        call(
+            &c,
+            &gw.url("/blocked/a"),
+            &[("x-forwarded-for", "6.6.6.6, 1.2.3.4")]
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        call(&c, &gw.url("/office/a"), &[("x-forwarded-for", "10.1.2.3")])
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        call(&c, &gw.url("/office/a"), &[]).await.0,
+        403,
+        "127.0.0.1 itself is not in 10/8"
+    );
+}
