@@ -1,7 +1,7 @@
 //! Rate and concurrency limits: exact counts, bursts, several windows, keys, delay, headers,
 //! reloads, and cluster-wide limits on a real Redis shared by two gateways.
 
-use crate::util::redis::RedisServer;
+use crate::util::redis::{RedisCluster, RedisServer};
 use crate::util::upstream::Upstream;
 use crate::util::{client, metric, upstream_yaml, Gateway};
 use std::sync::atomic::Ordering::SeqCst;
@@ -349,4 +349,41 @@ async fn slow_redis_costs_at_most_the_timeout() {
         "a 2 s Redis stall must not stall the request ({took:?})"
     );
     sleeper.join().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_limit_on_redis_cluster() {
+    let cluster = RedisCluster::start();
+    let up = Upstream::start("u").await;
+    let body = format!(
+        "cluster:\n  redis: {{ cluster_nodes: {}, timeout: 200ms }}\nupstreams:\n{}routes:\n  - name: shared\n    match: {{ path: /shared/* }}\n    upstream: u\n    plugins:\n      - rate_limit: {{ scope: cluster, key: header:x-user, limits: [ {{ requests: 3, per: 1h }} ] }}\n",
+        cluster.nodes_yaml(),
+        upstream_yaml("u", &[up.addr], "")
+    );
+    let a = Gateway::start(&body);
+    let b = Gateway::start(&body);
+    a.wait_metric("postern_redis_up", 1.0);
+    b.wait_metric("postern_redis_up", 1.0);
+    let c = client();
+    // Several users, so that keys land on different nodes of the cluster.
+    for user in ["u1", "u2", "u3", "u4", "u5"] {
+        let mut allowed = 0;
+        for i in 0..6 {
+            let gw = if i % 2 == 0 { &a } else { &b };
+            if get(&c, &gw.url("/shared/x"), Some(("x-user", user)))
+                .await
+                .status()
+                == 200
+            {
+                allowed += 1;
+            }
+        }
+        assert_eq!(allowed, 3, "user {user}");
+    }
+    let text = a.metrics();
+    assert_eq!(
+        metric(&text, "postern_redis_errors_total"),
+        Some(0.0),
+        "{text}"
+    );
 }

@@ -19,7 +19,7 @@ impl RedisServer {
         let dir = tempfile::tempdir().unwrap();
         for _ in 0..5 {
             let port = free_port();
-            if let Some(child) = spawn(port, &dir) {
+            if let Some(child) = spawn(port, &dir, &[]) {
                 return RedisServer {
                     port,
                     child: Some(child),
@@ -43,7 +43,7 @@ impl RedisServer {
     pub fn restart(&mut self) {
         self.child = None;
         for _ in 0..50 {
-            if let Some(c) = spawn(self.port, &self.dir) {
+            if let Some(c) = spawn(self.port, &self.dir, &[]) {
                 self.child = Some(c);
                 return;
             }
@@ -81,7 +81,7 @@ impl RedisServer {
 }
 
 /// Starts redis-server and waits for its "Ready to accept connections" line.
-fn spawn(port: u16, dir: &tempfile::TempDir) -> Option<KillOnDrop> {
+fn spawn(port: u16, dir: &tempfile::TempDir, extra: &[&str]) -> Option<KillOnDrop> {
     let mut child = Command::new("redis-server")
         .args([
             "--port",
@@ -97,6 +97,7 @@ fn spawn(port: u16, dir: &tempfile::TempDir) -> Option<KillOnDrop> {
             "--enable-debug-command",
             "yes",
         ])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -116,5 +117,72 @@ fn spawn(port: u16, dir: &tempfile::TempDir) -> Option<KillOnDrop> {
     match rx.recv_timeout(Duration::from_secs(10)) {
         Ok(true) => Some(child),
         _ => None,
+    }
+}
+
+/// A three-node Redis Cluster (no replicas) on free loopback ports, slots spread by redis-cli.
+pub struct RedisCluster {
+    pub ports: Vec<u16>,
+    _nodes: Vec<(KillOnDrop, tempfile::TempDir)>,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let mut nodes = Vec::new();
+        let mut ports = Vec::new();
+        while nodes.len() < 3 {
+            let dir = tempfile::tempdir().unwrap();
+            let port = free_port();
+            let conf = dir.path().join("nodes.conf");
+            if let Some(child) = spawn(
+                port,
+                &dir,
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    conf.to_str().unwrap(),
+                ],
+            ) {
+                nodes.push((child, dir));
+                ports.push(port);
+            }
+        }
+        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli is needed (package redis-tools, installed with redis-server)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        for p in &ports {
+            while !RedisServer::cmd_on(*p, &["CLUSTER", "INFO"]).contains("cluster_state:ok") {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "cluster never became ready"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        RedisCluster {
+            ports,
+            _nodes: nodes,
+        }
+    }
+
+    /// The `cluster_nodes` list of the configuration.
+    pub fn nodes_yaml(&self) -> String {
+        let urls: Vec<String> = self
+            .ports
+            .iter()
+            .map(|p| format!("\"redis://127.0.0.1:{p}\""))
+            .collect();
+        format!("[ {} ]", urls.join(", "))
     }
 }
