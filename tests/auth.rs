@@ -529,3 +529,212 @@ async fn any_of_several_mechanisms_and_ip_filters_behind_trusted_proxies() {
         "127.0.0.1 itself is not in 10/8"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_auth_decides_copies_headers_and_caches() {
+    use crate::util::upstream::FnServer;
+    let authz = FnServer::start(|s| {
+        let auth = s
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let seen = format!(
+            "{} {} {}",
+            s.headers
+                .get("x-forwarded-method")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
+            s.headers
+                .get("x-forwarded-uri")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
+            s.headers
+                .get("x-forwarded-host")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
+        );
+        match auth {
+            "Bearer good" => (
+                200,
+                vec![("x-user", "alice".into()), ("x-seen", seen)],
+                String::new(),
+            ),
+            "Bearer slow" => {
+                std::thread::sleep(std::time::Duration::from_millis(600));
+                (200, vec![], String::new())
+            }
+            _ => (
+                401,
+                vec![
+                    ("www-authenticate", "Bearer realm=\"sso\"".into()),
+                    ("content-type", "text/plain".into()),
+                ],
+                "sign in first".into(),
+            ),
+        }
+    })
+    .await;
+    let up = Upstream::start("u").await;
+    let body = format!(
+        "upstreams:\n{}routes:\n{}",
+        upstream_yaml("u", &[up.addr], ""),
+        route(
+            "fa",
+            "/fa/*",
+            &format!("      - forward_auth: {{ url: \"http://{}/check\", request_headers: [authorization], response_headers: [x-user, x-seen], consumer_header: x-user, timeout: 300ms, cache_ttl: 1h }}\n      - rate_limit: {{ key: consumer, limits: [ {{ requests: 2, per: 1h }} ] }}\n", authz.addr)
+        ),
+    );
+    let gw = Gateway::start(&body);
+    let c = client();
+    let (s, _, v) = call(
+        &c,
+        &gw.url("/fa/x?q=1"),
+        &[("authorization", "Bearer good"), ("x-user", "mallory")],
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        v["headers"]["x-user"], "alice",
+        "copied from the answer, client copy dropped"
+    );
+    assert!(v["headers"]["x-seen"]
+        .as_str()
+        .unwrap()
+        .starts_with("GET /fa/x?q=1 127.0.0.1:"));
+    let hits = authz.hits();
+    assert_eq!(
+        call(&c, &gw.url("/fa/x"), &[("authorization", "Bearer good")])
+            .await
+            .0,
+        200
+    );
+    assert_eq!(authz.hits(), hits, "the decision came from the cache");
+    // The consumer named by the service is rate limited.
+    assert_eq!(
+        call(&c, &gw.url("/fa/x"), &[("authorization", "Bearer good")])
+            .await
+            .0,
+        429
+    );
+
+    let resp = c
+        .get(gw.url("/fa/x"))
+        .header("authorization", "Bearer bad")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(resp.headers()["www-authenticate"], "Bearer realm=\"sso\"");
+    assert_eq!(
+        resp.text().await.unwrap(),
+        "sign in first",
+        "the refusal goes back as it is"
+    );
+
+    let (s, _, v) = call(&c, &gw.url("/fa/x"), &[("authorization", "Bearer slow")]).await;
+    assert_eq!(s, 503, "a timeout denies by default");
+    assert_eq!(v["type"], "urn:postern:problem:unavailable");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn introspection_maps_active_tokens_and_caches_answers() {
+    use crate::util::upstream::FnServer;
+    let exp = now() + 3600;
+    let idp = FnServer::start(move |s| {
+        let creds = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("gw:gw-secret")
+        );
+        if s.method != "POST" || s.headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(creds.as_str()) {
+            return (401, vec![], "{}".into());
+        }
+        let body = if s.body.contains("token=opaque-good") {
+            json!({ "active": true, "sub": "alice", "client_id": "web", "scope": "orders:read", "exp": exp })
+        } else if s.body.contains("token=opaque-noscope") {
+            json!({ "active": true, "sub": "bob", "scope": "profile", "exp": exp })
+        } else {
+            json!({ "active": false })
+        };
+        (200, vec![("content-type", "application/json".into())], body.to_string())
+    })
+    .await;
+    let up = Upstream::start("u").await;
+    let body = format!(
+        "{}upstreams:\n{}routes:\n{}",
+        consumers(),
+        upstream_yaml("u", &[up.addr], ""),
+        route(
+            "intro",
+            "/intro/*",
+            &format!("      - oauth2_introspection: {{ url: \"http://{}/introspect\", client_id: gw, client_secret: gw-secret, scopes_any: [\"orders:read\"], forward_claims: {{ sub: x-user-id, client_id: x-client-id }}, strip_token: true }}\n      - acl: {{ allow_groups: [gold] }}\n", idp.addr)
+        ),
+    );
+    let gw = Gateway::start(&body);
+    let c = client();
+    let (s, _, v) = call(
+        &c,
+        &gw.url("/intro/x"),
+        &[("authorization", "Bearer opaque-good")],
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(v["headers"]["x-user-id"], "alice");
+    assert_eq!(v["headers"]["x-client-id"], "web");
+    assert!(v["headers"].get("authorization").is_none());
+    let hits = idp.hits();
+    assert_eq!(
+        call(
+            &c,
+            &gw.url("/intro/x"),
+            &[("authorization", "Bearer opaque-good")]
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(idp.hits(), hits, "active answers are cached until exp");
+    assert_eq!(
+        call(
+            &c,
+            &gw.url("/intro/x"),
+            &[("authorization", "Bearer opaque-noscope")]
+        )
+        .await
+        .0,
+        403
+    );
+    assert_eq!(
+        call(
+            &c,
+            &gw.url("/intro/x"),
+            &[("authorization", "Bearer revoked")]
+        )
+        .await
+        .0,
+        401
+    );
+    assert_eq!(call(&c, &gw.url("/intro/x"), &[]).await.0, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_windows_open_and_closed_now() {
+    let up = Upstream::start("u").await;
+    // Ranges around the current UTC time, so the test does not depend on when it runs.
+    let t = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC);
+    let hm = |z: &jiff::Zoned| format!("{:02}:{:02}", z.hour(), z.minute());
+    let from = t.checked_sub(jiff::SignedDuration::from_mins(90)).unwrap();
+    let to = t.checked_add(jiff::SignedDuration::from_mins(90)).unwrap();
+    let body = format!(
+        "upstreams:\n{}routes:\n{}{}",
+        upstream_yaml("u", &[up.addr], ""),
+        route("open", "/open/*", &format!("      - time_window: {{ timezone: UTC, allow: [ {{ from: \"{}\", to: \"{}\" }} ] }}\n", hm(&from), hm(&to))),
+        route("closed", "/closed/*", &format!("      - time_window: {{ timezone: Etc/UTC, deny: [ {{ from: \"{}\", to: \"{}\" }} ] }}\n", hm(&from), hm(&to))),
+    );
+    let gw = Gateway::start(&body);
+    let c = client();
+    assert_eq!(call(&c, &gw.url("/open/x"), &[]).await.0, 200);
+    let (s, _, v) = call(&c, &gw.url("/closed/x"), &[]).await;
+    assert_eq!(s, 403);
+    assert_eq!(v["type"], "urn:postern:problem:forbidden");
+}

@@ -35,7 +35,7 @@ pub struct AnyAuth {
 }
 
 /// Plugins that identify a caller and may appear under `any`.
-const MECHANISMS: &[&str] = &["jwt", "api_key", "basic_auth"];
+const MECHANISMS: &[&str] = &["jwt", "api_key", "basic_auth", "oauth2_introspection"];
 
 impl AnyAuth {
     pub fn new(c: &Config, b: &BuildCtx) -> Result<AnyAuth, Vec<Issue>> {

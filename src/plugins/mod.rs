@@ -10,11 +10,14 @@ pub mod api_key;
 pub mod auth;
 pub mod basic_auth;
 pub mod concurrency_limit;
+pub mod forward_auth;
 pub mod headers;
 pub mod ip_filter;
 pub mod jwt;
 pub mod key;
+pub mod oauth2_introspection;
 pub mod rate_limit;
+pub mod time_window;
 
 use crate::config::Issue;
 use crate::context::RequestCtx;
@@ -192,6 +195,12 @@ pub enum PluginSpec {
     Acl(acl::Config),
     /// Allow or deny by client address.
     IpFilter(ip_filter::Config),
+    /// Opaque tokens checked with an RFC 7662 introspection endpoint.
+    Oauth2Introspection(oauth2_introspection::Config),
+    /// Ask an external authorization service.
+    ForwardAuth(forward_auth::Config),
+    /// Allow or deny by weekday and time of day in a time zone.
+    TimeWindow(time_window::Config),
 }
 
 /// Names accepted as plugin keys, for error messages.
@@ -205,6 +214,9 @@ pub const PLUGIN_NAMES: &[&str] = &[
     "auth",
     "acl",
     "ip_filter",
+    "time_window",
+    "forward_auth",
+    "oauth2_introspection",
 ];
 
 impl<'de> Deserialize<'de> for PluginSpec {
@@ -237,6 +249,9 @@ impl<'de> Deserialize<'de> for PluginSpec {
                     "auth" => PluginSpec::Auth(map.next_value()?),
                     "acl" => PluginSpec::Acl(map.next_value()?),
                     "ip_filter" => PluginSpec::IpFilter(map.next_value()?),
+                    "time_window" => PluginSpec::TimeWindow(map.next_value()?),
+                    "forward_auth" => PluginSpec::ForwardAuth(map.next_value()?),
+                    "oauth2_introspection" => PluginSpec::Oauth2Introspection(map.next_value()?),
                     other => return Err(A::Error::unknown_variant(other, PLUGIN_NAMES)),
                 };
                 if map.next_key::<String>()?.is_some() {
@@ -270,5 +285,13 @@ pub fn build(spec: &PluginSpec, b: &BuildCtx) -> Result<Arc<dyn Plugin>, Vec<Iss
         PluginSpec::Auth(c) => Arc::new(auth::AnyAuth::new(c, &at("auth"))?),
         PluginSpec::Acl(c) => Arc::new(acl::Acl::new(c, &at("acl"))?),
         PluginSpec::IpFilter(c) => Arc::new(ip_filter::IpFilter::new(c, &at("ip_filter"))?),
+        PluginSpec::Oauth2Introspection(c) => Arc::new(oauth2_introspection::Introspection::new(
+            c,
+            &at("oauth2_introspection"),
+        )?),
+        PluginSpec::ForwardAuth(c) => {
+            Arc::new(forward_auth::ForwardAuth::new(c, &at("forward_auth"))?)
+        }
+        PluginSpec::TimeWindow(c) => Arc::new(time_window::TimeWindow::new(c, &at("time_window"))?),
     })
 }

@@ -327,3 +327,81 @@ impl Drop for DocServer {
         self.task.abort();
     }
 }
+
+/// What a [`FnServer`] handler sees: method, URI, headers and the body as text.
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub headers: hyper::HeaderMap,
+    pub body: String,
+}
+
+type Handler = dyn Fn(&Seen) -> (u16, Vec<(&'static str, String)>, String) + Send + Sync;
+
+/// A server whose answers come from a closure (authorization services, introspection
+/// endpoints); counts requests.
+pub struct FnServer {
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl FnServer {
+    pub async fn start(
+        f: impl Fn(&Seen) -> (u16, Vec<(&'static str, String)>, String) + Send + Sync + 'static,
+    ) -> FnServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let f: Arc<Handler> = Arc::new(f);
+        let h = hits.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((sock, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (f, h) = (f.clone(), h.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let (f, h) = (f.clone(), h.clone());
+                        async move {
+                            h.fetch_add(1, SeqCst);
+                            let (parts, body) = req.into_parts();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let seen = Seen {
+                                method: parts.method.to_string(),
+                                uri: parts.uri.to_string(),
+                                headers: parts.headers,
+                                body: String::from_utf8_lossy(&body).into_owned(),
+                            };
+                            let (status, headers, body) = f(&seen);
+                            let mut b = Response::builder().status(status);
+                            for (k, v) in headers {
+                                b = b.header(k, v);
+                            }
+                            Ok::<_, Infallible>(b.body(Full::new(Bytes::from(body))).unwrap())
+                        }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(sock), svc)
+                        .await;
+                });
+            }
+        });
+        FnServer { addr, hits, task }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(SeqCst)
+    }
+}
+
+impl Drop for FnServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,315 @@
+//! `oauth2_introspection`: opaque bearer tokens checked with the authorization server's token
+//! introspection endpoint (RFC 7662). Active answers are cached until the token's `exp` (at most
+//! `cache_max_ttl`), inactive ones for `negative_ttl`, in a bounded cache, so a busy client costs
+//! one call per token, not per request.
+//!
+//! ```yaml
+//! plugins:
+//!   - oauth2_introspection:
+//!       url: https://auth.example.com/oauth2/introspect
+//!       client_id: gateway
+//!       client_secret: "${INTROSPECTION_SECRET}"
+//!       scopes_any: [ "orders:read" ]
+//!       consumer_claim: sub                # or client_id
+//!       forward_claims: { sub: x-user-id, client_id: x-client-id }
+//! ```
+
+use super::{BuildCtx, Flow, Plugin};
+use crate::auth::{failure, sha256, AuthFail, Consumers};
+use crate::config::types::Dur;
+use crate::config::Issue;
+use crate::context::{Consumer, RequestCtx};
+use crate::error::GatewayError;
+use crate::observability::metrics::AuthMetrics;
+use async_trait::async_trait;
+use http::{HeaderName, HeaderValue};
+use parking_lot::Mutex;
+use pingora::http::RequestHeader;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+type Claims = serde_json::Map<String, serde_json::Value>;
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub url: String,
+    pub client_id: String,
+    /// Use `${ENV}`.
+    pub client_secret: String,
+    #[serde(default = "default_timeout")]
+    pub timeout: Dur,
+    /// Longest time an active answer is reused (the token's `exp` may end it sooner).
+    #[serde(default = "default_max_ttl")]
+    pub cache_max_ttl: Dur,
+    /// How long an inactive answer is reused.
+    #[serde(default = "default_negative_ttl")]
+    pub negative_ttl: Dur,
+    /// Tokens remembered.
+    #[serde(default = "default_cache_size")]
+    pub cache_size: usize,
+    #[serde(default)]
+    pub scopes_any: Vec<String>,
+    #[serde(default)]
+    pub scopes_all: Vec<String>,
+    #[serde(default = "default_consumer_claim")]
+    pub consumer_claim: String,
+    #[serde(default)]
+    pub forward_claims: BTreeMap<String, String>,
+    /// Remove the token from the request sent upstream.
+    #[serde(default)]
+    pub strip_token: bool,
+}
+
+fn default_timeout() -> Dur {
+    Dur::millis(1000)
+}
+fn default_max_ttl() -> Dur {
+    Dur::secs(300)
+}
+fn default_negative_ttl() -> Dur {
+    Dur::secs(10)
+}
+fn default_cache_size() -> usize {
+    10_000
+}
+fn default_consumer_claim() -> String {
+    "sub".into()
+}
+
+#[derive(Clone)]
+enum Answer {
+    Active(Arc<Claims>),
+    Inactive,
+}
+
+pub struct Introspection {
+    url: String,
+    client_id: String,
+    client_secret: String,
+    timeout: Duration,
+    max_ttl: Duration,
+    negative_ttl: Duration,
+    cache_size: usize,
+    scopes_any: Vec<String>,
+    scopes_all: Vec<String>,
+    consumer_claim: String,
+    forward: Vec<(String, HeaderName)>,
+    strip: bool,
+    client: reqwest::Client,
+    cache: Mutex<HashMap<[u8; 32], (Instant, Answer)>>,
+    consumers: Arc<Consumers>,
+    metrics: AuthMetrics,
+}
+
+impl Introspection {
+    pub fn new(c: &Config, b: &BuildCtx) -> Result<Introspection, Vec<Issue>> {
+        let path = &b.path;
+        let mut issues = Vec::new();
+        if !(c.url.starts_with("http://") || c.url.starts_with("https://"))
+            || c.url.parse::<http::Uri>().is_err()
+        {
+            issues.push(Issue::new(
+                format!("{path}.url"),
+                "expected an http:// or https:// URL",
+            ));
+        }
+        if c.cache_size == 0 {
+            issues.push(Issue::new(
+                format!("{path}.cache_size"),
+                "must be at least 1",
+            ));
+        }
+        let mut forward = Vec::new();
+        for (claim, h) in &c.forward_claims {
+            match HeaderName::from_bytes(h.as_bytes()) {
+                Ok(n) => forward.push((claim.clone(), n)),
+                Err(_) => issues.push(Issue::new(
+                    format!("{path}.forward_claims.{claim}"),
+                    format!("invalid header name \"{h}\""),
+                )),
+            }
+        }
+        crate::auth::http_client_ready();
+        let client = reqwest::Client::builder()
+            .timeout(c.timeout.0)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| issues.push(Issue::new(path.clone(), format!("HTTP client: {e}"))))
+            .ok();
+        let (Some(client), true) = (client, issues.is_empty()) else {
+            return Err(issues);
+        };
+        Ok(Introspection {
+            url: c.url.clone(),
+            client_id: c.client_id.clone(),
+            client_secret: c.client_secret.clone(),
+            timeout: c.timeout.0,
+            max_ttl: c.cache_max_ttl.0,
+            negative_ttl: c.negative_ttl.0,
+            cache_size: c.cache_size,
+            scopes_any: c.scopes_any.clone(),
+            scopes_all: c.scopes_all.clone(),
+            consumer_claim: c.consumer_claim.clone(),
+            forward,
+            strip: c.strip_token,
+            client,
+            cache: Mutex::new(HashMap::new()),
+            consumers: b.consumers.clone(),
+            metrics: AuthMetrics::new(b.route, "oauth2_introspection"),
+        })
+    }
+
+    /// Asks the endpoint; the answer and how long it may be reused.
+    async fn introspect(&self, token: &str) -> Result<(Answer, Duration), String> {
+        let resp = self
+            .client
+            .post(&self.url)
+            .basic_auth(&self.client_id, Some(&self.client_secret))
+            .header("accept", "application/json")
+            .form(&[("token", token), ("token_type_hint", "access_token")])
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !resp.status().is_success() {
+            return Err(format!("status {}", resp.status()));
+        }
+        let claims: Claims = resp
+            .json()
+            .await
+            .map_err(|e| format!("invalid answer: {e}"))?;
+        if claims.get("active") != Some(&serde_json::Value::Bool(true)) {
+            return Ok((Answer::Inactive, self.negative_ttl));
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let ttl = match claims.get("exp").and_then(serde_json::Value::as_u64) {
+            Some(exp) if exp <= now => return Ok((Answer::Inactive, self.negative_ttl)),
+            Some(exp) => Duration::from_secs(exp - now).min(self.max_ttl),
+            None => self.max_ttl,
+        };
+        Ok((Answer::Active(Arc::new(claims)), ttl))
+    }
+
+    fn scopes_ok(&self, claims: &Claims) -> bool {
+        let have: Vec<&str> = claims
+            .get("scope")
+            .and_then(|s| s.as_str())
+            .map(|s| s.split_whitespace().collect())
+            .unwrap_or_default();
+        (self.scopes_any.is_empty() || self.scopes_any.iter().any(|s| have.contains(&s.as_str())))
+            && self.scopes_all.iter().all(|s| have.contains(&s.as_str()))
+    }
+
+    fn fail(&self, ctx: &mut RequestCtx, why: AuthFail) -> Result<Flow, GatewayError> {
+        self.metrics.failed(why);
+        Ok(Flow::Respond(failure(ctx, why, "Bearer", "postern")))
+    }
+}
+
+fn bearer(req: &RequestHeader) -> Option<String> {
+    let v = req
+        .headers
+        .get(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, t) = v.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+}
+
+#[async_trait]
+impl Plugin for Introspection {
+    fn name(&self) -> &'static str {
+        "oauth2_introspection"
+    }
+
+    async fn on_request(
+        &self,
+        req: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<Flow, GatewayError> {
+        let Some(token) = bearer(req) else {
+            return self.fail(ctx, AuthFail::Missing);
+        };
+        let key = sha256(token.as_bytes());
+        let cached = {
+            let mut c = self.cache.lock();
+            match c.get(&key) {
+                Some((until, a)) if Instant::now() < *until => Some(a.clone()),
+                Some(_) => {
+                    c.remove(&key);
+                    None
+                }
+                None => None,
+            }
+        };
+        let answer = match cached {
+            Some(a) => a,
+            None => match tokio::time::timeout(self.timeout, self.introspect(&token)).await {
+                Ok(Ok((a, ttl))) => {
+                    let mut c = self.cache.lock();
+                    if c.len() >= self.cache_size {
+                        let now = Instant::now();
+                        c.retain(|_, (until, _)| *until > now);
+                        if c.len() >= self.cache_size {
+                            c.clear();
+                        }
+                    }
+                    c.insert(key, (Instant::now() + ttl, a.clone()));
+                    a
+                }
+                failed => {
+                    let why = match failed {
+                        Ok(Err(e)) => e,
+                        _ => format!("no answer within {:?}", self.timeout),
+                    };
+                    log::warn!("token introspection at {} failed: {why}", self.url);
+                    return Ok(Flow::Respond(
+                        GatewayError::Unavailable(
+                            "The token introspection service is unavailable.",
+                        )
+                        .reply(&ctx.request_id),
+                    ));
+                }
+            },
+        };
+        let Answer::Active(claims) = answer else {
+            return self.fail(ctx, AuthFail::Invalid);
+        };
+        if !self.scopes_ok(&claims) {
+            return self.fail(ctx, AuthFail::Scope);
+        }
+        if let Some(name) = claims.get(&self.consumer_claim).and_then(|v| v.as_str()) {
+            ctx.consumer = Some(match self.consumers.by_name(name) {
+                Some(c) => c.clone(),
+                None => Arc::new(Consumer {
+                    name: name.to_string(),
+                    groups: Vec::new(),
+                }),
+            });
+        }
+        for (claim, h) in &self.forward {
+            req.remove_header(h);
+            let v = match claims.get(claim) {
+                Some(serde_json::Value::String(s)) => HeaderValue::from_str(s).ok(),
+                Some(serde_json::Value::Null) | None => None,
+                Some(other) => HeaderValue::from_str(&other.to_string()).ok(),
+            };
+            if let Some(v) = v {
+                let _ = req.insert_header(h.clone(), v);
+            }
+        }
+        if self.strip {
+            req.remove_header(&http::header::AUTHORIZATION);
+        }
+        ctx.claims = Some(claims);
+        Ok(Flow::Continue)
+    }
+}
