@@ -11,7 +11,6 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
-use pingora::listeners::TlsAccept;
 use pingora::proxy::ProxyServiceBuilder;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{ExecutionPhase, Server, ShutdownWatch};
@@ -115,9 +114,6 @@ fn server_conf(snap: &Snapshot, daemon: bool) -> ServerConf {
     }
 }
 
-struct NoCallbacks;
-impl TlsAccept for NoCallbacks {}
-
 fn add_listener(
     server: &mut Server,
     l: ListenerPlan,
@@ -138,11 +134,14 @@ fn add_listener(
         .build();
     match l.tls {
         None => svc.add_tcp(&l.addr),
-        Some((resolver, http2)) => {
-            let mut tls =
-                TlsSettings::with_callbacks(Box::new(NoCallbacks)).map_err(|e| e.to_string())?;
-            tls.set_cert_resolver(resolver);
-            if http2 {
+        Some(plan) => {
+            let mut tls = TlsSettings::with_callbacks(Box::new(crate::tls::ClientCertCallbacks))
+                .map_err(|e| e.to_string())?;
+            tls.set_cert_resolver(plan.resolver);
+            if let Some(v) = plan.client_verifier {
+                tls.set_client_cert_verifier(v);
+            }
+            if plan.http2 {
                 tls.enable_h2();
             }
             svc.add_tls_with_settings(&l.addr, None, tls);

@@ -11,6 +11,18 @@ pub struct ConnInfo {
     pub tls: bool,
     pub sni: Option<String>,
     pub http2: bool,
+    /// The verified client certificate (mTLS listeners), parsed once per connection.
+    pub client_cert: Option<Arc<ClientCert>>,
+}
+
+/// Facts of a verified client certificate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientCert {
+    pub subject_cn: Option<String>,
+    /// subjectAltNames as text (DNS names, e-mail addresses, URIs, IP addresses).
+    pub sans: Vec<String>,
+    /// Lower-case hex SHA-256 of the DER certificate.
+    pub sha256: String,
 }
 
 /// A known caller, from the `consumers` section.

@@ -142,6 +142,15 @@ impl ProxyHttp for Gateway {
             client_ip: inet.map(|a| a.ip()),
             client_port: inet.map_or(0, |a| a.port()),
             tls: self.tls,
+            client_cert: if self.tls {
+                session
+                    .digest()
+                    .and_then(|d| d.ssl_digest.as_ref())
+                    .and_then(|s| s.extension.get::<Arc<crate::context::ClientCert>>())
+                    .cloned()
+            } else {
+                None
+            },
             sni: None,
             http2: h2,
         };

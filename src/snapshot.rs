@@ -83,8 +83,15 @@ struct RouteEnv<'a> {
 pub struct ListenerPlan {
     pub name: String,
     pub addr: String,
-    pub tls: Option<(Arc<SniResolver>, bool)>,
+    pub tls: Option<TlsPlan>,
     pub h2c: bool,
+}
+
+/// TLS of a listener: certificates by SNI, HTTP/2 by ALPN, client certificate verification.
+pub struct TlsPlan {
+    pub resolver: Arc<SniResolver>,
+    pub http2: bool,
+    pub client_verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
 }
 
 /// Loads, checks and compiles a file: what `postern check` and start-up run.
@@ -190,16 +197,47 @@ fn compile_listeners(c: &Config, issues: &mut Vec<Issue>) -> Vec<ListenerPlan> {
     for (i, l) in c.listeners.iter().enumerate() {
         let tls = match &l.tls {
             None => None,
-            Some(t) => match SniResolver::load(&t.certificates) {
-                Ok(r) => Some((Arc::new(r), t.http2)),
-                Err((j, m)) => {
-                    issues.push(Issue::new(
-                        format!("listeners[{i}].tls.certificates[{j}]"),
-                        m,
-                    ));
-                    None
+            Some(t) => {
+                use schema::ClientAuth;
+                let client_verifier = match (t.client_auth, &t.client_ca) {
+                    (ClientAuth::None, None) => None,
+                    (ClientAuth::None, Some(_)) => {
+                        issues.push(Issue::new(
+                            format!("listeners[{i}].tls.client_ca"),
+                            "client_ca needs `client_auth: optional` or `required`",
+                        ));
+                        None
+                    }
+                    (_, None) => {
+                        issues.push(Issue::new(
+                            format!("listeners[{i}].tls.client_auth"),
+                            "client certificates need `client_ca` (the PEM bundle of their CAs)",
+                        ));
+                        None
+                    }
+                    (auth, Some(ca)) => {
+                        crate::tls::client_verifier(ca, auth == ClientAuth::Required)
+                            .map_err(|m| {
+                                issues.push(Issue::new(format!("listeners[{i}].tls.client_ca"), m))
+                            })
+                            .ok()
+                    }
+                };
+                match SniResolver::load(&t.certificates) {
+                    Ok(r) => Some(TlsPlan {
+                        resolver: Arc::new(r),
+                        http2: t.http2,
+                        client_verifier,
+                    }),
+                    Err((j, m)) => {
+                        issues.push(Issue::new(
+                            format!("listeners[{i}].tls.certificates[{j}]"),
+                            m,
+                        ));
+                        None
+                    }
                 }
-            },
+            }
         };
         out.push(ListenerPlan {
             name: l.name.clone().unwrap_or_else(|| l.addr.clone()),

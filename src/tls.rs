@@ -113,3 +113,95 @@ fn san_names(der: &[u8]) -> Vec<String> {
     }
     out
 }
+
+/// The verifier of client certificates for a listener with `client_auth` set.
+pub fn client_verifier(
+    ca_file: &str,
+    required: bool,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, String> {
+    let pem = std::fs::read(ca_file).map_err(|e| format!("cannot read {ca_file}: {e}"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut pem.as_slice()) {
+        let c = c.map_err(|e| format!("{ca_file}: {e}"))?;
+        roots
+            .add(c)
+            .map_err(|e| format!("{ca_file}: unusable CA certificate: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{ca_file} holds no CA certificate"));
+    }
+    let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    );
+    let builder = if required {
+        builder
+    } else {
+        builder.allow_unauthenticated()
+    };
+    builder.build().map_err(|e| format!("client CA: {e}"))
+}
+
+/// Parses the client's leaf certificate once per connection, after the handshake (which already
+/// verified it); the result travels with the connection digest to every request on it.
+pub fn client_cert_facts(der: &[u8]) -> Option<crate::context::ClientCert> {
+    use sha2::Digest;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let subject_cn = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map(String::from);
+    let sans = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|ext| {
+            use x509_parser::extensions::GeneralName;
+            ext.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::DNSName(s) | GeneralName::RFC822Name(s) | GeneralName::URI(s) => {
+                        Some(s.to_string())
+                    }
+                    GeneralName::IPAddress(b) => match b.len() {
+                        4 => <[u8; 4]>::try_from(*b)
+                            .ok()
+                            .map(|a| std::net::IpAddr::from(a).to_string()),
+                        16 => <[u8; 16]>::try_from(*b)
+                            .ok()
+                            .map(|a| std::net::IpAddr::from(a).to_string()),
+                        _ => None,
+                    },
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let sha256 = sha2::Sha256::digest(der)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Some(crate::context::ClientCert {
+        subject_cn,
+        sans,
+        sha256,
+    })
+}
+
+/// Pingora TLS callbacks of listeners: record the verified client certificate's facts.
+pub struct ClientCertCallbacks;
+
+#[async_trait::async_trait]
+impl pingora::listeners::TlsAccept for ClientCertCallbacks {
+    async fn handshake_complete_callback(
+        &self,
+        tls: &pingora::protocols::tls::TlsRef,
+    ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        let der = tls.peer_certificate_der()?;
+        let facts = client_cert_facts(der)?;
+        Some(Arc::new(Arc::new(facts)))
+    }
+}

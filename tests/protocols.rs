@@ -277,3 +277,131 @@ async fn host_name_targets_are_resolved_off_the_request_path() {
         "{ups}"
     );
 }
+
+/// A CA issuing a server certificate (`server.test`) and client certificates.
+struct MtlsPki {
+    ca: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl MtlsPki {
+    fn new(dir: &Path) -> MtlsPki {
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "Clients CA");
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["server.test".to_string()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        std::fs::write(dir.join("server.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+        MtlsPki { ca }
+    }
+
+    /// A client certificate with this CN and DNS SAN: (cert + key PEM, SHA-256 hex).
+    fn client(&self, cn: &str, san: &str) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(vec![san.to_string()]).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        let cert = p.signed_by(&key, &self.ca).unwrap();
+        use sha2::Digest;
+        let fp = sha2::Sha256::digest(cert.der())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        (format!("{}{}", cert.pem(), key.serialize_pem()), fp)
+    }
+}
+
+fn mtls_client(port: u16, ca_pem: &str, identity: Option<&str>) -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut b = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap()])
+        .resolve(
+            "server.test",
+            std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        );
+    if let Some(id) = identity {
+        b = b.identity(reqwest::Identity::from_pem(id.as_bytes()).unwrap());
+    }
+    b.build().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_verifies_client_certificates_and_maps_consumers() {
+    let up = Upstream::start("u").await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = MtlsPki::new(dir.path());
+    let other = MtlsPki::new(tempfile::tempdir().unwrap().path());
+    let (alice, alice_fp) = pki.client("alice-laptop", "alice.clients.test");
+    let (billing, _) = pki.client("billing", "billing.internal");
+    let (stranger, _) = pki.client("stranger", "stranger.test");
+    let (forged, _) = other.client("alice-laptop", "alice.clients.test");
+    let (opt_port, req_port) = (free_port(), free_port());
+    let d = dir.path().display();
+    let listeners = format!(
+        "  - {{ name: opt, addr: \"127.0.0.1:{opt_port}\", tls: {{ certificates: [ {{ cert: \"{d}/server.pem\", key: \"{d}/server.key\" }} ], client_auth: optional, client_ca: \"{d}/ca.pem\" }} }}\n  - {{ name: req, addr: \"127.0.0.1:{req_port}\", tls: {{ certificates: [ {{ cert: \"{d}/server.pem\", key: \"{d}/server.key\" }} ], client_auth: required, client_ca: \"{d}/ca.pem\" }} }}\n"
+    );
+    let body = format!(
+        "consumers:\n  - {{ name: alice, groups: [staff], certificates: [ {{ sha256: \"{alice_fp}\" }} ] }}\n  - {{ name: billing-svc, certificates: [ {{ san: billing.internal }} ] }}\nupstreams:\n{}routes:\n  - name: svc\n    match: {{ path: /svc/* }}\n    upstream: u\n    plugins:\n      - mtls: {{ consumer_required: true, forward: {{ cn: x-client-cn, sha256: x-client-fp }} }}\n  - name: open\n    match: {{ path: /open/* }}\n    upstream: u\n",
+        upstream_yaml("u", &[up.addr], "")
+    );
+    let _gw = Gateway::start_with(&body, &listeners);
+    let url = |port: u16, p: &str| format!("https://server.test:{port}{p}");
+    let ca = pki.ca.pem();
+
+    // Optional listener: no certificate is fine for routes without mtls, 401 on mtls routes.
+    let anon = mtls_client(opt_port, &ca, None);
+    assert_eq!(
+        anon.get(url(opt_port, "/open/x"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let r = anon.get(url(opt_port, "/svc/x")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    // By fingerprint and by SAN; facts forwarded, client-sent copies replaced.
+    let r = mtls_client(opt_port, &ca, Some(&alice))
+        .get(url(opt_port, "/svc/x"))
+        .header("x-client-cn", "spoofed")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["headers"]["x-client-cn"], "alice-laptop");
+    assert_eq!(v["headers"]["x-client-fp"], alice_fp);
+    let r = mtls_client(opt_port, &ca, Some(&billing))
+        .get(url(opt_port, "/svc/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Verified but unknown: refused by consumer_required.
+    let r = mtls_client(opt_port, &ca, Some(&stranger))
+        .get(url(opt_port, "/svc/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // A certificate from another CA fails the handshake even where certificates are optional.
+    assert!(mtls_client(opt_port, &ca, Some(&forged))
+        .get(url(opt_port, "/open/x"))
+        .send()
+        .await
+        .is_err());
+    // Required listener: no certificate, no connection.
+    assert!(anon.get(url(req_port, "/open/x")).send().await.is_err());
+    let r = mtls_client(req_port, &ca, Some(&alice))
+        .get(url(req_port, "/svc/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}

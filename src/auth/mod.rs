@@ -19,6 +19,8 @@ pub struct Consumers {
     by_name: HashMap<String, Arc<Consumer>>,
     api_keys: HashMap<[u8; 32], Arc<Consumer>>,
     basic: HashMap<String, (PasswordHash, Arc<Consumer>)>,
+    /// `sha256:<hex>`, `san:<name>` and `cn:<name>` of client certificates.
+    certs: HashMap<String, Arc<Consumer>>,
 }
 
 /// SHA-256 of a secret.
@@ -87,6 +89,28 @@ impl Consumers {
                     }
                 }
             }
+            for (j, id) in cc.certificates.iter().enumerate() {
+                let p = format!("{path}.certificates[{j}]");
+                let key = match (&id.sha256, &id.san, &id.cn) {
+                    (Some(h), None, None) => parse_hex32(h)
+                        .map(|_| format!("sha256:{}", h.trim().to_ascii_lowercase()))
+                        .ok_or("expected 64 hex digits (SHA-256 of the DER certificate)"),
+                    (None, Some(s), None) => Ok(format!("san:{s}")),
+                    (None, None, Some(cn)) => Ok(format!("cn:{cn}")),
+                    _ => Err("give exactly one of `sha256`, `san` or `cn`"),
+                };
+                match key {
+                    Ok(k) => {
+                        if c.certs.insert(k, consumer.clone()).is_some() {
+                            issues.push(Issue::new(
+                                p,
+                                "this certificate identifies another consumer too",
+                            ));
+                        }
+                    }
+                    Err(e) => issues.push(Issue::new(p, e)),
+                }
+            }
             if let Some(b) = &cc.basic {
                 let user = b.username.clone().unwrap_or_else(|| cc.name.clone());
                 match PasswordHash::parse(&b.password_hash) {
@@ -126,6 +150,23 @@ impl Consumers {
 
     pub fn basic(&self, user: &str) -> Option<&(PasswordHash, Arc<Consumer>)> {
         self.basic.get(user)
+    }
+
+    /// The consumer a verified client certificate identifies: by fingerprint, then by any
+    /// subjectAltName, then by subject CN.
+    pub fn by_cert(&self, cert: &crate::context::ClientCert) -> Option<&Arc<Consumer>> {
+        self.certs
+            .get(&format!("sha256:{}", cert.sha256))
+            .or_else(|| {
+                cert.sans
+                    .iter()
+                    .find_map(|s| self.certs.get(&format!("san:{s}")))
+            })
+            .or_else(|| {
+                cert.subject_cn
+                    .as_ref()
+                    .and_then(|cn| self.certs.get(&format!("cn:{cn}")))
+            })
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {

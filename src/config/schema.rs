@@ -51,6 +51,24 @@ pub struct ConsumerConfig {
     /// Basic credentials.
     #[serde(default)]
     pub basic: Option<BasicCredential>,
+    /// Client certificates (mTLS) that identify this consumer.
+    #[serde(default)]
+    pub certificates: Vec<CertIdentity>,
+}
+
+/// A client certificate, by one of its facts.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CertIdentity {
+    /// Subject common name.
+    #[serde(default)]
+    pub cn: Option<String>,
+    /// A subjectAltName (DNS name, e-mail, URI or IP, as text).
+    #[serde(default)]
+    pub san: Option<String>,
+    /// Hex SHA-256 fingerprint of the DER certificate.
+    #[serde(default)]
+    pub sha256: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
@@ -253,6 +271,22 @@ pub struct ListenerTls {
     /// Offer HTTP/2 by ALPN.
     #[serde(default = "d::yes")]
     pub http2: bool,
+    /// Client certificates (mutual TLS): `none`, `optional` (verified when presented) or
+    /// `required` (the handshake fails without a valid one).
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    /// PEM bundle of the CAs that issue client certificates.
+    #[serde(default)]
+    pub client_ca: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, serde::Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    #[default]
+    None,
+    Optional,
+    Required,
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]

@@ -35,7 +35,13 @@ pub struct AnyAuth {
 }
 
 /// Plugins that identify a caller and may appear under `any`.
-const MECHANISMS: &[&str] = &["jwt", "api_key", "basic_auth", "oauth2_introspection"];
+const MECHANISMS: &[&str] = &[
+    "jwt",
+    "api_key",
+    "basic_auth",
+    "oauth2_introspection",
+    "mtls",
+];
 
 impl AnyAuth {
     pub fn new(c: &Config, b: &BuildCtx) -> Result<AnyAuth, Vec<Issue>> {

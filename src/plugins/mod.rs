@@ -15,6 +15,7 @@ pub mod headers;
 pub mod ip_filter;
 pub mod jwt;
 pub mod key;
+pub mod mtls;
 pub mod oauth2_introspection;
 pub mod rate_limit;
 pub mod time_window;
@@ -197,6 +198,8 @@ pub enum PluginSpec {
     IpFilter(ip_filter::Config),
     /// Opaque tokens checked with an RFC 7662 introspection endpoint.
     Oauth2Introspection(oauth2_introspection::Config),
+    /// A verified client certificate (mTLS), resolved to a consumer.
+    Mtls(mtls::Config),
     /// Ask an external authorization service.
     ForwardAuth(forward_auth::Config),
     /// Allow or deny by weekday and time of day in a time zone.
@@ -217,6 +220,7 @@ pub const PLUGIN_NAMES: &[&str] = &[
     "time_window",
     "forward_auth",
     "oauth2_introspection",
+    "mtls",
 ];
 
 impl<'de> Deserialize<'de> for PluginSpec {
@@ -251,6 +255,7 @@ impl<'de> Deserialize<'de> for PluginSpec {
                     "ip_filter" => PluginSpec::IpFilter(map.next_value()?),
                     "time_window" => PluginSpec::TimeWindow(map.next_value()?),
                     "forward_auth" => PluginSpec::ForwardAuth(map.next_value()?),
+                    "mtls" => PluginSpec::Mtls(map.next_value()?),
                     "oauth2_introspection" => PluginSpec::Oauth2Introspection(map.next_value()?),
                     other => return Err(A::Error::unknown_variant(other, PLUGIN_NAMES)),
                 };
@@ -289,6 +294,7 @@ pub fn build(spec: &PluginSpec, b: &BuildCtx) -> Result<Arc<dyn Plugin>, Vec<Iss
             c,
             &at("oauth2_introspection"),
         )?),
+        PluginSpec::Mtls(c) => Arc::new(mtls::Mtls::new(c, &at("mtls"))?),
         PluginSpec::ForwardAuth(c) => {
             Arc::new(forward_auth::ForwardAuth::new(c, &at("forward_auth"))?)
         }
