@@ -549,6 +549,7 @@ fn access_record(
         trace_id: Option<String>,
         client: Option<std::net::IpAddr>,
         consumer: Option<&'a str>,
+        auth_failure: Option<&'static str>,
         method: &'a str,
         host: Option<&'a str>,
         path: std::borrow::Cow<'a, str>,
@@ -572,6 +573,11 @@ fn access_record(
         trace_id: ctx.req.trace.map(|t| t.trace_id_hex()),
         client: ctx.req.client_ip,
         consumer: ctx.req.consumer.as_deref().map(|c| c.name.as_str()),
+        auth_failure: ctx
+            .req
+            .ext
+            .get::<crate::auth::LastFail>()
+            .map(|f| f.0.reason()),
         method: req.method.as_str(),
         host: ctx.client_host.as_deref(),
         path: log.redacted_target(req.uri.path(), req.uri.query()),

@@ -423,21 +423,59 @@ async fn jwks_url_rotation_outage_and_refetch_rate_limit() {
         "no refetch within jwks_min_refetch (one periodic refresh at most)"
     );
 
-    // The endpoint fails: after the next periodic refresh failed, the last good set still works.
+    // The issuer retires k1: once the periodic refresh saw it, k1 tokens (even ones verified
+    // and cached before) are refused.
+    let k1_token = es256_token(&pem1, "k1", "erin");
+    assert_eq!(
+        call(
+            &c,
+            &gw.url("/jwks/a"),
+            &[("authorization", &auth(k1_token.clone()))]
+        )
+        .await
+        .0,
+        200
+    );
+    jwks.set(200, &json!({ "keys": [jwk2] }).to_string());
+    wait_for_fetch(&jwks).await;
+    // The fetch is counted when it starts; the new set may land a moment later.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while call(
+        &c,
+        &gw.url("/jwks/a"),
+        &[("authorization", &auth(k1_token.clone()))],
+    )
+    .await
+    .0 != 401
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "retired key still accepted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    // The endpoint fails: after failed refreshes, the last good set still works.
     jwks.set(500, "oops");
+    wait_for_fetch(&jwks).await;
+    wait_for_fetch(&jwks).await;
+    let (s, _, _) = call(
+        &c,
+        &gw.url("/jwks/a"),
+        &[("authorization", &auth(es256_token(&pem2, "k2", "frank")))],
+    )
+    .await;
+    assert_eq!(s, 200);
+}
+
+/// Waits until the JWKS server got one more request (a periodic refresh).
+async fn wait_for_fetch(jwks: &DocServer) {
     let before = jwks.hits();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while jwks.hits() == before {
         assert!(std::time::Instant::now() < deadline, "no periodic refresh");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let (s, _, _) = call(
-        &c,
-        &gw.url("/jwks/a"),
-        &[("authorization", &auth(es256_token(&pem1, "k1", "erin")))],
-    )
-    .await;
-    assert_eq!(s, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -737,4 +775,212 @@ async fn time_windows_open_and_closed_now() {
     let (s, _, v) = call(&c, &gw.url("/closed/x"), &[]).await;
     assert_eq!(s, 403);
     assert_eq!(v["type"], "urn:postern:problem:forbidden");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_algorithm_verifies_with_its_key_and_attacks_fail() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let rsa_private = std::fs::read_to_string(format!("{fixtures}/rsa-2048.key")).unwrap();
+    let rsa_public = format!("{fixtures}/rsa-2048.pub.pem");
+    let p256 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let p384 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+    let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, pem: String| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, pem).unwrap();
+        p.display().to_string()
+    };
+    let (p256_pub, p384_pub, ed_pub) = (
+        write("p256.pem", p256.public_key_pem()),
+        write("p384.pem", p384.public_key_pem()),
+        write("ed.pem", ed.public_key_pem()),
+    );
+    use Algorithm::*;
+    let cases: Vec<(Algorithm, EncodingKey, String)> = vec![
+        (
+            HS256,
+            EncodingKey::from_secret(SECRET.as_bytes()),
+            format!("secret: \"{SECRET}\""),
+        ),
+        (
+            HS384,
+            EncodingKey::from_secret(SECRET.as_bytes()),
+            format!("secret: \"{SECRET}\""),
+        ),
+        (
+            HS512,
+            EncodingKey::from_secret(SECRET.as_bytes()),
+            format!("secret: \"{SECRET}\""),
+        ),
+        (
+            RS256,
+            EncodingKey::from_rsa_pem(rsa_private.as_bytes()).unwrap(),
+            format!("pem_file: \"{rsa_public}\""),
+        ),
+        (
+            RS384,
+            EncodingKey::from_rsa_pem(rsa_private.as_bytes()).unwrap(),
+            format!("pem_file: \"{rsa_public}\""),
+        ),
+        (
+            RS512,
+            EncodingKey::from_rsa_pem(rsa_private.as_bytes()).unwrap(),
+            format!("pem_file: \"{rsa_public}\""),
+        ),
+        (
+            PS256,
+            EncodingKey::from_rsa_pem(rsa_private.as_bytes()).unwrap(),
+            format!("pem_file: \"{rsa_public}\""),
+        ),
+        (
+            PS384,
+            EncodingKey::from_rsa_pem(rsa_private.as_bytes()).unwrap(),
+            format!("pem_file: \"{rsa_public}\""),
+        ),
+        (
+            PS512,
+            EncodingKey::from_rsa_pem(rsa_private.as_bytes()).unwrap(),
+            format!("pem_file: \"{rsa_public}\""),
+        ),
+        (
+            ES256,
+            EncodingKey::from_ec_pem(p256.serialize_pem().as_bytes()).unwrap(),
+            format!("pem_file: \"{p256_pub}\""),
+        ),
+        (
+            ES384,
+            EncodingKey::from_ec_pem(p384.serialize_pem().as_bytes()).unwrap(),
+            format!("pem_file: \"{p384_pub}\""),
+        ),
+        (
+            EdDSA,
+            EncodingKey::from_ed_pem(ed.serialize_pem().as_bytes()).unwrap(),
+            format!("pem_file: \"{ed_pub}\""),
+        ),
+    ];
+    let keys: Vec<String> = cases
+        .iter()
+        .map(|(alg, _, key)| {
+            format!("              - {{ kid: \"{alg:?}\", alg: {alg:?}, {key} }}\n")
+        })
+        .collect();
+    let up = Upstream::start("u").await;
+    let body = format!(
+        "upstreams:\n{}routes:\n{}",
+        upstream_yaml("u", &[up.addr], ""),
+        route(
+            "all",
+            "/all/*",
+            &format!("      - jwt:\n          leeway: 0s\n          required_claims: [exp, sub]\n          keys:\n{}", keys.concat())
+        ),
+    );
+    let gw = Gateway::start(&body);
+    let c = client();
+    let claims = json!({ "sub": "alice", "exp": now() + 600 });
+    let sign = |alg: Algorithm, key: &EncodingKey, kid: &str, claims: &Value| {
+        let mut h = Header::new(alg);
+        h.kid = Some(kid.to_string());
+        encode(&h, claims, key).unwrap()
+    };
+    let bearer = |t: &str| format!("Bearer {t}");
+    for (alg, key, _) in &cases {
+        let t = sign(*alg, key, &format!("{alg:?}"), &claims);
+        assert_eq!(
+            call(&c, &gw.url("/all/x"), &[("authorization", &bearer(&t))])
+                .await
+                .0,
+            200,
+            "{alg:?}"
+        );
+    }
+
+    let good = sign(ES256, &cases[9].1, "ES256", &claims);
+    let parts: Vec<&str> = good.split('.').collect();
+    let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let mut attacks: Vec<(&str, String)> = vec![
+        (
+            "tampered payload",
+            format!(
+                "{}.{}.{}",
+                parts[0],
+                b64(&json!({ "sub": "admin", "exp": now() + 600 })),
+                parts[2]
+            ),
+        ),
+        ("stripped signature", format!("{}.{}.", parts[0], parts[1])),
+        ("malformed base64", format!("{}.!!!.{}", parts[0], parts[2])),
+        (
+            "oversized",
+            format!("{}.{}.{}", parts[0], "A".repeat(9000), parts[2]),
+        ),
+        (
+            "wrong kid",
+            sign(HS256, &cases[0].1, "no-such-kid", &claims),
+        ),
+        // The RSA public key used as an HMAC secret (classic alg confusion) under the RS256 kid.
+        (
+            "alg confusion",
+            sign(
+                HS256,
+                &EncodingKey::from_secret(std::fs::read(&rsa_public).unwrap().as_slice()),
+                "RS256",
+                &claims,
+            ),
+        ),
+        (
+            "alg swapped to another of the same family",
+            sign(HS512, &cases[0].1, "HS256", &claims),
+        ),
+        (
+            "not yet valid",
+            sign(
+                HS256,
+                &cases[0].1,
+                "HS256",
+                &json!({ "sub": "a", "exp": now() + 600, "nbf": now() + 300 }),
+            ),
+        ),
+        (
+            "missing required claim",
+            sign(HS256, &cases[0].1, "HS256", &json!({ "exp": now() + 600 })),
+        ),
+        (
+            "expired",
+            sign(
+                HS256,
+                &cases[0].1,
+                "HS256",
+                &json!({ "sub": "a", "exp": now() - 5 }),
+            ),
+        ),
+    ];
+    attacks.push((
+        "alg none",
+        format!(
+            "{}.{}.",
+            b64(&json!({ "alg": "none", "kid": "HS256" })),
+            parts[1]
+        ),
+    ));
+    for (what, token) in attacks {
+        let (s, h, v) = call(&c, &gw.url("/all/x"), &[("authorization", &bearer(&token))]).await;
+        assert_eq!(s, 401, "{what}");
+        assert!(
+            h["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .contains("invalid_token"),
+            "{what}"
+        );
+        let text = v.to_string();
+        assert!(
+            !text.contains(&token[..20.min(token.len())]),
+            "{what}: the token is not echoed"
+        );
+        assert!(
+            v["detail"].as_str().unwrap().len() < 80,
+            "{what}: a short generic detail"
+        );
+    }
 }

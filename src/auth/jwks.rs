@@ -136,6 +136,8 @@ pub struct RemoteJwks {
     min_refetch: Duration,
     fallback: Vec<Algorithm>,
     set: ArcSwapOption<KeySet>,
+    /// Bumped whenever a new key set is installed.
+    generation: AtomicU64,
     started: AtomicBool,
     /// Asks the background task for an early fetch.
     kick: Notify,
@@ -165,6 +167,7 @@ impl RemoteJwks {
             min_refetch,
             fallback,
             set: ArcSwapOption::empty(),
+            generation: AtomicU64::new(0),
             started: AtomicBool::new(false),
             kick: Notify::new(),
             fetched: Notify::new(),
@@ -176,6 +179,11 @@ impl RemoteJwks {
 
     pub fn current(&self) -> Option<Arc<KeySet>> {
         self.set.load_full()
+    }
+
+    /// Changes whenever the key set does (for caches of verified tokens).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Starts the refresh task once (needs a Tokio runtime). It ends with the last user.
@@ -223,6 +231,7 @@ impl RemoteJwks {
             Ok(set) => {
                 log::debug!("JWKS {} loaded: {} keys", self.url, set.keys.len());
                 self.set.store(Some(Arc::new(set)));
+                self.generation.fetch_add(1, Ordering::AcqRel);
             }
             Err(e) => log::warn!(
                 "JWKS {} could not be fetched ({e}); keeping the last good key set",

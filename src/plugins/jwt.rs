@@ -39,6 +39,26 @@ use std::time::Duration;
 
 type Claims = serde_json::Map<String, serde_json::Value>;
 
+/// Longest token accepted (larger ones are refused before any parsing).
+const MAX_TOKEN: usize = 8 * 1024;
+/// Verified tokens remembered per plugin.
+const CACHE_MAX: usize = 10_000;
+
+/// Tokens already verified, by SHA-256 of the token: a repeated token costs a hash and a lookup
+/// instead of a signature check. Entries end with the token (`exp` + leeway); the whole cache is
+/// dropped when the key set changes (rotation), so a removed key stops working at once.
+#[derive(Default)]
+struct VerifiedCache {
+    key_set: u64,
+    map: std::collections::HashMap<[u8; 32], (u64, Arc<Claims>)>,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 #[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -165,6 +185,8 @@ pub struct Jwt {
     source: Source,
     forward: Vec<(String, HeaderName)>,
     strip: bool,
+    leeway: u64,
+    cache: parking_lot::Mutex<VerifiedCache>,
     metrics: AuthMetrics,
 }
 
@@ -347,6 +369,8 @@ impl Jwt {
             source,
             forward,
             strip: c.strip_token,
+            leeway: c.leeway.0.as_secs(),
+            cache: parking_lot::Mutex::new(VerifiedCache::default()),
             metrics: AuthMetrics::new(b.route, "jwt"),
         })
     }
@@ -437,11 +461,62 @@ impl Plugin for Jwt {
         let Some(token) = self.token(req).map(str::to_string) else {
             return self.fail(ctx, AuthFail::Missing);
         };
-        let Ok(header) = jsonwebtoken::decode_header(&token) else {
+        if token.len() > MAX_TOKEN {
             return self.fail(ctx, AuthFail::Invalid);
+        }
+        let digest = crate::auth::sha256(token.as_bytes());
+        let set_id = self.remote.as_ref().map_or(0, |r| r.generation());
+        let cached = {
+            let mut c = self.cache.lock();
+            if c.key_set != set_id {
+                c.map.clear();
+                c.key_set = set_id;
+            }
+            let now = unix_now();
+            match c.map.get(&digest) {
+                Some((until, claims)) if now <= *until => Some(claims.clone()),
+                Some(_) => {
+                    c.map.remove(&digest);
+                    None
+                }
+                None => None,
+            }
+        };
+        let claims = match cached {
+            Some(c) => c,
+            None => match self.verify_token(&token, ctx).await {
+                Ok(c) => {
+                    let c = Arc::new(c);
+                    let until = c
+                        .get("exp")
+                        .and_then(serde_json::Value::as_u64)
+                        .map_or(unix_now() + 300, |e| e.saturating_add(self.leeway));
+                    let mut cache = self.cache.lock();
+                    if cache.map.len() >= CACHE_MAX {
+                        let now = unix_now();
+                        cache.map.retain(|_, (u, _)| *u >= now);
+                        if cache.map.len() >= CACHE_MAX {
+                            cache.map.clear();
+                        }
+                    }
+                    cache.map.insert(digest, (until, c.clone()));
+                    c
+                }
+                Err(why) => return self.fail(ctx, why),
+            },
+        };
+        self.accept(req, ctx, claims)
+    }
+}
+
+impl Jwt {
+    /// The full check of a token not seen before: header, key, signature and claims.
+    async fn verify_token(&self, token: &str, _ctx: &RequestCtx) -> Result<Claims, AuthFail> {
+        let Ok(header) = jsonwebtoken::decode_header(token) else {
+            return Err(AuthFail::Invalid);
         };
         let kid = header.kid.as_deref();
-        let mut result = self.verify(&self.fixed, &token, kid, header.alg);
+        let mut result = self.verify(&self.fixed, token, kid, header.alg);
         if let (Ok(None), Some(remote)) = (&result, &self.remote) {
             let set = match remote.current() {
                 Some(s) if kid.is_none_or(|k| s.has_kid(k)) => Some(s),
@@ -449,17 +524,26 @@ impl Plugin for Jwt {
                 _ => remote.refetch(Duration::from_secs(2)).await,
             };
             if let Some(set) = set {
-                result = self.verify(&set, &token, kid, header.alg);
+                result = self.verify(&set, token, kid, header.alg);
             }
         }
-        let claims = match result {
-            Ok(Some(c)) => c,
-            Ok(None) => return self.fail(ctx, AuthFail::Invalid),
+        match result {
+            Ok(Some(c)) => Ok(c),
+            Ok(None) => Err(AuthFail::Invalid),
             Err(ErrorKind::ExpiredSignature | ErrorKind::ImmatureSignature) => {
-                return self.fail(ctx, AuthFail::Expired)
+                Err(AuthFail::Expired)
             }
-            Err(_) => return self.fail(ctx, AuthFail::Invalid),
-        };
+            Err(_) => Err(AuthFail::Invalid),
+        }
+    }
+
+    /// Scope, consumer and forwarding steps of a verified token.
+    fn accept(
+        &self,
+        req: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+        claims: Arc<Claims>,
+    ) -> Result<Flow, GatewayError> {
         if !self.scopes_ok(&claims) {
             return self.fail(ctx, AuthFail::Scope);
         }
@@ -501,7 +585,7 @@ impl Plugin for Jwt {
             }
         }
         ctx.consumer = consumer;
-        ctx.claims = Some(Arc::new(claims));
+        ctx.claims = Some(claims);
         Ok(Flow::Continue)
     }
 }
