@@ -21,6 +21,18 @@ cargo build --profile dist --bin postern
 export GATEWAY_CMD="$PWD/target/dist/postern run -c @CONFIG@"
 export GATEWAY_NAME="postern-$SCENARIO"
 export GATEWAY_CONFIG_TEMPLATE="$PWD/load-tests/scenarios/$SCENARIO.yaml.tmpl"
+# The JWT scenario authenticates every request with one HS256 token (exp in 2100).
+if [ "$SCENARIO" = jwt ]; then
+  TOKEN=$(python3 - <<'PY'
+import base64, hmac, hashlib, json
+b = lambda d: base64.urlsafe_b64encode(json.dumps(d, separators=(",", ":")).encode()).rstrip(b"=")
+msg = b({"alg": "HS256", "typ": "JWT"}) + b"." + b({"sub": "bench", "aud": "bench", "exp": 4102444800})
+sig = base64.urlsafe_b64encode(hmac.new(b"load-test-secret-of-at-least-32-bytes", msg, hashlib.sha256).digest()).rstrip(b"=")
+print((msg + b"." + sig).decode())
+PY
+)
+  export EXTRA_HEADER="Authorization: Bearer $TOKEN"
+fi
 # Scenarios that use Redis get their own redis-server on a free loopback port.
 if grep -q "@REDIS_PORT@" "$GATEWAY_CONFIG_TEMPLATE"; then
   command -v redis-server >/dev/null || { echo "missing redis-server: apt-get install -y redis-server" >&2; exit 1; }
