@@ -261,6 +261,7 @@ fn inline_key(k: &KeyConfig, fallback: &[Algorithm]) -> Result<VerifyKey, String
 
 impl Jwt {
     pub fn new(c: &Config, b: &BuildCtx) -> Result<Jwt, Vec<Issue>> {
+        crate::auth::crypto::install();
         let path = &b.path;
         let mut issues = Vec::new();
         let mut fallback = Vec::new();
