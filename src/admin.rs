@@ -189,6 +189,12 @@ impl ServeHttp for Admin {
                 ),
             };
         }
+        if req.method == http::Method::DELETE && req.uri.path() == "/cache" {
+            if let Some(rejection) = self.reject_unauthorized(req) {
+                return rejection;
+            }
+            return purge(req.uri.query());
+        }
         if req.method != http::Method::GET {
             return reply(405, json!({ "title": "Method Not Allowed", "status": 405 }));
         }
@@ -209,6 +215,62 @@ impl ServeHttp for Admin {
             ),
         }
     }
+}
+
+/// `DELETE /cache?url=host/path?q` (every variant of one URL), `?prefix=host/path/`, or
+/// `?tag=name` (`Surrogate-Key` / `Cache-Tag` of the responses); `&soft=true` marks entries stale
+/// (URL only) instead of removing them.
+fn purge(query: Option<&str>) -> Response<Vec<u8>> {
+    let Some(storage) = crate::cache::storage() else {
+        return reply(
+            404,
+            json!({ "title": "Not Found", "status": 404, "detail": "no cache" }),
+        );
+    };
+    let params: Vec<(String, String)> = query
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .map(|(k, v)| (k.to_string(), percent_decode(v)))
+        .collect();
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let soft = get("soft") == Some("true");
+    let (kind, value, purged) = match (get("url"), get("prefix"), get("tag")) {
+        (Some(u), None, None) if soft => ("url", u, storage.expire_url(u)),
+        (Some(u), None, None) => ("url", u, storage.purge_url(u)),
+        (None, Some(p), None) if !p.is_empty() => ("prefix", p, storage.purge_prefix(p)),
+        (None, None, Some(t)) => ("tag", t, storage.purge_tag(t)),
+        _ => {
+            return reply(
+                400,
+                json!({ "title": "Bad Request", "status": 400, "detail": "give exactly one of url, prefix (non-empty) or tag" }),
+            )
+        }
+    };
+    reply(
+        200,
+        json!({ "purged": purged.entries, kind: value, "soft": soft }),
+    )
+}
+
+/// `%XX` and `+` decoding of a query value.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 3 <= b.len() {
+            let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("");
+            if let Ok(v) = u8::from_str_radix(hex, 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Field names whose values are secrets wherever they appear in the configuration.

@@ -42,6 +42,12 @@ pub fn run(conf_path: &str, flags: RunFlags) -> Result<(), String> {
             );
         }
     }
+    let c = &snap.config.cache;
+    crate::cache::init(
+        c.memory.0 as usize,
+        c.max_object_size.0 as usize,
+        c.lock_timeout.0,
+    );
     let server_conf = server_conf(&snap, flags.daemon);
     let admin = snap.config.admin.clone();
     let metrics_enabled = snap.config.observability.metrics.enabled;

@@ -17,6 +17,8 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::HeaderValue;
+use pingora::cache::key::HashBinary;
+use pingora::cache::{CacheKey, CacheMeta, NoCacheReason, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
@@ -60,6 +62,10 @@ pub struct Ctx {
     started: Instant,
     upstream_started: Option<Instant>,
     upstream_secs: Option<f64>,
+    /// The client sent `Authorization` (before any plugin stripped it): RFC 9111 §3.5.
+    had_authorization: bool,
+    /// How the cache answered (`HIT`, `MISS`, ...), on cached routes.
+    cache_status: Option<&'static str>,
     _counted: InFlight,
 }
 
@@ -109,6 +115,8 @@ impl ProxyHttp for Gateway {
             started: Instant::now(),
             upstream_started: None,
             upstream_secs: None,
+            had_authorization: false,
+            cache_status: None,
             _counted: InFlight::new(),
         }
     }
@@ -154,6 +162,10 @@ impl ProxyHttp for Gateway {
             sni: None,
             http2: h2,
         };
+        ctx.had_authorization = session
+            .req_header()
+            .headers
+            .contains_key(http::header::AUTHORIZATION);
         ctx.req.client_ip = crate::auth::client_ip(
             ctx.req.conn.client_ip,
             session.req_header(),
@@ -208,6 +220,57 @@ impl ProxyHttp for Gateway {
             Ok(Flow::Respond(reply)) => send_reply(session, ctx, &route, reply).await.map(|_| true),
             Err(e) => Err(fail(ctx, e)),
         }
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<()> {
+        if let Some(policy) = ctx.route.as_ref().and_then(|r| r.cache.clone()) {
+            crate::cache::enable(session, &policy);
+        }
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, ctx: &mut Ctx) -> pingora::Result<CacheKey> {
+        let Some(policy) = ctx.route.as_ref().and_then(|r| r.cache.as_ref()) else {
+            return Err(fail(ctx, GatewayError::Internal));
+        };
+        Ok(crate::cache::key(
+            policy,
+            session.req_header(),
+            ctx.client_host.as_deref(),
+            ctx.req.consumer.as_deref().map(|c| c.name.as_str()),
+        ))
+    }
+
+    fn response_cache_filter(
+        &self,
+        _session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<RespCacheable> {
+        Ok(match ctx.route.as_ref().and_then(|r| r.cache.as_ref()) {
+            Some(policy) => crate::cache::cacheable(policy, resp, ctx.had_authorization),
+            None => RespCacheable::Uncacheable(NoCacheReason::NeverEnabled),
+        })
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        _ctx: &mut Ctx,
+        req: &RequestHeader,
+    ) -> Option<HashBinary> {
+        crate::cache::vary(meta, req)
+    }
+
+    /// Stale answers: while revalidating in the background (`error: None`, only when the
+    /// entry's stale-while-revalidate allows it) and when the origin fails (stale-if-error).
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut Ctx,
+        error: Option<&Error>,
+    ) -> bool {
+        error.is_none_or(|e| e.esource() == &pingora::ErrorSource::Upstream)
     }
 
     async fn request_body_filter(
@@ -379,6 +442,11 @@ impl ProxyHttp for Gateway {
             forward::set_response_field(resp, forward::REQUEST_ID, id, preserve);
         }
         ctx.req.status = Some(resp.status.as_u16());
+        if let Some(policy) = ctx.route.as_ref().and_then(|r| r.cache.as_ref()) {
+            let phase = session.cache.phase();
+            crate::cache::response_headers(policy, &phase, session.cache.maybe_cache_meta(), resp);
+            ctx.cache_status = Some(crate::cache::outcome(&phase));
+        }
         match ctx.route.clone() {
             Some(route) => route
                 .chain
@@ -464,6 +532,29 @@ impl ProxyHttp for Gateway {
         }
         if let Some(route) = &ctx.route {
             route.chain.on_log(&ctx.req);
+            if let Some(policy) = &route.cache {
+                if let Some(s) = ctx.cache_status {
+                    route.cache_metrics.observe(s);
+                }
+                // RFC 9111 §4.4: a successful unsafe request invalidates the URL's entries.
+                let req = session.req_header();
+                let unsafe_method = !matches!(
+                    req.method,
+                    http::Method::GET
+                        | http::Method::HEAD
+                        | http::Method::OPTIONS
+                        | http::Method::TRACE
+                );
+                if unsafe_method && (200..400).contains(&status) {
+                    if let Some(storage) = crate::cache::storage() {
+                        storage.purge_url(&crate::cache::url(
+                            policy,
+                            req,
+                            ctx.client_host.as_deref(),
+                        ));
+                    }
+                }
+            }
         }
     }
 }
@@ -550,6 +641,7 @@ fn access_record(
         client: Option<std::net::IpAddr>,
         consumer: Option<&'a str>,
         auth_failure: Option<&'static str>,
+        cache: Option<&'static str>,
         method: &'a str,
         host: Option<&'a str>,
         path: std::borrow::Cow<'a, str>,
@@ -573,6 +665,7 @@ fn access_record(
         trace_id: ctx.req.trace.map(|t| t.trace_id_hex()),
         client: ctx.req.client_ip,
         consumer: ctx.req.consumer.as_deref().map(|c| c.name.as_str()),
+        cache: ctx.cache_status,
         auth_failure: ctx
             .req
             .ext

@@ -108,6 +108,9 @@ impl Reloader {
         if format!("{:?}", old.config.admin) != format!("{:?}", compiled.config.admin) {
             not_applied.push("admin");
         }
+        if compiled.config.cache != old.config.cache {
+            not_applied.push("cache (storage size and lock timeout)");
+        }
         let outcome = Outcome {
             generation: self.generation.fetch_add(1, Ordering::SeqCst) + 1,
             routes: compiled.router.len(),

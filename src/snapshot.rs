@@ -39,6 +39,9 @@ pub struct Route {
     pub host: Option<HeaderValue>,
     pub max_body: u64,
     pub metrics: RouteMetrics,
+    /// HTTP cache policy (the route's `cache` plugin).
+    pub cache: Option<Arc<crate::cache::CachePolicy>>,
+    pub cache_metrics: crate::observability::metrics::CacheMetrics,
 }
 
 /// Limits applied to every downstream request.
@@ -310,11 +313,18 @@ fn compile_route(
     if issues.len() > before {
         return None;
     }
+    let chain = Chain::new(plugins);
+    let cache = chain.cache_policy();
     let route = Route {
         metrics: RouteMetrics::new(&name),
+        cache_metrics: match cache {
+            Some(_) => crate::observability::metrics::CacheMetrics::new(&name),
+            None => Default::default(),
+        },
         name,
         upstream,
-        chain: Chain::new(plugins),
+        cache,
+        chain,
         param_names,
         strip_prefix: r.rewrite.strip_prefix.clone(),
         rewrite_path,

@@ -140,6 +140,8 @@ const EXPORTED: &[&str] = &[
     "postern_redis_up",
     "postern_redis_errors_total",
     "postern_auth_failures_total",
+    "postern_cache_requests_total",
+    "postern_cache_evictions_total",
 ];
 
 fn metric_names(text: &str) -> Vec<String> {

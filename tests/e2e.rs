@@ -9,6 +9,8 @@ mod util;
 mod auth;
 #[path = "balancing.rs"]
 mod balancing;
+#[path = "cache.rs"]
+mod cache;
 #[path = "config_files.rs"]
 mod config_files;
 #[path = "health.rs"]

@@ -128,3 +128,13 @@ pub fn redis_timeout() -> Dur {
 pub fn redis_prefix() -> String {
     "postern".into()
 }
+
+pub fn cache_memory() -> Size {
+    Size(256 << 20)
+}
+pub fn cache_max_object() -> Size {
+    Size(8 << 20)
+}
+pub fn cache_lock_timeout() -> Dur {
+    Dur::secs(5)
+}

@@ -28,6 +28,9 @@ pub struct Config {
     /// Known callers; authentication plugins resolve requests to them.
     #[serde(default)]
     pub consumers: Vec<ConsumerConfig>,
+    /// The HTTP cache shared by routes with the `cache` plugin.
+    #[serde(default)]
+    pub cache: CacheConfig,
     /// State shared between Postern nodes (cluster-wide rate limits).
     #[serde(default)]
     pub cluster: Cluster,
@@ -90,6 +93,31 @@ pub struct BasicCredential {
     pub username: Option<String>,
     /// argon2id (`$argon2id$...`) or bcrypt (`$2b$...`) hash of the password.
     pub password_hash: String,
+}
+
+/// The HTTP cache storage (created at start; a size change needs a restart or upgrade).
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Memory for cached responses (headers and bodies).
+    #[serde(default = "d::cache_memory")]
+    pub memory: Size,
+    /// Largest response stored.
+    #[serde(default = "d::cache_max_object")]
+    pub max_object_size: Size,
+    /// How long requests for a key being fetched wait for that fetch (coalescing).
+    #[serde(default = "d::cache_lock_timeout")]
+    pub lock_timeout: Dur,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            memory: d::cache_memory(),
+            max_object_size: d::cache_max_object(),
+            lock_timeout: d::cache_lock_timeout(),
+        }
+    }
 }
 
 /// What several Postern nodes share.

@@ -35,6 +35,8 @@ pub struct Families {
     pub redis_up: IntGauge,
     pub redis_errors: IntCounter,
     auth_failures: IntCounterVec,
+    cache_requests: IntCounterVec,
+    cache_evictions: IntCounter,
 }
 
 fn families() -> Result<Families, prometheus::Error> {
@@ -110,6 +112,17 @@ fn families() -> Result<Families, prometheus::Error> {
              reason.",
             &["route", "plugin", "reason"]
         )?,
+        cache_requests: register_int_counter_vec!(
+            "postern_cache_requests_total",
+            "Requests of cached routes by how the cache answered (hit, miss, stale, expired, \
+             revalidated, bypass).",
+            &["route", "result"]
+        )?,
+        cache_evictions: IntCounter::new(
+            "postern_cache_evictions_total",
+            "Cached responses evicted to stay within the memory budget.",
+        )
+        .and_then(|c| prometheus::register(Box::new(c.clone())).map(|_| c))?,
         redis_errors: IntCounter::new(
             "postern_redis_errors_total",
             "Redis calls of cluster-wide rate limits that failed or timed out.",
@@ -169,6 +182,45 @@ impl AuthMetrics {
     pub fn failed(&self, why: crate::auth::AuthFail) {
         if let Some(v) = &self.0 {
             if let Some((_, c)) = v.iter().find(|(f, _)| *f == why) {
+                c.inc();
+            }
+        }
+    }
+}
+
+/// Counts a cache eviction.
+pub fn cache_evicted() {
+    if let Some(m) = METRICS.as_ref() {
+        m.cache_evictions.inc();
+    }
+}
+
+/// Cache results of one route.
+#[derive(Clone, Default)]
+pub struct CacheMetrics(Option<Vec<(&'static str, IntCounter)>>);
+
+impl CacheMetrics {
+    pub const RESULTS: [&'static str; 6] =
+        ["HIT", "MISS", "STALE", "EXPIRED", "REVALIDATED", "BYPASS"];
+
+    pub fn new(route: &str) -> CacheMetrics {
+        CacheMetrics(METRICS.as_ref().map(|m| {
+            Self::RESULTS
+                .iter()
+                .map(|r| {
+                    (
+                        *r,
+                        m.cache_requests
+                            .with_label_values(&[route, &r.to_ascii_lowercase()]),
+                    )
+                })
+                .collect()
+        }))
+    }
+
+    pub fn observe(&self, result: &str) {
+        if let Some(v) = &self.0 {
+            if let Some((_, c)) = v.iter().find(|(r, _)| *r == result) {
                 c.inc();
             }
         }

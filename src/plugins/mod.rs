@@ -9,6 +9,7 @@ pub mod acl;
 pub mod api_key;
 pub mod auth;
 pub mod basic_auth;
+pub mod cache;
 pub mod concurrency_limit;
 pub mod forward_auth;
 pub mod headers;
@@ -80,6 +81,11 @@ pub trait Plugin: Send + Sync + 'static {
     /// Once per request, after the response was sent (or the request failed).
     fn on_log(&self, _ctx: &RequestCtx) {}
 
+    /// The route's HTTP cache policy, for the `cache` plugin.
+    fn cache_policy(&self) -> Option<Arc<crate::cache::CachePolicy>> {
+        None
+    }
+
     /// Starts background work (key refresh, connections). Called for every snapshot put in
     /// service, inside the runtime; must be idempotent.
     fn start(&self) {}
@@ -143,6 +149,11 @@ impl Chain {
     pub fn start(&self) {
         self.plugins.iter().for_each(|p| p.start());
     }
+
+    /// The cache policy of the route, if one of its plugins is `cache`.
+    pub fn cache_policy(&self) -> Option<Arc<crate::cache::CachePolicy>> {
+        self.plugins.iter().find_map(|p| p.cache_policy())
+    }
 }
 
 /// `Retry-After` in whole seconds, at least 1.
@@ -202,6 +213,8 @@ pub enum PluginSpec {
     Mtls(mtls::Config),
     /// Ask an external authorization service.
     ForwardAuth(forward_auth::Config),
+    /// Store responses in the shared HTTP cache.
+    Cache(cache::Config),
     /// Allow or deny by weekday and time of day in a time zone.
     TimeWindow(time_window::Config),
 }
@@ -221,6 +234,7 @@ pub const PLUGIN_NAMES: &[&str] = &[
     "forward_auth",
     "oauth2_introspection",
     "mtls",
+    "cache",
 ];
 
 impl<'de> Deserialize<'de> for PluginSpec {
@@ -256,6 +270,7 @@ impl<'de> Deserialize<'de> for PluginSpec {
                     "time_window" => PluginSpec::TimeWindow(map.next_value()?),
                     "forward_auth" => PluginSpec::ForwardAuth(map.next_value()?),
                     "mtls" => PluginSpec::Mtls(map.next_value()?),
+                    "cache" => PluginSpec::Cache(map.next_value()?),
                     "oauth2_introspection" => PluginSpec::Oauth2Introspection(map.next_value()?),
                     other => return Err(A::Error::unknown_variant(other, PLUGIN_NAMES)),
                 };
@@ -295,6 +310,7 @@ pub fn build(spec: &PluginSpec, b: &BuildCtx) -> Result<Arc<dyn Plugin>, Vec<Iss
             &at("oauth2_introspection"),
         )?),
         PluginSpec::Mtls(c) => Arc::new(mtls::Mtls::new(c, &at("mtls"))?),
+        PluginSpec::Cache(c) => Arc::new(cache::Cache::new(c, &at("cache"))?),
         PluginSpec::ForwardAuth(c) => {
             Arc::new(forward_auth::ForwardAuth::new(c, &at("forward_auth"))?)
         }

@@ -1,0 +1,426 @@
+//! The in-memory HTTP cache storage behind Pingora's cache: a TinyUFO (S3-FIFO admission plus
+//! TinyLFU eviction) bounded by a byte budget, one immutable object per key (metadata and body
+//! in one `Bytes`, so a hit is a reference count, not a copy), and an index from URL and tag
+//! to keys for purges by prefix and by tag. Pingora's own `MemCache` is documented as a test
+//! double; this is what Postern serves from.
+//!
+//! Bodies are buffered by the miss handler up to the per-object cap and stored when complete
+//! (Pingora's cache lock makes concurrent requests wait for that writer instead of reading a
+//! partial object).
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use pingora::cache::eviction::CacheEntryKey;
+use pingora::cache::key::CacheHashKey;
+use pingora::cache::storage::{
+    HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget,
+    PurgeType, Storage,
+};
+use pingora::cache::trace::SpanHandle;
+use pingora::cache::{CacheKey, CacheMeta};
+use pingora::{Error, ErrorType, Result};
+use std::any::Any;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::SystemTime;
+use tinyufo::TinyUfo;
+
+/// Unit of the TinyUFO weight (a `u16`): 4 KiB pages.
+const PAGE: usize = 4096;
+
+/// One stored response.
+pub struct Object {
+    key: String,
+    url: String,
+    tags: Box<[String]>,
+    meta: (Vec<u8>, Vec<u8>),
+    body: Bytes,
+}
+
+#[derive(Default)]
+struct Index {
+    /// URL (host + path + query) to the keys of its variants.
+    by_url: BTreeMap<String, HashSet<String>>,
+    by_tag: HashMap<String, HashSet<String>>,
+    /// Key to (URL, tags), to undo the entries above.
+    entries: HashMap<String, (String, Box<[String]>)>,
+}
+
+impl Index {
+    fn add(&mut self, o: &Object) {
+        self.remove(&o.key);
+        self.by_url
+            .entry(o.url.clone())
+            .or_default()
+            .insert(o.key.clone());
+        for t in o.tags.iter() {
+            self.by_tag
+                .entry(t.clone())
+                .or_default()
+                .insert(o.key.clone());
+        }
+        self.entries
+            .insert(o.key.clone(), (o.url.clone(), o.tags.clone()));
+    }
+
+    fn remove(&mut self, key: &str) {
+        let Some((url, tags)) = self.entries.remove(key) else {
+            return;
+        };
+        if let Some(s) = self.by_url.get_mut(&url) {
+            s.remove(key);
+            if s.is_empty() {
+                self.by_url.remove(&url);
+            }
+        }
+        for t in tags.iter() {
+            if let Some(s) = self.by_tag.get_mut(t) {
+                s.remove(key);
+                if s.is_empty() {
+                    self.by_tag.remove(t);
+                }
+            }
+        }
+    }
+}
+
+pub struct MemoryStorage {
+    ufo: TinyUfo<String, Arc<Object>>,
+    index: Mutex<Index>,
+    max_object: usize,
+}
+
+/// What a purge by URL, prefix or tag did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Purged {
+    pub entries: usize,
+}
+
+impl MemoryStorage {
+    pub fn new(bytes: usize, max_object: usize) -> MemoryStorage {
+        let pages = (bytes / PAGE).max(1);
+        MemoryStorage {
+            // Estimated entry count for TinyUFO's sketches: a 16 KiB average object.
+            ufo: TinyUfo::new(pages, (bytes / 16_384).max(64)),
+            index: Mutex::new(Index::default()),
+            max_object,
+        }
+    }
+
+    fn weight(size: usize) -> u16 {
+        size.div_ceil(PAGE).clamp(1, u16::MAX as usize) as u16
+    }
+
+    fn insert(&self, o: Object) -> usize {
+        let size = o.body.len() + o.meta.0.len() + o.meta.1.len();
+        let key = o.key.clone();
+        let o = Arc::new(o);
+        let mut index = self.index.lock();
+        index.add(&o);
+        for evicted in self.ufo.put(key, o, Self::weight(size)) {
+            let k = &evicted.data.key;
+            if self
+                .ufo
+                .get(k)
+                .is_none_or(|cur| !Arc::ptr_eq(&cur, &evicted.data))
+            {
+                crate::observability::metrics::cache_evicted();
+                if self.ufo.get(k).is_none() {
+                    index.remove(k);
+                }
+            }
+        }
+        size
+    }
+
+    fn remove_key(&self, key: &str, index: &mut Index) -> bool {
+        index.remove(key);
+        self.ufo.remove(&key.to_string()).is_some()
+    }
+
+    /// Removes every variant stored for exactly this URL (`host/path?query`).
+    pub fn purge_url(&self, url: &str) -> Purged {
+        let mut index = self.index.lock();
+        let keys: Vec<String> = index
+            .by_url
+            .get(url)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
+        let entries = keys
+            .iter()
+            .filter(|k| self.remove_key(k, &mut index))
+            .count();
+        Purged { entries }
+    }
+
+    /// Removes every entry whose URL starts with `prefix`.
+    pub fn purge_prefix(&self, prefix: &str) -> Purged {
+        let mut index = self.index.lock();
+        let keys: Vec<String> = index
+            .by_url
+            .range(prefix.to_string()..)
+            .take_while(|(u, _)| u.starts_with(prefix))
+            .flat_map(|(_, s)| s.iter().cloned())
+            .collect();
+        let entries = keys
+            .iter()
+            .filter(|k| self.remove_key(k, &mut index))
+            .count();
+        Purged { entries }
+    }
+
+    /// Removes every entry tagged `tag` (from `Surrogate-Key` or `Cache-Tag`).
+    pub fn purge_tag(&self, tag: &str) -> Purged {
+        let mut index = self.index.lock();
+        let keys: Vec<String> = index
+            .by_tag
+            .get(tag)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
+        let entries = keys
+            .iter()
+            .filter(|k| self.remove_key(k, &mut index))
+            .count();
+        Purged { entries }
+    }
+
+    /// Marks every variant of a URL stale instead of removing it (soft purge): it is served only
+    /// while revalidating or when the origin fails, as its stale settings allow.
+    pub fn expire_url(&self, url: &str) -> Purged {
+        let keys: Vec<String> = self
+            .index
+            .lock()
+            .by_url
+            .get(url)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
+        let mut entries = 0;
+        for k in keys {
+            if let Some(o) = self.ufo.get(&k) {
+                if let Ok(mut meta) = CacheMeta::deserialize(&o.meta.0, &o.meta.1) {
+                    meta.expire_at(SystemTime::now());
+                    if let Ok(m) = meta.serialize() {
+                        self.replace_meta(&o, m);
+                        entries += 1;
+                    }
+                }
+            }
+        }
+        Purged { entries }
+    }
+
+    fn replace_meta(&self, o: &Object, meta: (Vec<u8>, Vec<u8>)) {
+        self.insert(Object {
+            key: o.key.clone(),
+            url: o.url.clone(),
+            tags: o.tags.clone(),
+            meta,
+            body: o.body.clone(),
+        });
+    }
+
+    /// Number of objects held (for tests and metrics).
+    pub fn len(&self) -> usize {
+        self.index.lock().entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Tags of a response: `Surrogate-Key` (space separated) and `Cache-Tag` (comma separated).
+fn tags_of(meta: &CacheMeta) -> Box<[String]> {
+    let h = meta.headers();
+    let mut tags: Vec<String> = Vec::new();
+    for v in h.get_all("surrogate-key") {
+        if let Ok(s) = v.to_str() {
+            tags.extend(s.split_whitespace().map(String::from));
+        }
+    }
+    for v in h.get_all("cache-tag") {
+        if let Ok(s) = v.to_str() {
+            tags.extend(
+                s.split(',')
+                    .map(|t| t.trim().to_string())
+                    .filter(|t| !t.is_empty()),
+            );
+        }
+    }
+    tags.sort();
+    tags.dedup();
+    tags.into()
+}
+
+struct Hit {
+    body: Bytes,
+    done: bool,
+    start: usize,
+    end: usize,
+}
+
+#[async_trait::async_trait]
+impl HandleHit for Hit {
+    async fn read_body(&mut self) -> Result<Option<Bytes>> {
+        if self.done {
+            return Ok(None);
+        }
+        self.done = true;
+        Ok(Some(self.body.slice(self.start..self.end)))
+    }
+
+    async fn finish(
+        self: Box<Self>,
+        _storage: &'static (dyn Storage + Sync),
+        _key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    fn can_seek(&self) -> bool {
+        true
+    }
+
+    fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
+        if start >= self.body.len() {
+            return Error::e_explain(ErrorType::InternalError, "seek start out of range");
+        }
+        self.start = start;
+        self.end = end.map_or(self.body.len(), |e| e.min(self.body.len()));
+        self.done = false;
+        Ok(())
+    }
+
+    fn get_eviction_weight(&self) -> usize {
+        self.body.len()
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync) {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut (dyn Any + Send + Sync) {
+        self
+    }
+}
+
+struct Miss {
+    storage: &'static MemoryStorage,
+    key: String,
+    url: String,
+    tags: Box<[String]>,
+    meta: (Vec<u8>, Vec<u8>),
+    body: BytesMut,
+    too_large: bool,
+}
+
+#[async_trait::async_trait]
+impl HandleMiss for Miss {
+    async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
+        if self.too_large || self.body.len() + data.len() > self.storage.max_object {
+            // Pingora stops admitting at `max_file_size_bytes`; this is the storage's own guard.
+            self.too_large = true;
+            self.body = BytesMut::new();
+            return Ok(());
+        }
+        self.body.extend_from_slice(&data);
+        Ok(())
+    }
+
+    async fn finish(self: Box<Self>) -> Result<MissFinishType> {
+        if self.too_large {
+            return Ok(MissFinishType::Created(0));
+        }
+        let Miss {
+            storage,
+            key,
+            url,
+            tags,
+            meta,
+            body,
+            ..
+        } = *self;
+        let size = storage.insert(Object {
+            key,
+            url,
+            tags,
+            meta,
+            body: body.freeze(),
+        });
+        Ok(MissFinishType::Created(size))
+    }
+}
+
+#[async_trait::async_trait]
+impl Storage for MemoryStorage {
+    async fn lookup(
+        &'static self,
+        key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let Some(o) = self.ufo.get(&key.combined()) else {
+            return Ok(None);
+        };
+        let meta = CacheMeta::deserialize(&o.meta.0, &o.meta.1)?;
+        let hit = Hit {
+            end: o.body.len(),
+            body: o.body.clone(),
+            done: false,
+            start: 0,
+        };
+        Ok(Some((meta, Box::new(hit))))
+    }
+
+    async fn get_miss_handler(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<MissHandler> {
+        Ok(Box::new(Miss {
+            storage: self,
+            key: key.combined(),
+            url: key.user_tag().to_string(),
+            tags: tags_of(meta),
+            meta: meta.serialize()?,
+            body: BytesMut::new(),
+            too_large: false,
+        }))
+    }
+
+    async fn purge(
+        &'static self,
+        target: PurgeTarget<'_>,
+        _type: PurgeType,
+        _trace: &SpanHandle,
+    ) -> Result<PurgeOutcome> {
+        if matches!(target, PurgeTarget::Exact(CacheEntryKey::Identified { .. })) {
+            return Ok(PurgeOutcome::NotFound);
+        }
+        let key = target.key().combined();
+        let mut index = self.index.lock();
+        Ok(if self.remove_key(&key, &mut index) {
+            PurgeOutcome::Purged(None)
+        } else {
+            PurgeOutcome::NotFound
+        })
+    }
+
+    async fn update_meta(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<bool> {
+        let Some(o) = self.ufo.get(&key.combined()) else {
+            return Ok(false);
+        };
+        self.replace_meta(&o, meta.serialize()?);
+        Ok(true)
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
+        self
+    }
+}

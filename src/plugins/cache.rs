@@ -1,0 +1,202 @@
+//! `cache`: store this route's responses in the shared HTTP cache (top-level `cache` section)
+//! with RFC 9111 semantics and the route's overrides.
+//!
+//! ```yaml
+//! plugins:
+//!   - cache:
+//!       ttl: 60s                      # when the origin gives no freshness (none: not stored)
+//!       max_ttl: 1h                   # cap on what the origin asks for
+//!       # force_ttl: 30s              # ignore the origin's freshness
+//!       statuses: [200, 203, 204, 300, 301, 308, 404, 410]
+//!       key: { host: true, query: all, headers: [accept-language], consumer: false }
+//!       bypass: { headers: [x-no-cache], cookies: [session] }
+//!       stale_while_revalidate: 30s   # unless the origin says otherwise
+//!       stale_if_error: 5m
+//!       store_set_cookie: false
+//!       x_cache: true                 # X-Cache: HIT | MISS | STALE | EXPIRED | REVALIDATED | BYPASS
+//! ```
+
+use super::{BuildCtx, Plugin};
+use crate::cache::{CachePolicy, QueryKey};
+use crate::config::types::Dur;
+use crate::config::Issue;
+use http::HeaderName;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Freshness when the origin sends none (no `max-age`, `s-maxage` or `Expires`).
+    #[serde(default)]
+    pub ttl: Option<Dur>,
+    #[serde(default = "default_max_ttl")]
+    pub max_ttl: Dur,
+    /// Freshness regardless of the origin (still never for `private` or authorized answers).
+    #[serde(default)]
+    pub force_ttl: Option<Dur>,
+    #[serde(default = "default_statuses")]
+    pub statuses: Vec<u16>,
+    #[serde(default)]
+    pub key: KeyConfig,
+    #[serde(default)]
+    pub bypass: BypassConfig,
+    #[serde(default)]
+    pub stale_while_revalidate: Option<Dur>,
+    #[serde(default)]
+    pub stale_if_error: Option<Dur>,
+    /// Store responses that set cookies (they are personal more often than not).
+    #[serde(default)]
+    pub store_set_cookie: bool,
+    #[serde(default)]
+    pub x_cache: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    #[serde(default = "yes")]
+    pub host: bool,
+    /// `all` (sorted), `none`, or a list of parameter names.
+    #[serde(default)]
+    pub query: QueryConfig,
+    /// Request headers that are part of the key (beyond what `Vary` asks for).
+    #[serde(default)]
+    pub headers: Vec<String>,
+    /// One entry per consumer (for personalised answers behind authentication).
+    #[serde(default)]
+    pub consumer: bool,
+}
+
+impl Default for KeyConfig {
+    fn default() -> Self {
+        KeyConfig {
+            host: true,
+            query: QueryConfig::default(),
+            headers: Vec::new(),
+            consumer: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema, PartialEq)]
+#[serde(untagged)]
+pub enum QueryConfig {
+    Mode(String),
+    Only(Vec<String>),
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        QueryConfig::Mode("all".into())
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BypassConfig {
+    #[serde(default)]
+    pub headers: Vec<String>,
+    #[serde(default)]
+    pub cookies: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_max_ttl() -> Dur {
+    Dur::secs(86_400)
+}
+fn default_statuses() -> Vec<u16> {
+    vec![200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501]
+}
+
+pub struct Cache {
+    policy: Arc<CachePolicy>,
+}
+
+fn header_names(list: &[String], path: &str, issues: &mut Vec<Issue>) -> Vec<HeaderName> {
+    list.iter()
+        .enumerate()
+        .filter_map(|(i, h)| {
+            HeaderName::from_bytes(h.as_bytes())
+                .map_err(|_| {
+                    issues.push(Issue::new(
+                        format!("{path}[{i}]"),
+                        format!("invalid header name \"{h}\""),
+                    ))
+                })
+                .ok()
+        })
+        .collect()
+}
+
+impl Cache {
+    pub fn new(c: &Config, b: &BuildCtx) -> Result<Cache, Vec<Issue>> {
+        let path = &b.path;
+        let mut issues = Vec::new();
+        let query = match &c.key.query {
+            QueryConfig::Mode(m) if m == "all" => QueryKey::All,
+            QueryConfig::Mode(m) if m == "none" => QueryKey::None,
+            QueryConfig::Mode(m) => {
+                issues.push(Issue::new(
+                    format!("{path}.key.query"),
+                    format!("invalid value \"{m}\": use all, none or a list of parameter names"),
+                ));
+                QueryKey::All
+            }
+            QueryConfig::Only(v) => QueryKey::Only(v.clone()),
+        };
+        for (i, s) in c.statuses.iter().enumerate() {
+            if !(200..600).contains(s) {
+                issues.push(Issue::new(
+                    format!("{path}.statuses[{i}]"),
+                    "not a final status",
+                ));
+            }
+        }
+        let headers = header_names(&c.key.headers, &format!("{path}.key.headers"), &mut issues);
+        let bypass_headers = header_names(
+            &c.bypass.headers,
+            &format!("{path}.bypass.headers"),
+            &mut issues,
+        );
+        if c.ttl.is_some_and(|t| t.0 > c.max_ttl.0) {
+            issues.push(Issue::new(format!("{path}.ttl"), "ttl is above max_ttl"));
+        }
+        if !issues.is_empty() {
+            return Err(issues);
+        }
+        Ok(Cache {
+            policy: Arc::new(CachePolicy {
+                ttl: c.ttl.map(|d| d.0),
+                max_ttl: c.max_ttl.0,
+                force_ttl: c.force_ttl.map(|d| d.0),
+                statuses: c.statuses.clone(),
+                host_in_key: c.key.host,
+                query,
+                headers,
+                consumer_in_key: c.key.consumer,
+                bypass_headers,
+                bypass_cookies: c.bypass.cookies.clone(),
+                stale_while_revalidate: c
+                    .stale_while_revalidate
+                    .map_or_else(Default::default, |d| d.0),
+                stale_if_error: c.stale_if_error.map_or_else(Default::default, |d| d.0),
+                store_set_cookie: c.store_set_cookie,
+                x_cache: c.x_cache,
+            }),
+        })
+    }
+}
+
+impl Plugin for Cache {
+    fn name(&self) -> &'static str {
+        "cache"
+    }
+
+    fn cache_policy(&self) -> Option<Arc<CachePolicy>> {
+        Some(self.policy.clone())
+    }
+}

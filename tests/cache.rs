@@ -1,0 +1,356 @@
+//! The HTTP cache end to end against an origin that counts its hits per path: freshness,
+//! no-store/private, Vary, revalidation, Age, Authorization, coalescing, stale serving, purges,
+//! invalidation by unsafe methods, and the memory bound.
+
+use crate::util::upstream::{FnServer, Seen};
+use crate::util::{client, metric, Gateway, ADMIN_TOKEN};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU16, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+type Hits = Arc<Mutex<HashMap<String, usize>>>;
+
+/// The origin: behaviour chosen by the path's first segment after `/c/`.
+async fn origin(hits: Hits, fail: Arc<AtomicU16>) -> FnServer {
+    FnServer::start(move |s: &Seen| {
+        let path = s.uri.split('?').next().unwrap_or("").to_string();
+        let n = {
+            let mut h = hits.lock();
+            let e = h.entry(path.clone()).or_insert(0);
+            *e += 1;
+            *e
+        };
+        let status = fail.load(SeqCst);
+        if status != 0 && s.method == "GET" {
+            return (status, vec![], "origin failure".into());
+        }
+        let body = format!("{path} #{n}");
+        let kind = path
+            .trim_start_matches("/c/")
+            .split('/')
+            .next()
+            .unwrap_or("");
+        let cc = |v: &str| vec![("cache-control", v.to_string())];
+        match kind {
+            "fresh" => (200, cc("max-age=60"), body),
+            "nostore" => (200, cc("no-store"), body),
+            "private" => (200, cc("private, max-age=60"), body),
+            "silent" => (200, vec![], body),
+            "cookie" => (
+                200,
+                vec![
+                    ("cache-control", "max-age=60".into()),
+                    ("set-cookie", "s=1".into()),
+                ],
+                body,
+            ),
+            "slow" => {
+                std::thread::sleep(Duration::from_millis(300));
+                (200, cc("max-age=60"), body)
+            }
+            "vary" => {
+                let lang = s
+                    .headers
+                    .get("accept-language")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("none")
+                    .to_string();
+                (
+                    200,
+                    vec![
+                        ("cache-control", "max-age=60".into()),
+                        ("vary", "Accept-Language".into()),
+                    ],
+                    format!("{body} {lang}"),
+                )
+            }
+            "etag" => {
+                if s.headers.get("if-none-match").and_then(|v| v.to_str().ok()) == Some("\"v1\"") {
+                    (
+                        304,
+                        vec![
+                            ("etag", "\"v1\"".into()),
+                            ("cache-control", "max-age=0, must-revalidate".into()),
+                        ],
+                        String::new(),
+                    )
+                } else {
+                    (
+                        200,
+                        vec![
+                            ("etag", "\"v1\"".into()),
+                            ("cache-control", "max-age=0, must-revalidate".into()),
+                        ],
+                        body,
+                    )
+                }
+            }
+            "swr" => (200, cc("max-age=1, stale-while-revalidate=60"), body),
+            "sie" => (200, cc("max-age=1, stale-if-error=60"), body),
+            "tagged" => (
+                200,
+                vec![
+                    ("cache-control", "max-age=60".into()),
+                    ("surrogate-key", "catalog product-7".into()),
+                ],
+                body,
+            ),
+            "big" => (200, cc("max-age=60"), "x".repeat(200_000)),
+            _ => (200, cc("max-age=60"), body),
+        }
+    })
+    .await
+}
+
+fn config(origin: &FnServer, cache_section: &str) -> String {
+    format!(
+        "{cache_section}upstreams:\n  o: {{ targets: [ {{ addr: \"{}\" }} ] }}\nroutes:\n  - name: cached\n    match: {{ path: /c/* }}\n    upstream: o\n    plugins:\n      - cache: {{ ttl: 30s, x_cache: true, bypass: {{ headers: [x-no-cache] }} }}\n",
+        origin.addr
+    )
+}
+
+fn hits(h: &Hits, path: &str) -> usize {
+    h.lock().get(path).copied().unwrap_or(0)
+}
+
+async fn get(
+    c: &reqwest::Client,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> (u16, HashMap<String, String>, String) {
+    let mut r = c.get(url);
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    let resp = r.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let h = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    (status, h, resp.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn freshness_storability_vary_revalidation_and_authorization() {
+    let h: Hits = Arc::default();
+    let o = origin(h.clone(), Arc::default()).await;
+    let gw = Gateway::start(&config(&o, ""));
+    let c = client();
+    let url = |p: &str| gw.url(p);
+
+    let (s, hd, b1) = get(&c, &url("/c/fresh/1"), &[]).await;
+    assert_eq!((s, hd["x-cache"].as_str()), (200, "MISS"));
+    assert_eq!(hd["cache-status"], "postern; fwd=miss; stored");
+    let (_, hd, b2) = get(&c, &url("/c/fresh/1"), &[]).await;
+    assert_eq!(hd["x-cache"], "HIT");
+    assert!(
+        hd["cache-status"].starts_with("postern; hit; ttl="),
+        "{hd:?}"
+    );
+    assert!(hd.contains_key("age"));
+    assert_eq!(b1, b2);
+    assert_eq!(hits(&h, "/c/fresh/1"), 1);
+    // Query order does not matter; a bypass header skips the cache.
+    get(&c, &url("/c/fresh/q?b=2&a=1"), &[]).await;
+    let (_, hd, _) = get(&c, &url("/c/fresh/q?a=1&b=2"), &[]).await;
+    assert_eq!(hd["x-cache"], "HIT");
+    let (_, hd, _) = get(&c, &url("/c/fresh/1"), &[("x-no-cache", "1")]).await;
+    assert_eq!(hd["x-cache"], "BYPASS");
+    assert_eq!(hits(&h, "/c/fresh/1"), 2);
+
+    for p in ["/c/nostore/1", "/c/private/1", "/c/cookie/1"] {
+        get(&c, &url(p), &[]).await;
+        get(&c, &url(p), &[]).await;
+        assert_eq!(hits(&h, p), 2, "{p} must not be stored");
+    }
+    // The origin said nothing: the route's default ttl applies.
+    get(&c, &url("/c/silent/1"), &[]).await;
+    assert_eq!(get(&c, &url("/c/silent/1"), &[]).await.1["x-cache"], "HIT");
+
+    // Vary: one entry per Accept-Language.
+    let (_, _, en) = get(&c, &url("/c/vary/1"), &[("accept-language", "en")]).await;
+    let (_, _, de) = get(&c, &url("/c/vary/1"), &[("accept-language", "de")]).await;
+    let (_, hd, en2) = get(&c, &url("/c/vary/1"), &[("accept-language", "en")]).await;
+    assert!(en.ends_with(" en") && de.ends_with(" de"));
+    assert_eq!((en, hd["x-cache"].as_str()), (en2, "HIT"));
+    assert_eq!(hits(&h, "/c/vary/1"), 2);
+
+    // Revalidation with ETag: the origin answers 304, the stored body is served.
+    let (_, _, b) = get(&c, &url("/c/etag/1"), &[]).await;
+    let (s, hd, b2) = get(&c, &url("/c/etag/1"), &[]).await;
+    assert_eq!((s, b2), (200, b));
+    assert_eq!(hd["x-cache"], "REVALIDATED");
+    assert_eq!(hd["cache-status"], "postern; fwd=stale; fwd-status=304");
+
+    // Requests with Authorization are not served from a shared entry the origin did not allow.
+    get(&c, &url("/c/fresh/auth"), &[("authorization", "Bearer a")]).await;
+    get(&c, &url("/c/fresh/auth"), &[("authorization", "Bearer b")]).await;
+    assert_eq!(hits(&h, "/c/fresh/auth"), 2);
+
+    gw.wait_metric(
+        "postern_cache_requests_total{result=\"hit\",route=\"cached\"}",
+        4.0,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_misses_make_one_origin_request() {
+    let h: Hits = Arc::default();
+    let o = origin(h.clone(), Arc::default()).await;
+    let gw = Gateway::start(&config(&o, ""));
+    let c = client();
+    let calls: Vec<_> = (0..50)
+        .map(|_| {
+            let (c, u) = (c.clone(), gw.url("/c/slow/cold"));
+            tokio::spawn(async move { c.get(u).send().await.unwrap().text().await.unwrap() })
+        })
+        .collect();
+    let mut bodies = Vec::new();
+    for call in calls {
+        bodies.push(call.await.unwrap());
+    }
+    assert!(bodies.iter().all(|b| b == "/c/slow/cold #1"), "{bodies:?}");
+    assert_eq!(hits(&h, "/c/slow/cold"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_while_revalidate_and_stale_if_error() {
+    let h: Hits = Arc::default();
+    let fail = Arc::new(AtomicU16::new(0));
+    let o = origin(h.clone(), fail.clone()).await;
+    let gw = Gateway::start(&config(&o, ""));
+    let c = client();
+    get(&c, &gw.url("/c/swr/1"), &[]).await;
+    get(&c, &gw.url("/c/sie/1"), &[]).await;
+    // Both entries are fresh for 1 s; wait until the cache itself says they expired.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (status, body) = loop {
+        let (_, hd, b) = get(&c, &gw.url("/c/swr/1"), &[]).await;
+        if hd["x-cache"] == "STALE" {
+            break (hd["cache-status"].clone(), b);
+        }
+        assert!(Instant::now() < deadline, "never served stale");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.starts_with("postern; hit; ttl=-"), "{status}");
+    assert_eq!(body, "/c/swr/1 #1", "the stale copy is served at once");
+    // ... and refreshed in the background.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while hits(&h, "/c/swr/1") < 2 {
+        assert!(Instant::now() < deadline, "no background refresh");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    fail.store(503, SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (s, hd, b) = get(&c, &gw.url("/c/sie/1"), &[]).await;
+        if hits(&h, "/c/sie/1") >= 2 {
+            assert_eq!(
+                (s, b.as_str()),
+                (200, "/c/sie/1 #1"),
+                "stale-if-error: {hd:?}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "the entry never expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purges_by_url_prefix_tag_and_unsafe_methods() {
+    let h: Hits = Arc::default();
+    let o = origin(h.clone(), Arc::default()).await;
+    let gw = Gateway::start(&config(&o, ""));
+    let c = client();
+    for p in [
+        "/c/fresh/a",
+        "/c/fresh/b",
+        "/c/other/x",
+        "/c/tagged/1",
+        "/c/tagged/2",
+    ] {
+        get(&c, &gw.url(p), &[]).await;
+        assert_eq!(get(&c, &gw.url(p), &[]).await.1["x-cache"], "HIT", "{p}");
+    }
+    let purge = |q: &str| gw.admin_call("DELETE", &format!("/cache?{q}"), Some(ADMIN_TOKEN));
+    assert_eq!(
+        gw.admin_call("DELETE", "/cache?url=x", None).0,
+        401,
+        "writes need the token"
+    );
+    let (s, v) = purge("url=127.0.0.1/c/fresh/a");
+    assert_eq!((s, v["purged"].as_u64()), (200, Some(1)));
+    assert_eq!(
+        get(&c, &gw.url("/c/fresh/a"), &[]).await.1["x-cache"],
+        "MISS"
+    );
+    assert_eq!(
+        get(&c, &gw.url("/c/fresh/b"), &[]).await.1["x-cache"],
+        "HIT"
+    );
+    let (_, v) = purge("prefix=127.0.0.1/c/fresh/");
+    assert_eq!(v["purged"].as_u64(), Some(2));
+    assert_eq!(
+        get(&c, &gw.url("/c/fresh/b"), &[]).await.1["x-cache"],
+        "MISS"
+    );
+    assert_eq!(
+        get(&c, &gw.url("/c/other/x"), &[]).await.1["x-cache"],
+        "HIT"
+    );
+    let (_, v) = purge("tag=product-7");
+    assert_eq!(v["purged"].as_u64(), Some(2));
+    assert_eq!(
+        get(&c, &gw.url("/c/tagged/1"), &[]).await.1["x-cache"],
+        "MISS"
+    );
+    assert_eq!(purge("").0, 400);
+
+    // A successful POST to a URL invalidates its GET entry.
+    assert_eq!(
+        get(&c, &gw.url("/c/other/x"), &[]).await.1["x-cache"],
+        "HIT"
+    );
+    let r = c
+        .post(gw.url("/c/other/x"))
+        .body("change")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&c, &gw.url("/c/other/x"), &[]).await.1["x-cache"] != "MISS" {
+        assert!(Instant::now() < deadline, "POST did not invalidate");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_bound_holds_with_much_more_data_than_fits() {
+    let h: Hits = Arc::default();
+    let o = origin(h.clone(), Arc::default()).await;
+    let gw = Gateway::start(&config(
+        &o,
+        "cache: { memory: 2MiB, max_object_size: 1MiB }\n",
+    ));
+    let c = client();
+    // 200 objects of 200 KB = 40 MB through a 2 MiB cache.
+    for i in 0..200 {
+        let (s, _, b) = get(&c, &gw.url(&format!("/c/big/{i}")), &[]).await;
+        assert_eq!((s, b.len()), (200, 200_000));
+    }
+    gw.wait_metric("postern_http_requests_in_flight", 0.0);
+    let text = gw.metrics();
+    let evicted = metric(&text, "postern_cache_evictions_total").unwrap_or(0.0);
+    assert!(
+        evicted >= 150.0,
+        "at most ~10 objects fit: {evicted} evictions"
+    );
+    // A recent object may still be there, the earliest certainly not.
+    assert_eq!(get(&c, &gw.url("/c/big/0"), &[]).await.1["x-cache"], "MISS");
+}
