@@ -361,6 +361,74 @@ pub fn client_ip(
     Some(current)
 }
 
+/// `forward_claims: { claim: header }`, parsed; bad header names become issues.
+pub fn forward_claims(
+    map: &std::collections::BTreeMap<String, String>,
+    path: &str,
+    issues: &mut Vec<Issue>,
+) -> Vec<(String, http::HeaderName)> {
+    map.iter()
+        .filter_map(|(claim, h)| {
+            http::HeaderName::from_bytes(h.as_bytes())
+                .map(|n| (claim.clone(), n))
+                .map_err(|_| {
+                    issues.push(Issue::new(
+                        format!("{path}.forward_claims.{claim}"),
+                        format!("invalid header name \"{h}\""),
+                    ))
+                })
+                .ok()
+        })
+        .collect()
+}
+
+/// Copies claims to request headers, replacing whatever the client sent under those names.
+pub fn apply_claims(
+    req: &mut pingora::http::RequestHeader,
+    forward: &[(String, http::HeaderName)],
+    claims: &serde_json::Map<String, serde_json::Value>,
+) {
+    for (claim, h) in forward {
+        req.remove_header(h);
+        let v = match claims.get(claim) {
+            Some(serde_json::Value::String(s)) => http::HeaderValue::from_str(s).ok(),
+            Some(serde_json::Value::Null) | None => None,
+            Some(other) => http::HeaderValue::from_str(&other.to_string()).ok(),
+        };
+        if let Some(v) = v {
+            let _ = req.insert_header(h.clone(), v);
+        }
+    }
+}
+
+/// The HTTP client of an external service (authorization, introspection): the URL must be
+/// http(s); no redirects are followed; every call is bounded by `timeout`.
+pub fn service_client(
+    url: &str,
+    timeout: std::time::Duration,
+    path: &str,
+    issues: &mut Vec<Issue>,
+) -> Option<reqwest::Client> {
+    if !(url.starts_with("http://") || url.starts_with("https://"))
+        || url.parse::<http::Uri>().is_err()
+    {
+        issues.push(Issue::new(
+            format!("{path}.url"),
+            format!("invalid URL \"{url}\"; expected http:// or https://"),
+        ));
+    }
+    if timeout.is_zero() {
+        issues.push(Issue::new(format!("{path}.timeout"), "must be above 0"));
+    }
+    http_client_ready();
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| issues.push(Issue::new(path, format!("HTTP client: {e}"))))
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -138,50 +138,36 @@ impl MemoryStorage {
         self.ufo.remove(&key.to_string()).is_some()
     }
 
-    /// Removes every variant stored for exactly this URL (`host/path?query`).
-    pub fn purge_url(&self, url: &str) -> Purged {
+    /// Removes the keys `select` picks from the index, under one lock.
+    fn purge_where(&self, select: impl FnOnce(&Index) -> Vec<String>) -> Purged {
         let mut index = self.index.lock();
-        let keys: Vec<String> = index
-            .by_url
-            .get(url)
-            .map(|s| s.iter().cloned().collect())
-            .unwrap_or_default();
+        let keys = select(&index);
         let entries = keys
             .iter()
             .filter(|k| self.remove_key(k, &mut index))
             .count();
         Purged { entries }
+    }
+
+    /// Removes every variant stored for exactly this URL (`host/path?query`).
+    pub fn purge_url(&self, url: &str) -> Purged {
+        self.purge_where(|i| i.by_url.get(url).into_iter().flatten().cloned().collect())
     }
 
     /// Removes every entry whose URL starts with `prefix`.
     pub fn purge_prefix(&self, prefix: &str) -> Purged {
-        let mut index = self.index.lock();
-        let keys: Vec<String> = index
-            .by_url
-            .range(prefix.to_string()..)
-            .take_while(|(u, _)| u.starts_with(prefix))
-            .flat_map(|(_, s)| s.iter().cloned())
-            .collect();
-        let entries = keys
-            .iter()
-            .filter(|k| self.remove_key(k, &mut index))
-            .count();
-        Purged { entries }
+        self.purge_where(|i| {
+            i.by_url
+                .range(prefix.to_string()..)
+                .take_while(|(u, _)| u.starts_with(prefix))
+                .flat_map(|(_, s)| s.iter().cloned())
+                .collect()
+        })
     }
 
     /// Removes every entry tagged `tag` (from `Surrogate-Key` or `Cache-Tag`).
     pub fn purge_tag(&self, tag: &str) -> Purged {
-        let mut index = self.index.lock();
-        let keys: Vec<String> = index
-            .by_tag
-            .get(tag)
-            .map(|s| s.iter().cloned().collect())
-            .unwrap_or_default();
-        let entries = keys
-            .iter()
-            .filter(|k| self.remove_key(k, &mut index))
-            .count();
-        Purged { entries }
+        self.purge_where(|i| i.by_tag.get(tag).into_iter().flatten().cloned().collect())
     }
 
     /// Marks every variant of a URL stale instead of removing it (soft purge): it is served only

@@ -16,11 +16,10 @@
 //!       x_cache: true                 # X-Cache: HIT | MISS | STALE | EXPIRED | REVALIDATED | BYPASS
 //! ```
 
-use super::{BuildCtx, Plugin};
+use super::{header_names, BuildCtx, Plugin};
 use crate::cache::{CachePolicy, QueryKey};
 use crate::config::types::Dur;
 use crate::config::Issue;
-use http::HeaderName;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -114,22 +113,6 @@ fn default_statuses() -> Vec<u16> {
 
 pub struct Cache {
     policy: Arc<CachePolicy>,
-}
-
-fn header_names(list: &[String], path: &str, issues: &mut Vec<Issue>) -> Vec<HeaderName> {
-    list.iter()
-        .enumerate()
-        .filter_map(|(i, h)| {
-            HeaderName::from_bytes(h.as_bytes())
-                .map_err(|_| {
-                    issues.push(Issue::new(
-                        format!("{path}[{i}]"),
-                        format!("invalid header name \"{h}\""),
-                    ))
-                })
-                .ok()
-        })
-        .collect()
 }
 
 impl Cache {

@@ -97,14 +97,8 @@ impl Plugin for ConcurrencyLimit {
         ctx: &mut RequestCtx,
     ) -> Result<Flow, GatewayError> {
         let mut buf = String::with_capacity(48);
-        if !self.key.write(req, ctx, &mut buf) {
-            match self.missing {
-                MissingKey::Skip => return Ok(Flow::Continue),
-                MissingKey::Shared => {
-                    buf.clear();
-                    buf.push_str("\u{0}missing");
-                }
-            }
+        if !self.key.material(req, ctx, self.missing, &mut buf) {
+            return Ok(Flow::Continue);
         }
         match self.engine.acquire(key::hash(&buf)) {
             Some((permit, _left)) => {

@@ -16,7 +16,7 @@
 //!       on_error: deny                   # deny (503) | allow
 //! ```
 
-use super::{BuildCtx, Flow, Plugin, Reply};
+use super::{header_names, BuildCtx, Flow, Plugin, Reply};
 use crate::auth::sha256;
 use crate::config::schema::OnError;
 use crate::config::types::Dur;
@@ -110,40 +110,16 @@ const PASS_BACK: &[&str] = &[
     "cache-control",
 ];
 
-fn names(list: &[String], path: &str, issues: &mut Vec<Issue>) -> Vec<HeaderName> {
-    list.iter()
-        .enumerate()
-        .filter_map(|(i, h)| {
-            HeaderName::from_bytes(h.as_bytes())
-                .map_err(|_| {
-                    issues.push(Issue::new(
-                        format!("{path}[{i}]"),
-                        format!("invalid header name \"{h}\""),
-                    ))
-                })
-                .ok()
-        })
-        .collect()
-}
-
 impl ForwardAuth {
     pub fn new(c: &Config, b: &BuildCtx) -> Result<ForwardAuth, Vec<Issue>> {
         let path = &b.path;
         let mut issues = Vec::new();
-        if !(c.url.starts_with("http://") || c.url.starts_with("https://"))
-            || c.url.parse::<http::Uri>().is_err()
-        {
-            issues.push(Issue::new(
-                format!("{path}.url"),
-                format!("invalid URL \"{}\"; expected http:// or https://", c.url),
-            ));
-        }
-        let request_headers = names(
+        let request_headers = header_names(
             &c.request_headers,
             &format!("{path}.request_headers"),
             &mut issues,
         );
-        let response_headers = names(
+        let response_headers = header_names(
             &c.response_headers,
             &format!("{path}.response_headers"),
             &mut issues,
@@ -158,16 +134,7 @@ impl ForwardAuth {
                 })
                 .ok()
         });
-        if c.timeout.0.is_zero() {
-            issues.push(Issue::new(format!("{path}.timeout"), "must be above 0"));
-        }
-        crate::auth::http_client_ready();
-        let client = reqwest::Client::builder()
-            .timeout(c.timeout.0)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| issues.push(Issue::new(path.clone(), format!("HTTP client: {e}"))))
-            .ok();
+        let client = crate::auth::service_client(&c.url, c.timeout.0, path, &mut issues);
         let (Some(client), true) = (client, issues.is_empty()) else {
             return Err(issues);
         };

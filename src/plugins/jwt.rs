@@ -26,7 +26,7 @@ use crate::context::{Consumer, RequestCtx};
 use crate::error::GatewayError;
 use crate::observability::metrics::AuthMetrics;
 use async_trait::async_trait;
-use http::{HeaderName, HeaderValue};
+use http::HeaderName;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use pingora::http::RequestHeader;
@@ -332,16 +332,7 @@ impl Jwt {
                 None
             }
         };
-        let mut forward = Vec::new();
-        for (claim, h) in &c.forward_claims {
-            match HeaderName::from_bytes(h.as_bytes()) {
-                Ok(n) => forward.push((claim.clone(), n)),
-                Err(_) => issues.push(Issue::new(
-                    format!("{path}.forward_claims.{claim}"),
-                    format!("invalid header name \"{h}\""),
-                )),
-            }
-        }
+        let forward = crate::auth::forward_claims(&c.forward_claims, path, &mut issues);
         let (Some(source), true) = (source, issues.is_empty()) else {
             return Err(issues);
         };
@@ -565,17 +556,7 @@ impl Jwt {
             None if self.consumer_required => return self.fail(ctx, AuthFail::UnknownConsumer),
             None => None,
         };
-        for (claim, h) in &self.forward {
-            req.remove_header(h);
-            let v = match claims.get(claim) {
-                Some(serde_json::Value::String(s)) => HeaderValue::from_str(s).ok(),
-                Some(serde_json::Value::Null) | None => None,
-                Some(other) => HeaderValue::from_str(&other.to_string()).ok(),
-            };
-            if let Some(v) = v {
-                let _ = req.insert_header(h.clone(), v);
-            }
-        }
+        crate::auth::apply_claims(req, &self.forward, &claims);
         if self.strip {
             match &self.source {
                 Source::Header(n, _) => {

@@ -120,6 +120,30 @@ impl Key {
     }
 }
 
+impl Key {
+    /// The key of this request in `buf`, applying the missing-key policy: `false` when the
+    /// request is not limited by the rule (`missing_key: skip`).
+    pub fn material(
+        &self,
+        req: &RequestHeader,
+        ctx: &RequestCtx,
+        missing: MissingKey,
+        buf: &mut String,
+    ) -> bool {
+        if self.write(req, ctx, buf) {
+            return true;
+        }
+        match missing {
+            MissingKey::Skip => false,
+            MissingKey::Shared => {
+                buf.clear();
+                buf.push_str("\u{0}missing");
+                true
+            }
+        }
+    }
+}
+
 /// Hash of a key for the local engines: foldhash with a per-process random seed (fast, and keys
 /// chosen by clients cannot be made to collide without knowing the seed).
 pub fn hash(key: &str) -> u64 {

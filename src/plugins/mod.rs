@@ -156,6 +156,23 @@ impl Chain {
     }
 }
 
+/// Parses a list of header names from a plugin config; bad names become issues at `path[i]`.
+pub fn header_names(list: &[String], path: &str, issues: &mut Vec<Issue>) -> Vec<http::HeaderName> {
+    list.iter()
+        .enumerate()
+        .filter_map(|(i, h)| {
+            http::HeaderName::from_bytes(h.as_bytes())
+                .map_err(|_| {
+                    issues.push(Issue::new(
+                        format!("{path}[{i}]"),
+                        format!("invalid header name \"{h}\""),
+                    ))
+                })
+                .ok()
+        })
+        .collect()
+}
+
 /// `Retry-After` in whole seconds, at least 1.
 pub fn retry_after(d: std::time::Duration) -> (http::HeaderName, http::HeaderValue) {
     let secs = d.as_nanos().div_ceil(1_000_000_000) as u64;

@@ -22,7 +22,7 @@ use crate::context::{Consumer, RequestCtx};
 use crate::error::GatewayError;
 use crate::observability::metrics::AuthMetrics;
 use async_trait::async_trait;
-use http::{HeaderName, HeaderValue};
+use http::HeaderName;
 use parking_lot::Mutex;
 use pingora::http::RequestHeader;
 use schemars::JsonSchema;
@@ -109,37 +109,14 @@ impl Introspection {
     pub fn new(c: &Config, b: &BuildCtx) -> Result<Introspection, Vec<Issue>> {
         let path = &b.path;
         let mut issues = Vec::new();
-        if !(c.url.starts_with("http://") || c.url.starts_with("https://"))
-            || c.url.parse::<http::Uri>().is_err()
-        {
-            issues.push(Issue::new(
-                format!("{path}.url"),
-                "expected an http:// or https:// URL",
-            ));
-        }
         if c.cache_size == 0 {
             issues.push(Issue::new(
                 format!("{path}.cache_size"),
                 "must be at least 1",
             ));
         }
-        let mut forward = Vec::new();
-        for (claim, h) in &c.forward_claims {
-            match HeaderName::from_bytes(h.as_bytes()) {
-                Ok(n) => forward.push((claim.clone(), n)),
-                Err(_) => issues.push(Issue::new(
-                    format!("{path}.forward_claims.{claim}"),
-                    format!("invalid header name \"{h}\""),
-                )),
-            }
-        }
-        crate::auth::http_client_ready();
-        let client = reqwest::Client::builder()
-            .timeout(c.timeout.0)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| issues.push(Issue::new(path.clone(), format!("HTTP client: {e}"))))
-            .ok();
+        let forward = crate::auth::forward_claims(&c.forward_claims, path, &mut issues);
+        let client = crate::auth::service_client(&c.url, c.timeout.0, path, &mut issues);
         let (Some(client), true) = (client, issues.is_empty()) else {
             return Err(issues);
         };
@@ -295,17 +272,7 @@ impl Plugin for Introspection {
                 }),
             });
         }
-        for (claim, h) in &self.forward {
-            req.remove_header(h);
-            let v = match claims.get(claim) {
-                Some(serde_json::Value::String(s)) => HeaderValue::from_str(s).ok(),
-                Some(serde_json::Value::Null) | None => None,
-                Some(other) => HeaderValue::from_str(&other.to_string()).ok(),
-            };
-            if let Some(v) = v {
-                let _ = req.insert_header(h.clone(), v);
-            }
-        }
+        crate::auth::apply_claims(req, &self.forward, &claims);
         if self.strip {
             req.remove_header(&http::header::AUTHORIZATION);
         }

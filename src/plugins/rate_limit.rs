@@ -344,14 +344,8 @@ impl Plugin for RateLimit {
         ctx: &mut RequestCtx,
     ) -> Result<Flow, GatewayError> {
         let mut buf = String::with_capacity(48);
-        if !self.key.write(req, ctx, &mut buf) {
-            match self.missing {
-                MissingKey::Skip => return Ok(Flow::Continue),
-                MissingKey::Shared => {
-                    buf.clear();
-                    buf.push_str("\u{0}missing");
-                }
-            }
+        if !self.key.material(req, ctx, self.missing, &mut buf) {
+            return Ok(Flow::Continue);
         }
         let hash = key::hash(&buf);
         let outcome = match self.outcome(hash, &buf).await {

@@ -263,53 +263,30 @@ pub async fn tls_upstream(
 }
 
 /// Serves one document (status and body, changeable at run time) on every path; counts hits.
-/// Stands in for a JWKS endpoint or an authorization service.
+/// Stands in for a JWKS endpoint.
 pub struct DocServer {
     pub addr: SocketAddr,
     pub doc: Arc<parking_lot::Mutex<(u16, String)>>,
-    pub hits: Arc<AtomicUsize>,
-    task: JoinHandle<()>,
+    server: FnServer,
 }
 
 impl DocServer {
     pub async fn start(status: u16, body: &str) -> DocServer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let doc = Arc::new(parking_lot::Mutex::new((status, body.to_string())));
-        let hits = Arc::new(AtomicUsize::new(0));
-        let (d, h) = (doc.clone(), hits.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((sock, _)) = listener.accept().await else {
-                    continue;
-                };
-                let (d, h) = (d.clone(), h.clone());
-                tokio::spawn(async move {
-                    let svc = service_fn(move |_req: Request<Incoming>| {
-                        let (d, h) = (d.clone(), h.clone());
-                        async move {
-                            h.fetch_add(1, SeqCst);
-                            let (status, body) = d.lock().clone();
-                            Ok::<_, Infallible>(
-                                Response::builder()
-                                    .status(status)
-                                    .header("content-type", "application/json")
-                                    .body(Full::new(Bytes::from(body)))
-                                    .unwrap(),
-                            )
-                        }
-                    });
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(sock), svc)
-                        .await;
-                });
-            }
-        });
+        let d = doc.clone();
+        let server = FnServer::start(move |_| {
+            let (status, body) = d.lock().clone();
+            (
+                status,
+                vec![("content-type", "application/json".into())],
+                body,
+            )
+        })
+        .await;
         DocServer {
-            addr,
+            addr: server.addr,
             doc,
-            hits,
-            task,
+            server,
         }
     }
 
@@ -318,13 +295,7 @@ impl DocServer {
     }
 
     pub fn hits(&self) -> usize {
-        self.hits.load(SeqCst)
-    }
-}
-
-impl Drop for DocServer {
-    fn drop(&mut self) {
-        self.task.abort();
+        self.server.hits()
     }
 }
 
