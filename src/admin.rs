@@ -221,12 +221,7 @@ impl ServeHttp for Admin {
 /// `?tag=name` (`Surrogate-Key` / `Cache-Tag` of the responses); `&soft=true` marks entries stale
 /// (URL only) instead of removing them.
 fn purge(query: Option<&str>) -> Response<Vec<u8>> {
-    let Some(storage) = crate::cache::storage() else {
-        return reply(
-            404,
-            json!({ "title": "Not Found", "status": 404, "detail": "no cache" }),
-        );
-    };
+    use crate::cache::PurgeKind;
     let params: Vec<(String, String)> = query
         .unwrap_or("")
         .split('&')
@@ -235,11 +230,10 @@ fn purge(query: Option<&str>) -> Response<Vec<u8>> {
         .collect();
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let soft = get("soft") == Some("true");
-    let (kind, value, purged) = match (get("url"), get("prefix"), get("tag")) {
-        (Some(u), None, None) if soft => ("url", u, storage.expire_url(u)),
-        (Some(u), None, None) => ("url", u, storage.purge_url(u)),
-        (None, Some(p), None) if !p.is_empty() => ("prefix", p, storage.purge_prefix(p)),
-        (None, None, Some(t)) => ("tag", t, storage.purge_tag(t)),
+    let (kind, value) = match (get("url"), get("prefix"), get("tag")) {
+        (Some(u), None, None) => (PurgeKind::Url, u),
+        (None, Some(p), None) if !p.is_empty() => (PurgeKind::Prefix, p),
+        (None, None, Some(t)) => (PurgeKind::Tag, t),
         _ => {
             return reply(
                 400,
@@ -247,10 +241,16 @@ fn purge(query: Option<&str>) -> Response<Vec<u8>> {
             )
         }
     };
-    reply(
-        200,
-        json!({ "purged": purged.entries, kind: value, "soft": soft }),
-    )
+    match crate::cache::purge(kind, value, soft) {
+        Some(purged) => reply(
+            200,
+            json!({ "purged": purged.entries, kind.as_str(): value, "soft": soft }),
+        ),
+        None => reply(
+            404,
+            json!({ "title": "Not Found", "status": 404, "detail": "no cache" }),
+        ),
+    }
 }
 
 /// `%XX` and `+` decoding of a query value.

@@ -176,7 +176,12 @@ impl BackgroundService for Supervisor {
             }
             if let Some(r) = &snap.redis {
                 r.connect_in_background();
+                tasks.spawn(
+                    r.clone()
+                        .subscribe(crate::cache::PURGE_CHANNEL, crate::cache::apply_remote),
+                );
             }
+            crate::cache::set_broadcast(snap.redis.clone());
             for route in &snap.routes {
                 route.chain.start();
             }

@@ -154,6 +154,13 @@ async fn freshness_storability_vary_revalidation_and_authorization() {
     assert!(hd.contains_key("age"));
     assert_eq!(b1, b2);
     assert_eq!(hits(&h, "/c/fresh/1"), 1);
+    let head = c.head(url("/c/fresh/1")).send().await.unwrap();
+    assert_eq!(
+        head.headers()["x-cache"],
+        "HIT",
+        "HEAD is answered from the GET entry"
+    );
+    assert_eq!(hits(&h, "/c/fresh/1"), 1);
     // Query order does not matter; a bypass header skips the cache.
     get(&c, &url("/c/fresh/q?b=2&a=1"), &[]).await;
     let (_, hd, _) = get(&c, &url("/c/fresh/q?a=1&b=2"), &[]).await;
@@ -193,7 +200,7 @@ async fn freshness_storability_vary_revalidation_and_authorization() {
 
     gw.wait_metric(
         "postern_cache_requests_total{result=\"hit\",route=\"cached\"}",
-        4.0,
+        5.0,
     );
 }
 
@@ -353,4 +360,112 @@ async fn memory_bound_holds_with_much_more_data_than_fits() {
     );
     // A recent object may still be there, the earliest certainly not.
     assert_eq!(get(&c, &gw.url("/c/big/0"), &[]).await.1["x-cache"], "MISS");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purges_reach_every_node_through_redis_and_the_purge_method() {
+    let redis = crate::util::redis::RedisServer::start();
+    let h: Hits = Arc::default();
+    let o = origin(h.clone(), Arc::default()).await;
+    let body = format!(
+        "cluster:\n  redis: {{ url: \"{}\" }}\nupstreams:\n  o: {{ targets: [ {{ addr: \"{}\" }} ] }}\nroutes:\n  - name: cached\n    match: {{ path: /c/* }}\n    upstream: o\n    plugins:\n      - cache: {{ x_cache: true, purge: {{ enabled: true, allow: [10.9.9.9/32], token: purge-secret }} }}\n",
+        redis.url(),
+        o.addr
+    );
+    let (a, b) = (Gateway::start(&body), Gateway::start(&body));
+    a.wait_metric("postern_redis_up", 1.0);
+    b.wait_metric("postern_redis_up", 1.0);
+    let c = client();
+    for gw in [&a, &b] {
+        for p in ["/c/fresh/shared", "/c/tagged/9"] {
+            get(&c, &gw.url(p), &[]).await;
+            assert_eq!(get(&c, &gw.url(p), &[]).await.1["x-cache"], "HIT");
+        }
+    }
+    // A tag purge on node A empties node B too (the subscription may need a moment).
+    let (s, _) = a.admin_call("DELETE", "/cache?tag=catalog", Some(ADMIN_TOKEN));
+    assert_eq!(s, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&c, &b.url("/c/tagged/9"), &[]).await.1["x-cache"] != "MISS" {
+        assert!(Instant::now() < deadline, "the purge never reached node B");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // PURGE on a route: refused from an address outside `allow` without the token.
+    let purge = |gw: &Gateway, token: Option<&str>| {
+        let mut r = c.request(
+            reqwest::Method::from_bytes(b"PURGE").unwrap(),
+            gw.url("/c/fresh/shared"),
+        );
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    assert_eq!(purge(&a, None).await.unwrap().status(), 403);
+    assert_eq!(purge(&a, Some("wrong")).await.unwrap().status(), 403);
+    let r = purge(&a, Some("purge-secret")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["purged"], 1);
+    assert_eq!(
+        get(&c, &a.url("/c/fresh/shared"), &[]).await.1["x-cache"],
+        "MISS"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&c, &b.url("/c/fresh/shared"), &[]).await.1["x-cache"] != "MISS" {
+        assert!(Instant::now() < deadline, "the PURGE never reached node B");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_is_served_from_a_get_entry_and_last_modified_revalidates() {
+    let h: Hits = Arc::default();
+    let lm = "Wed, 21 Oct 2015 07:28:00 GMT";
+    let o = FnServer::start({
+        let h = h.clone();
+        move |s: &Seen| {
+            *h.lock().entry(s.uri.clone()).or_insert(0) += 1;
+            if s.headers
+                .get("if-modified-since")
+                .and_then(|v| v.to_str().ok())
+                == Some(lm)
+            {
+                return (
+                    304,
+                    vec![
+                        ("last-modified", lm.into()),
+                        ("cache-control", "no-cache".into()),
+                    ],
+                    String::new(),
+                );
+            }
+            (
+                200,
+                vec![
+                    ("last-modified", lm.into()),
+                    ("cache-control", "no-cache".into()),
+                ],
+                "document".into(),
+            )
+        }
+    })
+    .await;
+    let gw = Gateway::start(&config(&o, ""));
+    let c = client();
+    let (_, hd, body) = get(&c, &gw.url("/c/lm"), &[]).await;
+    assert_eq!(
+        (hd["x-cache"].as_str(), body.as_str()),
+        ("MISS", "document")
+    );
+    let (s, hd, body) = get(&c, &gw.url("/c/lm"), &[]).await;
+    assert_eq!((s, body.as_str()), (200, "document"));
+    assert_eq!(
+        hd["x-cache"], "REVALIDATED",
+        "no-cache: revalidated with If-Modified-Since"
+    );
+    let head = c.head(gw.url("/c/lm")).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(head.headers()["x-cache"], "REVALIDATED");
+    assert_eq!(head.headers()["last-modified"], lm);
 }

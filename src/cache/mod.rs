@@ -45,6 +45,84 @@ pub fn storage() -> Option<&'static MemoryStorage> {
     STORE.get().map(|s| s.storage)
 }
 
+/// What a purge targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PurgeKind {
+    /// Every variant of one URL (`host/path?query`).
+    Url,
+    /// Every URL starting with the value.
+    Prefix,
+    /// Every response tagged with the value (`Surrogate-Key`, `Cache-Tag`).
+    Tag,
+}
+
+impl PurgeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PurgeKind::Url => "url",
+            PurgeKind::Prefix => "prefix",
+            PurgeKind::Tag => "tag",
+        }
+    }
+
+    fn parse(s: &str) -> Option<PurgeKind> {
+        match s {
+            "url" => Some(PurgeKind::Url),
+            "prefix" => Some(PurgeKind::Prefix),
+            "tag" => Some(PurgeKind::Tag),
+            _ => None,
+        }
+    }
+}
+
+/// Purges are broadcast to the other nodes on this Redis channel (under the key prefix).
+pub const PURGE_CHANNEL: &str = "cache:purge";
+
+static BROADCAST: arc_swap::ArcSwapOption<crate::ratelimit::cluster::Redis> =
+    arc_swap::ArcSwapOption::const_empty();
+
+/// Where purges are broadcast (the `cluster.redis` of the running configuration).
+pub fn set_broadcast(redis: Option<std::sync::Arc<crate::ratelimit::cluster::Redis>>) {
+    BROADCAST.store(redis);
+}
+
+fn apply(kind: PurgeKind, value: &str, soft: bool) -> Option<storage::Purged> {
+    let s = storage()?;
+    let keys = s.select(kind, value);
+    Some(if soft {
+        s.expire_keys(&keys)
+    } else {
+        s.remove_keys(&keys)
+    })
+}
+
+/// Purges on this node and, with `cluster.redis`, on every other node.
+pub fn purge(kind: PurgeKind, value: &str, soft: bool) -> Option<storage::Purged> {
+    let done = apply(kind, value, soft)?;
+    if let Some(r) = BROADCAST.load_full() {
+        r.publish(
+            PURGE_CHANNEL,
+            &format!("{}\t{soft}\t{value}", kind.as_str()),
+        );
+    }
+    Some(done)
+}
+
+/// Applies a purge broadcast by another node.
+pub fn apply_remote(message: &str) {
+    let mut parts = message.splitn(3, '\t');
+    let (Some(kind), Some(soft), Some(value)) = (
+        parts.next().and_then(PurgeKind::parse),
+        parts.next(),
+        parts.next(),
+    ) else {
+        log::warn!("ignored a malformed purge message");
+        return;
+    };
+    let done = apply(kind, value, soft == "true");
+    log::debug!("remote purge {} {value}: {done:?}", kind.as_str());
+}
+
 /// Which query parameters are part of the key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QueryKey {

@@ -138,51 +138,32 @@ impl MemoryStorage {
         self.ufo.remove(&key.to_string()).is_some()
     }
 
-    /// Removes the keys `select` picks from the index, under one lock.
-    fn purge_where(&self, select: impl FnOnce(&Index) -> Vec<String>) -> Purged {
-        let mut index = self.index.lock();
-        let keys = select(&index);
-        let entries = keys
-            .iter()
-            .filter(|k| self.remove_key(k, &mut index))
-            .count();
-        Purged { entries }
-    }
-
     /// Removes every variant stored for exactly this URL (`host/path?query`).
     pub fn purge_url(&self, url: &str) -> Purged {
-        self.purge_where(|i| i.by_url.get(url).into_iter().flatten().cloned().collect())
+        self.remove_keys(&self.select(super::PurgeKind::Url, url))
     }
 
-    /// Removes every entry whose URL starts with `prefix`.
-    pub fn purge_prefix(&self, prefix: &str) -> Purged {
-        self.purge_where(|i| {
-            i.by_url
-                .range(prefix.to_string()..)
-                .take_while(|(u, _)| u.starts_with(prefix))
+    /// Keys of one URL, of a URL prefix or of a tag.
+    pub fn select(&self, kind: super::PurgeKind, value: &str) -> Vec<String> {
+        let i = self.index.lock();
+        match kind {
+            super::PurgeKind::Url => i.by_url.get(value).into_iter().flatten().cloned().collect(),
+            super::PurgeKind::Prefix => i
+                .by_url
+                .range(value.to_string()..)
+                .take_while(|(u, _)| u.starts_with(value))
                 .flat_map(|(_, s)| s.iter().cloned())
-                .collect()
-        })
+                .collect(),
+            super::PurgeKind::Tag => i.by_tag.get(value).into_iter().flatten().cloned().collect(),
+        }
     }
 
-    /// Removes every entry tagged `tag` (from `Surrogate-Key` or `Cache-Tag`).
-    pub fn purge_tag(&self, tag: &str) -> Purged {
-        self.purge_where(|i| i.by_tag.get(tag).into_iter().flatten().cloned().collect())
-    }
-
-    /// Marks every variant of a URL stale instead of removing it (soft purge): it is served only
-    /// while revalidating or when the origin fails, as its stale settings allow.
-    pub fn expire_url(&self, url: &str) -> Purged {
-        let keys: Vec<String> = self
-            .index
-            .lock()
-            .by_url
-            .get(url)
-            .map(|s| s.iter().cloned().collect())
-            .unwrap_or_default();
+    /// Marks entries stale instead of removing them (soft purge): they are served only while
+    /// revalidating or when the origin fails, as their stale settings allow.
+    pub fn expire_keys(&self, keys: &[String]) -> Purged {
         let mut entries = 0;
         for k in keys {
-            if let Some(o) = self.ufo.get(&k) {
+            if let Some(o) = self.ufo.get(k) {
                 if let Ok(mut meta) = CacheMeta::deserialize(&o.meta.0, &o.meta.1) {
                     meta.expire_at(SystemTime::now());
                     if let Ok(m) = meta.serialize() {
@@ -192,6 +173,16 @@ impl MemoryStorage {
                 }
             }
         }
+        Purged { entries }
+    }
+
+    /// Removes entries by key.
+    pub fn remove_keys(&self, keys: &[String]) -> Purged {
+        let mut index = self.index.lock();
+        let entries = keys
+            .iter()
+            .filter(|k| self.remove_key(k, &mut index))
+            .count();
         Purged { entries }
     }
 

@@ -16,10 +16,13 @@
 //!       x_cache: true                 # X-Cache: HIT | MISS | STALE | EXPIRED | REVALIDATED | BYPASS
 //! ```
 
-use super::{header_names, BuildCtx, Plugin};
+use super::{header_names, BuildCtx, Flow, Plugin, Reply};
 use crate::cache::{CachePolicy, QueryKey};
 use crate::config::types::Dur;
 use crate::config::Issue;
+use crate::context::RequestCtx;
+use crate::error::GatewayError;
+use pingora::http::RequestHeader;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -50,6 +53,22 @@ pub struct Config {
     pub store_set_cookie: bool,
     #[serde(default)]
     pub x_cache: bool,
+    /// The `PURGE` method on this route's URLs.
+    #[serde(default)]
+    pub purge: PurgeMethod,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeMethod {
+    #[serde(default)]
+    pub enabled: bool,
+    /// Client addresses or CIDR blocks allowed to purge.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Or a bearer token (use `${ENV}`).
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
@@ -113,6 +132,7 @@ fn default_statuses() -> Vec<u16> {
 
 pub struct Cache {
     policy: Arc<CachePolicy>,
+    purge: Option<(Vec<ipnet::IpNet>, Option<String>)>,
 }
 
 impl Cache {
@@ -148,10 +168,34 @@ impl Cache {
         if c.ttl.is_some_and(|t| t.0 > c.max_ttl.0) {
             issues.push(Issue::new(format!("{path}.ttl"), "ttl is above max_ttl"));
         }
+        let purge = c.purge.enabled.then(|| {
+            let nets = c
+                .purge
+                .allow
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| {
+                    super::ip_filter::parse_net(s)
+                        .map_err(|e| issues.push(Issue::new(format!("{path}.purge.allow[{i}]"), e)))
+                        .ok()
+                })
+                .collect::<Vec<_>>();
+            (nets, c.purge.token.clone().filter(|t| !t.is_empty()))
+        });
+        if purge
+            .as_ref()
+            .is_some_and(|(n, t)| n.is_empty() && t.is_none())
+        {
+            issues.push(Issue::new(
+                format!("{path}.purge"),
+                "restrict PURGE with `allow` (addresses) or `token`",
+            ));
+        }
         if !issues.is_empty() {
             return Err(issues);
         }
         Ok(Cache {
+            purge,
             policy: Arc::new(CachePolicy {
                 ttl: c.ttl.map(|d| d.0),
                 max_ttl: c.max_ttl.0,
@@ -174,9 +218,60 @@ impl Cache {
     }
 }
 
+#[async_trait::async_trait]
 impl Plugin for Cache {
     fn name(&self) -> &'static str {
         "cache"
+    }
+
+    /// `PURGE` of a URL (every variant, on every node with `cluster.redis`).
+    async fn on_request(
+        &self,
+        req: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<Flow, GatewayError> {
+        let (Some((nets, token)), "PURGE") = (&self.purge, req.method.as_str()) else {
+            return Ok(Flow::Continue);
+        };
+        let by_ip = ctx.client_ip.is_some_and(|ip| {
+            let ip = crate::auth::canonical_ip(ip);
+            nets.iter().any(|n| n.contains(&ip))
+        });
+        let by_token = token.as_ref().is_some_and(|t| {
+            use subtle::ConstantTimeEq;
+            req.headers
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .is_some_and(|p| {
+                    crate::auth::sha256(p.as_bytes())
+                        .ct_eq(&crate::auth::sha256(t.as_bytes()))
+                        .into()
+                })
+        });
+        if !by_ip && !by_token {
+            return Ok(Flow::Respond(
+                GatewayError::Forbidden("Purging is not allowed from here.").reply(&ctx.request_id),
+            ));
+        }
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri.host())
+            .map(String::from);
+        let url = crate::cache::url(&self.policy, req, host.as_deref());
+        let purged =
+            crate::cache::purge(crate::cache::PurgeKind::Url, &url, false).map_or(0, |p| p.entries);
+        let body = serde_json::json!({ "purged": purged, "url": url }).to_string();
+        Ok(Flow::Respond(Reply {
+            status: 200,
+            headers: vec![(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            )],
+            body: bytes::Bytes::from(body),
+        }))
     }
 
     fn cache_policy(&self) -> Option<Arc<CachePolicy>> {

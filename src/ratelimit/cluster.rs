@@ -88,6 +88,8 @@ pub struct Redis {
     /// Settings fingerprint: a reload with the same settings keeps this connection.
     pub id: String,
     pub prefix: String,
+    /// Where pub/sub subscriptions go (any node of a cluster: messages reach every node).
+    pubsub_url: String,
     client: Client,
     conn: ArcSwapOption<Conn>,
     connecting: AtomicBool,
@@ -123,6 +125,7 @@ impl Redis {
         Ok(Redis {
             id,
             prefix,
+            pubsub_url: nodes.first().cloned().unwrap_or_default(),
             client,
             conn: ArcSwapOption::empty(),
             connecting: AtomicBool::new(false),
@@ -253,6 +256,69 @@ impl Redis {
             reset: us(answer[3]),
             limit: answer[4].max(0) as usize,
         })
+    }
+}
+
+/// This process in broadcast messages, so that a node skips its own.
+static NODE: std::sync::LazyLock<u64> = std::sync::LazyLock::new(rand::random);
+
+impl Redis {
+    /// Publishes `payload` on `{prefix}:{channel}` to every node (fire and forget: a purge that
+    /// cannot be broadcast is still applied locally, and the failure is logged).
+    pub fn publish(self: &Arc<Self>, channel: &str, payload: &str) {
+        let Some(conn) = self.conn.load_full() else {
+            log::warn!("Redis not connected: {channel} message not broadcast");
+            return;
+        };
+        let channel = format!("{}:{channel}", self.prefix);
+        let message = format!("{}\t{payload}", *NODE);
+        tokio::spawn(async move {
+            let mut cmd = redis::cmd("PUBLISH");
+            cmd.arg(&channel).arg(message);
+            let sent = match (*conn).clone() {
+                Conn::Single(mut c) => cmd.query_async::<i64>(&mut c).await,
+                Conn::Cluster(mut c) => cmd.query_async::<i64>(&mut c).await,
+            };
+            if let Err(e) = sent {
+                log::warn!("broadcast on {channel} failed: {e}");
+            }
+        });
+    }
+
+    /// Delivers messages of other nodes on `{prefix}:{channel}` to `handle`, reconnecting after
+    /// failures; runs until the task is dropped.
+    pub async fn subscribe(self: Arc<Self>, channel: &str, handle: impl Fn(&str)) {
+        use futures_util::StreamExt;
+        let channel = format!("{}:{channel}", self.prefix);
+        let own = format!("{}\t", *NODE);
+        loop {
+            let subscribed = async {
+                let client = redis::Client::open(self.pubsub_url.as_str())?;
+                let mut ps = client.get_async_pubsub().await?;
+                ps.subscribe(&channel).await?;
+                Ok::<_, redis::RedisError>(ps)
+            }
+            .await;
+            match subscribed {
+                Ok(ps) => {
+                    log::info!("subscribed to {channel}");
+                    let mut stream = ps.into_on_message();
+                    while let Some(msg) = stream.next().await {
+                        let Ok(text) = msg.get_payload::<String>() else {
+                            continue;
+                        };
+                        if let Some(body) = text.strip_prefix(&own) {
+                            let _ = body; // sent by this node: already applied
+                        } else if let Some((_, body)) = text.split_once('\t') {
+                            handle(body);
+                        }
+                    }
+                    log::warn!("subscription to {channel} ended; resubscribing");
+                }
+                Err(e) => log::debug!("cannot subscribe to {channel}: {e}"),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 }
 
