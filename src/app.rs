@@ -47,6 +47,9 @@ pub fn run(conf_path: &str, flags: RunFlags) -> Result<(), String> {
         c.memory.0 as usize,
         c.max_object_size.0 as usize,
         c.lock_timeout.0,
+        c.disk
+            .as_ref()
+            .map(|d| (std::path::Path::new(&d.path), d.size.0)),
     );
     let server_conf = server_conf(&snap, flags.daemon);
     let admin = snap.config.admin.clone();

@@ -469,3 +469,58 @@ async fn head_is_served_from_a_get_entry_and_last_modified_revalidates() {
     assert_eq!(head.headers()["x-cache"], "REVALIDATED");
     assert_eq!(head.headers()["last-modified"], lm);
 }
+
+fn cache_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for sub in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        for f in std::fs::read_dir(sub.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if f.path().extension().is_none() {
+                out.push(f.path());
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_tier_survives_a_restart_and_rejects_a_damaged_file() {
+    let h: Hits = Arc::default();
+    let o = origin(h.clone(), Arc::default()).await;
+    let disk = tempfile::tempdir().unwrap();
+    let section = format!(
+        "cache: {{ memory: 4MiB, disk: {{ path: \"{}\", size: 16MiB }} }}\n",
+        disk.path().display()
+    );
+    let c = client();
+    {
+        let gw = Gateway::start(&config(&o, &section));
+        get(&c, &gw.url("/c/fresh/kept"), &[]).await;
+        get(&c, &gw.url("/c/fresh/damaged"), &[]).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while cache_files(disk.path()).len() < 2 {
+            assert!(Instant::now() < deadline, "entries never reached the disk");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // Damage one file: a flipped byte fails its checksum.
+    let files = cache_files(disk.path());
+    let gw = Gateway::start(&config(&o, &section));
+    let (_, hd, body) = get(&c, &gw.url("/c/fresh/kept"), &[]).await;
+    assert_eq!(hd["x-cache"], "HIT", "served from disk after the restart");
+    assert_eq!(body, "/c/fresh/kept #1");
+    drop(gw);
+    for f in &files {
+        let mut b = std::fs::read(f).unwrap();
+        let n = b.len() / 2;
+        b[n] ^= 0x55;
+        std::fs::write(f, b).unwrap();
+    }
+    let gw = Gateway::start(&config(&o, &section));
+    let (_, hd, body) = get(&c, &gw.url("/c/fresh/damaged"), &[]).await;
+    assert_eq!(hd["x-cache"], "MISS", "a damaged file is not served");
+    assert_eq!(body, "/c/fresh/damaged #2");
+}

@@ -6,6 +6,7 @@
 //! request coalescing behind the cache lock, `Age`, `stale-while-revalidate` and
 //! `stale-if-error`; this module decides what may be stored and for how long.
 
+pub mod disk;
 pub mod storage;
 
 use http::{HeaderName, Method};
@@ -32,11 +33,32 @@ struct Store {
 static STORE: OnceLock<Store> = OnceLock::new();
 
 /// Creates the storage (first call wins: its size is fixed for the life of the process).
-pub fn init(memory: usize, max_object: usize, lock_timeout: Duration) {
-    STORE.get_or_init(|| Store {
-        storage: Box::leak(Box::new(MemoryStorage::new(memory, max_object))),
-        lock: Box::leak(CacheLock::new_boxed(lock_timeout)),
-        max_object,
+/// A disk tier that cannot be opened is reported and left out (memory only).
+pub fn init(
+    memory: usize,
+    max_object: usize,
+    lock_timeout: Duration,
+    disk: Option<(&std::path::Path, u64)>,
+) {
+    STORE.get_or_init(|| {
+        let mut storage = MemoryStorage::new(memory, max_object);
+        if let Some((dir, size)) = disk {
+            storage = match MemoryStorage::new(memory, max_object).with_disk(dir, size) {
+                Ok(s) => s,
+                Err(e) => {
+                    log::error!(
+                        "cache disk tier at {} unusable ({e}); memory only",
+                        dir.display()
+                    );
+                    storage
+                }
+            };
+        }
+        Store {
+            storage: Box::leak(Box::new(storage)),
+            lock: Box::leak(CacheLock::new_boxed(lock_timeout)),
+            max_object,
+        }
     });
 }
 

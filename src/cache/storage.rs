@@ -48,19 +48,22 @@ struct Index {
 
 impl Index {
     fn add(&mut self, o: &Object) {
-        self.remove(&o.key);
+        self.add_parts(o.key.clone(), o.url.clone(), o.tags.clone());
+    }
+
+    fn add_parts(&mut self, key: String, url: String, tags: Box<[String]>) {
+        self.remove(&key);
         self.by_url
-            .entry(o.url.clone())
+            .entry(url.clone())
             .or_default()
-            .insert(o.key.clone());
-        for t in o.tags.iter() {
+            .insert(key.clone());
+        for t in tags.iter() {
             self.by_tag
                 .entry(t.clone())
                 .or_default()
-                .insert(o.key.clone());
+                .insert(key.clone());
         }
-        self.entries
-            .insert(o.key.clone(), (o.url.clone(), o.tags.clone()));
+        self.entries.insert(key, (url, tags));
     }
 
     fn remove(&mut self, key: &str) {
@@ -88,6 +91,8 @@ pub struct MemoryStorage {
     ufo: TinyUfo<String, Arc<Object>>,
     index: Mutex<Index>,
     max_object: usize,
+    /// Optional second tier; memory holds the hot part.
+    disk: Option<super::disk::Disk>,
 }
 
 /// What a purge by URL, prefix or tag did.
@@ -104,7 +109,34 @@ impl MemoryStorage {
             ufo: TinyUfo::new(pages, (bytes / 16_384).max(64)),
             index: Mutex::new(Index::default()),
             max_object,
+            disk: None,
         }
+    }
+
+    /// Adds the disk tier; entries already on disk are indexed for lookups and purges.
+    pub fn with_disk(mut self, dir: &std::path::Path, size: u64) -> std::io::Result<Self> {
+        let (disk, found) = super::disk::Disk::open(dir, size)?;
+        {
+            let mut index = self.index.lock();
+            for f in found {
+                index.add_parts(f.key, f.url, f.tags.into());
+            }
+        }
+        self.disk = Some(disk);
+        Ok(self)
+    }
+
+    /// Promotes an entry read from disk into memory (when TinyUFO admits it).
+    fn promote(&self, r: super::disk::Record) -> Arc<Object> {
+        let o = Arc::new(Object {
+            key: r.key,
+            url: r.url,
+            tags: r.tags.into(),
+            meta: r.meta,
+            body: Bytes::from(r.body),
+        });
+        self.insert_arc(o.clone());
+        o
     }
 
     fn weight(size: usize) -> u16 {
@@ -112,9 +144,12 @@ impl MemoryStorage {
     }
 
     fn insert(&self, o: Object) -> usize {
+        self.insert_arc(Arc::new(o))
+    }
+
+    fn insert_arc(&self, o: Arc<Object>) -> usize {
         let size = o.body.len() + o.meta.0.len() + o.meta.1.len();
         let key = o.key.clone();
-        let o = Arc::new(o);
         let mut index = self.index.lock();
         index.add(&o);
         for evicted in self.ufo.put(key, o, Self::weight(size)) {
@@ -125,7 +160,8 @@ impl MemoryStorage {
                 .is_none_or(|cur| !Arc::ptr_eq(&cur, &evicted.data))
             {
                 crate::observability::metrics::cache_evicted();
-                if self.ufo.get(k).is_none() {
+                let on_disk = self.disk.as_ref().is_some_and(|d| d.contains(k));
+                if self.ufo.get(k).is_none() && !on_disk {
                     index.remove(k);
                 }
             }
@@ -135,7 +171,8 @@ impl MemoryStorage {
 
     fn remove_key(&self, key: &str, index: &mut Index) -> bool {
         index.remove(key);
-        self.ufo.remove(&key.to_string()).is_some()
+        let on_disk = self.disk.as_ref().is_some_and(|d| d.remove(key));
+        self.ufo.remove(&key.to_string()).is_some() || on_disk
     }
 
     /// Removes every variant stored for exactly this URL (`host/path?query`).
@@ -163,6 +200,12 @@ impl MemoryStorage {
     pub fn expire_keys(&self, keys: &[String]) -> Purged {
         let mut entries = 0;
         for k in keys {
+            // The disk copy would come back fresh after a restart: a soft purge drops it.
+            if let Some(d) = &self.disk {
+                if d.remove(k) && self.ufo.get(k).is_none() {
+                    entries += 1;
+                }
+            }
             if let Some(o) = self.ufo.get(k) {
                 if let Ok(mut meta) = CacheMeta::deserialize(&o.meta.0, &o.meta.1) {
                     meta.expire_at(SystemTime::now());
@@ -318,12 +361,28 @@ impl HandleMiss for Miss {
             body,
             ..
         } = *self;
+        let body = body.freeze();
+        if storage.disk.is_some() {
+            let record = super::disk::Record {
+                key: key.clone(),
+                url: url.clone(),
+                tags: tags.to_vec(),
+                meta: meta.clone(),
+                body: body.to_vec(),
+            };
+            // Written off the request path; memory serves the entry meanwhile.
+            tokio::task::spawn_blocking(move || {
+                if let Some(d) = &storage.disk {
+                    d.write(&record);
+                }
+            });
+        }
         let size = storage.insert(Object {
             key,
             url,
             tags,
             meta,
-            body: body.freeze(),
+            body,
         });
         Ok(MissFinishType::Created(size))
     }
@@ -336,8 +395,27 @@ impl Storage for MemoryStorage {
         key: &CacheKey,
         _trace: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
-        let Some(o) = self.ufo.get(&key.combined()) else {
-            return Ok(None);
+        let combined = key.combined();
+        let o = match self.ufo.get(&combined) {
+            Some(o) => o,
+            None => {
+                let Some(disk) = &self.disk else {
+                    return Ok(None);
+                };
+                if !disk.contains(&combined) {
+                    return Ok(None);
+                }
+                let read = tokio::task::spawn_blocking(move || {
+                    self.disk.as_ref().and_then(|d| d.read(&combined))
+                })
+                .await
+                .ok()
+                .flatten();
+                match read {
+                    Some(r) => self.promote(r),
+                    None => return Ok(None),
+                }
+            }
         };
         let meta = CacheMeta::deserialize(&o.meta.0, &o.meta.1)?;
         let hit = Hit {

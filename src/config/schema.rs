@@ -108,6 +108,18 @@ pub struct CacheConfig {
     /// How long requests for a key being fetched wait for that fetch (coalescing).
     #[serde(default = "d::cache_lock_timeout")]
     pub lock_timeout: Dur,
+    /// A second tier on disk; entries survive restarts.
+    #[serde(default)]
+    pub disk: Option<CacheDisk>,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CacheDisk {
+    /// Directory of the entries (created if missing; one file per entry).
+    pub path: String,
+    /// Bytes on disk, oldest entries removed first.
+    pub size: Size,
 }
 
 impl Default for CacheConfig {
@@ -116,6 +128,7 @@ impl Default for CacheConfig {
             memory: d::cache_memory(),
             max_object_size: d::cache_max_object(),
             lock_timeout: d::cache_lock_timeout(),
+            disk: None,
         }
     }
 }
