@@ -89,6 +89,11 @@ async fn origin(hits: Hits, fail: Arc<AtomicU16>) -> FnServer {
             }
             "swr" => (200, cc("max-age=1, stale-while-revalidate=60"), body),
             "sie" => (200, cc("max-age=1, stale-if-error=60"), body),
+            "mustrev" => (
+                200,
+                cc("max-age=1, must-revalidate, stale-if-error=60"),
+                body,
+            ),
             "tagged" => (
                 200,
                 vec![
@@ -233,6 +238,7 @@ async fn stale_while_revalidate_and_stale_if_error() {
     let c = client();
     get(&c, &gw.url("/c/swr/1"), &[]).await;
     get(&c, &gw.url("/c/sie/1"), &[]).await;
+    get(&c, &gw.url("/c/mustrev/1"), &[]).await;
     // Both entries are fresh for 1 s; wait until the cache itself says they expired.
     let deadline = Instant::now() + Duration::from_secs(10);
     let (status, body) = loop {
@@ -267,6 +273,9 @@ async fn stale_while_revalidate_and_stale_if_error() {
         assert!(Instant::now() < deadline, "the entry never expired");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // must-revalidate forbids the stale copy even when the origin fails.
+    let (s, _, _) = get(&c, &gw.url("/c/mustrev/1"), &[]).await;
+    assert_eq!(s, 503, "the origin's failure, not a stale copy");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

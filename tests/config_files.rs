@@ -142,6 +142,8 @@ const EXPORTED: &[&str] = &[
     "postern_auth_failures_total",
     "postern_cache_requests_total",
     "postern_cache_evictions_total",
+    "postern_cache_stored_bytes_total",
+    "postern_cache_disk_bytes",
 ];
 
 fn metric_names(text: &str) -> Vec<String> {

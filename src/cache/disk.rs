@@ -159,6 +159,7 @@ impl Disk {
             state: Mutex::new(state),
         };
         disk.trim();
+        disk.report();
         Ok((disk, found))
     }
 
@@ -218,6 +219,7 @@ impl Disk {
             s.order.push_back(r.key.clone());
         }
         self.trim();
+        self.report();
     }
 
     /// Removes an entry's file; `true` when there was one.
@@ -260,6 +262,10 @@ impl Disk {
 
     pub fn total_bytes(&self) -> u64 {
         self.state.lock().total
+    }
+
+    fn report(&self) {
+        crate::observability::metrics::cache_disk_bytes(self.total_bytes());
     }
 }
 

@@ -297,6 +297,10 @@ pub fn cacheable(
     }
     let now = SystemTime::now();
     let cc = CacheControl::from_resp_headers(resp);
+    // must-revalidate, proxy-revalidate and s-maxage forbid serving stale (RFC 9111 §5.2.2).
+    let no_stale = cc.as_ref().is_some_and(|c| {
+        c.must_revalidate() || c.proxy_revalidate() || c.s_maxage().ok().flatten().is_some()
+    });
     let swr = cc
         .as_ref()
         .and_then(|c| c.stale_while_revalidate().ok().flatten())
@@ -305,6 +309,7 @@ pub fn cacheable(
         .as_ref()
         .and_then(|c| c.stale_if_error().ok().flatten())
         .unwrap_or(policy.stale_if_error.as_secs() as u32);
+    let (swr, sie) = if no_stale { (0, 0) } else { (swr, sie) };
     let build = |ttl: Duration, header: ResponseHeader| {
         RespCacheable::Cacheable(CacheMeta::new(now + ttl, now, swr, sie, header))
     };

@@ -384,6 +384,7 @@ impl HandleMiss for Miss {
             meta,
             body,
         });
+        crate::observability::metrics::cache_stored(size);
         Ok(MissFinishType::Created(size))
     }
 }

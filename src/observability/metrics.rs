@@ -37,6 +37,8 @@ pub struct Families {
     auth_failures: IntCounterVec,
     cache_requests: IntCounterVec,
     cache_evictions: IntCounter,
+    cache_stored_bytes: IntCounter,
+    cache_disk_bytes: IntGauge,
 }
 
 fn families() -> Result<Families, prometheus::Error> {
@@ -123,6 +125,15 @@ fn families() -> Result<Families, prometheus::Error> {
             "Cached responses evicted to stay within the memory budget.",
         )
         .and_then(|c| prometheus::register(Box::new(c.clone())).map(|_| c))?,
+        cache_stored_bytes: IntCounter::new(
+            "postern_cache_stored_bytes_total",
+            "Bytes of responses stored in the cache (headers and bodies).",
+        )
+        .and_then(|c| prometheus::register(Box::new(c.clone())).map(|_| c))?,
+        cache_disk_bytes: register_int_gauge!(
+            "postern_cache_disk_bytes",
+            "Bytes held by the cache's disk tier."
+        )?,
         redis_errors: IntCounter::new(
             "postern_redis_errors_total",
             "Redis calls of cluster-wide rate limits that failed or timed out.",
@@ -192,6 +203,20 @@ impl AuthMetrics {
 pub fn cache_evicted() {
     if let Some(m) = METRICS.as_ref() {
         m.cache_evictions.inc();
+    }
+}
+
+/// Counts bytes stored in the cache.
+pub fn cache_stored(bytes: usize) {
+    if let Some(m) = METRICS.as_ref() {
+        m.cache_stored_bytes.inc_by(bytes as u64);
+    }
+}
+
+/// Sets the size of the cache's disk tier.
+pub fn cache_disk_bytes(bytes: u64) {
+    if let Some(m) = METRICS.as_ref() {
+        m.cache_disk_bytes.set(bytes as i64);
     }
 }
 
