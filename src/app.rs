@@ -54,6 +54,18 @@ pub fn run(conf_path: &str, flags: RunFlags) -> Result<(), String> {
     let server_conf = server_conf(&snap, flags.daemon);
     let admin = snap.config.admin.clone();
     let metrics_enabled = snap.config.observability.metrics.enabled;
+    let (spans, span_sender) = match &snap.config.observability.tracing.otlp {
+        Some(o) => {
+            let (e, s) = crate::observability::otlp::channel(
+                &o.endpoint,
+                o.sample_ratio,
+                o.timeout.0,
+                &o.service_name,
+            )?;
+            (Some(e), Some(Arc::new(s)))
+        }
+        None => (None, None),
+    };
     let (access_log, log_writer) = match &snap.config.observability.access_log {
         Some(cfg) => {
             let (log, writer) = access_log::channel(cfg);
@@ -73,7 +85,7 @@ pub fn run(conf_path: &str, flags: RunFlags) -> Result<(), String> {
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
     server.bootstrap();
     for l in listeners {
-        add_listener(&mut server, l, &snapshot, access_log.clone())?;
+        add_listener(&mut server, l, &snapshot, access_log.clone(), spans.clone())?;
     }
     if let Some(a) = admin {
         let mut svc = Service::new(
@@ -102,6 +114,9 @@ pub fn run(conf_path: &str, flags: RunFlags) -> Result<(), String> {
         "drain",
         DrainWatch(parking_lot::Mutex::new(Some(phases))),
     ));
+    if let Some(s) = span_sender {
+        server.add_service(background_service("span export", SpanExport(s)));
+    }
     if let Some(w) = log_writer {
         server.add_service(background_service("access log", LogWriter(Arc::new(w))));
     }
@@ -128,11 +143,13 @@ fn add_listener(
     l: ListenerPlan,
     snapshot: &Arc<ArcSwap<Snapshot>>,
     access_log: Option<AccessLog>,
+    spans: Option<crate::observability::otlp::Exporter>,
 ) -> Result<(), String> {
     let gateway = Gateway {
         snapshot: snapshot.clone(),
         tls: l.tls.is_some(),
         access_log,
+        spans,
     };
     let mut options = HttpServerOptions::default();
     options.h2c = l.h2c;
@@ -293,6 +310,19 @@ impl BackgroundService for DrainWatch {
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 },
             }
+        }
+    }
+}
+
+/// Sends queued spans to the OTLP collector.
+struct SpanExport(Arc<crate::observability::otlp::Sender>);
+
+#[async_trait]
+impl BackgroundService for SpanExport {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        tokio::select! {
+            _ = shutdown.changed() => {}
+            _ = self.0.run() => {}
         }
     }
 }

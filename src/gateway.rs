@@ -44,6 +44,8 @@ pub struct Gateway {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     pub tls: bool,
     pub access_log: Option<AccessLog>,
+    /// OTLP span export, when configured.
+    pub spans: Option<crate::observability::otlp::Exporter>,
 }
 
 /// Pingora's per-request context: the plugin view plus what only the gateway touches.
@@ -66,8 +68,15 @@ pub struct Ctx {
     had_authorization: bool,
     /// How the cache answered (`HIT`, `MISS`, ...), on cached routes.
     cache_status: Option<&'static str>,
+    /// Start of the request on the Unix clock (for exported spans).
+    started_unix: u64,
+    /// Upstream calls of a sampled trace: span id, target, start and end (Unix ns).
+    client_spans: Vec<ClientSpan>,
     _counted: InFlight,
 }
+
+/// One upstream call of a sampled trace: span id, target, start and end (Unix ns).
+type ClientSpan = ([u8; 8], Option<SocketAddr>, u64, Option<u64>);
 
 /// Counts a request in `postern_http_requests_in_flight` for as long as its context lives.
 struct InFlight;
@@ -117,6 +126,8 @@ impl ProxyHttp for Gateway {
             upstream_secs: None,
             had_authorization: false,
             cache_status: None,
+            started_unix: 0,
+            client_spans: Vec::new(),
             _counted: InFlight::new(),
         }
     }
@@ -179,12 +190,12 @@ impl ProxyHttp for Gateway {
                 .req_header()
                 .headers
                 .get("traceparent")
-                .and_then(|v| v.to_str().ok());
-            ctx.req.trace = Some(
-                incoming
-                    .and_then(TraceContext::parse)
-                    .unwrap_or_else(TraceContext::new_root),
-            );
+                .and_then(|v| v.to_str().ok())
+                .and_then(TraceContext::parse);
+            let sample = || self.spans.as_ref().is_some_and(|e| e.sample());
+            ctx.req.trace =
+                Some(incoming.unwrap_or_else(|| TraceContext::new_root_sampled(sample())));
+            ctx.started_unix = crate::observability::otlp::unix_nanos();
         }
         checks::check(session.req_header(), h2, limits).map_err(|e| fail(ctx, e))
     }
@@ -381,7 +392,13 @@ impl ProxyHttp for Gateway {
         }
         forward::set_host(up, &route, ctx.client_host.as_deref());
         if let Some(t) = &ctx.req.trace {
-            let _ = up.insert_header("traceparent", t.child_header());
+            let (span, header) = t.child();
+            let _ = up.insert_header("traceparent", header);
+            if t.sampled() && self.spans.is_some() {
+                let target = ctx.target.as_ref().map(|t| t.addr);
+                let now = crate::observability::otlp::unix_nanos();
+                ctx.client_spans.push((span, target, now, None));
+            }
         }
         route
             .chain
@@ -397,6 +414,10 @@ impl ProxyHttp for Gateway {
     ) -> pingora::Result<()> {
         let status = resp.status.as_u16();
         ctx.upstream_secs = ctx.upstream_started.map(|s| s.elapsed().as_secs_f64());
+        if let Some(last) = ctx.client_spans.last_mut() {
+            last.3
+                .get_or_insert_with(crate::observability::otlp::unix_nanos);
+        }
         let (Some(route), Some(t)) = (&ctx.route, &ctx.target) else {
             return Ok(());
         };
@@ -525,6 +546,11 @@ impl ProxyHttp for Gateway {
                 h.observe(secs);
             }
         }
+        if let (Some(exporter), Some(trace)) = (&self.spans, ctx.req.trace) {
+            if trace.sampled() {
+                export_spans(exporter, session, ctx, trace, status);
+            }
+        }
         if let Some(log) = &self.access_log {
             log.send(access_record(
                 session, ctx, log, e, elapsed, bytes_in, bytes_out,
@@ -556,6 +582,64 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
+    }
+}
+
+/// The request's SERVER span and one CLIENT span per upstream attempt.
+fn export_spans(
+    exporter: &crate::observability::otlp::Exporter,
+    session: &Session,
+    ctx: &Ctx,
+    trace: TraceContext,
+    status: u16,
+) {
+    use crate::observability::otlp::{unix_nanos, Span};
+    use serde_json::json;
+    let req = session.req_header();
+    let end = unix_nanos();
+    let route = ctx.route.as_ref().map_or("(none)", |r| &*r.name);
+    let mut attributes = vec![
+        ("http.request.method", json!(req.method.as_str())),
+        ("url.path", json!(req.uri.path())),
+        ("http.response.status_code", json!(status)),
+        ("http.route", json!(route)),
+    ];
+    if let Some(ip) = ctx.req.client_ip {
+        attributes.push(("client.address", json!(ip.to_string())));
+    }
+    exporter.send(Span {
+        trace_id: trace.trace_id,
+        span_id: trace.span_id,
+        parent: trace.parent,
+        name: format!("{} {route}", req.method),
+        kind: 2,
+        start_unix_nanos: ctx.started_unix,
+        end_unix_nanos: end,
+        attributes,
+        error: status >= 500 || status == 0,
+    });
+    let upstream = ctx.route.as_ref().map_or("", |r| &*r.upstream.name);
+    for (i, (id, target, start, stop)) in ctx.client_spans.iter().enumerate() {
+        let last = i + 1 == ctx.client_spans.len();
+        let mut attributes = vec![("postern.upstream", json!(upstream))];
+        if let Some(t) = target {
+            attributes.push(("server.address", json!(t.ip().to_string())));
+            attributes.push(("server.port", json!(t.port())));
+        }
+        if last {
+            attributes.push(("http.response.status_code", json!(status)));
+        }
+        exporter.send(Span {
+            trace_id: trace.trace_id,
+            span_id: *id,
+            parent: Some(trace.span_id),
+            name: format!("{} {upstream}", req.method),
+            kind: 3,
+            start_unix_nanos: *start,
+            end_unix_nanos: stop.unwrap_or(end),
+            attributes,
+            error: !last || status >= 500,
+        });
     }
 }
 

@@ -133,6 +133,20 @@ pub fn compile(
             .map_err(|e| issues.push(Issue::new("cluster.redis", e)))
             .ok()
     });
+    if let Some(o) = &config.observability.tracing.otlp {
+        if !(0.0..=1.0).contains(&o.sample_ratio) {
+            issues.push(Issue::new(
+                "observability.tracing.otlp.sample_ratio",
+                "must be between 0.0 and 1.0",
+            ));
+        }
+        if !(o.endpoint.starts_with("http://") || o.endpoint.starts_with("https://")) {
+            issues.push(Issue::new(
+                "observability.tracing.otlp.endpoint",
+                "expected an http:// or https:// URL (OTLP/HTTP, e.g. http://127.0.0.1:4318/v1/traces)",
+            ));
+        }
+    }
     let consumers = Arc::new(crate::auth::Consumers::compile(
         &config.consumers,
         &mut issues,
@@ -177,7 +191,8 @@ pub fn compile(
         max_header_size: s.max_header_size.0 as usize,
         forwarded: s.forwarded_headers.clone(),
         request_id: s.request_id,
-        trace: config.observability.tracing.propagate,
+        trace: config.observability.tracing.propagate
+            || config.observability.tracing.otlp.is_some(),
         preserve_header_case: s.preserve_header_case,
         trusted_proxies,
     };

@@ -144,6 +144,7 @@ const EXPORTED: &[&str] = &[
     "postern_cache_evictions_total",
     "postern_cache_stored_bytes_total",
     "postern_cache_disk_bytes",
+    "postern_trace_spans_dropped_total",
 ];
 
 fn metric_names(text: &str) -> Vec<String> {

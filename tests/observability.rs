@@ -268,3 +268,87 @@ async fn traceparent_is_continued_with_a_new_span_per_upstream_call() {
     assert_eq!(sent.len(), 55);
     assert!(!sent.contains("4bf92f3577b34da6a3ce929d0e0e4736"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampled_traces_are_exported_over_otlp_and_a_dead_collector_costs_nothing() {
+    use crate::util::upstream::FnServer;
+    let received: std::sync::Arc<parking_lot::Mutex<Vec<String>>> = Default::default();
+    let collector = FnServer::start({
+        let r = received.clone();
+        move |s| {
+            r.lock().push(s.body.clone());
+            (200, vec![], "{}".into())
+        }
+    })
+    .await;
+    let up = Upstream::start("u").await;
+    let body = format!(
+        "observability:\n  tracing:\n    otlp: {{ endpoint: \"http://{}/v1/traces\", sample_ratio: 0.0 }}\nupstreams:\n{}routes:\n  - {{ name: users, match: {{ path: /users/* }}, upstream: u }}\n",
+        collector.addr,
+        upstream_yaml("u", &[up.addr], "")
+    );
+    let gw = Gateway::start(&body);
+    let c = client();
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = c
+        .get(gw.url("/users/1"))
+        .header("traceparent", parent)
+        .send()
+        .await
+        .unwrap();
+    let v: serde_json::Value = r.json().await.unwrap();
+    let sent = v["headers"]["traceparent"].as_str().unwrap().to_string();
+    let client_span = sent.split('-').nth(2).unwrap().to_string();
+    // Not sampled by the caller, and sample_ratio 0 for traces started here: nothing exported.
+    c.get(gw.url("/users/2"))
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4737-00f067aa0ba902b7-00",
+        )
+        .send()
+        .await
+        .unwrap();
+    c.get(gw.url("/users/3")).send().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let spans: Vec<serde_json::Value> = loop {
+        let all: Vec<serde_json::Value> = received
+            .lock()
+            .iter()
+            .flat_map(|b| {
+                let v: serde_json::Value = serde_json::from_str(b).unwrap();
+                v["resourceSpans"][0]["scopeSpans"][0]["spans"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect();
+        if all.len() >= 2 || Instant::now() > deadline {
+            break all;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(spans.len(), 2, "one server and one client span: {spans:?}");
+    let server = spans.iter().find(|s| s["kind"] == 2).unwrap();
+    let client_s = spans.iter().find(|s| s["kind"] == 3).unwrap();
+    assert_eq!(server["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(server["parentSpanId"], "00f067aa0ba902b7");
+    assert_eq!(server["name"], "GET users");
+    assert_eq!(
+        client_s["spanId"],
+        client_span.as_str(),
+        "the span named in the upstream's traceparent"
+    );
+    assert_eq!(client_s["parentSpanId"], server["spanId"]);
+
+    // A collector that is gone: requests are unaffected.
+    drop(collector);
+    for _ in 0..20 {
+        let r = c
+            .get(gw.url("/users/9"))
+            .header("traceparent", parent)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+}

@@ -138,3 +138,13 @@ pub fn cache_max_object() -> Size {
 pub fn cache_lock_timeout() -> Dur {
     Dur::secs(5)
 }
+
+pub fn sample_ratio() -> f64 {
+    1.0
+}
+pub fn otlp_timeout() -> Dur {
+    Dur::secs(2)
+}
+pub fn service_name() -> String {
+    "postern".into()
+}

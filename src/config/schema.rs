@@ -371,6 +371,25 @@ pub struct TracingConfig {
     /// Continue or start a W3C trace and send `traceparent` (a new span id per upstream call).
     #[serde(default)]
     pub propagate: bool,
+    /// Export spans over OTLP/HTTP (implies `propagate`).
+    #[serde(default)]
+    pub otlp: Option<OtlpConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpConfig {
+    /// The collector's traces URL, e.g. `http://127.0.0.1:4318/v1/traces`.
+    pub endpoint: String,
+    /// Share of the traces started here that are recorded (0.0 to 1.0); a caller's sampled
+    /// flag is always followed.
+    #[serde(default = "d::sample_ratio")]
+    pub sample_ratio: f64,
+    /// Limit on one export request.
+    #[serde(default = "d::otlp_timeout")]
+    pub timeout: Dur,
+    #[serde(default = "d::service_name")]
+    pub service_name: String,
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]

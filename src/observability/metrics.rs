@@ -39,6 +39,7 @@ pub struct Families {
     cache_evictions: IntCounter,
     cache_stored_bytes: IntCounter,
     cache_disk_bytes: IntGauge,
+    spans_dropped: IntCounter,
 }
 
 fn families() -> Result<Families, prometheus::Error> {
@@ -130,6 +131,11 @@ fn families() -> Result<Families, prometheus::Error> {
             "Bytes of responses stored in the cache (headers and bodies).",
         )
         .and_then(|c| prometheus::register(Box::new(c.clone())).map(|_| c))?,
+        spans_dropped: IntCounter::new(
+            "postern_trace_spans_dropped_total",
+            "Spans not exported: the export queue was full or the collector failed.",
+        )
+        .and_then(|c| prometheus::register(Box::new(c.clone())).map(|_| c))?,
         cache_disk_bytes: register_int_gauge!(
             "postern_cache_disk_bytes",
             "Bytes held by the cache's disk tier."
@@ -203,6 +209,20 @@ impl AuthMetrics {
 pub fn cache_evicted() {
     if let Some(m) = METRICS.as_ref() {
         m.cache_evictions.inc();
+    }
+}
+
+/// Counts a span dropped by a full export queue.
+pub fn spans_dropped() {
+    if let Some(m) = METRICS.as_ref() {
+        m.spans_dropped.inc();
+    }
+}
+
+/// Counts spans lost to a failed export.
+pub fn span_export_failed(n: usize) {
+    if let Some(m) = METRICS.as_ref() {
+        m.spans_dropped.inc_by(n as u64);
     }
 }
 

@@ -2,4 +2,5 @@
 
 pub mod access_log;
 pub mod metrics;
+pub mod otlp;
 pub mod trace;

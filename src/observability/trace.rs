@@ -9,7 +9,19 @@ use std::fmt::Write;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TraceContext {
     pub trace_id: [u8; 16],
+    /// The caller's span (absent for a trace started here).
+    pub parent: Option<[u8; 8]>,
+    /// Postern's own span for this request (the parent of every upstream call's span).
+    pub span_id: [u8; 8],
     pub flags: u8,
+}
+
+fn new_span_id() -> [u8; 8] {
+    let mut span: [u8; 8] = rand::random();
+    if span == [0; 8] {
+        span[7] = 1;
+    }
+    span
 }
 
 impl TraceContext {
@@ -40,16 +52,35 @@ impl TraceContext {
         {
             return None;
         }
-        Some(TraceContext { trace_id, flags })
+        Some(TraceContext {
+            trace_id,
+            parent: Some(parent_id),
+            span_id: new_span_id(),
+            flags,
+        })
     }
 
-    /// A new trace (not sampled: Postern does not record it).
-    pub fn new_root() -> TraceContext {
+    /// A new trace; `sampled` sets the W3C sampled flag (01).
+    pub fn new_root_sampled(sampled: bool) -> TraceContext {
         let mut trace_id: [u8; 16] = rand::random();
         if trace_id == [0; 16] {
             trace_id[15] = 1;
         }
-        TraceContext { trace_id, flags: 0 }
+        TraceContext {
+            trace_id,
+            parent: None,
+            span_id: new_span_id(),
+            flags: u8::from(sampled),
+        }
+    }
+
+    /// A new trace, not sampled.
+    pub fn new_root() -> TraceContext {
+        Self::new_root_sampled(false)
+    }
+
+    pub fn sampled(&self) -> bool {
+        self.flags & 1 == 1
     }
 
     pub fn trace_id_hex(&self) -> String {
@@ -58,18 +89,25 @@ impl TraceContext {
 
     /// The `traceparent` for one upstream call, with a fresh span id.
     pub fn child_header(&self) -> String {
-        let mut span: [u8; 8] = rand::random();
-        if span == [0; 8] {
-            span[7] = 1;
-        }
+        self.child().1
+    }
+
+    /// A new span for one upstream call: its id and the `traceparent` that names it.
+    pub fn child(&self) -> ([u8; 8], String) {
+        let span = new_span_id();
         let mut out = String::with_capacity(55);
         out.push_str("00-");
         out.push_str(&to_hex(&self.trace_id));
         out.push('-');
         out.push_str(&to_hex(&span));
         let _ = write!(out, "-{:02x}", self.flags);
-        out
+        (span, out)
     }
+}
+
+/// Lower-case hex of bytes (trace and span ids).
+pub fn hex_id(b: &[u8]) -> String {
+    to_hex(b)
 }
 
 fn is_lower_hex(s: &str) -> bool {
