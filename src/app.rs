@@ -108,6 +108,12 @@ pub fn run(conf_path: &str, flags: RunFlags) -> Result<(), String> {
             reloader: reloader.clone(),
         },
     ));
+    server.add_service(background_service(
+        "config watch",
+        ConfigWatch {
+            reloader: reloader.clone(),
+        },
+    ));
     server.add_service(background_service("sighup", SighupReload { reloader }));
     let phases = server.watch_execution_phase();
     server.add_service(background_service(
@@ -323,6 +329,74 @@ impl BackgroundService for SpanExport {
         tokio::select! {
             _ = shutdown.changed() => {}
             _ = self.0.run() => {}
+        }
+    }
+}
+
+/// Reloads when the configuration file's content changes (`server.watch_config`), polling its
+/// metadata and hashing it only when that changed. A file that fails to load is reported once
+/// and retried only after it changes again.
+struct ConfigWatch {
+    reloader: Arc<Reloader>,
+}
+
+fn file_digest(path: &str) -> Option<[u8; 32]> {
+    std::fs::read(path).ok().map(|b| crate::auth::sha256(&b))
+}
+
+#[async_trait]
+impl BackgroundService for ConfigWatch {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let path = self.reloader.path.clone();
+        let stamp = |p: &str| {
+            std::fs::metadata(p)
+                .ok()
+                .map(|m| (m.modified().ok(), m.len()))
+        };
+        let mut seen_stamp = stamp(&path);
+        let mut seen_digest = file_digest(&path);
+        loop {
+            let every = self
+                .reloader
+                .snapshot
+                .load()
+                .config
+                .server
+                .watch_config
+                .map(|d| d.0);
+            let wait = every.unwrap_or(std::time::Duration::from_secs(5));
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            if every.is_none() {
+                continue;
+            }
+            let now = stamp(&path);
+            if now == seen_stamp {
+                continue;
+            }
+            seen_stamp = now;
+            let digest = {
+                let p = path.clone();
+                tokio::task::spawn_blocking(move || file_digest(&p))
+                    .await
+                    .ok()
+                    .flatten()
+            };
+            if digest.is_none() || digest == seen_digest {
+                continue;
+            }
+            seen_digest = digest;
+            match self.reloader.reload().await {
+                Ok(o) => log::info!(
+                    "configuration file changed: reloaded (generation {})",
+                    o.generation
+                ),
+                Err(e) => log::error!(
+                    "configuration file changed but cannot be loaded, keeping the running one: {e}"
+                ),
+            }
         }
     }
 }

@@ -124,3 +124,29 @@ async fn health_state_survives_a_reload() {
     }
     assert_eq!(b.hits(), before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_file_is_reloaded_when_watched() {
+    let up = Upstream::start("u").await;
+    let routes = |extra: &str| {
+        format!(
+            "upstreams:\n{}routes:\n  - {{ name: a, match: {{ path: /a/* }}, upstream: u }}\n{extra}",
+            upstream_yaml("u", &[up.addr], "")
+        )
+    };
+    let gw = Gateway::start_full(&routes(""), "", "  watch_config: 100ms\n");
+    let c = client();
+    assert_eq!(c.get(gw.url("/b/x")).send().await.unwrap().status(), 404);
+    gw.rewrite(&routes(
+        "  - { name: b, match: { path: /b/* }, upstream: u }\n",
+    ));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.get(gw.url("/b/x")).send().await.unwrap().status() != 200 {
+        assert!(Instant::now() < deadline, "the change was never picked up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A broken file is refused; the running configuration stays.
+    gw.rewrite_raw("routes: [ this is not valid");
+    gw.wait_metric("postern_config_reloads_total{result=\"failure\"}", 1.0);
+    assert_eq!(c.get(gw.url("/b/x")).send().await.unwrap().status(), 200);
+}

@@ -228,6 +228,10 @@ pub struct Server {
     /// lower case; costs throughput (Pingora keeps a second header map for it).
     #[serde(default)]
     pub preserve_header_case: bool,
+    /// Check the configuration file this often and reload it when its content changed (off when
+    /// absent; SIGHUP and `POST /reload` always work).
+    #[serde(default)]
+    pub watch_config: Option<Dur>,
     /// Proxies (addresses or CIDR blocks) whose `X-Forwarded-For` is believed when finding the
     /// client address (used by `client_ip` keys, `ip_filter` and the access log).
     #[serde(default)]
@@ -283,6 +287,7 @@ impl Default for Server {
             request_id: true,
             preserve_header_case: false,
             trusted_proxies: Vec::new(),
+            watch_config: None,
         }
     }
 }
