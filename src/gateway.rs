@@ -774,5 +774,5 @@ fn access_record(
         tries: ctx.tries,
         error: e.map(|e| format!("{:?}", e.etype())),
     };
-    serde_json::to_string(&record).unwrap_or_default()
+    log.line(&record)
 }

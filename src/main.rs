@@ -3,7 +3,11 @@ use postern::cli::{Cli, Command};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        // Pingora warns once that cached headers are stored without a zstd dictionary: that is
+        // the intended setup, not a problem to report.
+        .filter_module("pingora_cache::meta", log::LevelFilter::Error)
+        .init();
     match Cli::parse().command {
         Command::Schema => {
             println!("{:#}", postern::config::json_schema());

@@ -133,6 +133,19 @@ pub fn compile(
             .map_err(|e| issues.push(Issue::new("cluster.redis", e)))
             .ok()
     });
+    if let Some(a) = &config.observability.access_log {
+        for (i, f) in a.fields.iter().enumerate() {
+            if !schema::ACCESS_LOG_FIELDS.contains(&f.as_str()) {
+                issues.push(Issue::new(
+                    format!("observability.access_log.fields[{i}]"),
+                    format!(
+                        "unknown field \"{f}\"; known: {}",
+                        schema::ACCESS_LOG_FIELDS.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
     if let Some(o) = &config.observability.tracing.otlp {
         if !(0.0..=1.0).contains(&o.sample_ratio) {
             issues.push(Issue::new(

@@ -352,3 +352,34 @@ async fn sampled_traces_are_exported_over_otlp_and_a_dead_collector_costs_nothin
         assert_eq!(r.status(), 200);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_writes_the_configured_fields_in_order() {
+    let up = Upstream::start("u").await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let body = format!(
+        "observability:\n  access_log: {{ path: \"{}\", fields: [status, route, request_id, cache] }}\nupstreams:\n{}routes:\n  - {{ name: users, match: {{ path: /users/* }}, upstream: u }}\n",
+        log.display(),
+        upstream_yaml("u", &[up.addr], "")
+    );
+    let gw = Gateway::start(&body);
+    client()
+        .get(gw.url("/users/1"))
+        .header("x-request-id", "f-1")
+        .send()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let t = std::fs::read_to_string(&log).unwrap_or_default();
+        if t.ends_with('\n') || Instant::now() > deadline {
+            break t;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        text.trim(),
+        r#"{"status":200,"route":"users","request_id":"f-1","cache":null}"#
+    );
+}

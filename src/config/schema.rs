@@ -406,7 +406,35 @@ pub struct AccessLogConfig {
     /// Query parameters whose values are written as REDACTED.
     #[serde(default = "d::redact_query")]
     pub redact_query: Vec<String>,
+    /// Fields written, in this order (all when empty); see `ACCESS_LOG_FIELDS`.
+    #[serde(default)]
+    pub fields: Vec<String>,
 }
+
+/// Every access-log field, in the default order.
+pub const ACCESS_LOG_FIELDS: &[&str] = &[
+    "time",
+    "request_id",
+    "trace_id",
+    "client",
+    "consumer",
+    "method",
+    "host",
+    "path",
+    "protocol",
+    "route",
+    "upstream",
+    "target",
+    "status",
+    "bytes_in",
+    "bytes_out",
+    "duration_ms",
+    "upstream_ms",
+    "tries",
+    "cache",
+    "auth_failure",
+    "error",
+];
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

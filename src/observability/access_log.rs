@@ -21,6 +21,8 @@ const POLL: Duration = Duration::from_millis(50);
 pub struct AccessLog {
     tx: SyncSender<String>,
     redact: Arc<[String]>,
+    /// The configured field list; `None`: every field.
+    fields: Option<Arc<[String]>>,
 }
 
 /// The writer side, started as a background service after daemonizing.
@@ -35,6 +37,7 @@ pub fn channel(cfg: &AccessLogConfig) -> (AccessLog, Writer) {
     let log = AccessLog {
         tx,
         redact: cfg.redact_query.clone().into(),
+        fields: (!cfg.fields.is_empty()).then(|| cfg.fields.clone().into()),
     };
     let writer = Writer {
         rx: Mutex::new(Some(rx)),
@@ -45,6 +48,32 @@ pub fn channel(cfg: &AccessLogConfig) -> (AccessLog, Writer) {
 }
 
 impl AccessLog {
+    /// The JSON line of a record: every field (serialized straight from the record), or only
+    /// the configured ones in their configured order.
+    pub fn line<T: serde::Serialize>(&self, record: &T) -> String {
+        let Some(fields) = &self.fields else {
+            return serde_json::to_string(record).unwrap_or_default();
+        };
+        let Ok(serde_json::Value::Object(mut all)) = serde_json::to_value(record) else {
+            return String::new();
+        };
+        // Written by hand: serde_json's map would sort the keys.
+        let mut out = String::with_capacity(256);
+        out.push('{');
+        for f in fields.iter() {
+            if let Some(v) = all.remove(f.as_str()) {
+                if out.len() > 1 {
+                    out.push(',');
+                }
+                out.push_str(&serde_json::Value::String(f.clone()).to_string());
+                out.push(':');
+                out.push_str(&v.to_string());
+            }
+        }
+        out.push('}');
+        out
+    }
+
     /// Queues one JSON line; drops it (and counts the drop) when the writer is behind.
     pub fn send(&self, line: String) {
         if let Err(TrySendError::Full(_)) = self.tx.try_send(line) {
