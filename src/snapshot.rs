@@ -133,6 +133,27 @@ pub fn compile(
             .map_err(|e| issues.push(Issue::new("cluster.redis", e)))
             .ok()
     });
+    let cache = &config.cache;
+    if cache.memory.0 < (1 << 20) {
+        issues.push(Issue::new("cache.memory", "give at least 1MiB"));
+    }
+    if cache.max_object_size.0 > cache.memory.0 {
+        issues.push(Issue::new(
+            "cache.max_object_size",
+            "larger than cache.memory: such an object could never be stored",
+        ));
+    }
+    if let Some(d) = &cache.disk {
+        if d.size.0 < cache.max_object_size.0 {
+            issues.push(Issue::new(
+                "cache.disk.size",
+                "smaller than cache.max_object_size",
+            ));
+        }
+        if d.path.is_empty() {
+            issues.push(Issue::new("cache.disk.path", "give a directory"));
+        }
+    }
     if let Some(a) = &config.observability.access_log {
         for (i, f) in a.fields.iter().enumerate() {
             if !schema::ACCESS_LOG_FIELDS.contains(&f.as_str()) {

@@ -501,7 +501,7 @@ async fn disk_tier_survives_a_restart_and_rejects_a_damaged_file() {
     let o = origin(h.clone(), Arc::default()).await;
     let disk = tempfile::tempdir().unwrap();
     let section = format!(
-        "cache: {{ memory: 4MiB, disk: {{ path: \"{}\", size: 16MiB }} }}\n",
+        "cache: {{ memory: 4MiB, max_object_size: 1MiB, disk: {{ path: \"{}\", size: 16MiB }} }}\n",
         disk.path().display()
     );
     let c = client();

@@ -271,6 +271,14 @@ impl Jwt {
                 Err(e) => issues.push(Issue::new(format!("{path}.algorithms[{i}]"), e)),
             }
         }
+        for (key, d) in [
+            ("jwks_refresh", c.jwks_refresh.0),
+            ("jwks_min_refetch", c.jwks_min_refetch.0),
+        ] {
+            if d < Duration::from_secs(1) {
+                issues.push(Issue::new(format!("{path}.{key}"), "must be at least 1s"));
+            }
+        }
         let mut fixed = KeySet::default();
         for (i, k) in c.keys.iter().enumerate() {
             match inline_key(k, &fallback) {
