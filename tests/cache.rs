@@ -310,6 +310,10 @@ async fn purges_by_url_prefix_tag_and_unsafe_methods() {
         get(&c, &gw.url("/c/fresh/b"), &[]).await.1["x-cache"],
         "HIT"
     );
+    // A URL with a query: its own ?, & and = are percent-encoded; the query is matched sorted.
+    get(&c, &gw.url("/c/fresh/q?b=2&a=1"), &[]).await;
+    let (_, v) = purge("url=127.0.0.1/c/fresh/q%3Fa%3D1%26b%3D2");
+    assert_eq!(v["purged"].as_u64(), Some(1));
     let (_, v) = purge("prefix=127.0.0.1/c/fresh/");
     assert_eq!(v["purged"].as_u64(), Some(2));
     assert_eq!(
