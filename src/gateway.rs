@@ -744,7 +744,7 @@ fn access_record(
     let req = session.req_header();
     let ms = |s: f64| (s * 1_000_000.0).round() / 1000.0;
     let record = Record {
-        time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        time: crate::observability::access_log::now_rfc3339_millis(),
         request_id: &ctx.req.request_id,
         trace_id: ctx.req.trace.map(|t| t.trace_id_hex()),
         client: ctx.req.client_ip,

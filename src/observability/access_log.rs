@@ -186,3 +186,23 @@ mod tests {
         assert_eq!(log.redacted_target("/a", None), "/a");
     }
 }
+
+/// The current time as RFC 3339 with milliseconds, formatted at most once per millisecond per
+/// thread (a busy worker writes many lines within the same millisecond).
+pub fn now_rfc3339_millis() -> String {
+    use std::cell::RefCell;
+    thread_local! {
+        static LAST: RefCell<(u128, String)> = const { RefCell::new((0, String::new())) };
+    }
+    let now = std::time::SystemTime::now();
+    let ms = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    LAST.with(|l| {
+        let mut l = l.borrow_mut();
+        if l.0 != ms || l.1.is_empty() {
+            *l = (ms, humantime::format_rfc3339_millis(now).to_string());
+        }
+        l.1.clone()
+    })
+}
