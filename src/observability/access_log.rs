@@ -170,23 +170,6 @@ fn open(path: &str) -> std::io::Result<Box<dyn Write + Send>> {
     Ok(Box::new(std::io::BufWriter::with_capacity(1 << 18, f)))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sensitive_query_values_are_redacted() {
-        let cfg: AccessLogConfig =
-            yaml_serde::from_str("{ path: stdout, redact_query: [token, api_key] }").unwrap();
-        let (log, _w) = channel(&cfg);
-        assert_eq!(
-            log.redacted_target("/a", Some("x=1&TOKEN=abc&api_key=k&y")),
-            "/a?x=1&TOKEN=REDACTED&api_key=REDACTED&y"
-        );
-        assert_eq!(log.redacted_target("/a", None), "/a");
-    }
-}
-
 /// The current time as RFC 3339 with milliseconds, formatted at most once per millisecond per
 /// thread (a busy worker writes many lines within the same millisecond).
 pub fn now_rfc3339_millis() -> String {
@@ -205,4 +188,21 @@ pub fn now_rfc3339_millis() -> String {
         }
         l.1.clone()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sensitive_query_values_are_redacted() {
+        let cfg: AccessLogConfig =
+            yaml_serde::from_str("{ path: stdout, redact_query: [token, api_key] }").unwrap();
+        let (log, _w) = channel(&cfg);
+        assert_eq!(
+            log.redacted_target("/a", Some("x=1&TOKEN=abc&api_key=k&y")),
+            "/a?x=1&TOKEN=REDACTED&api_key=REDACTED&y"
+        );
+        assert_eq!(log.redacted_target("/a", None), "/a");
+    }
 }
