@@ -36,7 +36,7 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local max_delay = tonumber(ARGV[1])
 local n = (#ARGV - 1) / 2
 local delay, retry, ttl = 0, 0, 0
-local rem, reset, idx = -1, 0, 0
+local rem, reset, idx, ureset = -1, 0, 0, 0
 local nexts = {}
 for i = 1, n do
   local interval = tonumber(ARGV[2 * i])
@@ -52,12 +52,12 @@ for i = 1, n do
   local r = 0
   if wait == 0 then r = math.floor((tolerance - (nxt - now)) / interval) end
   if rem < 0 or r < rem or (r == rem and nxt - now > reset) then
-    rem = r; reset = nxt - now; idx = i - 1
+    rem = r; reset = nxt - now; idx = i - 1; ureset = tat - now
   end
   nexts[i] = nxt
   if nxt - now > ttl then ttl = nxt - now end
 end
-if retry > 0 then return {0, retry, 0, reset, idx} end
+if retry > 0 then return {0, retry, 0, ureset, idx} end
 for i = 1, n do redis.call('HSET', KEYS[1], i, string.format('%.0f', nexts[i])) end
 redis.call('PEXPIRE', KEYS[1], math.ceil(ttl / 1000) + 1000)
 return {1, delay, rem, reset, idx}

@@ -161,6 +161,8 @@ fn decide(cells: &[Cell], tats: &mut [u64], now: u64, max_delay: u64) -> Outcome
         out.retry_after = Duration::from_nanos(retry);
         // Nothing was charged: report the state as it stands.
         out.remaining = 0;
+        let tat = tats.get(out.limit).copied().unwrap_or(0).max(now);
+        out.reset = Duration::from_nanos(tat - now);
         return out;
     }
     for (c, tat) in cells.iter().zip(tats.iter_mut()) {
@@ -224,6 +226,11 @@ mod tests {
         let o = decide(&cells, &mut tats, now, 0);
         assert!(!o.allowed);
         assert_eq!(o.retry_after, Duration::from_secs(12));
+        assert_eq!(
+            o.reset,
+            Duration::from_secs(60),
+            "whole again in 60 s: nothing charged"
+        );
         // One interval later exactly one more request conforms.
         let later = now + 12_000_000_000;
         assert!(decide(&cells, &mut tats, later, 0).allowed);
