@@ -984,3 +984,61 @@ async fn every_algorithm_verifies_with_its_key_and_attacks_fail() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_from_a_cookie_or_a_query_parameter_is_stripped_when_asked() {
+    let up = Upstream::start("u").await;
+    let key = format!("keys: [ {{ alg: HS256, secret: \"{SECRET}\" }} ]");
+    let body = format!(
+        "upstreams:\n{}routes:\n{}{}",
+        upstream_yaml("u", &[up.addr], ""),
+        route(
+            "cookie",
+            "/cookie/*",
+            &format!("      - jwt: {{ {key}, token: {{ cookie: auth }}, strip_token: true }}\n")
+        ),
+        route(
+            "query",
+            "/query/*",
+            &format!(
+                "      - jwt: {{ {key}, token: {{ query: access_token }}, strip_token: true }}\n"
+            )
+        ),
+    );
+    let gw = Gateway::start(&body);
+    let c = client();
+    let t = hs256(json!({ "sub": "alice", "exp": now() + 60 }));
+    let (s, _, v) = call(
+        &c,
+        &gw.url("/cookie/x"),
+        &[("cookie", &format!("theme=dark; auth={t}"))],
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        v["headers"]["cookie"], "theme=dark",
+        "only the token cookie is removed"
+    );
+    assert_eq!(
+        call(
+            &c,
+            &gw.url("/cookie/x"),
+            &[("authorization", &format!("Bearer {t}"))]
+        )
+        .await
+        .0,
+        401
+    );
+    let (s, _, v) = call(
+        &c,
+        &gw.url(&format!("/query/x?page=2&access_token={t}")),
+        &[],
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(v["uri"], "/query/x?page=2");
+    assert_eq!(
+        call(&c, &gw.url("/query/x?access_token=nope"), &[]).await.0,
+        401
+    );
+}
