@@ -22,11 +22,36 @@ fn claims() -> serde_json::Value {
     serde_json::json!({ "sub": "alice", "iss": "https://issuer.test/", "aud": "api", "exp": exp, "scope": "orders:read profile" })
 }
 
+/// A fresh RSA 2048 key pair as PEM (private PKCS#8, public SPKI), made with aws-lc-rs.
+fn rsa_pem_pair() -> (String, String) {
+    use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der, PublicKeyX509Der};
+    use aws_lc_rs::signature::KeyPair;
+    use base64::Engine;
+    let kp = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+    let private: Pkcs8V1Der = kp.as_der().unwrap();
+    let public: PublicKeyX509Der = kp.public_key().as_der().unwrap();
+    let pem = |label: &str, der: &[u8]| {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        let lines: Vec<&str> = b64
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        format!(
+            "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+            lines.join("\n")
+        )
+    };
+    (
+        pem("PRIVATE KEY", private.as_ref()),
+        pem("PUBLIC KEY", public.as_ref()),
+    )
+}
+
 fn bench(c: &mut Criterion) {
     // Postern's provider (aws-lc-rs, ECDSA keys parsed once), as the gateway uses it.
     postern::auth::crypto::install();
-    let rsa_private = include_str!("../tests/fixtures/rsa-2048.key");
-    let rsa_public = include_str!("../tests/fixtures/rsa-2048.pub.pem");
+    let (rsa_private, rsa_public) = rsa_pem_pair();
     let p256 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
     let secret = b"an-hmac-secret-of-at-least-32-bytes!!";

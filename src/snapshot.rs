@@ -130,9 +130,34 @@ pub fn compile(
         shared
             .redis(c)
             .map(|r| (r, c.on_error))
-            .map_err(|e| issues.push(Issue::new("cluster.redis", e)))
+            .map_err(|e| {
+                let at = match (&c.url, c.cluster_nodes.is_empty()) {
+                    (Some(_), true) => "cluster.redis.url",
+                    (None, false) => "cluster.redis.cluster_nodes",
+                    _ => "cluster.redis",
+                };
+                issues.push(Issue::new(at, e))
+            })
             .ok()
     });
+    if config
+        .cluster
+        .redis
+        .as_ref()
+        .is_some_and(|c| c.timeout.0.is_zero())
+    {
+        issues.push(Issue::new("cluster.redis.timeout", "must be above 0"));
+    }
+    if config
+        .server
+        .watch_config
+        .is_some_and(|d| d.0 < Duration::from_millis(100))
+    {
+        issues.push(Issue::new(
+            "server.watch_config",
+            "check the file at most every 100ms",
+        ));
+    }
     let cache = &config.cache;
     if cache.memory.0 < (1 << 20) {
         issues.push(Issue::new("cache.memory", "give at least 1MiB"));

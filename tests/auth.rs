@@ -779,9 +779,7 @@ async fn time_windows_open_and_closed_now() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_algorithm_verifies_with_its_key_and_attacks_fail() {
-    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-    let rsa_private = std::fs::read_to_string(format!("{fixtures}/rsa-2048.key")).unwrap();
-    let rsa_public = format!("{fixtures}/rsa-2048.pub.pem");
+    let (rsa_private, rsa_public_pem) = crate::util::rsa_pem_pair();
     let p256 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let p384 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
     let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
@@ -791,6 +789,7 @@ async fn every_algorithm_verifies_with_its_key_and_attacks_fail() {
         std::fs::write(&p, pem).unwrap();
         p.display().to_string()
     };
+    let rsa_public = write("rsa.pem", rsa_public_pem);
     let (p256_pub, p384_pub, ed_pub) = (
         write("p256.pem", p256.public_key_pem()),
         write("p384.pem", p384.public_key_pem()),

@@ -39,6 +39,22 @@ use std::time::Duration;
 
 type Claims = serde_json::Map<String, serde_json::Value>;
 
+/// Every algorithm Postern verifies.
+const ALGORITHMS: [Algorithm; 12] = [
+    Algorithm::HS256,
+    Algorithm::HS384,
+    Algorithm::HS512,
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
 /// Longest token accepted (larger ones are refused before any parsing).
 const MAX_TOKEN: usize = 8 * 1024;
 /// Verified tokens remembered per plugin.
@@ -176,7 +192,9 @@ enum Source {
 pub struct Jwt {
     fixed: KeySet,
     remote: Option<Arc<RemoteJwks>>,
-    validation: Validation,
+    /// Claim checks, one per algorithm (built once: a `Validation` holds sets that would
+    /// otherwise be cloned per token).
+    validations: Vec<(Algorithm, Validation)>,
     scopes_any: Vec<String>,
     scopes_all: Vec<String>,
     consumer_claim: String,
@@ -360,7 +378,14 @@ impl Jwt {
         Ok(Jwt {
             fixed,
             remote,
-            validation,
+            validations: ALGORITHMS
+                .iter()
+                .map(|a| {
+                    let mut v = validation.clone();
+                    v.algorithms = vec![*a];
+                    (*a, v)
+                })
+                .collect(),
             scopes_any: c.scopes_any.clone(),
             scopes_all: c.scopes_all.clone(),
             consumer_claim: c.consumer_claim.clone(),
@@ -401,9 +426,10 @@ impl Jwt {
     ) -> Result<Option<Claims>, ErrorKind> {
         let mut last = None;
         for k in set.candidates(kid, alg) {
-            let mut v = self.validation.clone();
-            v.algorithms = vec![alg];
-            match jsonwebtoken::decode::<Claims>(token, &k.key, &v) {
+            let Some((_, v)) = self.validations.iter().find(|(a, _)| *a == alg) else {
+                continue;
+            };
+            match jsonwebtoken::decode::<Claims>(token, &k.key, v) {
                 Ok(data) => return Ok(Some(data.claims)),
                 Err(e) => match e.kind() {
                     ErrorKind::InvalidSignature => last = Some(ErrorKind::InvalidSignature),

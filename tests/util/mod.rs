@@ -322,3 +322,29 @@ pub fn keep_alive_load(
     }
     load
 }
+
+/// A fresh RSA 2048 key pair as PEM: (PKCS#8 private key, SubjectPublicKeyInfo public key).
+/// Made with aws-lc-rs (rcgen's ring backend cannot generate RSA keys).
+pub fn rsa_pem_pair() -> (String, String) {
+    use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der, PublicKeyX509Der};
+    use aws_lc_rs::signature::KeyPair;
+    let kp = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+    let private: Pkcs8V1Der = kp.as_der().unwrap();
+    let public: PublicKeyX509Der = kp.public_key().as_der().unwrap();
+    (
+        pem("PRIVATE KEY", private.as_ref()),
+        pem("PUBLIC KEY", public.as_ref()),
+    )
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).unwrap());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}

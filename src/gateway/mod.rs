@@ -2,6 +2,9 @@
 //! target choice and retries in `upstream`, request rules in `checks` and `forward`, features in
 //! `plugins`, and every error response in `error`.
 
+mod records;
+mod routing;
+
 use crate::checks;
 use crate::context::{ConnInfo, RequestCtx};
 use crate::error::{classify, GatewayError};
@@ -9,8 +12,8 @@ use crate::forward;
 use crate::observability::access_log::AccessLog;
 use crate::observability::metrics::{observe_method, METRICS};
 use crate::observability::trace::TraceContext;
-use crate::plugins::{Flow, Reply};
-use crate::router::{path::normalize, strip_port, Captures, RequestView};
+use crate::plugins::Flow;
+use crate::router::Captures;
 use crate::snapshot::{Route, Snapshot};
 use crate::upstream::target::{InflightGuard, TargetState};
 use arc_swap::ArcSwap;
@@ -23,7 +26,8 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, RetryType};
-use std::borrow::Cow;
+use records::{access_record, export_spans};
+use routing::{route_request, send_reply};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -583,196 +587,4 @@ impl ProxyHttp for Gateway {
             }
         }
     }
-}
-
-/// The request's SERVER span and one CLIENT span per upstream attempt.
-fn export_spans(
-    exporter: &crate::observability::otlp::Exporter,
-    session: &Session,
-    ctx: &Ctx,
-    trace: TraceContext,
-    status: u16,
-) {
-    use crate::observability::otlp::{unix_nanos, Span};
-    use serde_json::json;
-    let req = session.req_header();
-    let end = unix_nanos();
-    let route = ctx.route.as_ref().map_or("(none)", |r| &*r.name);
-    let mut attributes = vec![
-        ("http.request.method", json!(req.method.as_str())),
-        ("url.path", json!(req.uri.path())),
-        ("http.response.status_code", json!(status)),
-        ("http.route", json!(route)),
-    ];
-    if let Some(ip) = ctx.req.client_ip {
-        attributes.push(("client.address", json!(ip.to_string())));
-    }
-    exporter.send(Span {
-        trace_id: trace.trace_id,
-        span_id: trace.span_id,
-        parent: trace.parent,
-        name: format!("{} {route}", req.method),
-        kind: 2,
-        start_unix_nanos: ctx.started_unix,
-        end_unix_nanos: end,
-        attributes,
-        error: status >= 500 || status == 0,
-    });
-    let upstream = ctx.route.as_ref().map_or("", |r| &*r.upstream.name);
-    for (i, (id, target, start, stop)) in ctx.client_spans.iter().enumerate() {
-        let last = i + 1 == ctx.client_spans.len();
-        let mut attributes = vec![("postern.upstream", json!(upstream))];
-        if let Some(t) = target {
-            attributes.push(("server.address", json!(t.ip().to_string())));
-            attributes.push(("server.port", json!(t.port())));
-        }
-        if last {
-            attributes.push(("http.response.status_code", json!(status)));
-        }
-        exporter.send(Span {
-            trace_id: trace.trace_id,
-            span_id: *id,
-            parent: Some(trace.span_id),
-            name: format!("{} {upstream}", req.method),
-            kind: 3,
-            start_unix_nanos: *start,
-            end_unix_nanos: stop.unwrap_or(end),
-            attributes,
-            error: !last || status >= 500,
-        });
-    }
-}
-
-/// Normalizes the path, finds the route and records it in `ctx`.
-fn route_request(session: &mut Session, ctx: &mut Ctx) -> Result<(), GatewayError> {
-    let path = session.req_header().uri.path();
-    let normalized =
-        normalize(path).map_err(|_| GatewayError::BadRequest("The request path is invalid."))?;
-    if let Cow::Owned(p) = normalized {
-        forward::set_path(session.req_header_mut(), &p);
-    }
-    let req = session.req_header();
-    ctx.client_host = forward::client_host(req);
-    let view = RequestView {
-        method: &req.method,
-        host: ctx.client_host.as_deref().map(strip_port),
-        path: req.uri.path(),
-        headers: &req.headers,
-        query: req.uri.query(),
-    };
-    let found = ctx.snap.router.find(&view).ok_or(GatewayError::NoRoute)?;
-    let route = found.value.clone();
-    let path = req.uri.path();
-    ctx.req.params = route
-        .param_names
-        .iter()
-        .zip(&found.captures.params)
-        .map(|(n, (s, e))| (n.clone(), path[*s as usize..*e as usize].to_string()))
-        .collect();
-    ctx.captures = found.captures;
-    ctx.req.route = route.name.clone();
-    if checks::content_length(req).is_some_and(|len| len > route.max_body) {
-        ctx.route = Some(route);
-        return Err(GatewayError::PayloadTooLarge);
-    }
-    ctx.route = Some(route);
-    Ok(())
-}
-
-/// Writes a plugin's reply, after the route's response hooks.
-async fn send_reply(
-    session: &mut Session,
-    ctx: &mut Ctx,
-    route: &Route,
-    reply: Reply,
-) -> pingora::Result<()> {
-    let mut h = ResponseHeader::build(reply.status, Some(reply.headers.len() + 2))?;
-    for (n, v) in reply.headers {
-        h.append_header(n, v)?;
-    }
-    h.insert_header("content-length", reply.body.len().to_string())?;
-    if !ctx.req.request_id.is_empty() {
-        h.insert_header(forward::X_REQUEST_ID, &ctx.req.request_id)?;
-    }
-    ctx.req.status = Some(reply.status);
-    route
-        .chain
-        .on_response(&mut h, &mut ctx.req)
-        .map_err(|e| fail(ctx, e))?;
-    if !session.is_body_empty() {
-        session.set_keepalive(None);
-    }
-    session.write_response_header(Box::new(h), false).await?;
-    session.write_response_body(Some(reply.body), true).await
-}
-
-/// The access log line of a finished request. Headers are never logged; sensitive query
-/// parameters are redacted. Serialized straight from borrowed fields (no `serde_json::Value`).
-fn access_record(
-    session: &Session,
-    ctx: &Ctx,
-    log: &AccessLog,
-    e: Option<&Error>,
-    secs: f64,
-    bytes_in: u64,
-    bytes_out: u64,
-) -> String {
-    #[derive(serde::Serialize)]
-    struct Record<'a> {
-        time: String,
-        request_id: &'a str,
-        trace_id: Option<String>,
-        client: Option<std::net::IpAddr>,
-        consumer: Option<&'a str>,
-        auth_failure: Option<&'static str>,
-        cache: Option<&'static str>,
-        method: &'a str,
-        host: Option<&'a str>,
-        path: std::borrow::Cow<'a, str>,
-        protocol: &'static str,
-        route: Option<&'a str>,
-        upstream: Option<&'a str>,
-        target: Option<SocketAddr>,
-        status: Option<u16>,
-        bytes_in: u64,
-        bytes_out: u64,
-        duration_ms: f64,
-        upstream_ms: Option<f64>,
-        tries: u32,
-        error: Option<String>,
-    }
-    let req = session.req_header();
-    let ms = |s: f64| (s * 1_000_000.0).round() / 1000.0;
-    let record = Record {
-        time: crate::observability::access_log::now_rfc3339_millis(),
-        request_id: &ctx.req.request_id,
-        trace_id: ctx.req.trace.map(|t| t.trace_id_hex()),
-        client: ctx.req.client_ip,
-        consumer: ctx.req.consumer.as_deref().map(|c| c.name.as_str()),
-        cache: ctx.cache_status,
-        auth_failure: ctx
-            .req
-            .ext
-            .get::<crate::auth::LastFail>()
-            .map(|f| f.0.reason()),
-        method: req.method.as_str(),
-        host: ctx.client_host.as_deref(),
-        path: log.redacted_target(req.uri.path(), req.uri.query()),
-        protocol: if ctx.req.conn.http2 {
-            "HTTP/2"
-        } else {
-            "HTTP/1.1"
-        },
-        route: ctx.route.as_ref().map(|r| &*r.name),
-        upstream: ctx.route.as_ref().map(|r| &*r.upstream.name),
-        target: ctx.target.as_ref().map(|t| t.addr),
-        status: ctx.req.status,
-        bytes_in,
-        bytes_out,
-        duration_ms: ms(secs),
-        upstream_ms: ctx.upstream_secs.map(ms),
-        tries: ctx.tries,
-        error: e.map(|e| format!("{:?}", e.etype())),
-    };
-    log.line(&record)
 }

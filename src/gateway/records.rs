@@ -1,0 +1,138 @@
+//! What the gateway reports about a finished request: its access-log line and, for sampled
+//! traces, its spans.
+
+use super::Ctx;
+use crate::observability::access_log::AccessLog;
+use crate::observability::trace::TraceContext;
+use pingora::proxy::Session;
+use pingora::Error;
+use std::net::SocketAddr;
+
+/// The request's SERVER span and one CLIENT span per upstream attempt.
+pub(super) fn export_spans(
+    exporter: &crate::observability::otlp::Exporter,
+    session: &Session,
+    ctx: &Ctx,
+    trace: TraceContext,
+    status: u16,
+) {
+    use crate::observability::otlp::{unix_nanos, Span};
+    use serde_json::json;
+    let req = session.req_header();
+    let end = unix_nanos();
+    let route = ctx.route.as_ref().map_or("(none)", |r| &*r.name);
+    let mut attributes = vec![
+        ("http.request.method", json!(req.method.as_str())),
+        ("url.path", json!(req.uri.path())),
+        ("http.response.status_code", json!(status)),
+        ("http.route", json!(route)),
+    ];
+    if let Some(ip) = ctx.req.client_ip {
+        attributes.push(("client.address", json!(ip.to_string())));
+    }
+    exporter.send(Span {
+        trace_id: trace.trace_id,
+        span_id: trace.span_id,
+        parent: trace.parent,
+        name: format!("{} {route}", req.method),
+        kind: 2,
+        start_unix_nanos: ctx.started_unix,
+        end_unix_nanos: end,
+        attributes,
+        error: status >= 500 || status == 0,
+    });
+    let upstream = ctx.route.as_ref().map_or("", |r| &*r.upstream.name);
+    for (i, (id, target, start, stop)) in ctx.client_spans.iter().enumerate() {
+        let last = i + 1 == ctx.client_spans.len();
+        let mut attributes = vec![("postern.upstream", json!(upstream))];
+        if let Some(t) = target {
+            attributes.push(("server.address", json!(t.ip().to_string())));
+            attributes.push(("server.port", json!(t.port())));
+        }
+        if last {
+            attributes.push(("http.response.status_code", json!(status)));
+        }
+        exporter.send(Span {
+            trace_id: trace.trace_id,
+            span_id: *id,
+            parent: Some(trace.span_id),
+            name: format!("{} {upstream}", req.method),
+            kind: 3,
+            start_unix_nanos: *start,
+            end_unix_nanos: stop.unwrap_or(end),
+            attributes,
+            error: !last || status >= 500,
+        });
+    }
+}
+
+/// The access log line of a finished request. Headers are never logged; sensitive query
+/// parameters are redacted. Serialized straight from borrowed fields (no `serde_json::Value`).
+pub(super) fn access_record(
+    session: &Session,
+    ctx: &Ctx,
+    log: &AccessLog,
+    e: Option<&Error>,
+    secs: f64,
+    bytes_in: u64,
+    bytes_out: u64,
+) -> String {
+    #[derive(serde::Serialize)]
+    struct Record<'a> {
+        time: String,
+        request_id: &'a str,
+        trace_id: Option<String>,
+        client: Option<std::net::IpAddr>,
+        consumer: Option<&'a str>,
+        auth_failure: Option<&'static str>,
+        cache: Option<&'static str>,
+        method: &'a str,
+        host: Option<&'a str>,
+        path: std::borrow::Cow<'a, str>,
+        protocol: &'static str,
+        route: Option<&'a str>,
+        upstream: Option<&'a str>,
+        target: Option<SocketAddr>,
+        status: Option<u16>,
+        bytes_in: u64,
+        bytes_out: u64,
+        duration_ms: f64,
+        upstream_ms: Option<f64>,
+        tries: u32,
+        error: Option<String>,
+    }
+    let req = session.req_header();
+    let ms = |s: f64| (s * 1_000_000.0).round() / 1000.0;
+    let record = Record {
+        time: crate::observability::access_log::now_rfc3339_millis(),
+        request_id: &ctx.req.request_id,
+        trace_id: ctx.req.trace.map(|t| t.trace_id_hex()),
+        client: ctx.req.client_ip,
+        consumer: ctx.req.consumer.as_deref().map(|c| c.name.as_str()),
+        cache: ctx.cache_status,
+        auth_failure: ctx
+            .req
+            .ext
+            .get::<crate::auth::LastFail>()
+            .map(|f| f.0.reason()),
+        method: req.method.as_str(),
+        host: ctx.client_host.as_deref(),
+        path: log.redacted_target(req.uri.path(), req.uri.query()),
+        protocol: if ctx.req.conn.http2 {
+            "HTTP/2"
+        } else {
+            "HTTP/1.1"
+        },
+        route: ctx.route.as_ref().map(|r| &*r.name),
+        upstream: ctx.route.as_ref().map(|r| &*r.upstream.name),
+        target: ctx.target.as_ref().map(|t| t.addr),
+        status: ctx.req.status,
+        bytes_in,
+        bytes_out,
+        duration_ms: ms(secs),
+        upstream_ms: ctx.upstream_secs.map(ms),
+        tries: ctx.tries,
+        error: e.map(|e| format!("{:?}", e.etype())),
+    };
+    log.line(&record)
+}
