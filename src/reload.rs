@@ -108,6 +108,10 @@ impl Reloader {
         if format!("{:?}", old.config.admin) != format!("{:?}", compiled.config.admin) {
             not_applied.push("admin");
         }
+        if compiled.config.observability.metrics.enabled != crate::observability::metrics::enabled()
+        {
+            not_applied.push("observability.metrics.enabled");
+        }
         if compiled.config.cache != old.config.cache {
             not_applied.push("cache (storage size and lock timeout)");
         }

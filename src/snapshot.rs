@@ -103,6 +103,9 @@ pub fn load_and_compile(
     shared: &Arc<Shared>,
 ) -> Result<(Snapshot, Vec<ListenerPlan>), ConfigError> {
     let loaded = cfg::load(path)?;
+    // Before anything binds metric handles: a process that starts with metrics off never
+    // records them.
+    crate::observability::metrics::configure(loaded.config.observability.metrics.enabled);
     compile(loaded, shared)
 }
 

@@ -114,14 +114,24 @@ async fn metrics_count_a_known_sequence() {
 }
 
 fn read_lines(path: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
+    read_until(path, |lines| lines.len() >= n)
+}
+
+/// The complete lines of the log once `done` holds for them (or after 10 s).
+fn read_until(
+    path: &std::path::Path,
+    done: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let text = std::fs::read_to_string(path).unwrap_or_default();
-        let lines: Vec<serde_json::Value> = text
+        // A line still being written has no newline yet.
+        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+        let lines: Vec<serde_json::Value> = complete
             .lines()
             .map(|l| serde_json::from_str(l).expect("each line is JSON"))
             .collect();
-        if lines.len() >= n || Instant::now() > deadline {
+        if done(&lines) || Instant::now() > deadline {
             return lines;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -189,7 +199,7 @@ async fn access_log_lines_are_json_redacted_and_reopened() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     c.get(gw.url("/users/3")).send().await.unwrap();
-    let after = read_lines(&log, 1);
+    let after = read_until(&log, |l| l.iter().any(|l| l["path"] == "/users/3"));
     assert!(after.iter().any(|l| l["path"] == "/users/3"), "{after:?}");
 }
 
@@ -382,4 +392,34 @@ async fn access_log_writes_the_configured_fields_in_order() {
         text.trim(),
         r#"{"status":200,"route":"users","request_id":"f-1","cache":null}"#
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_switched_off_are_not_served_and_stay_off_across_reloads() {
+    let up = Upstream::start("u").await;
+    let routes = format!(
+        "upstreams:\n{}routes:\n  - {{ match: {{ path: /* }}, upstream: u }}\n",
+        upstream_yaml("u", &[up.addr], "")
+    );
+    let gw = Gateway::start(&format!(
+        "observability:\n  metrics: {{ enabled: false }}\n{routes}"
+    ));
+    let r = client().get(gw.url("/x")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(gw.admin_call("GET", "/metrics", None).0, 404);
+    // Switching them on takes a restart: the reload says so and changes nothing.
+    gw.rewrite(&format!(
+        "observability:\n  metrics: {{ enabled: true }}\n{routes}"
+    ));
+    let (status, v) = gw.admin_call("POST", "/reload", Some(crate::util::ADMIN_TOKEN));
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        v["not_applied"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n == "observability.metrics.enabled"),
+        "{v}"
+    );
+    assert_eq!(gw.admin_call("GET", "/metrics", None).0, 404);
 }

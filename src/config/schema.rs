@@ -439,7 +439,8 @@ pub const ACCESS_LOG_FIELDS: &[&str] = &[
 #[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
-    /// Serve `GET /metrics` (Prometheus text format) on the admin listener.
+    /// Record metrics and serve them at `GET /metrics` (Prometheus text format) on the admin
+    /// listener. `false` records nothing on the request path. Read at start only.
     #[serde(default = "d::yes")]
     pub enabled: bool,
 }

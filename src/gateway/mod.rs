@@ -556,9 +556,7 @@ impl ProxyHttp for Gateway {
             }
         }
         if let Some(log) = &self.access_log {
-            log.send(access_record(
-                session, ctx, log, e, elapsed, bytes_in, bytes_out,
-            ));
+            access_record(session, ctx, log, e, elapsed, bytes_in, bytes_out);
         }
         if let Some(route) = &ctx.route {
             route.chain.on_log(&ctx.req);

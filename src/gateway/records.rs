@@ -2,7 +2,7 @@
 //! traces, its spans.
 
 use super::Ctx;
-use crate::observability::access_log::AccessLog;
+use crate::observability::access_log::{now_rfc3339_millis, AccessLog, Entry, JsonObject, Stamp};
 use crate::observability::trace::TraceContext;
 use pingora::proxy::Session;
 use pingora::Error;
@@ -66,8 +66,62 @@ pub(super) fn export_spans(
     }
 }
 
-/// The access log line of a finished request. Headers are never logged; sensitive query
-/// parameters are redacted. Serialized straight from borrowed fields (no `serde_json::Value`).
+/// One access-log line. Headers are never logged; sensitive query parameters are redacted.
+#[derive(serde::Serialize)]
+struct Record<'a> {
+    time: Stamp,
+    request_id: &'a str,
+    trace_id: Option<String>,
+    client: Option<std::net::IpAddr>,
+    consumer: Option<&'a str>,
+    auth_failure: Option<&'static str>,
+    cache: Option<&'static str>,
+    method: &'a str,
+    host: Option<&'a str>,
+    path: std::borrow::Cow<'a, str>,
+    protocol: &'static str,
+    route: Option<&'a str>,
+    upstream: Option<&'a str>,
+    target: Option<SocketAddr>,
+    status: Option<u16>,
+    bytes_in: u64,
+    bytes_out: u64,
+    duration_ms: f64,
+    upstream_ms: Option<f64>,
+    tries: u32,
+    error: Option<String>,
+}
+
+impl Entry for Record<'_> {
+    /// The same bytes as the derived `Serialize` (checked by a test), written directly.
+    fn write_json(&self, out: &mut Vec<u8>) {
+        let mut o = JsonObject::new(out);
+        o.str("time", self.time.as_str());
+        o.str("request_id", self.request_id);
+        o.opt_str("trace_id", self.trace_id.as_deref());
+        o.ip("client", self.client);
+        o.opt_str("consumer", self.consumer);
+        o.opt_str("auth_failure", self.auth_failure);
+        o.opt_str("cache", self.cache);
+        o.str("method", self.method);
+        o.opt_str("host", self.host);
+        o.str("path", &self.path);
+        o.str("protocol", self.protocol);
+        o.opt_str("route", self.route);
+        o.opt_str("upstream", self.upstream);
+        o.socket("target", self.target);
+        o.opt_uint("status", self.status.map(u64::from));
+        o.uint("bytes_in", self.bytes_in);
+        o.uint("bytes_out", self.bytes_out);
+        o.float("duration_ms", self.duration_ms);
+        o.opt_float("upstream_ms", self.upstream_ms);
+        o.uint("tries", u64::from(self.tries));
+        o.opt_str("error", self.error.as_deref());
+        o.finish();
+    }
+}
+
+/// Logs the access-log line of a finished request.
 pub(super) fn access_record(
     session: &Session,
     ctx: &Ctx,
@@ -76,35 +130,11 @@ pub(super) fn access_record(
     secs: f64,
     bytes_in: u64,
     bytes_out: u64,
-) -> String {
-    #[derive(serde::Serialize)]
-    struct Record<'a> {
-        time: String,
-        request_id: &'a str,
-        trace_id: Option<String>,
-        client: Option<std::net::IpAddr>,
-        consumer: Option<&'a str>,
-        auth_failure: Option<&'static str>,
-        cache: Option<&'static str>,
-        method: &'a str,
-        host: Option<&'a str>,
-        path: std::borrow::Cow<'a, str>,
-        protocol: &'static str,
-        route: Option<&'a str>,
-        upstream: Option<&'a str>,
-        target: Option<SocketAddr>,
-        status: Option<u16>,
-        bytes_in: u64,
-        bytes_out: u64,
-        duration_ms: f64,
-        upstream_ms: Option<f64>,
-        tries: u32,
-        error: Option<String>,
-    }
+) {
     let req = session.req_header();
     let ms = |s: f64| (s * 1_000_000.0).round() / 1000.0;
     let record = Record {
-        time: crate::observability::access_log::now_rfc3339_millis(),
+        time: now_rfc3339_millis(),
         request_id: &ctx.req.request_id,
         trace_id: ctx.req.trace.map(|t| t.trace_id_hex()),
         client: ctx.req.client_ip,
@@ -134,5 +164,73 @@ pub(super) fn access_record(
         tries: ctx.tries,
         error: e.map(|e| format!("{:?}", e.etype())),
     };
-    log.line(&record)
+    log.write(&record);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn both(r: &Record) -> (String, String) {
+        let mut direct = Vec::new();
+        r.write_json(&mut direct);
+        (
+            String::from_utf8(direct).unwrap(),
+            serde_json::to_string(r).unwrap(),
+        )
+    }
+
+    #[test]
+    fn the_direct_writer_matches_serde() {
+        let full = Record {
+            time: now_rfc3339_millis(),
+            request_id: "01a2-\"quoted\"",
+            trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
+            client: Some("203.0.113.7".parse().unwrap()),
+            consumer: Some("alice\u{1}"),
+            auth_failure: Some("expired"),
+            cache: Some("HIT"),
+            method: "GET",
+            host: Some("api.example.com:8080"),
+            path: "/a\\b?q=é".into(),
+            protocol: "HTTP/1.1",
+            route: Some("users"),
+            upstream: Some("u"),
+            target: Some("[2001:db8::1]:8443".parse().unwrap()),
+            status: Some(200),
+            bytes_in: 0,
+            bytes_out: 18_446_744_073_709_551_615,
+            duration_ms: 1.133,
+            upstream_ms: Some(12.0),
+            tries: 2,
+            error: Some("ConnectTimedout".into()),
+        };
+        let (a, b) = both(&full);
+        assert_eq!(a, b);
+        let empty = Record {
+            trace_id: None,
+            client: Some("::1".parse().unwrap()),
+            consumer: None,
+            auth_failure: None,
+            cache: None,
+            host: None,
+            route: None,
+            upstream: None,
+            target: Some("127.0.0.1:80".parse().unwrap()),
+            status: None,
+            duration_ms: 0.0,
+            upstream_ms: None,
+            error: None,
+            ..full
+        };
+        let (a, b) = both(&empty);
+        assert_eq!(a, b);
+        let none = Record {
+            client: None,
+            target: None,
+            ..empty
+        };
+        let (a, b) = both(&none);
+        assert_eq!(a, b);
+    }
 }

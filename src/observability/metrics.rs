@@ -282,12 +282,32 @@ pub fn redis_state(up: bool, error: bool) {
     }
 }
 
-/// The process-wide families (Pingora's exporter serves the default registry).
-pub static METRICS: LazyLock<Option<Families>> = LazyLock::new(|| match families() {
-    Ok(f) => Some(f),
-    Err(e) => {
-        log::error!("metrics disabled: {e}");
-        None
+/// Whether this process records metrics: decided by the first configuration it loads
+/// (`observability.metrics.enabled`), before any metric is touched.
+static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// Records metrics or not, for the life of the process; later calls (reloads) change nothing.
+pub fn configure(enabled: bool) {
+    let _ = ENABLED.set(enabled);
+}
+
+/// Whether metrics are recorded (the first configuration's choice).
+pub fn enabled() -> bool {
+    *ENABLED.get_or_init(|| true)
+}
+
+/// The process-wide families (Pingora's exporter serves the default registry); `None` when
+/// metrics are switched off, so the request path records nothing.
+pub static METRICS: LazyLock<Option<Families>> = LazyLock::new(|| {
+    if !enabled() {
+        return None;
+    }
+    match families() {
+        Ok(f) => Some(f),
+        Err(e) => {
+            log::error!("metrics disabled: {e}");
+            None
+        }
     }
 });
 
