@@ -50,6 +50,43 @@ fn every_example_config_is_valid() {
     assert!(checked >= 8, "only {checked} example files found");
 }
 
+/// The load-test scenarios are configs too: rendered as the bench harness renders them (ports
+/// and a Redis port filled in), each must pass `postern check`.
+#[test]
+fn every_load_test_scenario_is_valid() {
+    let dir = root().join("load-tests/scenarios");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let Some(stem) = name.strip_suffix(".yaml.tmpl") else {
+            continue;
+        };
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("@LISTEN_PORT@", "28503")
+            .replace("@UP_PORT@", "28480")
+            .replace("@REDIS_PORT@", "6379");
+        assert!(!text.contains('@'), "{name}: a placeholder is left");
+        let rendered = tmp.path().join(format!("{stem}.yaml"));
+        std::fs::write(&rendered, text).unwrap();
+        let out = std::process::Command::new(BIN)
+            .args(["check", "-c", rendered.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        checked += 1;
+    }
+    assert!(checked >= 8, "only {checked} scenarios found");
+}
+
 #[test]
 fn every_invalid_config_fails_with_its_expected_message() {
     let mut files = Vec::new();

@@ -2,6 +2,7 @@
 //! traces, its spans.
 
 use super::Ctx;
+use crate::json_key;
 use crate::observability::access_log::{now_rfc3339_millis, AccessLog, Entry, JsonObject, Stamp};
 use crate::observability::trace::TraceContext;
 use pingora::proxy::Session;
@@ -96,27 +97,27 @@ impl Entry for Record<'_> {
     /// The same bytes as the derived `Serialize` (checked by a test), written directly.
     fn write_json(&self, out: &mut Vec<u8>) {
         let mut o = JsonObject::new(out);
-        o.str("time", self.time.as_str());
-        o.str("request_id", self.request_id);
-        o.opt_str("trace_id", self.trace_id.as_deref());
-        o.ip("client", self.client);
-        o.opt_str("consumer", self.consumer);
-        o.opt_str("auth_failure", self.auth_failure);
-        o.opt_str("cache", self.cache);
-        o.str("method", self.method);
-        o.opt_str("host", self.host);
-        o.str("path", &self.path);
-        o.str("protocol", self.protocol);
-        o.opt_str("route", self.route);
-        o.opt_str("upstream", self.upstream);
-        o.socket("target", self.target);
-        o.opt_uint("status", self.status.map(u64::from));
-        o.uint("bytes_in", self.bytes_in);
-        o.uint("bytes_out", self.bytes_out);
-        o.float("duration_ms", self.duration_ms);
-        o.opt_float("upstream_ms", self.upstream_ms);
-        o.uint("tries", u64::from(self.tries));
-        o.opt_str("error", self.error.as_deref());
+        o.str(json_key!("time"), self.time.as_str());
+        o.str(json_key!("request_id"), self.request_id);
+        o.opt_str(json_key!("trace_id"), self.trace_id.as_deref());
+        o.ip(json_key!("client"), self.client);
+        o.opt_str(json_key!("consumer"), self.consumer);
+        o.opt_str(json_key!("auth_failure"), self.auth_failure);
+        o.opt_str(json_key!("cache"), self.cache);
+        o.str(json_key!("method"), self.method);
+        o.opt_str(json_key!("host"), self.host);
+        o.str(json_key!("path"), &self.path);
+        o.str(json_key!("protocol"), self.protocol);
+        o.opt_str(json_key!("route"), self.route);
+        o.opt_str(json_key!("upstream"), self.upstream);
+        o.socket(json_key!("target"), self.target);
+        o.opt_uint(json_key!("status"), self.status.map(u64::from));
+        o.uint(json_key!("bytes_in"), self.bytes_in);
+        o.uint(json_key!("bytes_out"), self.bytes_out);
+        o.millis(json_key!("duration_ms"), self.duration_ms);
+        o.opt_millis(json_key!("upstream_ms"), self.upstream_ms);
+        o.uint(json_key!("tries"), u64::from(self.tries));
+        o.opt_str(json_key!("error"), self.error.as_deref());
         o.finish();
     }
 }
