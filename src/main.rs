@@ -2,6 +2,10 @@ use clap::Parser;
 use postern::cli::{Cli, Command};
 use std::process::ExitCode;
 
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         // Pingora warns once that cached headers are stored without a zstd dictionary: that is

@@ -14,7 +14,34 @@ use std::time::{Duration, Instant};
 pub const BIN: &str = env!("CARGO_BIN_EXE_postern");
 
 /// A port that was free a moment ago (bind-and-release). Callers retry on a bind race.
+/// A port nothing listens on, for a gateway started next. Taken below the kernel's range of
+/// ephemeral ports when there is room: a port from that range can be handed to an outgoing
+/// connection of another test between this check and the gateway's bind ("is in use"), and
+/// the gateway's readiness probe then reaches whoever holds it. Ports are walked from a
+/// per-process offset, so one test process never hands out the same port twice.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| {
+            t.split_whitespace()
+                .next()
+                .and_then(|p| p.parse::<u32>().ok())
+        })
+        .unwrap_or(32768);
+    let (base, top) = (10_000u32, ephemeral_start.min(65_535));
+    if top > base + 1_000 {
+        let span = top - base;
+        let offset = std::process::id().wrapping_mul(2_654_435_761) % span;
+        for _ in 0..span {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let port = (base + (offset + n) % span) as u16;
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
