@@ -34,6 +34,8 @@ struct Sink {
     out: Mutex<Option<Box<dyn Write + Send>>>,
     path: String,
     reopen: Arc<AtomicBool>,
+    /// The last write failed (logged once until a write succeeds again).
+    failing: AtomicBool,
 }
 
 /// The writer side, started as a background service after daemonizing.
@@ -49,6 +51,7 @@ pub fn channel(cfg: &AccessLogConfig) -> (AccessLog, Writer) {
         out: Mutex::new(None),
         path: cfg.path.clone(),
         reopen: reopen.clone(),
+        failing: AtomicBool::new(false),
     });
     let writer = Writer {
         sink: Arc::downgrade(&sink),
@@ -326,8 +329,22 @@ impl Sink {
         }
         if let Some(o) = out.as_mut() {
             if !spare.is_empty() {
-                if let Err(e) = o.write_all(spare) {
-                    log::error!("access log {}: {e}", self.path);
+                match o.write_all(spare) {
+                    Err(e) => {
+                        // Counted as dropped (a partial write may have kept a few of them).
+                        let lines = spare.iter().filter(|&&b| b == b'\n').count();
+                        if let Some(m) = METRICS.as_ref() {
+                            m.access_log_dropped.inc_by(lines as u64);
+                        }
+                        if !self.failing.swap(true, Ordering::Relaxed) {
+                            log::error!("access log {}: {lines} lines lost: {e}", self.path);
+                        }
+                    }
+                    Ok(()) => {
+                        if self.failing.swap(false, Ordering::Relaxed) {
+                            log::warn!("access log {}: writing again", self.path);
+                        }
+                    }
                 }
             }
             let _ = o.flush();

@@ -96,7 +96,7 @@ fn families() -> Result<Families, prometheus::Error> {
         )?,
         access_log_dropped: IntCounter::new(
             "postern_access_log_dropped_total",
-            "Access log records dropped because the writer fell behind.",
+            "Access log records dropped: the writer fell behind or the file could not be written.",
         )
         .and_then(|c| prometheus::register(Box::new(c.clone())).map(|_| c))?,
         ratelimit: register_int_counter_vec!(
