@@ -3,7 +3,8 @@
 
 use super::Ctx;
 use crate::json_key;
-use crate::observability::access_log::{now_rfc3339_millis, AccessLog, Entry, JsonObject, Stamp};
+use crate::observability::access_log::{now_rfc3339_millis, AccessLog, Entry, Stamp};
+use crate::observability::json::JsonObject;
 use crate::observability::trace::TraceContext;
 use pingora::proxy::Session;
 use pingora::Error;
