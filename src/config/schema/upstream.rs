@@ -1,0 +1,207 @@
+//! The `upstreams` section: targets, balancing, health checks, timeouts, retries and TLS to
+//! the upstream.
+
+use super::super::defaults as d;
+use super::super::types::Dur;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+/// A named pool of targets.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    pub targets: Vec<Target>,
+    #[serde(default)]
+    pub balance: Balance,
+    /// Key for `consistent_hash`: client_ip | header:NAME | cookie:NAME | query:NAME | path.
+    #[serde(default)]
+    pub hash_key: Option<String>,
+    /// How to pick a target when the hash key is absent from a request: `round_robin` or `random`.
+    #[serde(default)]
+    pub hash_fallback: HashFallback,
+    #[serde(default)]
+    pub health: Health,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    #[serde(default)]
+    pub retry: Retry,
+    /// Connect to targets over TLS.
+    #[serde(default)]
+    pub tls: Option<UpstreamTls>,
+    /// HTTP version spoken to targets: http1, http2 (h2c on cleartext, ALPN h2 over TLS) or auto
+    /// (ALPN h2 with http/1.1 fallback over TLS; http1 on cleartext).
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// How often host-name targets are resolved again.
+    #[serde(default = "d::resolve_interval")]
+    pub resolve_interval: Dur,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    /// `ip:port` or `host:port` (host names are resolved in the background).
+    pub addr: String,
+    #[serde(default = "d::weight")]
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    Random,
+    LeastConn,
+    ConsistentHash,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HashFallback {
+    #[default]
+    RoundRobin,
+    Random,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    #[default]
+    Auto,
+    Http1,
+    Http2,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    #[serde(default)]
+    pub active: Option<ActiveHealth>,
+    #[serde(default)]
+    pub passive: Option<PassiveHealth>,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ActiveHealth {
+    #[serde(default, rename = "type")]
+    pub kind: CheckKind,
+    /// Path requested by `http` checks.
+    #[serde(default = "d::health_path")]
+    pub path: String,
+    /// Host header sent by `http` checks; the target address when absent.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Statuses that count as healthy for `http` checks.
+    #[serde(default = "d::expected_statuses")]
+    pub expected_statuses: Vec<u16>,
+    #[serde(default = "d::health_interval")]
+    pub interval: Dur,
+    #[serde(default = "d::health_timeout")]
+    pub timeout: Dur,
+    #[serde(default = "d::healthy_after")]
+    pub healthy_after: u32,
+    #[serde(default = "d::unhealthy_after")]
+    pub unhealthy_after: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckKind {
+    #[default]
+    Http,
+    Tcp,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PassiveHealth {
+    /// Consecutive proxy failures (connect errors, timeouts, 5xx listed in `statuses`) that eject a target.
+    #[serde(default = "d::passive_unhealthy_after")]
+    pub unhealthy_after: u32,
+    /// How long an ejected target gets no traffic.
+    #[serde(default = "d::eject_for")]
+    pub eject_for: Dur,
+    /// Upstream statuses counted as failures.
+    #[serde(default = "d::passive_statuses")]
+    pub statuses: Vec<u16>,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    #[serde(default = "d::connect_timeout")]
+    pub connect: Dur,
+    #[serde(default = "d::read_timeout")]
+    pub read: Dur,
+    #[serde(default = "d::write_timeout")]
+    pub write: Dur,
+    /// How long an idle pooled connection to a target is kept.
+    #[serde(default = "d::idle_timeout")]
+    pub idle: Dur,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: d::connect_timeout(),
+            read: d::read_timeout(),
+            write: d::write_timeout(),
+            idle: d::idle_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Retry {
+    /// Total tries per request, the first included (1 = no retry).
+    #[serde(default = "d::retry_attempts")]
+    pub attempts: u32,
+    /// Which failures are retried on another target: connect_error, timeout, reset, or a status (502).
+    #[serde(default = "d::retry_on")]
+    pub on: Vec<RetryOn>,
+    /// Pause before each retry.
+    #[serde(default = "d::retry_backoff")]
+    pub backoff: Dur,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            attempts: d::retry_attempts(),
+            on: d::retry_on(),
+            backoff: d::retry_backoff(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case", untagged)]
+pub enum RetryOn {
+    Status(u16),
+    Kind(RetryKind),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryKind {
+    ConnectError,
+    Timeout,
+    Reset,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// Server name sent by SNI and verified; the target host when absent.
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// PEM bundle of CAs trusted for targets; the system roots when absent.
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// Verify the target's certificate and name.
+    #[serde(default = "d::yes")]
+    pub verify: bool,
+}
