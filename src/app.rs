@@ -154,6 +154,9 @@ fn add_listener(
     let gateway = Gateway {
         snapshot: snapshot.clone(),
         tls: l.tls.is_some(),
+        timed: crate::observability::metrics::METRICS.is_some()
+            || access_log.is_some()
+            || spans.is_some(),
         access_log,
         spans,
     };

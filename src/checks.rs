@@ -226,19 +226,18 @@ fn trim(b: &[u8]) -> &[u8] {
 /// `Connection: close`. (With `Connection: close` the request is processed by Transfer-Encoding
 /// alone and the connection closed, which the RFC also allows.)
 pub fn had_cl_and_te(req: &RequestHeader, keepalive_after_parse: Option<u64>) -> bool {
-    let close_requested = req
-        .headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .any(|v| {
-            v.as_bytes()
-                .split(|b| *b == b',')
-                .any(|t| trim(t).eq_ignore_ascii_case(b"close"))
-        });
     req.version == Version::HTTP_11
-        && req.headers.contains_key(TRANSFER_ENCODING)
         && keepalive_after_parse.is_none()
-        && !close_requested
+        && req.headers.contains_key(TRANSFER_ENCODING)
+        && !req
+            .headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .any(|v| {
+                v.as_bytes()
+                    .split(|b| *b == b',')
+                    .any(|t| trim(t).eq_ignore_ascii_case(b"close"))
+            })
 }
 
 /// The declared body length, if any (already validated by [`check`]).

@@ -32,12 +32,47 @@ pub struct Consumer {
     pub groups: Vec<String>,
 }
 
+/// A request id, kept as the header value it is sent as: the same bytes go to the upstream and
+/// back to the client without a copy (the incoming field's bytes when the client's id is kept).
+/// Reads as `&str`; empty when request ids are off.
+#[derive(Debug, Clone, Default)]
+pub struct RequestId(Option<http::HeaderValue>);
+
+impl RequestId {
+    /// `v` must be visible ASCII (the only ids Postern keeps or makes); anything else is dropped.
+    pub fn new(v: http::HeaderValue) -> RequestId {
+        RequestId(Some(v).filter(|v| v.to_str().is_ok()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
+
+    /// The id as a header value (a reference-counted clone).
+    pub fn header_value(&self) -> Option<http::HeaderValue> {
+        self.0.clone()
+    }
+}
+
+impl std::ops::Deref for RequestId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The plugin-visible per-request state.
 #[derive(Debug, Default)]
 pub struct RequestCtx {
     pub conn: ConnInfo,
     /// The request id (incoming `X-Request-Id` when safe, else generated).
-    pub request_id: String,
+    pub request_id: RequestId,
     /// Name of the matched route (empty before routing).
     pub route: Arc<str>,
     /// Captured path parameters, in pattern order.

@@ -2,29 +2,30 @@
 //! `Forwarded` (RFC 7239) fields, and the request id.
 
 use crate::config::schema::ForwardedHeaders;
-use crate::context::RequestCtx;
+use crate::context::{RequestCtx, RequestId};
 use crate::router::Captures;
 use crate::snapshot::{Part, Route};
 use http::header::HOST;
 use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 
-pub const X_REQUEST_ID: &str = "x-request-id";
-
-/// Keeps a client's request id when it is short and plain, otherwise makes a new (UUIDv7) one.
-pub fn request_id(req: &RequestHeader) -> String {
-    match req.headers.get(X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
-        Some(id)
-            if !id.is_empty()
-                && id.len() <= 128
-                && id.bytes().all(|b| {
-                    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':')
-                }) =>
+/// Keeps a client's request id when it is short and plain (the incoming field itself, no copy),
+/// otherwise makes a new (UUIDv7) one.
+pub fn request_id(req: &RequestHeader) -> RequestId {
+    if let Some(v) = req.headers.get(&X_REQUEST_ID_NAME) {
+        let id = v.as_bytes();
+        if !id.is_empty()
+            && id.len() <= 128
+            && id
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
         {
-            id.to_string()
+            return RequestId::new(v.clone());
         }
-        _ => uuid::Uuid::now_v7().to_string(),
     }
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let text = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_str(text).map_or_else(|_| RequestId::default(), RequestId::new)
 }
 
 /// The path sent upstream: `rewrite.path` if set, else the (normalized) path minus `strip_prefix`.
@@ -73,77 +74,98 @@ pub fn set_path(req: &mut RequestHeader, path: &str) {
     }
 }
 
+/// Forwarding fields to set on a request (at most five: no allocation for the list).
+pub type Fields = smallvec::SmallVec<[(&'static HeaderName, HeaderValue); 5]>;
+
 /// The forwarding fields for this request, as `which` enables them: the client appended to
 /// `X-Forwarded-For` and `Forwarded`, `X-Forwarded-Proto`, `X-Forwarded-Host` and the request id.
-/// `host` is the Host the client asked for.
+/// `host` is the Host the client asked for, already validated by `checks::check` (RFC 9112
+/// §3.2), so it is copied as it came. Each value is written once into its own buffer.
 pub fn forwarding_fields(
     req: &RequestHeader,
     ctx: &RequestCtx,
-    host: Option<&str>,
+    host: Option<&HeaderValue>,
     which: &ForwardedHeaders,
-) -> Vec<(&'static HeaderName, HeaderValue)> {
-    use std::fmt::Write;
-    let mut out = Vec::with_capacity(5);
+) -> Fields {
+    let mut out = Fields::new();
     let proto = if ctx.conn.tls { "https" } else { "http" };
     let prev = |name: &HeaderName| {
         req.headers
             .get(name)
-            .and_then(|v| v.to_str().ok())
-            .filter(|p| !p.trim().is_empty())
+            .map(HeaderValue::as_bytes)
+            .filter(|p| !p.trim_ascii().is_empty())
     };
     if let Some(ip) = ctx.conn.client_ip {
-        let mut ip_text = String::with_capacity(40);
-        let _ = write!(ip_text, "{ip}");
-        if which.x_forwarded_for {
-            let mut xff = String::with_capacity(64);
-            if let Some(p) = prev(&X_FORWARDED_FOR) {
-                xff.push_str(p);
-                xff.push_str(", ");
-            }
-            xff.push_str(&ip_text);
-            push(&mut out, &X_FORWARDED_FOR, xff);
+        // The address is written once, into the X-Forwarded-For value, and copied from there.
+        let mut xff = Vec::with_capacity(48);
+        if let Some(p) = prev(&X_FORWARDED_FOR).filter(|_| which.x_forwarded_for) {
+            xff.extend_from_slice(p);
+            xff.extend_from_slice(b", ");
         }
+        let ip_at = xff.len();
+        push_ip(&mut xff, ip);
         if which.forwarded {
-            let mut fwd = String::with_capacity(96);
+            let ip_text = &xff[ip_at..];
+            let mut fwd = Vec::with_capacity(96);
             if let Some(p) = prev(&http::header::FORWARDED) {
-                fwd.push_str(p);
-                fwd.push_str(", ");
+                fwd.extend_from_slice(p);
+                fwd.extend_from_slice(b", ");
             }
-            let (open, close) = if ip.is_ipv6() {
-                ("\"[", "]\"")
+            fwd.extend_from_slice(b"for=");
+            if ip.is_ipv6() {
+                fwd.extend_from_slice(b"\"[");
+                fwd.extend_from_slice(ip_text);
+                fwd.extend_from_slice(b"]\"");
             } else {
-                ("", "")
-            };
-            for part in ["for=", open, &ip_text, close, ";proto=", proto] {
-                fwd.push_str(part);
+                fwd.extend_from_slice(ip_text);
             }
-            if let Some(h) = host.filter(|h| crate::checks::valid_host(h.as_bytes())) {
-                fwd.push_str(";host=\"");
-                fwd.push_str(h);
-                fwd.push('"');
+            fwd.extend_from_slice(b";proto=");
+            fwd.extend_from_slice(proto.as_bytes());
+            if let Some(h) = host {
+                fwd.extend_from_slice(b";host=\"");
+                fwd.extend_from_slice(h.as_bytes());
+                fwd.push(b'"');
             }
             push(&mut out, &http::header::FORWARDED, fwd);
+        }
+        if which.x_forwarded_for {
+            push(&mut out, &X_FORWARDED_FOR, xff);
         }
     }
     if which.x_forwarded_proto {
         out.push((&X_FORWARDED_PROTO, HeaderValue::from_static(proto)));
     }
     if let (Some(h), true) = (host, which.x_forwarded_host) {
-        push(&mut out, &X_FORWARDED_HOST, h.to_string());
+        out.push((&X_FORWARDED_HOST, h.clone()));
     }
-    if !ctx.request_id.is_empty() {
-        push(&mut out, &X_REQUEST_ID_NAME, ctx.request_id.clone());
+    if let Some(id) = ctx.request_id.header_value() {
+        out.push((&X_REQUEST_ID_NAME, id));
     }
     out
 }
 
-fn push(
-    out: &mut Vec<(&'static HeaderName, HeaderValue)>,
-    name: &'static HeaderName,
-    value: String,
-) {
-    if let Ok(v) = HeaderValue::try_from(value) {
+fn push(out: &mut Fields, name: &'static HeaderName, value: Vec<u8>) {
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
         out.push((name, v));
+    }
+}
+
+/// Appends the text of `ip` (IPv4 octet by octet, without the formatting machinery).
+pub fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut b = itoa::Buffer::new();
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                out.extend_from_slice(b.format(o).as_bytes());
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            use std::io::Write;
+            let _ = write!(out, "{v6}");
+        }
     }
 }
 
@@ -157,11 +179,7 @@ fn push(
 /// field names then reach the upstream in lower case, as HTTP/2 sends them anyway (Envoy does the
 /// same for HTTP/1). Only done when the request target round-trips through the URI
 /// (origin-form), since plain parts keep no separate raw target.
-pub fn set_fields(
-    req: &mut RequestHeader,
-    fields: Vec<(&'static HeaderName, HeaderValue)>,
-    preserve_case: bool,
-) {
+pub fn set_fields(req: &mut RequestHeader, fields: Fields, preserve_case: bool) {
     if fields.is_empty() {
         return;
     }
@@ -175,9 +193,8 @@ pub fn set_fields(
         }
         return;
     }
-    let Ok(placeholder) = RequestHeader::build_no_case(http::Method::GET, b"/", Some(0)) else {
-        return;
-    };
+    // A placeholder from empty parts: no allocation, no target parsing.
+    let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
     let old = std::mem::replace(req, placeholder);
     let end_stream = old.send_end_stream();
     let mut parts: http::request::Parts = old.into();
@@ -196,23 +213,27 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_REQUEST_ID_NAME: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The Host the client addressed: the Host field, or the authority of an HTTP/2 request.
-pub fn client_host(req: &RequestHeader) -> Option<String> {
-    req.headers
-        .get(HOST)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| req.uri.authority().map(|a| a.as_str().to_string()))
+/// The Host the client addressed: the Host field, or the authority of an HTTP/2 request; only
+/// visible ASCII (a reference-counted clone of the field).
+pub fn client_host(req: &RequestHeader) -> Option<HeaderValue> {
+    match req.headers.get(HOST) {
+        Some(v) => Some(v.clone()),
+        None => req
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    }
+    .filter(|v| v.to_str().is_ok())
 }
 
 /// Applies the route's Host policy: set it, or keep the client's (filling it in from the
 /// authority for HTTP/2 clients, since HTTP/1.1 upstreams need a Host field).
-pub fn set_host(req: &mut RequestHeader, route: &Route, client_host: Option<&str>) {
+pub fn set_host(req: &mut RequestHeader, route: &Route, client_host: Option<&HeaderValue>) {
     if let Some(h) = &route.host {
         let _ = req.insert_header(HOST, h.clone());
     } else if !req.headers.contains_key(HOST) {
-        if let Some(v) = client_host.and_then(|h| HeaderValue::from_str(h).ok()) {
-            let _ = req.insert_header(HOST, v);
+        if let Some(v) = client_host {
+            let _ = req.insert_header(HOST, v.clone());
         }
     }
 }
@@ -233,18 +254,22 @@ pub fn clean_response(resp: &mut ResponseHeader) {
     if resp.headers.contains_key(&PROXY_CONNECTION) {
         resp.remove_header(&PROXY_CONNECTION);
     }
-    if !resp.headers.contains_key(http::header::CONNECTION) {
-        return;
+    // Fields the upstream named in `Connection` (nginx sends `Connection: keep-alive` on every
+    // answer: looked through without allocating; names are collected only when there are some).
+    let mut named: smallvec::SmallVec<[HeaderName; 2]> = smallvec::SmallVec::new();
+    for v in resp.headers.get_all(http::header::CONNECTION) {
+        for t in v.as_bytes().split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+            if t.is_empty()
+                || t.eq_ignore_ascii_case(b"close")
+                || t.eq_ignore_ascii_case(b"keep-alive")
+            {
+                continue;
+            }
+            if let Ok(n) = HeaderName::from_bytes(t) {
+                named.push(n);
+            }
+        }
     }
-    let named: Vec<String> = resp
-        .headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_ascii_lowercase())
-        .filter(|s| !s.is_empty() && s != "close" && s != "keep-alive")
-        .collect();
     for n in named {
         resp.remove_header(&n);
     }
@@ -263,9 +288,7 @@ pub fn set_response_field(
         let _ = resp.insert_header(name, value);
         return;
     }
-    let Ok(placeholder) = ResponseHeader::build_no_case(200, Some(0)) else {
-        return;
-    };
+    let placeholder = ResponseHeader::from(http::Response::new(()).into_parts().0);
     let old = std::mem::replace(resp, placeholder);
     let mut parts: http::response::Parts = old.into();
     parts.headers.insert(name.clone(), value);
@@ -278,8 +301,8 @@ pub static REQUEST_ID: &HeaderName = &X_REQUEST_ID_NAME;
 mod tests {
     use super::*;
 
-    fn fields() -> Vec<(&'static HeaderName, HeaderValue)> {
-        vec![
+    fn fields() -> Fields {
+        smallvec::smallvec![
             (&X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4")),
             (&X_FORWARDED_PROTO, HeaderValue::from_static("http")),
         ]

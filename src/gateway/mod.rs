@@ -50,6 +50,8 @@ pub struct Gateway {
     pub access_log: Option<AccessLog>,
     /// OTLP span export, when configured.
     pub spans: Option<crate::observability::otlp::Exporter>,
+    /// Something reads request durations (metrics, access log or spans).
+    pub timed: bool,
 }
 
 /// Pingora's per-request context: the plugin view plus what only the gateway touches.
@@ -58,14 +60,17 @@ pub struct Ctx {
     snap: Arc<Snapshot>,
     route: Option<Arc<Route>>,
     captures: Captures,
-    client_host: Option<String>,
+    /// The Host the client addressed (see `forward::client_host`).
+    client_host: Option<HeaderValue>,
     target: Option<Arc<TargetState>>,
     _inflight: Option<InflightGuard>,
-    tried: Vec<SocketAddr>,
+    tried: smallvec::SmallVec<[SocketAddr; 2]>,
     tries: u32,
     body_bytes: u64,
     failure: Option<GatewayError>,
-    started: Instant,
+    /// Start of the request; `None` when nothing reads durations (no metrics, access log or
+    /// span export): each clock read costs about as much as routing a request.
+    started: Option<Instant>,
     upstream_started: Option<Instant>,
     upstream_secs: Option<f64>,
     /// The client sent `Authorization` (before any plugin stripped it): RFC 9111 §3.5.
@@ -102,6 +107,13 @@ impl Drop for InFlight {
     }
 }
 
+impl Ctx {
+    /// The Host the client addressed, as text.
+    fn host(&self) -> Option<&str> {
+        self.client_host.as_ref().and_then(|h| h.to_str().ok())
+    }
+}
+
 fn fail(ctx: &mut Ctx, e: GatewayError) -> Box<Error> {
     let p = e.clone().into_pingora();
     ctx.failure = Some(e);
@@ -121,11 +133,11 @@ impl ProxyHttp for Gateway {
             client_host: None,
             target: None,
             _inflight: None,
-            tried: Vec::new(),
+            tried: smallvec::SmallVec::new(),
             tries: 0,
             body_bytes: 0,
             failure: None,
-            started: Instant::now(),
+            started: self.timed.then(Instant::now),
             upstream_started: None,
             upstream_secs: None,
             had_authorization: false,
@@ -218,7 +230,7 @@ impl ProxyHttp for Gateway {
                 // Set on the client's request header, which Pingora clones for each upstream
                 // attempt: done once per request.
                 let limits = &ctx.snap.limits;
-                let host = ctx.client_host.as_deref();
+                let host = ctx.client_host.as_ref();
                 let fields = forward::forwarding_fields(
                     session.req_header(),
                     &ctx.req,
@@ -251,7 +263,7 @@ impl ProxyHttp for Gateway {
         Ok(crate::cache::key(
             policy,
             session.req_header(),
-            ctx.client_host.as_deref(),
+            ctx.host(),
             ctx.req.consumer.as_deref().map(|c| c.name.as_str()),
         ))
     }
@@ -323,7 +335,9 @@ impl ProxyHttp for Gateway {
             }
         }
         ctx.tries += 1;
-        ctx.upstream_started = Some(Instant::now());
+        if ctx.started.is_some() {
+            ctx.upstream_started = Some(Instant::now());
+        }
         ctx.tried.push(target.addr);
         ctx._inflight = Some(target.begin());
         let peer = group.http_peer(&target);
@@ -394,7 +408,7 @@ impl ProxyHttp for Gateway {
         {
             forward::set_path(up, &p);
         }
-        forward::set_host(up, &route, ctx.client_host.as_deref());
+        forward::set_host(up, &route, ctx.client_host.as_ref());
         if let Some(t) = &ctx.req.trace {
             let (span, header) = t.child();
             let _ = up.insert_header("traceparent", header);
@@ -459,10 +473,7 @@ impl ProxyHttp for Gateway {
         if draining() {
             session.set_keepalive(None);
         }
-        if let (false, Ok(id)) = (
-            ctx.req.request_id.is_empty(),
-            HeaderValue::from_str(&ctx.req.request_id),
-        ) {
+        if let Some(id) = ctx.req.request_id.header_value() {
             let preserve = ctx.snap.limits.preserve_header_case || resp.status.as_u16() == 101;
             forward::set_response_field(resp, forward::REQUEST_ID, id, preserve);
         }
@@ -534,7 +545,7 @@ impl ProxyHttp for Gateway {
             .or(ctx.req.status)
             .unwrap_or(0);
         ctx.req.status = Some(status);
-        let elapsed = ctx.started.elapsed().as_secs_f64();
+        let elapsed = ctx.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
         let (bytes_in, bytes_out) = (
             session.body_bytes_read() as u64,
             session.body_bytes_sent() as u64,
@@ -575,11 +586,7 @@ impl ProxyHttp for Gateway {
                 );
                 if unsafe_method && (200..400).contains(&status) {
                     if let Some(storage) = crate::cache::storage() {
-                        storage.purge_url(&crate::cache::url(
-                            policy,
-                            req,
-                            ctx.client_host.as_deref(),
-                        ));
+                        storage.purge_url(&crate::cache::url(policy, req, ctx.host()));
                     }
                 }
             }

@@ -148,7 +148,7 @@ pub(super) fn access_record(
             .get::<crate::auth::LastFail>()
             .map(|f| f.0.reason()),
         method: req.method.as_str(),
-        host: ctx.client_host.as_deref(),
+        host: ctx.host(),
         path: log.redacted_target(req.uri.path(), req.uri.query()),
         protocol: if ctx.req.conn.http2 {
             "HTTP/2"

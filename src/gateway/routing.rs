@@ -23,7 +23,7 @@ pub(super) fn route_request(session: &mut Session, ctx: &mut Ctx) -> Result<(), 
     ctx.client_host = forward::client_host(req);
     let view = RequestView {
         method: &req.method,
-        host: ctx.client_host.as_deref().map(strip_port),
+        host: ctx.host().map(strip_port),
         path: req.uri.path(),
         headers: &req.headers,
         query: req.uri.query(),
@@ -59,8 +59,8 @@ pub(super) async fn send_reply(
         h.append_header(n, v)?;
     }
     h.insert_header("content-length", reply.body.len().to_string())?;
-    if !ctx.req.request_id.is_empty() {
-        h.insert_header(forward::X_REQUEST_ID, &ctx.req.request_id)?;
+    if let Some(id) = ctx.req.request_id.header_value() {
+        h.insert_header(forward::REQUEST_ID, id)?;
     }
     ctx.req.status = Some(reply.status);
     route

@@ -3,8 +3,6 @@
 //! plain strings copied as they are). Output is byte-for-byte what serde writes for the same
 //! values (tested with the access-log record).
 
-use std::io::Write;
-
 /// `,"name":` for a field of a [`JsonObject`], built at compile time.
 #[macro_export]
 macro_rules! json_key {
@@ -146,20 +144,7 @@ impl<'a> JsonObject<'a> {
     }
 
     fn raw_ip(&mut self, ip: std::net::IpAddr) {
-        match ip {
-            std::net::IpAddr::V4(v4) => {
-                let mut b = itoa::Buffer::new();
-                for (i, o) in v4.octets().into_iter().enumerate() {
-                    if i > 0 {
-                        self.out.push(b'.');
-                    }
-                    self.out.extend_from_slice(b.format(o).as_bytes());
-                }
-            }
-            std::net::IpAddr::V6(v6) => {
-                let _ = write!(self.out, "{v6}");
-            }
-        }
+        crate::forward::push_ip(self.out, ip);
     }
 
     pub fn finish(self) {
