@@ -5,7 +5,7 @@ use crate::checks;
 use crate::error::GatewayError;
 use crate::forward;
 use crate::plugins::Reply;
-use crate::router::{path::normalize, strip_port, RequestView};
+use crate::router::{path::normalize, RequestView};
 use crate::snapshot::Route;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
@@ -23,7 +23,7 @@ pub(super) fn route_request(session: &mut Session, ctx: &mut Ctx) -> Result<(), 
     ctx.client_host = forward::client_host(req);
     let view = RequestView {
         method: &req.method,
-        host: ctx.host().map(strip_port),
+        host: ctx.host(),
         path: req.uri.path(),
         headers: &req.headers,
         query: req.uri.query(),

@@ -24,7 +24,7 @@ use std::collections::HashMap;
 /// What the router needs to know about a request.
 pub struct RequestView<'a> {
     pub method: &'a Method,
-    /// Host without port, any case.
+    /// Host as the client sent it (any case; a port is ignored).
     pub host: Option<&'a str>,
     /// A normalized path (see [`path::normalize`]).
     pub path: &'a str,
@@ -170,7 +170,12 @@ impl<T> Router<T> {
     /// Finds the most specific route for `req`.
     pub fn find(&self, req: &RequestView<'_>) -> Option<Found<'_, T>> {
         let mut buf = [0u8; 255];
-        let host = req.host.and_then(|h| lower(h, &mut buf));
+        // Most gateways route on paths only: no host work then.
+        let host_routes = !self.exact_hosts.is_empty() || !self.wildcard_hosts.is_empty();
+        let host = req
+            .host
+            .filter(|_| host_routes)
+            .and_then(|h| lower(h, &mut buf));
         if let Some(h) = host {
             if let Some(t) = self.exact_hosts.get(h) {
                 if let Some(f) = self.find_in(t, req) {
@@ -297,8 +302,9 @@ impl Table {
 
 /// The segment starting at `p` and where the next one starts (None at the end of the path).
 fn segment(path: &str, p: usize) -> (&str, Option<usize>) {
-    let rest = &path[p.min(path.len())..];
-    match rest.find('/') {
+    let rest = path.get(p..).unwrap_or("");
+    // A byte scan: paths are short, and `str::find` sets up a searcher each time.
+    match rest.bytes().position(|b| b == b'/') {
         Some(i) => (&rest[..i], Some(p + i + 1)),
         None => (rest, None),
     }
