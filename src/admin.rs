@@ -62,9 +62,10 @@ impl Admin {
     /// Returns the rejection to send, or None when the request may proceed.
     fn reject_unauthorized(&self, req: &pingora::http::RequestHeader) -> Option<Response<Vec<u8>>> {
         if self.token.is_empty() {
-            return Some(reply(
+            return Some(problem(
                 403,
-                json!({ "title": "Forbidden", "status": 403, "detail": "set admin.token to enable write endpoints" }),
+                "forbidden",
+                "set admin.token to enable write endpoints",
             ));
         }
         let presented = req
@@ -76,12 +77,7 @@ impl Admin {
         let (a, b) = (presented.as_bytes(), self.token.as_bytes());
         let same =
             a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0;
-        (!same).then(|| {
-            reply(
-                401,
-                json!({ "title": "Unauthorized", "status": 401, "detail": "a valid bearer token is required" }),
-            )
-        })
+        (!same).then(|| problem(401, "unauthorized", "a valid bearer token is required"))
     }
 }
 
@@ -173,6 +169,43 @@ fn reply(status: u16, v: serde_json::Value) -> Response<Vec<u8>> {
         .unwrap_or_default()
 }
 
+/// What the 404 and 405 answers list: the documented endpoints.
+const ENDPOINTS: &str = "admin endpoints: GET /health, GET /ready, GET /config, GET /upstreams, \
+GET /metrics, POST /reload, DELETE /cache";
+
+/// An RFC 9457 problem answer, the same shape as the gateway's own errors.
+fn problem(status: u16, kind: &str, detail: &str) -> Response<Vec<u8>> {
+    problem_with(status, kind, detail, serde_json::Value::Null)
+}
+
+/// [`problem`] with an `errors` member (omitted when null).
+fn problem_with(
+    status: u16,
+    kind: &str,
+    detail: &str,
+    errors: serde_json::Value,
+) -> Response<Vec<u8>> {
+    let title = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error");
+    let mut v = json!({
+        "type": format!("urn:postern:problem:{kind}"),
+        "title": title,
+        "status": status,
+        "detail": detail,
+    });
+    if !errors.is_null() {
+        v["errors"] = errors;
+    }
+    let mut r = reply(status, v);
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/problem+json"),
+    );
+    r
+}
+
 #[async_trait]
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
@@ -183,9 +216,11 @@ impl ServeHttp for Admin {
             }
             return match self.reloader.reload().await {
                 Ok(outcome) => reply(200, outcome.to_json()),
-                Err(e) => reply(
+                Err(e) => problem_with(
                     422,
-                    json!({ "title": "Reload Failed", "status": 422, "detail": "the running configuration is kept", "errors": e.lines().collect::<Vec<_>>() }),
+                    "reload-failed",
+                    "the running configuration is kept",
+                    json!(e.lines().collect::<Vec<_>>()),
                 ),
             };
         }
@@ -196,7 +231,7 @@ impl ServeHttp for Admin {
             return purge(req.uri.query());
         }
         if req.method != http::Method::GET {
-            return reply(405, json!({ "title": "Method Not Allowed", "status": 405 }));
+            return problem(405, "method-not-allowed", ENDPOINTS);
         }
         match req.uri.path() {
             "/health" => reply(200, json!({ "status": "up" })),
@@ -209,10 +244,7 @@ impl ServeHttp for Admin {
             "/status/ready" => self.ready(),
             "/upstreams" => reply(200, self.upstreams()),
             "/metrics" if self.metrics => self.metrics_text(),
-            _ => reply(
-                404,
-                json!({ "title": "Not Found", "status": 404, "detail": "admin endpoints: /status, /status/ready, /upstreams" }),
-            ),
+            _ => problem(404, "not-found", ENDPOINTS),
         }
     }
 }
@@ -235,9 +267,10 @@ fn purge(query: Option<&str>) -> Response<Vec<u8>> {
         (None, Some(p), None) if !p.is_empty() => (PurgeKind::Prefix, p),
         (None, None, Some(t)) => (PurgeKind::Tag, t),
         _ => {
-            return reply(
+            return problem(
                 400,
-                json!({ "title": "Bad Request", "status": 400, "detail": "give exactly one of url, prefix (non-empty) or tag" }),
+                "bad-request",
+                "give exactly one of url, prefix (non-empty) or tag",
             )
         }
     };
@@ -246,10 +279,7 @@ fn purge(query: Option<&str>) -> Response<Vec<u8>> {
             200,
             json!({ "purged": purged.entries, kind.as_str(): value, "soft": soft }),
         ),
-        None => reply(
-            404,
-            json!({ "title": "Not Found", "status": 404, "detail": "no cache" }),
-        ),
+        None => problem(404, "not-found", "no route has a cache"),
     }
 }
 

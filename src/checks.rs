@@ -14,6 +14,7 @@ pub fn check(req: &RequestHeader, h2: bool, limits: &Limits) -> Result<(), Gatew
     check_target(req, h2)?;
     check_field_values(req)?;
     check_host(req, h2)?;
+    check_singletons(req)?;
     if !h2 {
         check_framing(req)?;
     }
@@ -94,6 +95,63 @@ fn check_host(req: &RequestHeader, h2: bool) -> Result<(), GatewayError> {
             "The Host header field is invalid.",
         )),
         _ => Ok(()),
+    }
+}
+
+/// RFC 9110 §11.6.2 and §11.7.2: `Authorization` and `Proxy-Authorization` hold one
+/// credential. Two fields make the request ambiguous (a plugin reading the first and an
+/// upstream reading the last would disagree about who is calling), so it is refused for every
+/// authentication plugin alike.
+fn check_singletons(req: &RequestHeader) -> Result<(), GatewayError> {
+    use http::header::{AUTHORIZATION, PROXY_AUTHORIZATION};
+    for name in [AUTHORIZATION, PROXY_AUTHORIZATION] {
+        let mut all = req.headers.get_all(name).iter();
+        if all.next().is_some() && all.next().is_some() {
+            return Err(GatewayError::BadRequest(
+                "The request has more than one Authorization field.",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Framing and connection fields that a server behind a CGI-style interface cannot tell from
+/// their underscored spelling (`Transfer_Encoding` and `Transfer-Encoding` both become
+/// `HTTP_TRANSFER_ENCODING`).
+const FRAMING_NAMES: [&str; 5] = [
+    "transfer-encoding",
+    "content-length",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+];
+
+/// Drops header fields whose name, with `_` read as `-`, is a framing field: Postern frames the
+/// request by the real fields, an upstream could frame it by the underscored one (request
+/// smuggling). nginx drops every underscored name by default (`underscores_in_headers off`);
+/// only the ones that can change framing are dropped here, so `X_Api_Key` keeps working.
+pub fn drop_underscored_framing(req: &mut RequestHeader) {
+    let lookalike = |n: &http::HeaderName| {
+        let n = n.as_str().as_bytes();
+        n.contains(&b'_')
+            && FRAMING_NAMES.iter().any(|f| {
+                f.len() == n.len()
+                    && f.bytes()
+                        .zip(n)
+                        .all(|(f, &b)| b == f || (b == b'_' && f == b'-'))
+            })
+    };
+    if !req.headers.keys().any(lookalike) {
+        return;
+    }
+    let names: Vec<http::HeaderName> = req
+        .headers
+        .keys()
+        .filter(|n| lookalike(n))
+        .cloned()
+        .collect();
+    for n in names {
+        req.remove_header(&n);
     }
 }
 
@@ -337,6 +395,32 @@ mod tests {
         assert!(verdict(&[("host", "a"), ("content-length", "-1")]).is_err());
         assert!(verdict(&[("host", "a"), ("transfer-encoding", "gzip, chunked")]).is_err());
         assert!(verdict(&[("host", "a"), ("transfer-encoding", "chunked")]).is_ok());
+    }
+
+    /// Regression (issue 12): two Authorization fields let the first one decide.
+    #[test]
+    fn one_authorization_field_only() {
+        assert!(verdict(&[("host", "a"), ("authorization", "Bearer x")]).is_ok());
+        assert!(verdict(&[
+            ("host", "a"),
+            ("authorization", "Bearer x"),
+            ("authorization", "Bearer y")
+        ])
+        .is_err());
+    }
+
+    /// Regression (issue 12): `Transfer_Encoding` was forwarded.
+    #[test]
+    fn underscored_framing_names_are_dropped() {
+        let mut r = req(&[
+            ("host", "a"),
+            ("transfer_encoding", "chunked"),
+            ("content_length", "5"),
+            ("x_api_key", "k"),
+        ]);
+        drop_underscored_framing(&mut r);
+        let names: Vec<&str> = r.headers.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["host", "x_api_key"]);
     }
 
     #[test]

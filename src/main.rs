@@ -13,10 +13,7 @@ fn main() -> ExitCode {
         .filter_module("pingora_cache::meta", log::LevelFilter::Error)
         .init();
     match Cli::parse().command {
-        Command::Schema => {
-            println!("{:#}", postern::config::json_schema());
-            ExitCode::SUCCESS
-        }
+        Command::Schema => print_quietly(&format!("{:#}\n", postern::config::json_schema())),
         Command::Check { conf } => check(&conf),
         Command::Run {
             conf, test: true, ..
@@ -41,6 +38,21 @@ fn main() -> ExitCode {
                     ExitCode::from(1)
                 }
             }
+        }
+    }
+}
+
+/// Writes to standard output; a reader that went away (`postern schema | head`) ends the
+/// command quietly, as it does for other Unix tools, instead of `println!`'s panic.
+fn print_quietly(text: &str) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cannot write the output: {e}");
+            ExitCode::from(1)
         }
     }
 }

@@ -1041,3 +1041,115 @@ async fn jwt_from_a_cookie_or_a_query_parameter_is_stripped_when_asked() {
         401
     );
 }
+
+/// Regressions of issue 12: `crit` headers, a `kid` no key has, the token size cap, and two
+/// Authorization fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_crit_kid_hint_size_cap_and_single_authorization() {
+    let up = Upstream::start("u").await;
+    let body = format!(
+        "upstreams:\n{}routes:\n{}{}",
+        upstream_yaml("u", &[up.addr], ""),
+        route(
+            "jwt",
+            "/jwt/*",
+            &format!("      - jwt: {{ keys: [ {{ alg: HS256, secret: \"{SECRET}\" }} ], max_token_size: 2KiB }}\n")
+        ),
+        route("key", "/key/*", "      - api_key: {}\n"),
+    );
+    let gw = Gateway::start(&format!("{}{body}", consumers()));
+    let c = client();
+    let key = EncodingKey::from_secret(SECRET.as_bytes());
+    let claims = json!({ "sub": "alice", "exp": now() + 600 });
+    let bearer = |t: &str| format!("Bearer {t}");
+    let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    // A token whose header is written by hand, signed with the HMAC key.
+    let signed = |header: Value| {
+        use hmac_sign::sign;
+        let input = format!("{}.{}", b64(&header), b64(&claims));
+        format!("{input}.{}", sign(SECRET.as_bytes(), input.as_bytes()))
+    };
+    let ok = signed(json!({ "alg": "HS256", "typ": "JWT" }));
+    assert_eq!(
+        call(&c, &gw.url("/jwt/x"), &[("authorization", &bearer(&ok))])
+            .await
+            .0,
+        200
+    );
+    for (what, header) in [
+        (
+            "unknown critical extension",
+            json!({ "alg": "HS256", "crit": ["exp-ext"], "exp-ext": 1 }),
+        ),
+        ("empty crit", json!({ "alg": "HS256", "crit": [] })),
+        (
+            "unencoded payload",
+            json!({ "alg": "HS256", "crit": ["b64"], "b64": false }),
+        ),
+        (
+            "b64 false without crit",
+            json!({ "alg": "HS256", "b64": false }),
+        ),
+    ] {
+        let t = signed(header);
+        assert_eq!(
+            call(&c, &gw.url("/jwt/x"), &[("authorization", &bearer(&t))])
+                .await
+                .0,
+            401,
+            "{what}"
+        );
+    }
+    // The configured key has no kid: a token naming a kid still verifies with it.
+    let mut h = Header::new(Algorithm::HS256);
+    h.kid = Some("rotated-2026".into());
+    let with_kid = encode(&h, &claims, &key).unwrap();
+    assert_eq!(
+        call(
+            &c,
+            &gw.url("/jwt/x"),
+            &[("authorization", &bearer(&with_kid))]
+        )
+        .await
+        .0,
+        200
+    );
+    // max_token_size: 2KiB.
+    let big = encode(
+        &Header::new(Algorithm::HS256),
+        &json!({ "sub": "alice", "exp": now() + 600, "pad": "x".repeat(2100) }),
+        &key,
+    )
+    .unwrap();
+    assert_eq!(
+        call(&c, &gw.url("/jwt/x"), &[("authorization", &bearer(&big))])
+            .await
+            .0,
+        401
+    );
+    // Two Authorization fields, either order: 400 for every plugin.
+    for pair in [
+        [bearer(&ok), "Bearer junk".to_string()],
+        ["Bearer junk".to_string(), bearer(&ok)],
+    ] {
+        let resp = gw.raw(&format!(
+            "GET /jwt/x HTTP/1.1\r\nHost: a\r\nAuthorization: {}\r\nAuthorization: {}\r\nConnection: close\r\n\r\n",
+            pair[0], pair[1]
+        ));
+        assert_eq!(crate::util::status_of(&resp), 400, "{resp}");
+    }
+    let resp = gw.raw("GET /key/x HTTP/1.1\r\nHost: a\r\nAuthorization: Basic YTpi\r\nAuthorization: Basic YTpi\r\nX-Api-Key: key-alice\r\nConnection: close\r\n\r\n");
+    assert_eq!(crate::util::status_of(&resp), 400, "{resp}");
+    let hits = up.hits();
+    assert!(hits >= 2, "the valid calls reached the upstream");
+}
+
+/// HS256 signing of hand-written headers (jsonwebtoken only signs its own `Header`).
+mod hmac_sign {
+    pub fn sign(secret: &[u8], input: &[u8]) -> String {
+        use base64::Engine;
+        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret);
+        let tag = aws_lc_rs::hmac::sign(&key, input);
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tag.as_ref())
+    }
+}

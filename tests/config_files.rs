@@ -136,6 +136,23 @@ fn check_reports_missing_files_and_schema_is_json() {
     assert!(required.iter().any(|r| r == "listeners"));
 }
 
+/// Regression (issue 12): `postern schema | head` panicked on the broken pipe.
+#[test]
+fn schema_into_a_closed_pipe_exits_quietly() {
+    let mut child = std::process::Command::new(BIN)
+        .arg("schema")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the reading end before the child writes: its write fails with EPIPE.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success(), "{:?} {stderr}", out.status);
+}
+
 #[test]
 fn environment_variables_are_expanded() {
     let dir = tempfile::tempdir().unwrap();

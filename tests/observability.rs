@@ -423,3 +423,93 @@ async fn metrics_switched_off_are_not_served_and_stay_off_across_reloads() {
     );
     assert_eq!(gw.admin_call("GET", "/metrics", None).0, 404);
 }
+
+/// Regressions of issue 12: a request the client abandons was counted as `1xx`, the access
+/// log's `error` read `HTTPStatus(400)`, and admin errors were not problem+json.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_requests_readable_errors_and_admin_problems() {
+    let up = Upstream::start("u").await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let body = format!(
+        "observability:\n  access_log: {{ path: \"{}\" }}\nupstreams:\n{}routes:\n  - {{ name: users, match: {{ path: /users/* }}, upstream: u }}\n",
+        log.display(),
+        upstream_yaml("u", &[up.addr], "")
+    );
+    let gw = Gateway::start(&body);
+    // A body announced and never sent: the client leaves half-way.
+    {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(gw.addr()).unwrap();
+        s.write_all(b"POST /users/1 HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nonly-part")
+            .unwrap();
+    }
+    let resp = gw.raw("GET /users/1 HTTP/1.1\r\nConnection: close\r\n\r\n");
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    gw.wait_metric(
+        "postern_http_requests_total{route=\"users\",status_class=\"client_closed\"}",
+        1.0,
+    );
+    let text = gw.metrics();
+    assert_eq!(
+        metric(
+            &text,
+            "postern_http_requests_total{route=\"users\",status_class=\"1xx\"}"
+        ),
+        Some(0.0)
+    );
+    let lines = read_lines(&log, 2);
+    let abandoned = lines
+        .iter()
+        .find(|l| l["status"] == 499)
+        .expect("a 499 line");
+    assert_eq!(abandoned["error"], "client-closed", "{abandoned}");
+    let bad = lines
+        .iter()
+        .find(|l| l["status"] == 400)
+        .expect("a 400 line");
+    assert_eq!(bad["error"], "bad-request", "{bad}");
+    // Admin errors: problem+json, and the 404 lists the documented endpoints.
+    for (method, path, token, status) in [
+        ("GET", "/nope", None, 404),
+        ("POST", "/reload", None, 401),
+        ("PUT", "/health", None, 405),
+        ("DELETE", "/cache", Some(crate::util::ADMIN_TOKEN), 400),
+    ] {
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let resp = raw(
+            gw.admin,
+            &format!("{method} {path} HTTP/1.1\r\nHost: a\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"),
+        );
+        assert!(resp.starts_with(&format!("HTTP/1.1 {status}")), "{resp}");
+        assert!(
+            resp.to_ascii_lowercase()
+                .contains("content-type: application/problem+json"),
+            "{resp}"
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(resp.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        assert_eq!(v["status"], status);
+        assert!(v["type"]
+            .as_str()
+            .unwrap()
+            .starts_with("urn:postern:problem:"));
+        if status == 404 {
+            let detail = v["detail"].as_str().unwrap();
+            for e in [
+                "/health",
+                "/ready",
+                "/config",
+                "/upstreams",
+                "/metrics",
+                "/reload",
+                "/cache",
+            ] {
+                assert!(detail.contains(e), "{detail}");
+            }
+            assert!(!detail.contains("/status"), "{detail}");
+        }
+    }
+}

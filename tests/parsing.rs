@@ -96,3 +96,18 @@ async fn http10_without_host_is_accepted_and_errors_are_problems() {
         assert!(v.get(k).is_some(), "{k} missing");
     }
 }
+
+/// Regression (issue 12): `Transfer_Encoding` reached the upstream, which may read it as
+/// `Transfer-Encoding` (CGI-style servers do).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn underscored_framing_fields_are_not_forwarded() {
+    let (_up, gw) = setup().await;
+    let resp = gw.raw("GET /x HTTP/1.1\r\nHost: a\r\nTransfer_Encoding: chunked\r\nContent_Length: 5\r\nX_Tenant: t1\r\nConnection: close\r\n\r\n");
+    assert_eq!(status_of(&resp), 200, "{resp}");
+    let v: serde_json::Value =
+        serde_json::from_str(resp.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let headers = v["headers"].as_object().unwrap();
+    assert!(!headers.contains_key("transfer_encoding"), "{v}");
+    assert!(!headers.contains_key("content_length"), "{v}");
+    assert_eq!(headers["x_tenant"], "t1", "other underscored names pass");
+}

@@ -51,16 +51,24 @@ pub struct KeySet {
 }
 
 impl KeySet {
-    /// Keys that may verify a token with this header: by `kid` when the token has one (else
-    /// every key), restricted to keys allowing the token's algorithm.
+    /// Keys that may verify a token with this header, restricted to keys allowing the token's
+    /// algorithm: the keys with the token's `kid`; when no key has it (or the token names none),
+    /// the keys without a `kid`, since a `kid` is only a hint (RFC 7515 §4.1.4); every key when
+    /// the token has no `kid`.
     pub fn candidates<'a>(
         &'a self,
         kid: Option<&'a str>,
         alg: Algorithm,
     ) -> impl Iterator<Item = &'a VerifyKey> + 'a {
-        self.keys
-            .iter()
-            .filter(move |k| k.algs.contains(&alg) && (kid.is_none() || k.kid.as_deref() == kid))
+        let known = kid.is_some_and(|k| self.has_kid(k));
+        self.keys.iter().filter(move |k| {
+            k.algs.contains(&alg)
+                && match kid {
+                    None => true,
+                    Some(_) if known => k.kid.as_deref() == kid,
+                    Some(_) => k.kid.is_none(),
+                }
+        })
     }
 
     pub fn has_kid(&self, kid: &str) -> bool {

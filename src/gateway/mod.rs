@@ -213,7 +213,8 @@ impl ProxyHttp for Gateway {
                 Some(incoming.unwrap_or_else(|| TraceContext::new_root_sampled(sample())));
             ctx.started_unix = crate::observability::otlp::unix_nanos();
         }
-        checks::check(session.req_header(), h2, limits).map_err(|e| fail(ctx, e))
+        checks::drop_underscored_framing(session.req_header_mut());
+        checks::check(session.req_header(), h2, &ctx.snap.limits).map_err(|e| fail(ctx, e))
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
@@ -493,7 +494,9 @@ impl ProxyHttp for Gateway {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let Some(ge) = ctx.failure.take().or_else(|| classify(e)) else {
+        let Some(ge) = ctx.failure.clone().or_else(|| classify(e)) else {
+            // The client went away: nothing to answer, and not a gateway fault to log.
+            ctx.req.status = Some(0);
             return FailToProxy {
                 error_code: 0,
                 can_reuse_downstream: false,
@@ -531,8 +534,8 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    /// Client errors Postern answers itself (404, 400, 413, 431) are expected traffic, not
-    /// gateway faults: keep them out of the error log.
+    /// Client errors Postern answers itself (404, 400, 413, 431) and clients that went away
+    /// are expected traffic, not gateway faults: keep them out of the error log.
     fn suppress_error_log(&self, _s: &Session, ctx: &Ctx, _e: &Error) -> bool {
         ctx.req.status.is_some_and(|s| s < 500)
     }

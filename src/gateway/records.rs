@@ -158,15 +158,30 @@ pub(super) fn access_record(
         route: ctx.route.as_ref().map(|r| &*r.name),
         upstream: ctx.route.as_ref().map(|r| &*r.upstream.name),
         target: ctx.target.as_ref().map(|t| t.addr),
-        status: ctx.req.status,
+        // nginx's 499 for a client that left before any answer (0 inside Postern).
+        status: ctx.req.status.map(|s| if s == 0 { 499 } else { s }),
         bytes_in,
         bytes_out,
         duration_ms: ms(secs),
         upstream_ms: ctx.upstream_secs.map(ms),
         tries: ctx.tries,
-        error: e.map(|e| format!("{:?}", e.etype())),
+        error: e.map(|e| error_name(e, ctx.failure.as_ref()).to_string()),
     };
     log.write(&record);
+}
+
+/// The access log's `error`: the problem type the client got (`bad-request`,
+/// `upstream-timeout`), `client-closed` when the client left before an answer, or Pingora's
+/// name of a transport error that produced no answer of ours (`ConnectRefused`).
+fn error_name(e: &Error, ours: Option<&crate::error::GatewayError>) -> &'static str {
+    if let Some(g) = ours {
+        return g.kind();
+    }
+    match (e.etype(), crate::error::classify(e)) {
+        (pingora::ErrorType::HTTPStatus(_), Some(g)) => g.kind(),
+        (_, None) => "client-closed",
+        (t, Some(_)) => t.as_str(),
+    }
 }
 
 #[cfg(test)]

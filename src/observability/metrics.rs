@@ -14,7 +14,17 @@ pub const BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
-const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+/// Status classes; `client_closed` is a request whose client went away before any response
+/// (status 0 inside Postern, nginx's 499), not an informational answer.
+const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "client_closed"];
+
+/// Index of a status in [`CLASSES`].
+fn class_index(status: u16) -> usize {
+    match status {
+        0 => 5,
+        s => (s / 100).clamp(1, 5) as usize - 1,
+    }
+}
 const METHODS: [&str; 8] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "OTHER",
 ];
@@ -314,7 +324,7 @@ pub static METRICS: LazyLock<Option<Families>> = LazyLock::new(|| {
 /// Handles of one route.
 #[derive(Clone)]
 pub struct RouteMetrics {
-    by_class: Option<[IntCounter; 5]>,
+    by_class: Option<[IntCounter; 6]>,
     duration: Option<Histogram>,
     bytes_in: Option<IntCounter>,
     bytes_out: Option<IntCounter>,
@@ -339,7 +349,7 @@ impl RouteMetrics {
     }
 
     pub fn observe(&self, status: u16, seconds: f64, bytes_in: u64, bytes_out: u64) {
-        let class = (status / 100).clamp(1, 5) as usize - 1;
+        let class = class_index(status);
         if let Some(c) = &self.by_class {
             c[class].inc();
         }
@@ -386,8 +396,7 @@ pub fn observe_method(method: &http::Method, status: u16) {
         .iter()
         .position(|m| *m == method.as_str())
         .unwrap_or(METHODS.len() - 1);
-    let class = (status / 100).clamp(1, 5) as usize - 1;
-    h[mi * CLASSES.len() + class].inc();
+    h[mi * CLASSES.len() + class_index(status)].inc();
 }
 
 /// The text exposition of every registered metric.

@@ -20,7 +20,7 @@
 use super::{BuildCtx, Flow, Plugin};
 use crate::auth::jwks::{self, family, KeySet, RemoteJwks, VerifyKey};
 use crate::auth::{failure, AuthFail, Consumers};
-use crate::config::types::Dur;
+use crate::config::types::{Dur, Size};
 use crate::config::Issue;
 use crate::context::{Consumer, RequestCtx};
 use crate::error::GatewayError;
@@ -55,8 +55,6 @@ const ALGORITHMS: [Algorithm; 12] = [
     Algorithm::EdDSA,
 ];
 
-/// Longest token accepted (larger ones are refused before any parsing).
-const MAX_TOKEN: usize = 8 * 1024;
 /// Verified tokens remembered per plugin.
 const CACHE_MAX: usize = 10_000;
 
@@ -128,6 +126,10 @@ pub struct Config {
     /// Remove the token from the request sent upstream.
     #[serde(default)]
     pub strip_token: bool,
+    /// Longest token accepted (1KiB to 1MiB, default 16KiB); a longer one is refused with 401
+    /// before any parsing. Tokens arrive in a header, so `server.max_header_size` bounds it too.
+    #[serde(default = "default_max_token_size")]
+    pub max_token_size: Size,
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
@@ -173,6 +175,9 @@ fn default_algorithms() -> Vec<String> {
         .map(String::from)
         .to_vec()
 }
+fn default_max_token_size() -> Size {
+    Size(16 << 10)
+}
 fn default_leeway() -> Dur {
     Dur::secs(30)
 }
@@ -203,6 +208,7 @@ pub struct Jwt {
     source: Source,
     forward: Vec<(String, HeaderName)>,
     strip: bool,
+    max_token: usize,
     leeway: u64,
     cache: parking_lot::Mutex<VerifiedCache>,
     metrics: AuthMetrics,
@@ -358,6 +364,15 @@ impl Jwt {
                 None
             }
         };
+        if !(1 << 10..=1 << 20).contains(&c.max_token_size.0) {
+            issues.push(Issue::new(
+                format!("{path}.max_token_size"),
+                format!(
+                    "must be between 1KiB and 1MiB, got {} bytes",
+                    c.max_token_size.0
+                ),
+            ));
+        }
         let forward = crate::auth::forward_claims(&c.forward_claims, path, &mut issues);
         let (Some(source), true) = (source, issues.is_empty()) else {
             return Err(issues);
@@ -394,6 +409,7 @@ impl Jwt {
             source,
             forward,
             strip: c.strip_token,
+            max_token: c.max_token_size.0 as usize,
             leeway: c.leeway.0.as_secs(),
             cache: parking_lot::Mutex::new(VerifiedCache::default()),
             metrics: AuthMetrics::new(b.route, "jwt"),
@@ -487,7 +503,7 @@ impl Plugin for Jwt {
         let Some(token) = self.token(req).map(str::to_string) else {
             return self.fail(ctx, AuthFail::Missing);
         };
-        if token.len() > MAX_TOKEN {
+        if token.len() > self.max_token {
             return self.fail(ctx, AuthFail::Invalid);
         }
         let digest = crate::auth::sha256(token.as_bytes());
@@ -535,9 +551,32 @@ impl Plugin for Jwt {
     }
 }
 
+/// RFC 7515 §4.1.11: `crit` lists header extensions the recipient MUST understand or reject the
+/// token. Postern understands none (RFC 7797's unencoded payload `b64` included), and an empty
+/// `crit` is forbidden outright, so any `crit` makes the token invalid; so does a `b64` that is
+/// not `true`, since it changes what the signature covers. An unreadable header is invalid too.
+fn has_extensions(token: &str) -> bool {
+    use base64::Engine;
+    let head = token.split('.').next().unwrap_or_default();
+    let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(head) else {
+        return true;
+    };
+    match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&bytes) {
+        Ok(h) => {
+            h.contains_key("crit")
+                || h.get("b64")
+                    .is_some_and(|b| *b != serde_json::Value::Bool(true))
+        }
+        Err(_) => true,
+    }
+}
+
 impl Jwt {
     /// The full check of a token not seen before: header, key, signature and claims.
     async fn verify_token(&self, token: &str, _ctx: &RequestCtx) -> Result<Claims, AuthFail> {
+        if has_extensions(token) {
+            return Err(AuthFail::Invalid);
+        }
         let Ok(header) = jsonwebtoken::decode_header(token) else {
             return Err(AuthFail::Invalid);
         };

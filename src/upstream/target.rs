@@ -87,11 +87,21 @@ impl TargetState {
             self.passive_failures.store(0, Relaxed);
             return false;
         }
+        let now = now_ms();
+        let until = self.ejected_until.load(Relaxed);
+        if until > now {
+            // Requests sent before the ejection still fail as they finish: they neither extend
+            // it nor count towards the next one (one ejection, one log line).
+            return false;
+        }
         let n = self.passive_failures.fetch_add(1, Relaxed) + 1;
         if n >= unhealthy_after {
             self.passive_failures.store(0, Relaxed);
-            self.ejected_until.store(now_ms() + eject_for_ms, Relaxed);
-            return true;
+            // Only one of several threads failing at once makes the transition.
+            return self
+                .ejected_until
+                .compare_exchange(until, now + eject_for_ms, Relaxed, Relaxed)
+                .is_ok();
         }
         false
     }
@@ -184,6 +194,20 @@ mod tests {
         assert!(t.record_passive(false, 2, 60_000));
         assert!(!t.is_healthy(now_ms()));
         assert!(t.is_healthy(now_ms() + 60_001));
+    }
+
+    /// Regression (issue 12): "ejected for 30s" was logged up to 7 times for one ejection, as
+    /// requests already in flight failed after it.
+    #[test]
+    fn one_ejection_per_transition() {
+        let t = TargetState::new("127.0.0.1:1".parse().unwrap(), None, 1);
+        let ejections = (0..20)
+            .filter(|_| t.record_passive(false, 3, 60_000))
+            .count();
+        assert_eq!(ejections, 1);
+        let until = t.ejected_until.load(Relaxed);
+        assert!(!t.record_passive(false, 1, 120_000));
+        assert_eq!(t.ejected_until.load(Relaxed), until, "not extended");
     }
 
     #[test]
