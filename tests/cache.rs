@@ -537,3 +537,41 @@ async fn disk_tier_survives_a_restart_and_rejects_a_damaged_file() {
     assert_eq!(hd["x-cache"], "MISS", "a damaged file is not served");
     assert_eq!(body, "/c/fresh/damaged #2");
 }
+
+/// Regressions (issue 12): `stale-if-error` was not used when the failure came out of the
+/// retry logic (503 no-healthy-upstream with the default retry settings), and a stored
+/// `no-cache` answer was served stale when the origin went away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_if_error_after_retries_and_never_for_no_cache() {
+    let o = FnServer::start(|s: &Seen| {
+        let cc = if s.uri.contains("nocache") {
+            "max-age=1, no-cache, stale-if-error=60"
+        } else {
+            "max-age=1, stale-if-error=60"
+        };
+        (200, vec![("cache-control", cc.to_string())], s.uri.clone())
+    })
+    .await;
+    // Two targets of one origin and the default retry policy: a failure goes through retries.
+    let body = format!(
+        "upstreams:\n  o: {{ targets: [ {{ addr: \"{a}\" }}, {{ addr: \"{a}\", weight: 1 }} ] }}\nroutes:\n  - name: cached\n    match: {{ path: /c/* }}\n    upstream: o\n    plugins:\n      - cache: {{ x_cache: true }}\n",
+        a = o.addr
+    );
+    let gw = Gateway::start(&body);
+    let c = client();
+    assert_eq!(get(&c, &gw.url("/c/sie"), &[]).await.0, 200);
+    assert_eq!(get(&c, &gw.url("/c/nocache"), &[]).await.0, 200);
+    o.kill();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (s, hd, b) = get(&c, &gw.url("/c/sie"), &[]).await;
+        if hd.get("x-cache").map(String::as_str) != Some("HIT") {
+            assert_eq!((s, b.as_str()), (200, "/c/sie"), "the stale copy: {hd:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the entry never expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (s, hd, _) = get(&c, &gw.url("/c/nocache"), &[]).await;
+    assert!(s >= 500, "no-cache forbids the stale copy: {s} {hd:?}");
+}

@@ -169,3 +169,30 @@ async fn listed_statuses_are_retried_for_idempotent_requests_only() {
         "a POST is never replayed: b's 503 reaches the client"
     );
 }
+
+/// Regression (issue 12): killing one of two targets under keep-alive load gave 3 to 16 502s:
+/// a closed pooled connection used up the one retry and the retry went back to the dead target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_one_of_two_targets_under_keep_alive_load_loses_no_get() {
+    for round in 0..3 {
+        let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+        let body = format!(
+            "upstreams:\n  pool:\n    targets: [ {{ addr: \"{}\" }}, {{ addr: \"{}\" }} ]\n    retry: {{ attempts: 2, on: [connect_error] }}\nroutes:\n  - {{ match: {{ path: /* }}, upstream: pool }}\n",
+            a.addr, b.addr
+        );
+        let gw = Gateway::start(&body);
+        // `keep_alive_load` fails on any non-2xx answer or lost request.
+        let mut load = crate::util::keep_alive_load(&gw.url("/x"), 8, 150, "x-request-id");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while a.hits() < 100 {
+            assert!(std::time::Instant::now() < deadline, "no load reached a");
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        a.kill();
+        let b_before = b.hits();
+        while let Some(r) = load.join_next().await {
+            assert!(r.is_ok(), "round {round}: a request failed: {r:?}");
+        }
+        assert!(b.hits() > b_before, "b took the load");
+    }
+}

@@ -297,9 +297,13 @@ pub fn cacheable(
     }
     let now = SystemTime::now();
     let cc = CacheControl::from_resp_headers(resp);
-    // must-revalidate, proxy-revalidate and s-maxage forbid serving stale (RFC 9111 §5.2.2).
+    // must-revalidate, proxy-revalidate and s-maxage forbid serving stale (RFC 9111 §5.2.2),
+    // and so does an unqualified no-cache (§5.2.2.4: never used without revalidation).
     let no_stale = cc.as_ref().is_some_and(|c| {
-        c.must_revalidate() || c.proxy_revalidate() || c.s_maxage().ok().flatten().is_some()
+        c.must_revalidate()
+            || c.proxy_revalidate()
+            || c.no_cache()
+            || c.s_maxage().ok().flatten().is_some()
     });
     let swr = cc
         .as_ref()

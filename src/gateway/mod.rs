@@ -32,6 +32,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// Tries on closed pooled connections allowed per request, beyond `retry.attempts`.
+const MAX_STALE_TRIES: u32 = 3;
+
 static DRAINING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// From now on every response closes its client connection (graceful upgrade or stop).
@@ -65,7 +68,12 @@ pub struct Ctx {
     target: Option<Arc<TargetState>>,
     _inflight: Option<InflightGuard>,
     tried: smallvec::SmallVec<[SocketAddr; 2]>,
+    /// Attempts made, as `retry.attempts` counts them (a closed pooled connection is not one).
     tries: u32,
+    /// Tries that failed on a pooled connection the target had already closed.
+    stale_tries: u32,
+    /// The next try opens a new connection instead of taking a pooled one.
+    fresh: bool,
     body_bytes: u64,
     failure: Option<GatewayError>,
     /// Start of the request; `None` when nothing reads durations (no metrics, access log or
@@ -135,6 +143,8 @@ impl ProxyHttp for Gateway {
             _inflight: None,
             tried: smallvec::SmallVec::new(),
             tries: 0,
+            stale_tries: 0,
+            fresh: false,
             body_bytes: 0,
             failure: None,
             started: self.timed.then(Instant::now),
@@ -298,7 +308,12 @@ impl ProxyHttp for Gateway {
         _ctx: &mut Ctx,
         error: Option<&Error>,
     ) -> bool {
-        error.is_none_or(|e| e.esource() == &pingora::ErrorSource::Upstream)
+        // The retry logic ends with 503 no-healthy-upstream once every target failed: an
+        // upstream failure too (RFC 5861 §4 `stale-if-error`).
+        error.is_none_or(|e| {
+            e.esource() == &pingora::ErrorSource::Upstream
+                || matches!(e.etype(), pingora::ErrorType::HTTPStatus(502..=504))
+        })
     }
 
     async fn request_body_filter(
@@ -324,7 +339,8 @@ impl ProxyHttp for Gateway {
             return Err(fail(ctx, GatewayError::Internal));
         };
         let group = &route.upstream;
-        if ctx.tries > 0 && !group.retry.backoff.is_zero() {
+        let fresh = std::mem::take(&mut ctx.fresh);
+        if ctx.tries > 0 && !fresh && !group.retry.backoff.is_zero() {
             tokio::time::sleep(group.retry.backoff).await;
         }
         let target = group
@@ -341,7 +357,7 @@ impl ProxyHttp for Gateway {
         }
         ctx.tried.push(target.addr);
         ctx._inflight = Some(target.begin());
-        let peer = group.http_peer(&target);
+        let peer = group.http_peer(&target, fresh);
         ctx.target = Some(target);
         Ok(Box::new(peer))
     }
@@ -379,9 +395,13 @@ impl ProxyHttp for Gateway {
             return e;
         };
         let retry = if stale_pooled {
-            // A pooled connection closed by the target: not the target's fault, try it again once.
-            ctx.tried.retain(|a| *a != t.addr);
-            idempotent && replayable && ctx.tries <= route.upstream.retry.attempts
+            // A pooled connection the target had closed (idle close, restart, or the target
+            // died): not an attempt and not a health failure. The next try opens a new
+            // connection, to another target first (this one stays in `tried`).
+            ctx.tries = ctx.tries.saturating_sub(1);
+            ctx.stale_tries += 1;
+            ctx.fresh = true;
+            idempotent && replayable && ctx.stale_tries <= MAX_STALE_TRIES
         } else {
             if e.esource() == &pingora::ErrorSource::Upstream {
                 route.upstream.record_outcome(t, false);
@@ -538,6 +558,23 @@ impl ProxyHttp for Gateway {
     /// are expected traffic, not gateway faults: keep them out of the error log.
     fn suppress_error_log(&self, _s: &Session, ctx: &Ctx, _e: &Error) -> bool {
         ctx.req.status.is_some_and(|s| s < 500)
+    }
+
+    /// A failed try that is retried is not a failed request: retries are counted in
+    /// `postern_upstream_retries_total` and the access log's `tries`; the detail goes to the
+    /// debug log instead of a warning per try.
+    fn suppress_proxy_warn_log(
+        &self,
+        _s: &Session,
+        _ctx: &Ctx,
+        e: &Error,
+        context: pingora::proxy::ProxyWarnLogContext,
+    ) -> bool {
+        let retry = matches!(context, pingora::proxy::ProxyWarnLogContext::UpstreamRetry);
+        if retry {
+            log::debug!("retrying after: {e}");
+        }
+        retry
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {

@@ -230,35 +230,55 @@ impl UpstreamGroup {
         self.specs.iter().any(|s| s.is_name)
     }
 
-    /// Picks a healthy target not in `tried`.
+    /// Picks a healthy target, one not in `tried` when there is one.
     pub fn select(
         &self,
         req: &RequestHeader,
         client_ip: Option<IpAddr>,
         tried: &[SocketAddr],
     ) -> Result<Arc<TargetState>, GatewayError> {
-        let pool = self.pool.load();
         let now = now_ms();
-        let ok = |t: &TargetState| t.is_healthy(now) && !tried.contains(&t.addr);
+        let untried = |t: &TargetState| t.is_healthy(now) && !tried.contains(&t.addr);
+        if let Some(t) = self.pick(req, client_ip, &untried) {
+            return Ok(t);
+        }
+        // Every healthy target was tried: a retry goes back to one rather than give up.
+        match tried.is_empty() {
+            true => Err(GatewayError::NoHealthyTarget),
+            false => self
+                .pick(req, client_ip, &|t: &TargetState| t.is_healthy(now))
+                .ok_or(GatewayError::NoHealthyTarget),
+        }
+    }
+
+    /// The balancer's choice among the targets `ok` accepts.
+    fn pick(
+        &self,
+        req: &RequestHeader,
+        client_ip: Option<IpAddr>,
+        ok: &dyn Fn(&TargetState) -> bool,
+    ) -> Option<Arc<TargetState>> {
+        let pool = self.pool.load();
         let picked = match self.balance {
-            Balance::RoundRobin => pool.round_robin(&ok),
-            Balance::Random => pool.random(&ok),
-            Balance::LeastConn => pool.least_conn(&ok),
+            Balance::RoundRobin => pool.round_robin(ok),
+            Balance::Random => pool.random(ok),
+            Balance::LeastConn => pool.least_conn(ok),
             Balance::ConsistentHash => match self
                 .hash_key
                 .as_ref()
                 .and_then(|k| k.extract(req, client_ip))
             {
-                Some(key) => pool.hashed(&key, &ok),
-                None if self.fallback == HashFallback::Random => pool.random(&ok),
-                None => pool.round_robin(&ok),
+                Some(key) => pool.hashed(&key, ok),
+                None if self.fallback == HashFallback::Random => pool.random(ok),
+                None => pool.round_robin(ok),
             },
         };
-        picked.cloned().ok_or(GatewayError::NoHealthyTarget)
+        picked.cloned()
     }
 
-    /// The peer to connect to `t`, with this group's timeouts, TLS and HTTP version.
-    pub fn http_peer(&self, t: &TargetState) -> HttpPeer {
+    /// The peer to connect to `t`, with this group's timeouts, TLS and HTTP version. `fresh`:
+    /// a new connection, not a pooled one (the try after a pooled connection turned out closed).
+    pub fn http_peer(&self, t: &TargetState, fresh: bool) -> HttpPeer {
         let p = &self.peer;
         let sni = match (p.tls, &p.sni, &t.host) {
             (false, _, _) => String::new(),
@@ -269,7 +289,13 @@ impl UpstreamGroup {
         let mut peer = HttpPeer::new(t.addr, p.tls, sni);
         // Pooled connections are keyed by address, SNI and verify flags but not by CA or
         // timeouts: keep each upstream group's connections apart.
-        peer.group_key = self.pool_key;
+        // Pingora cannot be told to skip its pool, but the pool is keyed by `group_key`: a key
+        // of its own has no idle connection to hand out.
+        peer.group_key = if fresh {
+            self.pool_key ^ FRESH_POOL
+        } else {
+            self.pool_key
+        };
         let o = &mut peer.options;
         let to = &p.timeouts;
         o.connection_timeout = Some(to.connect.0);
@@ -314,6 +340,9 @@ impl UpstreamGroup {
             .is_some_and(|p| p.statuses.contains(&status))
     }
 }
+
+/// Pool key of connections opened after a pooled one failed (see [`UpstreamGroup::http_peer`]).
+const FRESH_POOL: u64 = 0x9e37_79b9_7f4a_7c15;
 
 fn parse_target(addr: &str, weight: u32) -> Option<TargetSpec> {
     if let Ok(sa) = addr.parse::<SocketAddr>() {

@@ -31,6 +31,7 @@ pub struct Upstream {
     pub name: String,
     pub state: Arc<State>,
     task: JoinHandle<()>,
+    kill: tokio::sync::watch::Sender<bool>,
 }
 
 impl Upstream {
@@ -51,17 +52,21 @@ impl Upstream {
         state.health_status.store(200, SeqCst);
         state.status.store(200, SeqCst);
         let (st, nm) = (state.clone(), name.to_string());
+        let (kill, killed) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((sock, _)) = listener.accept().await else {
                     continue;
                 };
-                let (st, nm) = (st.clone(), nm.clone());
+                let (st, nm, mut killed) = (st.clone(), nm.clone(), killed.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| handle(req, st.clone(), nm.clone()));
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection_with_upgrades(TokioIo::new(sock), svc)
-                        .await;
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(sock), svc);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = killed.wait_for(|k| *k) => {}
+                    }
                 });
             }
         });
@@ -70,7 +75,15 @@ impl Upstream {
             name: name.to_string(),
             state,
             task,
+            kill,
         }
+    }
+
+    /// Dies like a killed process: the listener and every open connection close at once,
+    /// requests in flight included.
+    pub fn kill(&self) {
+        self.task.abort();
+        self.kill.send_replace(true);
     }
 
     pub fn hits(&self) -> usize {
@@ -315,6 +328,7 @@ pub struct FnServer {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
     task: JoinHandle<()>,
+    kill: tokio::sync::watch::Sender<bool>,
 }
 
 impl FnServer {
@@ -326,12 +340,13 @@ impl FnServer {
         let hits = Arc::new(AtomicUsize::new(0));
         let f: Arc<Handler> = Arc::new(f);
         let h = hits.clone();
+        let (kill, killed) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((sock, _)) = listener.accept().await else {
                     continue;
                 };
-                let (f, h) = (f.clone(), h.clone());
+                let (f, h, mut killed) = (f.clone(), h.clone(), killed.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let (f, h) = (f.clone(), h.clone());
@@ -357,13 +372,27 @@ impl FnServer {
                             Ok::<_, Infallible>(b.body(Full::new(Bytes::from(body))).unwrap())
                         }
                     });
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(sock), svc)
-                        .await;
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    let conn = builder.serve_connection(TokioIo::new(sock), svc);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = killed.wait_for(|k| *k) => {}
+                    }
                 });
             }
         });
-        FnServer { addr, hits, task }
+        FnServer {
+            addr,
+            hits,
+            task,
+            kill,
+        }
+    }
+
+    /// Dies like a killed process: the listener and every open connection close at once.
+    pub fn kill(&self) {
+        self.task.abort();
+        self.kill.send_replace(true);
     }
 
     pub fn hits(&self) -> usize {
