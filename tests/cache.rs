@@ -575,3 +575,174 @@ async fn stale_if_error_after_retries_and_never_for_no_cache() {
     let (s, hd, _) = get(&c, &gw.url("/c/nocache"), &[]).await;
     assert!(s >= 500, "no-cache forbids the stale copy: {s} {hd:?}");
 }
+
+/// Regressions (issue 12, RFC 9111): the origin's `Age` was ignored, `Expires` was measured
+/// from now instead of from `Date`, a 304 updated only a few stored fields, `CDN-Cache-Control`
+/// (RFC 9213) was not read, and statuses with explicit freshness outside the short default
+/// list were not stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc9111_age_expires_304_merge_targeted_fields_and_statuses() {
+    let revalidations = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let r = revalidations.clone();
+    let o = FnServer::start(move |s: &Seen| {
+        let path = s.uri.as_str();
+        let h = |pairs: &[(&'static str, &str)]| -> Vec<(&'static str, String)> {
+            pairs.iter().map(|(k, v)| (*k, v.to_string())).collect()
+        };
+        let date = |offset: i64| {
+            let t = std::time::SystemTime::now();
+            let t = if offset >= 0 {
+                t + Duration::from_secs(offset as u64)
+            } else {
+                t - Duration::from_secs((-offset) as u64)
+            };
+            httpdate::fmt_http_date(t)
+        };
+        match path {
+            "/c/aged-out" => (
+                200,
+                h(&[("age", "7200"), ("cache-control", "max-age=3600")]),
+                "a".into(),
+            ),
+            "/c/aged" => (
+                200,
+                h(&[("age", "100"), ("cache-control", "max-age=3600")]),
+                "a".into(),
+            ),
+            // The origin's clock is 1000 s ahead: Expires is 60 s after its Date.
+            "/c/expires" => (
+                200,
+                h(&[("date", &date(1000)), ("expires", &date(1060))]),
+                "e".into(),
+            ),
+            "/c/revalidate" => {
+                if s.headers.get("if-none-match").is_some() {
+                    r.fetch_add(1, SeqCst);
+                    (
+                        304,
+                        h(&[
+                            ("etag", "\"v1\""),
+                            ("cache-control", "max-age=60"),
+                            ("x-version", "2"),
+                        ]),
+                        String::new(),
+                    )
+                } else {
+                    (
+                        200,
+                        h(&[
+                            ("etag", "\"v1\""),
+                            ("cache-control", "max-age=0"),
+                            ("x-version", "1"),
+                        ]),
+                        "r".into(),
+                    )
+                }
+            }
+            "/c/cdn" => (
+                200,
+                h(&[
+                    ("cache-control", "no-store"),
+                    ("cdn-cache-control", "max-age=60"),
+                ]),
+                "c".into(),
+            ),
+            "/c/cdn-nostore" => (
+                200,
+                h(&[
+                    ("cache-control", "max-age=60"),
+                    ("cdn-cache-control", "no-store"),
+                ]),
+                "c".into(),
+            ),
+            "/c/own" => (
+                200,
+                h(&[
+                    ("cdn-cache-control", "no-store"),
+                    ("x-postern-cc", "max-age=60"),
+                ]),
+                "o".into(),
+            ),
+            "/c/s500" => (500, h(&[("cache-control", "max-age=60")]), "s".into()),
+            "/c/s503" => (503, h(&[("cache-control", "max-age=60")]), "s".into()),
+            "/c/s500-heuristic" => (500, vec![], "s".into()),
+            _ => (200, h(&[("cache-control", "max-age=60")]), "d".into()),
+        }
+    })
+    .await;
+    let body = format!(
+        "upstreams:\n  o: {{ targets: [ {{ addr: \"{}\" }} ] }}\nroutes:\n  - name: cached\n    match: {{ path: /c/* }}\n    upstream: o\n    plugins:\n      - cache: {{ ttl: 30s, x_cache: true, targeted: [x-postern-cc, cdn-cache-control] }}\n",
+        o.addr
+    );
+    let gw = Gateway::start(&body);
+    let c = client();
+    let twice = |p: &'static str| {
+        let (c, url) = (c.clone(), gw.url(p));
+        async move {
+            let first = get(&c, &url, &[]).await;
+            let second = get(&c, &url, &[]).await;
+            (first, second)
+        }
+    };
+    // Age at arrival counts: 7200 s old with max-age=3600 is stale on arrival.
+    let (_, (_, hd, _)) = twice("/c/aged-out").await;
+    assert_ne!(hd["x-cache"], "HIT", "{hd:?}");
+    let (_, (_, hd, _)) = twice("/c/aged").await;
+    assert_eq!(hd["x-cache"], "HIT", "{hd:?}");
+    let age: u64 = hd["age"].parse().unwrap();
+    assert!(
+        (100..200).contains(&age),
+        "Age includes the age at arrival: {age}"
+    );
+    // Expires - Date = 60 s, whatever the origin's clock says.
+    let (_, (_, hd, _)) = twice("/c/expires").await;
+    assert_eq!(hd["x-cache"], "HIT", "{hd:?}");
+    let ttl: i64 = hd["cache-status"]
+        .rsplit("ttl=")
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (0..=60).contains(&ttl),
+        "freshness from Date, not from now: {hd:?}"
+    );
+    // A 304 replaces the stored fields it carries.
+    let ((_, first, _), (_, second, body)) = twice("/c/revalidate").await;
+    assert_eq!(first["x-version"], "1");
+    assert_eq!(revalidations.load(SeqCst), 1, "{second:?}");
+    assert_eq!((second["x-version"].as_str(), body.as_str()), ("2", "r"));
+    let (_, hd, _) = get(&c, &gw.url("/c/revalidate"), &[]).await;
+    assert_eq!(
+        (hd["x-cache"].as_str(), hd["x-version"].as_str()),
+        ("HIT", "2"),
+        "{hd:?}"
+    );
+    assert_eq!(
+        revalidations.load(SeqCst),
+        1,
+        "max-age=60 from the 304 made it fresh"
+    );
+    // Targeted fields win over Cache-Control, the route's own first.
+    for (path, stored) in [
+        ("/c/cdn", true),
+        ("/c/cdn-nostore", false),
+        ("/c/own", true),
+    ] {
+        let (_, (_, hd, _)) = twice(path).await;
+        assert_eq!(hd["x-cache"] == "HIT", stored, "{path}: {hd:?}");
+    }
+    // Explicit freshness stores any final status; a heuristic only the RFC 9110 list.
+    for (path, stored) in [
+        ("/c/s500", true),
+        ("/c/s503", true),
+        ("/c/s500-heuristic", false),
+    ] {
+        let (_, (_, hd, _)) = twice(path).await;
+        assert_eq!(
+            hd.get("x-cache").is_some_and(|v| v == "HIT"),
+            stored,
+            "{path}: {hd:?}"
+        );
+    }
+}

@@ -11,12 +11,10 @@ pub mod storage;
 
 use http::{HeaderName, Method};
 use pingora::cache::cache_control::CacheControl;
-use pingora::cache::filters::resp_cacheable;
 use pingora::cache::key::HashBinary;
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora::cache::{
-    CacheKey, CacheMeta, CacheMetaDefaults, CachePhase, NoCacheReason, RespCacheable,
-    VarianceBuilder,
+    CacheKey, CacheMeta, CachePhase, NoCacheReason, RespCacheable, VarianceBuilder,
 };
 use pingora::http::{RequestHeader, ResponseHeader};
 use std::sync::OnceLock;
@@ -160,7 +158,10 @@ pub struct CachePolicy {
     pub ttl: Option<Duration>,
     pub max_ttl: Duration,
     pub force_ttl: Option<Duration>,
-    pub statuses: Vec<u16>,
+    /// Statuses that may be stored; `None`: see [`storable_status`].
+    pub statuses: Option<Vec<u16>>,
+    /// Targeted cache-control fields (RFC 9213), in precedence order.
+    pub targeted: Vec<HeaderName>,
     pub host_in_key: bool,
     pub query: QueryKey,
     pub headers: Vec<HeaderName>,
@@ -271,21 +272,85 @@ pub fn key(
     CacheKey::new(primary, url)
 }
 
-/// No heuristic freshness: a response without freshness information is not stored unless the
-/// route gives a default `ttl`.
-static NO_DEFAULTS: CacheMetaDefaults = CacheMetaDefaults::new(|_| None, 0, 0);
+/// The cache-control directives Postern's cache obeys: the first targeted field present
+/// (RFC 9213 `CDN-Cache-Control`, or the route's own), else `Cache-Control`.
+fn directives(policy: &CachePolicy, resp: &ResponseHeader) -> Option<CacheControl> {
+    policy
+        .targeted
+        .iter()
+        .find_map(|name| CacheControl::from_resp_headers_named(name.as_str(), resp))
+        .or_else(|| CacheControl::from_resp_headers(resp))
+}
 
-/// RFC 9111 storability with the route's overrides.
+/// Whether a response with `status` may be stored. With `explicit` freshness any final status
+/// except 206 (partial) and 304 (a validation answer) may (RFC 9111 §3); a heuristic (the
+/// route's `ttl`) only covers the statuses RFC 9110 §15.1 calls heuristically cacheable. A
+/// configured `statuses` list decides both.
+fn storable_status(policy: &CachePolicy, status: u16, explicit: bool) -> bool {
+    match &policy.statuses {
+        Some(list) => list.contains(&status),
+        None if explicit => (200..600).contains(&status) && !matches!(status, 206 | 304),
+        None => crate::plugins::cache::HEURISTIC_STATUSES.contains(&status),
+    }
+}
+
+/// RFC 9111 §4.2.1: the explicit freshness lifetime: `s-maxage`, then `max-age` (`no-cache`:
+/// zero), then `Expires` minus `Date` (a single invalid `Expires` means already expired; several
+/// are ignored). `None`: the origin said nothing about freshness.
+fn explicit_lifetime(cc: Option<&CacheControl>, resp: &ResponseHeader) -> Option<Duration> {
+    use pingora::cache::cache_control::InterpretCacheControl;
+    if let Some(d) = cc.and_then(|c| c.fresh_duration()) {
+        return Some(d);
+    }
+    let mut expires = resp.headers.get_all(http::header::EXPIRES).iter();
+    let (Some(value), None) = (expires.next(), expires.next()) else {
+        return None;
+    };
+    let Some(expires) = http_date(value) else {
+        return Some(Duration::ZERO);
+    };
+    let date = resp
+        .headers
+        .get(http::header::DATE)
+        .and_then(http_date)
+        .unwrap_or_else(SystemTime::now);
+    Some(expires.duration_since(date).unwrap_or_default())
+}
+
+fn http_date(v: &http::HeaderValue) -> Option<SystemTime> {
+    let t = v.to_str().ok()?.parse::<httpdate::HttpDate>().ok()?;
+    Some(SystemTime::from(t))
+}
+
+/// RFC 9111 §4.2.3: how old the response already was when it arrived, from its `Age` and its
+/// `Date` (the larger of the two; a `Date` in the future counts as zero).
+fn initial_age(resp: &ResponseHeader, now: SystemTime) -> Duration {
+    let age_value = resp
+        .headers
+        .get(http::header::AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(Duration::ZERO, Duration::from_secs);
+    let apparent = resp
+        .headers
+        .get(http::header::DATE)
+        .and_then(http_date)
+        .and_then(|d| now.duration_since(d).ok())
+        .unwrap_or_default();
+    age_value.max(apparent)
+}
+
+/// RFC 9111 storability with the route's overrides. Freshness counts from when the response was
+/// created (now minus its age at arrival), so an answer that arrives with `Age: 7200` and
+/// `max-age=3600` is already stale, and hits report `Age` from the same origin.
 pub fn cacheable(
     policy: &CachePolicy,
     resp: &ResponseHeader,
     authorization_present: bool,
 ) -> RespCacheable {
+    use pingora::cache::cache_control::{Cacheable, InterpretCacheControl};
     use RespCacheable::Uncacheable;
     let status = resp.status.as_u16();
-    if !policy.statuses.contains(&status) {
-        return Uncacheable(NoCacheReason::Custom("status not cacheable by the route"));
-    }
     if !policy.store_set_cookie && resp.headers.contains_key(http::header::SET_COOKIE) {
         return Uncacheable(NoCacheReason::Custom("set-cookie"));
     }
@@ -295,8 +360,18 @@ pub fn cacheable(
     }) {
         return Uncacheable(NoCacheReason::Custom("vary: *"));
     }
-    let now = SystemTime::now();
-    let cc = CacheControl::from_resp_headers(resp);
+    let cc = directives(policy, resp);
+    let private = cc
+        .as_ref()
+        .is_some_and(|c| c.is_cacheable() == Cacheable::No);
+    // RFC 9111 §3.5: an answer to a request with credentials only when the response allows it.
+    let auth_blocked = authorization_present
+        && cc
+            .as_ref()
+            .is_none_or(|c| !c.allow_caching_authorized_req());
+    if private || (auth_blocked && policy.force_ttl.is_none()) {
+        return Uncacheable(NoCacheReason::OriginNotCache);
+    }
     // must-revalidate, proxy-revalidate and s-maxage forbid serving stale (RFC 9111 §5.2.2),
     // and so does an unqualified no-cache (§5.2.2.4: never used without revalidation).
     let no_stale = cc.as_ref().is_some_and(|c| {
@@ -314,48 +389,95 @@ pub fn cacheable(
         .and_then(|c| c.stale_if_error().ok().flatten())
         .unwrap_or(policy.stale_if_error.as_secs() as u32);
     let (swr, sie) = if no_stale { (0, 0) } else { (swr, sie) };
-    let build = |ttl: Duration, header: ResponseHeader| {
-        RespCacheable::Cacheable(CacheMeta::new(now + ttl, now, swr, sie, header))
-    };
-    if let Some(force) = policy.force_ttl {
+    let now = SystemTime::now();
+    let mut header = resp.clone();
+    if let Some(c) = &cc {
+        c.strip_private_headers(&mut header);
+    }
+    // Recomputed on every hit from the entry's creation time.
+    header.remove_header(&http::header::AGE);
+    let (lifetime, created) = if let Some(force) = policy.force_ttl {
         // The route overrides the origin, except where storing would leak a private answer.
-        if authorization_present || cc.as_ref().is_some_and(|c| c.private()) {
+        if authorization_present {
             return Uncacheable(NoCacheReason::OriginNotCache);
         }
-        return build(force, resp.clone());
-    }
-    match resp_cacheable(
-        cc.as_ref(),
-        resp.clone(),
-        authorization_present,
-        &NO_DEFAULTS,
-    ) {
-        RespCacheable::Cacheable(meta) => {
-            let fresh = meta
-                .fresh_until()
-                .duration_since(now)
-                .unwrap_or_default()
-                .min(policy.max_ttl);
-            let header = meta.response_header_copy();
-            RespCacheable::Cacheable(CacheMeta::new(now + fresh, now, swr, sie, header))
+        if !storable_status(policy, status, false) {
+            return Uncacheable(NoCacheReason::Custom("status not cacheable by the route"));
         }
-        Uncacheable(reason) => {
-            // The origin said nothing about freshness: the route's default applies.
-            let silent = cc.as_ref().is_none_or(|c| {
-                !c.no_store()
-                    && !c.no_cache()
-                    && !c.private()
-                    && c.max_age().ok().flatten().is_none()
-                    && c.s_maxage().ok().flatten().is_none()
-            }) && !resp.headers.contains_key(http::header::EXPIRES);
-            match policy.ttl {
-                Some(ttl) if silent && !authorization_present => {
-                    build(ttl.min(policy.max_ttl), resp.clone())
-                }
-                _ => Uncacheable(reason),
-            }
+        (force, now)
+    } else {
+        let explicit = explicit_lifetime(cc.as_ref(), resp);
+        if !storable_status(policy, status, explicit.is_some()) {
+            return Uncacheable(NoCacheReason::Custom("status not cacheable by the route"));
+        }
+        let lifetime = match (explicit, policy.ttl) {
+            (Some(l), _) => l,
+            (None, Some(ttl)) if !authorization_present => ttl,
+            (None, _) => return Uncacheable(NoCacheReason::OriginNotCache),
+        };
+        let age = initial_age(resp, now);
+        (
+            lifetime.min(policy.max_ttl),
+            now.checked_sub(age).unwrap_or(now),
+        )
+    };
+    RespCacheable::Cacheable(CacheMeta::new(
+        created + lifetime,
+        created,
+        swr,
+        sie,
+        header,
+    ))
+}
+
+/// Fields of a 304 that do not replace the stored ones (RFC 9111 §3.2): framing and
+/// connection fields, fields that describe a body the 304 does not have, and `Vary` (Pingora
+/// keeps the stored variance across a 304). `Age` is recomputed from `Date`.
+const NOT_MERGED: [HeaderName; 14] = [
+    http::header::CONTENT_LENGTH,
+    http::header::TRANSFER_ENCODING,
+    http::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::UPGRADE,
+    http::header::PROXY_AUTHENTICATE,
+    HeaderName::from_static("proxy-authentication-info"),
+    http::header::CONTENT_ENCODING,
+    http::header::CONTENT_RANGE,
+    http::header::VARY,
+    http::header::AGE,
+];
+
+/// RFC 9111 §4.3.4: the stored header after a 304: every field of the 304 replaces the stored
+/// field of that name (Pingora itself copies only Cache-Control, Expires, ETag and a few
+/// more). A 304 without `Date` drops the stored one, so the entry's age restarts from now.
+pub fn merge_not_modified(
+    stored: &ResponseHeader,
+    not_modified: &http::HeaderMap,
+) -> ResponseHeader {
+    let mut h = stored.clone();
+    let nominated: Vec<String> = not_modified
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .collect();
+    for name in not_modified.keys() {
+        if NOT_MERGED.contains(name) || nominated.iter().any(|n| n == name.as_str()) {
+            continue;
+        }
+        h.remove_header(name);
+        for v in not_modified.get_all(name) {
+            let _ = h.append_header(name.clone(), v.clone());
         }
     }
+    if !not_modified.contains_key(http::header::DATE) {
+        h.remove_header(&http::header::DATE);
+    }
+    h
 }
 
 /// Secondary key from the stored response's `Vary` (RFC 9111 §4.1).

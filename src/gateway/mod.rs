@@ -85,6 +85,8 @@ pub struct Ctx {
     had_authorization: bool,
     /// How the cache answered (`HIT`, `MISS`, ...), on cached routes.
     cache_status: Option<&'static str>,
+    /// The fields of a 304 that revalidated a stored response (merged in `response_cache_filter`).
+    not_modified: Option<Box<http::HeaderMap>>,
     /// Start of the request on the Unix clock (for exported spans).
     started_unix: u64,
     /// Upstream calls of a sampled trace: span id, target, start and end (Unix ns).
@@ -152,6 +154,7 @@ impl ProxyHttp for Gateway {
             upstream_secs: None,
             had_authorization: false,
             cache_status: None,
+            not_modified: None,
             started_unix: 0,
             client_spans: Vec::new(),
             _counted: InFlight::new(),
@@ -285,9 +288,15 @@ impl ProxyHttp for Gateway {
         resp: &ResponseHeader,
         ctx: &mut Ctx,
     ) -> pingora::Result<RespCacheable> {
-        Ok(match ctx.route.as_ref().and_then(|r| r.cache.as_ref()) {
-            Some(policy) => crate::cache::cacheable(policy, resp, ctx.had_authorization),
-            None => RespCacheable::Uncacheable(NoCacheReason::NeverEnabled),
+        let Some(policy) = ctx.route.as_ref().and_then(|r| r.cache.as_ref()) else {
+            return Ok(RespCacheable::Uncacheable(NoCacheReason::NeverEnabled));
+        };
+        Ok(match ctx.not_modified.take() {
+            Some(fields) => {
+                let merged = crate::cache::merge_not_modified(resp, &fields);
+                crate::cache::cacheable(policy, &merged, ctx.had_authorization)
+            }
+            None => crate::cache::cacheable(policy, resp, ctx.had_authorization),
         })
     }
 
@@ -456,6 +465,9 @@ impl ProxyHttp for Gateway {
         if let Some(last) = ctx.client_spans.last_mut() {
             last.3
                 .get_or_insert_with(crate::observability::otlp::unix_nanos);
+        }
+        if status == 304 && session.cache.maybe_cache_meta().is_some() {
+            ctx.not_modified = Some(Box::new(resp.headers.clone()));
         }
         let (Some(route), Some(t)) = (&ctx.route, &ctx.target) else {
             return Ok(());

@@ -7,7 +7,9 @@
 //!       ttl: 60s                      # when the origin gives no freshness (none: not stored)
 //!       max_ttl: 1h                   # cap on what the origin asks for
 //!       # force_ttl: 30s              # ignore the origin's freshness
-//!       statuses: [200, 203, 204, 300, 301, 308, 404, 410]
+//!       # statuses: [200, 404]        # default: any status with explicit freshness, the
+//!                                     # RFC 9110 heuristic list with `ttl`
+//!       targeted: [cdn-cache-control] # RFC 9213 fields read before Cache-Control, in order
 //!       key: { host: true, query: all, headers: [accept-language], consumer: false }
 //!       bypass: { headers: [x-no-cache], cookies: [session] }
 //!       stale_while_revalidate: 30s   # unless the origin says otherwise
@@ -38,8 +40,15 @@ pub struct Config {
     /// Freshness regardless of the origin (still never for `private` or authorized answers).
     #[serde(default)]
     pub force_ttl: Option<Dur>,
-    #[serde(default = "default_statuses")]
-    pub statuses: Vec<u16>,
+    /// Statuses that may be stored. Unset: any final status whose response carries explicit
+    /// freshness (`s-maxage`, `max-age`, `Expires`), except 206 and 304; with only the route's
+    /// `ttl`, the statuses RFC 9110 §15.1 calls heuristically cacheable.
+    #[serde(default)]
+    pub statuses: Option<Vec<u16>>,
+    /// Targeted cache-control fields (RFC 9213), in precedence order: the first one present
+    /// replaces `Cache-Control` for Postern's cache. `[]` reads only `Cache-Control`.
+    #[serde(default = "default_targeted")]
+    pub targeted: Vec<String>,
     #[serde(default)]
     pub key: KeyConfig,
     #[serde(default)]
@@ -126,8 +135,11 @@ fn yes() -> bool {
 fn default_max_ttl() -> Dur {
     Dur::secs(86_400)
 }
-fn default_statuses() -> Vec<u16> {
-    vec![200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501]
+/// RFC 9110 §15.1: the statuses cacheable by default (heuristic freshness).
+pub const HEURISTIC_STATUSES: [u16; 11] = [200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];
+
+fn default_targeted() -> Vec<String> {
+    vec!["cdn-cache-control".into()]
 }
 
 pub struct Cache {
@@ -151,13 +163,20 @@ impl Cache {
             }
             QueryConfig::Only(v) => QueryKey::Only(v.clone()),
         };
-        for (i, s) in c.statuses.iter().enumerate() {
-            if !(200..600).contains(s) {
+        for (i, s) in c.statuses.iter().flatten().enumerate() {
+            if !(200..600).contains(s) || matches!(s, 206 | 304) {
                 issues.push(Issue::new(
                     format!("{path}.statuses[{i}]"),
-                    "not a final status",
+                    "not a status a cache stores (a final status other than 206 and 304)",
                 ));
             }
+        }
+        let targeted = header_names(&c.targeted, &format!("{path}.targeted"), &mut issues);
+        if targeted.contains(&http::header::CACHE_CONTROL) {
+            issues.push(Issue::new(
+                format!("{path}.targeted"),
+                "Cache-Control is always read last; list only targeted fields",
+            ));
         }
         let headers = header_names(&c.key.headers, &format!("{path}.key.headers"), &mut issues);
         let bypass_headers = header_names(
@@ -201,6 +220,7 @@ impl Cache {
                 max_ttl: c.max_ttl.0,
                 force_ttl: c.force_ttl.map(|d| d.0),
                 statuses: c.statuses.clone(),
+                targeted,
                 host_in_key: c.key.host,
                 query,
                 headers,
