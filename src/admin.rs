@@ -22,6 +22,8 @@ pub struct Admin {
     /// Serve `GET /metrics`.
     pub metrics: bool,
     pub started: Instant,
+    /// The gateway's listeners (name, address to connect to), checked by `/ready`.
+    pub listeners: Vec<(String, std::net::SocketAddr)>,
 }
 
 impl Admin {
@@ -82,8 +84,31 @@ impl Admin {
 }
 
 impl Admin {
-    /// Ready when every upstream that a route uses has at least one healthy target.
-    fn ready(&self) -> Response<Vec<u8>> {
+    /// Listeners that do not accept a connection (not bound, or their service died).
+    async fn listeners_down(&self) -> Vec<&str> {
+        let mut down = Vec::new();
+        for (name, addr) in &self.listeners {
+            let probe = tokio::time::timeout(
+                std::time::Duration::from_millis(500),
+                tokio::net::TcpStream::connect(addr),
+            );
+            if !matches!(probe.await, Ok(Ok(_))) {
+                down.push(name.as_str());
+            }
+        }
+        down
+    }
+
+    /// Ready when every listener accepts connections and every upstream that a route uses has
+    /// at least one healthy target.
+    async fn ready(&self) -> Response<Vec<u8>> {
+        let listeners_down = self.listeners_down().await;
+        if !listeners_down.is_empty() {
+            return reply(
+                503,
+                json!({ "ready": false, "listeners_not_serving": listeners_down }),
+            );
+        }
         let snap = self.snapshot.load();
         let now = now_ms();
         let used: std::collections::BTreeSet<&str> = snap
@@ -235,13 +260,13 @@ impl ServeHttp for Admin {
         }
         match req.uri.path() {
             "/health" => reply(200, json!({ "status": "up" })),
-            "/ready" => self.ready(),
+            "/ready" => self.ready().await,
             "/config" => self.config(),
             "/status" => reply(
                 200,
                 json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION"), "uptime_seconds": self.started.elapsed().as_secs() }),
             ),
-            "/status/ready" => self.ready(),
+            "/status/ready" => self.ready().await,
             "/upstreams" => reply(200, self.upstreams()),
             "/metrics" if self.metrics => self.metrics_text(),
             _ => problem(404, "not-found", ENDPOINTS),

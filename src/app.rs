@@ -82,6 +82,10 @@ pub fn run(conf_path: &str, flags: RunFlags) -> Result<(), String> {
         test: flags.test,
         conf: None,
     };
+    if !flags.upgrade {
+        check_addresses(&listeners, admin.as_ref().map(|a| a.addr.as_str()))?;
+    }
+    let probes = probe_addresses(&listeners);
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
     server.bootstrap();
     for l in listeners {
@@ -96,6 +100,7 @@ pub fn run(conf_path: &str, flags: RunFlags) -> Result<(), String> {
                 token: a.token.clone(),
                 metrics: metrics_enabled,
                 started: Instant::now(),
+                listeners: probes,
             },
         );
         svc.add_tcp(&a.addr);
@@ -118,7 +123,10 @@ pub fn run(conf_path: &str, flags: RunFlags) -> Result<(), String> {
     let phases = server.watch_execution_phase();
     server.add_service(background_service(
         "drain",
-        DrainWatch(parking_lot::Mutex::new(Some(phases))),
+        DrainWatch {
+            phases: parking_lot::Mutex::new(Some(phases)),
+            access_log: access_log.clone(),
+        },
     ));
     if let Some(s) = span_sender {
         server.add_service(background_service("span export", SpanExport(s)));
@@ -127,6 +135,50 @@ pub fn run(conf_path: &str, flags: RunFlags) -> Result<(), String> {
         server.add_service(background_service("access log", LogWriter(Arc::new(w))));
     }
     server.run_forever()
+}
+
+/// Pingora binds each listener inside its service's thread and retries a busy address for about
+/// 30 s, then panics that thread and leaves the process running without it. Binding every
+/// address here first turns that into a start-up error naming the listener (exit status 1).
+/// Not on `-u`: the sockets then come from the process being replaced.
+fn check_addresses(listeners: &[ListenerPlan], admin: Option<&str>) -> Result<(), String> {
+    use std::net::ToSocketAddrs;
+    let all = listeners
+        .iter()
+        .map(|l| (format!("listener {}", l.name), l.addr.as_str()))
+        .chain(admin.map(|a| ("the admin listener".to_string(), a)));
+    for (what, addr) in all {
+        let addrs = addr
+            .to_socket_addrs()
+            .map_err(|e| format!("{what}: invalid address {addr}: {e}\n"))?;
+        for sa in addrs {
+            if let Err(e) = std::net::TcpListener::bind(sa) {
+                return Err(format!(
+                    "{what}: cannot listen on {sa}: {e}\n  hint: another process (or another Postern) holds the port; stop it, change the address, or hand over with `postern run -u`\n"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Where the admin `/ready` check connects to see each listener serving: its address, with an
+/// unspecified IP (`0.0.0.0`, `::`) replaced by loopback.
+fn probe_addresses(listeners: &[ListenerPlan]) -> Vec<(String, std::net::SocketAddr)> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, ToSocketAddrs};
+    listeners
+        .iter()
+        .filter_map(|l| {
+            let mut sa = l.addr.to_socket_addrs().ok()?.next()?;
+            if sa.ip().is_unspecified() {
+                sa.set_ip(match sa.ip() {
+                    IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+                });
+            }
+            Some((l.name.clone(), sa))
+        })
+        .collect()
 }
 
 fn server_conf(snap: &Snapshot, daemon: bool) -> ServerConf {
@@ -297,28 +349,62 @@ impl BackgroundService for LogWriter {
 /// Turns client keep-alive off as soon as this process starts handing its sockets to a new one
 /// (or starts a graceful stop): every busy connection then closes after its current response and
 /// the client reconnects, instead of racing Pingora's close of idle connections 5 s later.
-struct DrainWatch(parking_lot::Mutex<Option<tokio::sync::broadcast::Receiver<ExecutionPhase>>>);
+///
+/// Then ends the grace period early: Pingora sleeps the whole `grace_period` after a SIGTERM
+/// or an upgrade even when nothing is left to serve. Once its listeners stopped accepting and no
+/// request is in flight, the access log is flushed and the process exits.
+struct DrainWatch {
+    phases: parking_lot::Mutex<Option<tokio::sync::broadcast::Receiver<ExecutionPhase>>>,
+    access_log: Option<AccessLog>,
+}
 
 #[async_trait]
 impl BackgroundService for DrainWatch {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let Some(mut phases) = self.0.lock().take() else {
+        let Some(mut phases) = self.phases.lock().take() else {
             return;
         };
+        let mut stopping = false;
         loop {
             tokio::select! {
-                _ = shutdown.changed() => {
+                _ = shutdown.changed(), if !stopping => {
                     crate::gateway::start_draining();
-                    return;
+                    stopping = true;
                 }
                 phase = phases.recv() => match phase {
                     Ok(ExecutionPhase::GracefulUpgradeTransferringFds | ExecutionPhase::GracefulTerminate | ExecutionPhase::ShutdownStarted) => {
                         crate::gateway::start_draining();
                     }
+                    Ok(ExecutionPhase::ShutdownGracePeriod) => self.exit_when_idle().await,
                     Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 },
             }
+        }
+    }
+}
+
+impl DrainWatch {
+    /// Waits (through Pingora's grace period, which ends the process anyway) until no request
+    /// has been in flight for two checks in a row, then exits.
+    async fn exit_when_idle(&self) {
+        let mut idle_checks = 0;
+        loop {
+            idle_checks = if crate::gateway::in_flight() == 0 {
+                idle_checks + 1
+            } else {
+                0
+            };
+            if idle_checks >= 2 {
+                log::info!(
+                    "graceful stop: no request in flight, exiting before the grace period ends"
+                );
+                if let Some(log) = &self.access_log {
+                    log.flush();
+                }
+                std::process::exit(0);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
         }
     }
 }

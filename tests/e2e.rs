@@ -15,6 +15,8 @@ mod cache;
 mod config_files;
 #[path = "health.rs"]
 mod health;
+#[path = "lifecycle.rs"]
+mod lifecycle;
 #[path = "observability.rs"]
 mod observability;
 #[path = "parsing.rs"]

@@ -97,11 +97,20 @@ pub struct Ctx {
 /// One upstream call of a sampled trace: span id, target, start and end (Unix ns).
 type ClientSpan = ([u8; 8], Option<SocketAddr>, u64, Option<u64>);
 
-/// Counts a request in `postern_http_requests_in_flight` for as long as its context lives.
+/// Requests whose context is alive, in this process (for the exit once a stop is idle).
+static IN_FLIGHT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Requests being served now.
+pub fn in_flight() -> usize {
+    IN_FLIGHT.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Counts a request (and in `postern_http_requests_in_flight`) for as long as its context lives.
 struct InFlight;
 
 impl InFlight {
     fn new() -> InFlight {
+        IN_FLIGHT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         if let Some(m) = METRICS.as_ref() {
             m.in_flight.inc();
         }
@@ -111,6 +120,7 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         if let Some(m) = METRICS.as_ref() {
             m.in_flight.dec();
         }

@@ -126,6 +126,12 @@ impl AccessLog {
         out.push(b'}');
     }
 
+    /// Writes every queued line now (before the process exits on its own).
+    pub fn flush(&self) {
+        let mut spare = Vec::new();
+        self.sink.drain(&mut spare);
+    }
+
     /// The path and query to log, with the values of sensitive query parameters replaced.
     pub fn redacted_target<'a>(
         &self,

@@ -1,0 +1,135 @@
+//! Start-up and stop of the process: a busy listening port fails start-up, and a graceful stop
+//! ends as soon as nothing is in flight instead of sleeping the whole grace period.
+
+use crate::util::upstream::Upstream;
+use crate::util::{free_port, raw, status_of, upstream_yaml, KillOnDrop, BIN};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Waits for the child to exit (at most `limit`); `None` if it is still running.
+fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+fn config(
+    dir: &std::path::Path,
+    port: u16,
+    admin: u16,
+    grace: &str,
+    body: &str,
+) -> std::path::PathBuf {
+    let conf = dir.join("postern.yaml");
+    std::fs::write(
+        &conf,
+        format!(
+            "listeners:\n  - {{ name: main, addr: \"127.0.0.1:{port}\" }}\nadmin: {{ addr: \"127.0.0.1:{admin}\" }}\nserver:\n  threads: 2\n  grace_period: {grace}\n  graceful_shutdown_timeout: 1s\n  pid_file: {d}/postern.pid\n  upgrade_sock: {d}/upgrade.sock\n{body}",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    conf
+}
+
+/// Regression (issue 12): with its port in use, Pingora retried for 30 s, its thread panicked,
+/// and the process stayed up answering `/health` while serving nothing.
+#[test]
+fn a_busy_port_fails_start_up_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port();
+    let conf = config(dir.path(), port, free_port(), "1s", "routes: []\n");
+    let mut child = KillOnDrop(
+        Command::new(BIN)
+            .args(["run", "-c", conf.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let status = wait_exit(&mut child.0, Duration::from_secs(10)).expect("start-up fails at once");
+    assert_eq!(status.code(), Some(1));
+    let mut err = String::new();
+    use std::io::Read;
+    child
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(
+        err.contains("listener main") && err.contains(&format!("127.0.0.1:{port}")),
+        "{err}"
+    );
+}
+
+/// Regression (issue 12): SIGTERM on an idle gateway waited the whole `grace_period`. A request
+/// in flight still finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_once_nothing_is_in_flight() {
+    let up = Upstream::start("u").await;
+    up.state
+        .delay_ms
+        .store(600, std::sync::atomic::Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let body = format!(
+        "upstreams:\n{}routes:\n  - {{ match: {{ path: /* }}, upstream: u }}\n",
+        upstream_yaml("u", &[up.addr], "")
+    );
+    let conf = config(dir.path(), port, admin, "60s", &body);
+    let mut child = KillOnDrop(
+        Command::new(BIN)
+            .args(["run", "-c", conf.to_str().unwrap()])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !raw(
+        port,
+        "GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .starts_with("HTTP/1.1 200")
+    {
+        assert!(Instant::now() < deadline, "the gateway did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A slow request is in flight when the signal arrives.
+    let hits = up.hits();
+    let slow = std::thread::spawn(move || {
+        raw(
+            port,
+            "GET /slow HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        )
+    });
+    while up.hits() == hits {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let sent = Instant::now();
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let status = wait_exit(&mut child.0, Duration::from_secs(20)).expect("exited");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        sent.elapsed() < Duration::from_secs(30),
+        "not the 60 s grace period: {:?}",
+        sent.elapsed()
+    );
+    assert_eq!(
+        status_of(&slow.join().unwrap()),
+        200,
+        "the request in flight finished"
+    );
+}
