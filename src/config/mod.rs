@@ -6,6 +6,7 @@ pub mod defaults;
 mod env;
 pub mod error;
 pub mod lines;
+mod parse;
 pub mod schema;
 pub mod types;
 mod validate;
@@ -37,13 +38,25 @@ pub fn load_str(text: &str, file: &str) -> Result<Loaded, ConfigError> {
         file: file.to_string(),
         issues,
     };
+    parse::check_shape(text).map_err(|i| fail(vec![i]))?;
     let expanded = env::expand(text, |k| std::env::var(k).ok()).map_err(fail)?;
-    let config: Config =
-        yaml_serde::from_str(&expanded).map_err(|e| fail(vec![parse_issue(&e)]))?;
+    parse::check_shape(&expanded).map_err(|i| fail(vec![i]))?;
     let lines = LineIndex::build(&expanded);
-    let mut issues = Issues::default();
-    validate::check(&config, &mut issues);
-    plain_keys_from_env(&config, text, &lines, &mut issues);
+    let parsed = parse::parse(&expanded, &lines).map_err(fail)?;
+    let config = parsed.config;
+    let mut issues = Issues(parsed.issues);
+    let mut checks = Issues::default();
+    validate::check(&config, &mut checks);
+    plain_keys_from_env(&config, text, &lines, &mut checks);
+    // What follows from a key removed to step over its error is not a problem of its own.
+    let removed = parsed.removed;
+    issues.0.extend(checks.0.into_iter().filter(|i| {
+        !removed.iter().any(|r| {
+            i.path == *r
+                || i.path.starts_with(&format!("{r}."))
+                || i.path.starts_with(&format!("{r}["))
+        })
+    }));
     if !issues.is_empty() {
         return Err(fail(locate(issues.0, &lines)));
     }
@@ -87,32 +100,6 @@ pub fn locate(mut issues: Vec<Issue>, lines: &LineIndex) -> Vec<Issue> {
         }
     }
     issues
-}
-
-/// Turns a serde error ("routes[1].x: invalid type ... at line 7 column 17") into an Issue.
-fn parse_issue(e: &yaml_serde::Error) -> Issue {
-    let text = e.to_string();
-    let body = match text.find(" at line ") {
-        Some(i) => &text[..i],
-        None => &text,
-    };
-    let (path, message) = match body.split_once(": ") {
-        Some((p, m)) if !p.contains(' ') => (p.to_string(), m.to_string()),
-        _ => (String::new(), body.to_string()),
-    };
-    let hint = if message.contains("unknown field") {
-        Some("remove the key or fix its spelling; see conf/postern.example.yaml".to_string())
-    } else if message.contains("missing field") {
-        Some("add the required key".to_string())
-    } else {
-        None
-    };
-    Issue {
-        path,
-        line: e.location().map(|l| l.line()),
-        message,
-        hint,
-    }
 }
 
 /// The JSON Schema of the configuration, generated from the types above.

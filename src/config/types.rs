@@ -52,9 +52,18 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "invalid duration \"{s}\": a unit is required, e.g. \"{t}s\" or \"{t}ms\""
         ));
     }
-    humantime::parse_duration(t)
-        .map_err(|e| format!("invalid duration \"{s}\": {e} (examples: 250ms, 5s, 1m, 2h)"))
+    let d = humantime::parse_duration(t)
+        .map_err(|e| format!("invalid duration \"{s}\": {e} (examples: 250ms, 5s, 1m, 2h)"))?;
+    if d > MAX_DURATION {
+        return Err(format!(
+            "duration \"{s}\" is out of range: no setting takes more than 365d"
+        ));
+    }
+    Ok(d)
 }
+
+/// Longest duration any setting accepts; fields have tighter ranges (`config::validate`).
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
 
 /// A size in bytes written as `512`, `64KiB`, `10MiB`, `1GiB` (also `KB`/`MB`/`GB` as powers of 1000).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema)]
@@ -122,6 +131,8 @@ mod tests {
             .unwrap_err()
             .contains("unit is required"));
         assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("100y").unwrap_err().contains("out of range"));
+        assert!(parse_duration("365d").is_ok());
     }
 
     #[test]

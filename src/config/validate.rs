@@ -5,6 +5,7 @@ use super::error::{known_list, Issue, Issues};
 use super::schema::{Balance, Config, Upstream};
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 pub fn check(c: &Config, out: &mut Issues) {
     if c.version != 1 {
@@ -36,11 +37,119 @@ pub fn check(c: &Config, out: &mut Issues) {
                 .hint("Pingora itself refuses headers of 1 MiB or more"),
         );
     }
+    check_ranges(c, out);
     check_listeners(c, out);
     for (name, up) in &c.upstreams {
         check_upstream(name, up, out);
+        check_upstream_ranges(name, up, out);
     }
     check_routes(c, out);
+}
+
+/// `min..=max` for a duration field; the message names the range.
+fn within(out: &mut Issues, path: &str, d: Duration, min: Duration, max: Duration) {
+    if d < min || d > max {
+        let show = |d: Duration| {
+            let s = d.as_secs();
+            match (d.subsec_nanos(), s) {
+                (0, 0) => "0s".to_string(),
+                (0, s) if s % 86_400 == 0 => format!("{}d", s / 86_400),
+                (0, s) if s % 3600 == 0 => format!("{}h", s / 3600),
+                (0, s) if s % 60 == 0 => format!("{}m", s / 60),
+                (0, s) => format!("{s}s"),
+                _ => format!("{}ms", d.as_millis()),
+            }
+        };
+        out.push(Issue::new(
+            path,
+            format!(
+                "must be between {} and {}, got {}",
+                show(min),
+                show(max),
+                show(d)
+            ),
+        ));
+    }
+}
+
+const MS: Duration = Duration::from_millis(1);
+const SEC: Duration = Duration::from_secs(1);
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// Ranges of the server and cache settings: values outside them are typos (`100y`, `5ms` for a
+/// keep-alive) rather than choices.
+fn check_ranges(c: &Config, out: &mut Issues) {
+    let s = &c.server;
+    let zero = Duration::ZERO;
+    let table = [
+        ("server.grace_period", s.grace_period.0, zero, HOUR),
+        (
+            "server.graceful_shutdown_timeout",
+            s.graceful_shutdown_timeout.0,
+            zero,
+            HOUR,
+        ),
+        ("server.keepalive_timeout", s.keepalive_timeout.0, SEC, HOUR),
+        (
+            "server.client_read_timeout",
+            s.client_read_timeout.0,
+            100 * MS,
+            HOUR,
+        ),
+        (
+            "server.client_write_timeout",
+            s.client_write_timeout.0,
+            100 * MS,
+            HOUR,
+        ),
+        (
+            "cache.lock_timeout",
+            c.cache.lock_timeout.0,
+            10 * MS,
+            60 * SEC,
+        ),
+    ];
+    for (path, d, min, max) in table {
+        within(out, path, d, min, max);
+    }
+    if s.max_request_body.0 > 1 << 40 {
+        out.err("server.max_request_body", "must be at most 1TiB");
+    }
+    if c.cache.memory.0 > 1 << 40 {
+        out.err("cache.memory", "must be at most 1TiB");
+    }
+}
+
+fn check_upstream_ranges(name: &str, up: &Upstream, out: &mut Issues) {
+    let t = &up.timeouts;
+    let mut table = vec![
+        ("timeouts.connect", t.connect.0, 10 * MS, 300 * SEC),
+        ("timeouts.read", t.read.0, 10 * MS, HOUR),
+        ("timeouts.write", t.write.0, 10 * MS, HOUR),
+        ("timeouts.idle", t.idle.0, SEC, HOUR),
+        (
+            "retry.backoff",
+            up.retry.backoff.0,
+            Duration::ZERO,
+            10 * SEC,
+        ),
+        (
+            "resolve_interval",
+            up.resolve_interval.0,
+            100 * MS,
+            24 * HOUR,
+        ),
+    ];
+    if let Some(a) = &up.health.active {
+        table.push(("health.active.interval", a.interval.0, 10 * MS, HOUR));
+        table.push(("health.active.timeout", a.timeout.0, 10 * MS, 60 * SEC));
+    }
+    if let Some(p) = &up.health.passive {
+        table.push(("health.passive.eject_for", p.eject_for.0, SEC, HOUR));
+    }
+    for (field, d, min, max) in table {
+        within(out, &format!("upstreams.{name}.{field}"), d, min, max);
+    }
 }
 
 fn check_listeners(c: &Config, out: &mut Issues) {
