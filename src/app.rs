@@ -2,6 +2,7 @@
 //! supervisor (health checks, DNS). Nothing here runs per request.
 
 use crate::admin::Admin;
+use crate::gateway::head_deadline::WithHeadDeadline;
 use crate::gateway::Gateway;
 use crate::observability::access_log::{self, AccessLog, Writer};
 use crate::reload::Reloader;
@@ -11,7 +12,6 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
-use pingora::proxy::ProxyServiceBuilder;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{ExecutionPhase, Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
@@ -215,10 +215,14 @@ fn add_listener(
     let mut options = HttpServerOptions::default();
     options.h2c = l.h2c;
     options.h2_idle_timeout = Some(snapshot.load().limits.keepalive);
-    let mut svc = ProxyServiceBuilder::new(&server.configuration, gateway)
-        .name(format!("listener {}", l.name))
-        .server_options(options)
-        .build();
+    let mut proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
+    proxy.server_options = Some(options);
+    let snap = snapshot.clone();
+    let app = WithHeadDeadline {
+        inner: Arc::new(proxy),
+        limit: Arc::new(move || snap.load().limits.client_header),
+    };
+    let mut svc = Service::new(format!("listener {}", l.name), app);
     match l.tls {
         None => svc.add_tcp(&l.addr),
         Some(plan) => {

@@ -349,6 +349,7 @@ mod tests {
             keepalive: std::time::Duration::from_secs(1),
             client_read: std::time::Duration::from_secs(1),
             client_write: std::time::Duration::from_secs(1),
+            client_header: std::time::Duration::from_secs(1),
             max_header_count: 10,
             max_header_size: 1000,
             forwarded: Default::default(),

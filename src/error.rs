@@ -31,6 +31,8 @@ pub enum GatewayError {
     TooManyRequests(&'static str),
     /// A service the gateway depends on for this request (e.g. the rate-limit store) is down.
     Unavailable(&'static str),
+    /// The request head did not arrive within `server.client_header_timeout`.
+    RequestTimeout,
     /// A bug or an unexpected internal state; the detail goes to the error log only.
     Internal,
 }
@@ -49,6 +51,7 @@ impl GatewayError {
             GatewayError::Forbidden(_) => 403,
             GatewayError::TooManyRequests(_) => 429,
             GatewayError::Unavailable(_) => 503,
+            GatewayError::RequestTimeout => 408,
             GatewayError::Internal => 500,
         }
     }
@@ -67,6 +70,7 @@ impl GatewayError {
             GatewayError::Forbidden(_) => "forbidden",
             GatewayError::TooManyRequests(_) => "rate-limited",
             GatewayError::Unavailable(_) => "unavailable",
+            GatewayError::RequestTimeout => "request-timeout",
             GatewayError::Internal => "internal-error",
         }
     }
@@ -84,6 +88,7 @@ impl GatewayError {
             GatewayError::Forbidden(_) => "Forbidden",
             GatewayError::TooManyRequests(_) => "Too Many Requests",
             GatewayError::Unavailable(_) => "Service Unavailable",
+            GatewayError::RequestTimeout => "Request Timeout",
             GatewayError::Internal => "Internal Server Error",
         }
     }
@@ -101,6 +106,7 @@ impl GatewayError {
             | GatewayError::Unavailable(why)
             | GatewayError::Unauthorized(why)
             | GatewayError::Forbidden(why) => why,
+            GatewayError::RequestTimeout => "The request header was not received in time.",
             GatewayError::Internal => "The gateway failed to process the request.",
         }
     }
@@ -168,6 +174,23 @@ impl GatewayError {
             let _ = h.insert_header("connection", "close");
         }
         Ok((h, body))
+    }
+}
+
+impl GatewayError {
+    /// The whole HTTP/1.1 answer as bytes, for errors found below Pingora (the client
+    /// connection itself), where no session exists to write through. Closes the connection.
+    pub fn raw_response(&self) -> Vec<u8> {
+        let body = self.body("");
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: application/problem+json\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+            self.status(),
+            self.title(),
+            body.len()
+        )
+        .into_bytes();
+        out.extend_from_slice(&body);
+        out
     }
 }
 

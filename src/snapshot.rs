@@ -50,6 +50,7 @@ pub struct Limits {
     pub keepalive: Duration,
     pub client_read: Duration,
     pub client_write: Duration,
+    pub client_header: Duration,
     pub max_header_count: usize,
     pub max_header_size: usize,
     pub forwarded: schema::ForwardedHeaders,
@@ -248,6 +249,7 @@ pub fn compile(
     let limits = Limits {
         keepalive: s.keepalive_timeout.0,
         client_read: s.client_read_timeout.0,
+        client_header: s.client_header_timeout.0,
         client_write: s.client_write_timeout.0,
         max_header_count: s.max_header_count,
         max_header_size: s.max_header_size.0 as usize,

@@ -111,3 +111,73 @@ async fn underscored_framing_fields_are_not_forwarded() {
     assert!(!headers.contains_key("content_length"), "{v}");
     assert_eq!(headers["x_tenant"], "t1", "other underscored names pass");
 }
+
+/// Regression (issue 12): a client sending one header line every few seconds held a connection
+/// for ever. `server.client_header_timeout` bounds the whole head, on a new connection and on
+/// a kept-alive one, with a 408.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slowly_sent_head_gets_408_after_client_header_timeout() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let up = Upstream::start("u").await;
+    let body = format!(
+        "upstreams:\n{}routes:\n  - {{ match: {{ path: /* }}, upstream: u }}\n",
+        upstream_yaml("u", &[up.addr], "")
+    );
+    let gw = Gateway::start_full(&body, "", "  client_header_timeout: 1s\n");
+    for kept_alive in [false, true] {
+        let mut s = std::net::TcpStream::connect(gw.addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut got = Vec::new();
+        if kept_alive {
+            s.write_all(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n")
+                .unwrap();
+            let mut buf = [0u8; 4096];
+            while !String::from_utf8_lossy(&got).contains("\"body_len\"") {
+                if let Ok(n) = s.read(&mut buf) {
+                    got.extend_from_slice(&buf[..n]);
+                }
+            }
+            got.clear();
+        }
+        let started = Instant::now();
+        s.write_all(b"GET /slow HTTP/1.1\r\n").unwrap();
+        let mut closed = false;
+        while started.elapsed() < Duration::from_secs(15) {
+            // One header line every 300 ms: each read is quick, the head never ends.
+            if s.write_all(b"X-Slow: 1\r\n").is_err() {
+                closed = true;
+                break;
+            }
+            let mut buf = [0u8; 1024];
+            match s.read(&mut buf) {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(_) => {}
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            closed,
+            "kept_alive={kept_alive}: the connection was not closed"
+        );
+        assert!(
+            text.starts_with("HTTP/1.1 408"),
+            "kept_alive={kept_alive}: {text}"
+        );
+        assert!(
+            text.contains("urn:postern:problem:request-timeout"),
+            "{text}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "closed after about 1 s, not after the trickle: {:?}",
+            started.elapsed()
+        );
+    }
+}

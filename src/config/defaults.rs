@@ -32,6 +32,9 @@ pub fn max_request_body() -> Size {
 pub fn keepalive_timeout() -> Dur {
     Dur::secs(60)
 }
+pub fn client_header_timeout() -> Dur {
+    Dur::secs(10)
+}
 pub fn client_read_timeout() -> Dur {
     Dur::secs(10)
 }

@@ -97,6 +97,12 @@ fn check_ranges(c: &Config, out: &mut Issues) {
             HOUR,
         ),
         (
+            "server.client_header_timeout",
+            s.client_header_timeout.0,
+            100 * MS,
+            300 * SEC,
+        ),
+        (
             "server.client_write_timeout",
             s.client_write_timeout.0,
             100 * MS,

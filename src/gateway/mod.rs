@@ -2,6 +2,7 @@
 //! target choice and retries in `upstream`, request rules in `checks` and `forward`, features in
 //! `plugins`, and every error response in `error`.
 
+pub mod head_deadline;
 mod records;
 mod routing;
 

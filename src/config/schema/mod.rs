@@ -205,10 +205,14 @@ pub struct Server {
     #[serde(default = "d::keepalive_timeout")]
     pub keepalive_timeout: Dur,
     /// Time allowed for each read of a request body from a client (a stalled upload is cut).
-    /// Header reads are bounded per read by Pingora: 60 s on a new connection, and
-    /// `keepalive_timeout` between requests on a kept-alive one.
+    /// A whole request head is bounded by `client_header_timeout`.
     #[serde(default = "d::client_read_timeout")]
     pub client_read_timeout: Dur,
+    /// Time allowed for a whole request head, from the connection (or, on a kept-alive one,
+    /// from the head's first byte) to its end; past it the answer is 408 and the connection
+    /// closes (slowloris protection, HAProxy's `timeout http-request`).
+    #[serde(default = "d::client_header_timeout")]
+    pub client_header_timeout: Dur,
     /// Time allowed for each write to a client.
     #[serde(default = "d::client_write_timeout")]
     pub client_write_timeout: Dur,
@@ -282,6 +286,7 @@ impl Default for Server {
             max_request_body: d::max_request_body(),
             keepalive_timeout: d::keepalive_timeout(),
             client_read_timeout: d::client_read_timeout(),
+            client_header_timeout: d::client_header_timeout(),
             client_write_timeout: d::client_write_timeout(),
             max_header_count: d::max_header_count(),
             max_header_size: d::max_header_size(),
