@@ -155,6 +155,47 @@ pub fn drop_underscored_framing(req: &mut RequestHeader) {
     }
 }
 
+/// Why the first chunk of a body could not be taken.
+pub enum FirstChunk {
+    /// The chunked framing is invalid (RFC 9112 §7.1): answer 400.
+    Invalid,
+    /// The client went away or stalled: nothing to answer.
+    Gone(Box<pingora::Error>),
+}
+
+/// Reads the first chunk of a chunked HTTP/1.1 request body before an upstream is chosen, so
+/// that a malformed chunk-size line (bad hex, overflow, an empty size line, a bare LF in an
+/// extension, ...) is answered 400 before the request head reaches an upstream. Pingora sends
+/// the request head upstream before it reads the body, so without this an upstream sees a head
+/// and then an aborted request. What is read stays in Pingora's retry buffer (at most one read
+/// of 64 KiB, the buffer's size) and is sent upstream first. Not done for
+/// `Expect: 100-continue` (the client waits for the 100 before sending the body): later chunks
+/// are checked as they stream, after the head went upstream.
+pub async fn read_first_chunk(session: &mut pingora::proxy::Session) -> Result<(), FirstChunk> {
+    let req = session.req_header();
+    let chunked = req
+        .headers
+        .get(TRANSFER_ENCODING)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"));
+    let expects_continue = req
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if session.is_http2() || !chunked || expects_continue || session.is_body_done() {
+        return Ok(());
+    }
+    session.as_downstream_mut().enable_retry_buffering();
+    match session.as_downstream_mut().read_request_body().await {
+        Ok(_) => Ok(()),
+        Err(e) => match e.etype() {
+            pingora::ErrorType::ReadError
+            | pingora::ErrorType::ReadTimedout
+            | pingora::ErrorType::ConnectionClosed => Err(FirstChunk::Gone(e)),
+            _ => Err(FirstChunk::Invalid),
+        },
+    }
+}
+
 /// uri-host [ ":" port ] with a reg-name, IPv4 or bracketed IPv6 host.
 pub fn valid_host(v: &[u8]) -> bool {
     let valid_port = |p: &[u8]| !p.is_empty() && p.len() <= 5 && p.iter().all(u8::is_ascii_digit);

@@ -41,19 +41,48 @@ async fn malformed_requests_are_rejected_before_the_upstream() {
     assert_eq!(up.hits(), 0, "nothing reached the upstream");
 }
 
+/// Malformed chunked framing is a 400. A bad first chunk-size line is found before an upstream
+/// is chosen, so the upstream sees nothing (regressions of issue 12: an empty size line and a
+/// bare LF in an extension were accepted, and every other bad size line reached the upstream
+/// as a head followed by an aborted request).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_chunked_framing_is_rejected() {
     let (up, gw) = setup().await;
-    for body in [
+    let first_line_errors = [
+        "5;a\nb\r\nhello\r\n0\r\n\r\n",
+        "\r\n",
+        "\r\n0\r\n\r\n",
         "zz\r\nabc\r\n0\r\n\r\n",
-        "3\r\nabcdef\r\n0\r\n\r\n",
         "-1\r\nabc\r\n0\r\n\r\n",
-    ] {
+        "0x5\r\nhello\r\n0\r\n\r\n",
+        "+5\r\nhello\r\n0\r\n\r\n",
+        "5_0\r\nhello\r\n0\r\n\r\n",
+        "fffffffffffffffff\r\nhello\r\n0\r\n\r\n",
+        "00000000000000000005\r\nhello\r\n0\r\n\r\n",
+        "5\rhello\r\n0\r\n\r\n",
+        "5\nhello\r\n0\r\n\r\n",
+        "5;a=\x01\r\nhello\r\n0\r\n\r\n",
+    ];
+    for body in first_line_errors {
+        let req = format!("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n{body}");
+        let resp = gw.raw(&req);
+        assert_eq!(status_of(&resp), 400, "chunked {body:?}: {resp}");
+        assert!(
+            resp.to_ascii_lowercase().contains("connection: close"),
+            "{body:?}: {resp}"
+        );
+        assert_eq!(up.hits(), 0, "chunked {body:?} reached the upstream");
+    }
+    // Errors after the first chunk are found while the body streams: still a 400.
+    for body in ["3\r\nabcdef\r\n0\r\n\r\n", "5\r\nhello\r\nzz\r\n\r\n"] {
         let req = format!("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{body}");
         let resp = gw.raw(&req);
         assert_eq!(status_of(&resp), 400, "chunked {body:?}: {resp}");
     }
-    let _ = up;
+    // A valid chunked body still goes through whole.
+    let resp = gw.raw("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\n\r\n");
+    assert_eq!(status_of(&resp), 200, "{resp}");
+    assert!(resp.contains("\"body_len\":11"), "{resp}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -267,7 +267,14 @@ impl ProxyHttp for Gateway {
                     fields,
                     limits.preserve_header_case,
                 );
-                Ok(false)
+                match checks::read_first_chunk(session).await {
+                    Ok(()) => Ok(false),
+                    Err(checks::FirstChunk::Invalid) => Err(fail(
+                        ctx,
+                        GatewayError::BadRequest("The chunked body framing is invalid."),
+                    )),
+                    Err(checks::FirstChunk::Gone(e)) => Err(e),
+                }
             }
             Ok(Flow::Respond(reply)) => send_reply(session, ctx, &route, reply).await.map(|_| true),
             Err(e) => Err(fail(ctx, e)),
