@@ -82,12 +82,38 @@ pub fn run(conf_path: &str, flags: RunFlags) -> Result<(), String> {
         test: flags.test,
         conf: None,
     };
-    if !flags.upgrade {
-        check_addresses(&listeners, admin.as_ref().map(|a| a.addr.as_str()))?;
+    // With -u the listening sockets of the process being replaced are handed over: those
+    // addresses are busy by design; any other one must be free.
+    let inherited = if flags.upgrade {
+        crate::lifecycle::listening_addresses_of(&server_conf.pid_file)
+    } else {
+        Vec::new()
+    };
+    let addresses: Vec<(String, String)> = listeners
+        .iter()
+        .map(|l| (format!("listener {}", l.name), l.addr.clone()))
+        .chain(
+            admin
+                .iter()
+                .map(|a| ("the admin listener".into(), a.addr.clone())),
+        )
+        .collect();
+    // Without the old process's addresses (no pid file, no /proc) an upgrade is not checked.
+    if !flags.upgrade || !inherited.is_empty() {
+        crate::lifecycle::check_addresses(&addresses, &inherited)?;
     }
+    let upgrade_sock = server_conf.upgrade_sock.clone();
+    let pid_file = (!flags.daemon).then(|| server_conf.pid_file.clone());
     let probes = probe_addresses(&listeners);
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
     server.bootstrap();
+    // Pingora writes the pid file only when it daemonizes; a foreground process writes it too,
+    // so that `postern run -u` can find the sockets it will inherit.
+    if let Some(f) = pid_file {
+        if let Err(e) = std::fs::write(&f, format!("{}\n", std::process::id())) {
+            log::warn!("cannot write the pid file {f}: {e}");
+        }
+    }
     for l in listeners {
         add_listener(&mut server, l, &snapshot, access_log.clone(), spans.clone())?;
     }
@@ -134,31 +160,9 @@ pub fn run(conf_path: &str, flags: RunFlags) -> Result<(), String> {
     if let Some(w) = log_writer {
         server.add_service(background_service("access log", LogWriter(Arc::new(w))));
     }
-    server.run_forever()
-}
-
-/// Pingora binds each listener inside its service's thread and retries a busy address for about
-/// 30 s, then panics that thread and leaves the process running without it. Binding every
-/// address here first turns that into a start-up error naming the listener (exit status 1).
-/// Not on `-u`: the sockets then come from the process being replaced.
-fn check_addresses(listeners: &[ListenerPlan], admin: Option<&str>) -> Result<(), String> {
-    use std::net::ToSocketAddrs;
-    let all = listeners
-        .iter()
-        .map(|l| (format!("listener {}", l.name), l.addr.as_str()))
-        .chain(admin.map(|a| ("the admin listener".to_string(), a)));
-    for (what, addr) in all {
-        let addrs = addr
-            .to_socket_addrs()
-            .map_err(|e| format!("{what}: invalid address {addr}: {e}\n"))?;
-        for sa in addrs {
-            if let Err(e) = std::net::TcpListener::bind(sa) {
-                return Err(format!(
-                    "{what}: cannot listen on {sa}: {e}\n  hint: another process (or another Postern) holds the port; stop it, change the address, or hand over with `postern run -u`\n"
-                ));
-            }
-        }
-    }
+    server.run(pingora::server::RunArgs {
+        shutdown_signal: Box::new(crate::lifecycle::Signals { upgrade_sock }),
+    });
     Ok(())
 }
 

@@ -2,7 +2,7 @@
 //!
 //! Layers, left to right (a module imports only modules to its left):
 //! `config`, `error` → `context` → `router`, `upstream`, `plugins`, `checks`, `forward`, `tls`
-//! → `snapshot` → `gateway`, `admin` → `app` → `main`.
+//! → `snapshot` → `gateway`, `admin`, `lifecycle` → `app` → `main`.
 
 #![forbid(unsafe_code)]
 
@@ -17,6 +17,7 @@ pub mod context;
 pub mod error;
 pub mod forward;
 pub mod gateway;
+pub mod lifecycle;
 pub mod observability;
 pub mod plugins;
 pub mod ratelimit;

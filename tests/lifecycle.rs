@@ -133,3 +133,47 @@ async fn sigterm_exits_once_nothing_is_in_flight() {
         "the request in flight finished"
     );
 }
+
+/// Regression (issue 12): an upgrade whose new process cannot start must leave the old one
+/// serving. Here the new configuration adds a listener on a busy port: the new process fails
+/// before taking the sockets, and the old one, told to hand over, keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_upgrade_leaves_the_old_process_serving() {
+    let up = Upstream::start("u").await;
+    let body = format!(
+        "upstreams:\n{}routes:\n  - {{ match: {{ path: /* }}, upstream: u }}\n",
+        upstream_yaml("u", &[up.addr], "")
+    );
+    let mut gw = crate::util::Gateway::start(&body);
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = holder.local_addr().unwrap();
+    let text = std::fs::read_to_string(&gw.conf).unwrap();
+    gw.rewrite_raw(&text.replacen(
+        "listeners:\n",
+        &format!("listeners:\n  - {{ name: extra, addr: \"{busy}\" }}\n"),
+        1,
+    ));
+    gw.signal("QUIT");
+    let out = Command::new(BIN)
+        .args(["run", "-u", "-c", gw.conf.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "the new process fails");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("listener extra") && err.contains("cannot listen"),
+        "{err}"
+    );
+    // Past the 5 s the old process waits for a new one, it still serves.
+    let until = Instant::now() + Duration::from_secs(7);
+    while Instant::now() < until {
+        let resp = gw.raw("GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        assert_eq!(status_of(&resp), 200, "{resp}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        gw.child.try_wait().unwrap().is_none(),
+        "the old process is still running"
+    );
+}
