@@ -4,9 +4,10 @@
 //! between requests) but not the head as a whole, so a client sending one header line every
 //! 5 s holds a connection for ever (slowloris). No phase runs before the head is read, so the
 //! deadline sits under Pingora, in the client connection itself: [`HeadDeadline`] wraps each
-//! accepted stream, starts the clock when a head begins (at accept, and at the first byte of
-//! each later request on a kept-alive connection), stops it at the blank line that ends the
-//! head, and when it passes answers 408 (if any byte of the head arrived) and fails the read.
+//! accepted stream, starts the clock when a head has to wait for more bytes (at accept, or
+//! within a later request's head on a kept-alive connection: a head that arrives in one read
+//! never touches a clock), stops it at the blank line that ends the head, and when it passes
+//! answers 408 (if any byte of the head arrived) and fails the read.
 //!
 //! Heads are recognised from the bytes, without parsing HTTP: a head ends at the first empty
 //! line; a later one starts with the first read after a response head (`HTTP/1.x`, not 1xx)
@@ -68,7 +69,10 @@ pub struct HeadDeadline {
     inner: Stream,
     limit: Duration,
     phase: Phase,
-    timer: Pin<Box<Sleep>>,
+    /// Armed at the first read of a head that has to wait: a head that arrives in one read
+    /// (nearly all of them) costs no clock read and no timer.
+    timer: Option<Pin<Box<Sleep>>>,
+    armed: bool,
     /// Bytes of the head read so far (a 408 is sent only to a client that sent some).
     head_bytes: usize,
     /// Length of the current head line, for finding the empty line that ends the head.
@@ -84,7 +88,8 @@ impl HeadDeadline {
             inner,
             limit,
             phase: Phase::Head,
-            timer: Box::pin(tokio::time::sleep(limit)),
+            timer: None,
+            armed: false,
             head_bytes: 0,
             line_len: 0,
             answered: false,
@@ -97,8 +102,23 @@ impl HeadDeadline {
         self.head_bytes = 0;
         self.line_len = 0;
         self.answered = false;
-        let at = Instant::now() + self.limit;
-        self.timer.as_mut().reset(at);
+        self.armed = false;
+    }
+
+    /// Polls the head's deadline, arming it on first use.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.armed {
+            let at = Instant::now() + self.limit;
+            match &mut self.timer {
+                Some(t) => t.as_mut().reset(at),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
+            }
+            self.armed = true;
+        }
+        match &mut self.timer {
+            Some(t) => t.as_mut().poll(cx),
+            None => Poll::Pending,
+        }
     }
 
     /// Follows the head through newly read bytes; ends it at an empty line.
@@ -109,18 +129,21 @@ impl HeadDeadline {
         if self.phase != Phase::Head {
             return;
         }
-        for &b in bytes {
-            match b {
-                b'\n' if self.line_len == 0 => {
-                    self.phase = Phase::Message;
-                    return;
-                }
-                b'\n' => self.line_len = 0,
-                b'\r' => {}
-                _ => self.line_len += 1,
+        // Line by line (memchr finds the LFs): a line with nothing but CRs ends the head.
+        // `line_len` carries the non-CR bytes of a line split across reads.
+        let mut start = 0;
+        for nl in memchr::memchr_iter(b'\n', bytes) {
+            let line = &bytes[start..nl];
+            if self.line_len == 0 && line.iter().all(|&b| b == b'\r') {
+                self.head_bytes += nl + 1;
+                self.phase = Phase::Message;
+                return;
             }
-            self.head_bytes += 1;
+            self.line_len = 0;
+            start = nl + 1;
         }
+        self.line_len += bytes[start..].iter().filter(|&&b| b != b'\r').count();
+        self.head_bytes += bytes.len();
     }
 
     /// Notes response heads written: a final one allows the next head, a 101 ends timing.
@@ -180,7 +203,7 @@ impl AsyncRead for HeadDeadline {
                 }
                 Poll::Ready(Ok(()))
             }
-            Poll::Pending if this.phase == Phase::Head => match this.timer.as_mut().poll(cx) {
+            Poll::Pending if this.phase == Phase::Head => match this.poll_deadline(cx) {
                 Poll::Ready(()) => this.expire(cx),
                 Poll::Pending => Poll::Pending,
             },
@@ -301,6 +324,16 @@ mod tests {
         assert_eq!(s.phase, Phase::Head);
         s.scan(b"\r\nbody");
         assert_eq!(s.phase, Phase::Message);
+        let mut split = stream();
+        split.scan(b"GET / HTTP/1.1\r\nHost: a\r");
+        split.scan(b"\n\r");
+        assert_eq!(split.phase, Phase::Head);
+        split.scan(b"\n");
+        assert_eq!(
+            split.phase,
+            Phase::Message,
+            "an empty line split across reads"
+        );
         s.scan(b"GET /next HTTP/1.1\r\n");
         assert_eq!(
             s.phase,
