@@ -141,10 +141,10 @@ impl GatewayError {
 
     /// The error as a plugin reply (the gateway adds `Content-Length` and `X-Request-Id`), so
     /// that the route's response hooks still run on it.
-    pub fn reply(&self, request_id: &str) -> crate::plugins::Reply {
+    pub fn reply(&self, request_id: &str) -> crate::reply::Reply {
         use http::header::{CACHE_CONTROL, CONTENT_TYPE};
         use http::HeaderValue;
-        crate::plugins::Reply {
+        crate::reply::Reply {
             status: self.status(),
             headers: vec![
                 (

@@ -22,6 +22,7 @@ pub mod observability;
 pub mod plugins;
 pub mod ratelimit;
 pub mod reload;
+pub mod reply;
 pub mod router;
 pub mod shared;
 pub mod snapshot;

@@ -3,7 +3,7 @@
 //! change keeps its state.
 
 use crate::auth::jwks::RemoteJwks;
-use crate::config::schema::RedisConfig;
+use crate::config::schema::cluster::RedisConfig;
 use crate::ratelimit::cluster::Redis;
 use crate::ratelimit::Store;
 use crate::upstream::target::Registry;

@@ -6,8 +6,8 @@ pub mod crypto;
 pub mod jwks;
 pub mod password;
 
-use crate::config::schema::ConsumerConfig;
-use crate::config::Issue;
+use crate::config::error::Issue;
+use crate::config::schema::consumer::ConsumerConfig;
 use crate::context::Consumer;
 use password::PasswordHash;
 use sha2::{Digest, Sha256};
@@ -238,7 +238,7 @@ pub fn failure(
     why: AuthFail,
     scheme: &str,
     realm: &str,
-) -> crate::plugins::Reply {
+) -> crate::reply::Reply {
     ctx.ext.insert(LastFail(why));
     let mut r = why.error().reply(&ctx.request_id);
     let challenge = match (why, scheme) {

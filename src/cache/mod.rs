@@ -282,6 +282,9 @@ fn directives(policy: &CachePolicy, resp: &ResponseHeader) -> Option<CacheContro
         .or_else(|| CacheControl::from_resp_headers(resp))
 }
 
+/// RFC 9110 §15.1: the statuses cacheable by default (heuristic freshness).
+pub const HEURISTIC_STATUSES: [u16; 11] = [200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];
+
 /// Whether a response with `status` may be stored. With `explicit` freshness any final status
 /// except 206 (partial) and 304 (a validation answer) may (RFC 9111 §3); a heuristic (the
 /// route's `ttl`) only covers the statuses RFC 9110 §15.1 calls heuristically cacheable. A
@@ -290,7 +293,7 @@ fn storable_status(policy: &CachePolicy, status: u16, explicit: bool) -> bool {
     match &policy.statuses {
         Some(list) => list.contains(&status),
         None if explicit => (200..600).contains(&status) && !matches!(status, 206 | 304),
-        None => crate::plugins::cache::HEURISTIC_STATUSES.contains(&status),
+        None => HEURISTIC_STATUSES.contains(&status),
     }
 }
 

@@ -1,6 +1,5 @@
 //! Every default of the configuration in one place.
 
-use super::schema::{RetryKind, RetryOn};
 use super::types::{Dur, Size};
 
 pub const DEFAULT_THREADS: usize = 2;
@@ -101,9 +100,6 @@ pub fn idle_timeout() -> Dur {
 pub fn retry_attempts() -> u32 {
     2
 }
-pub fn retry_on() -> Vec<RetryOn> {
-    vec![RetryOn::Kind(RetryKind::ConnectError)]
-}
 pub fn retry_backoff() -> Dur {
     Dur::millis(0)
 }
@@ -123,13 +119,6 @@ pub fn redact_query() -> Vec<String> {
     ]
     .map(String::from)
     .to_vec()
-}
-
-pub fn redis_timeout() -> Dur {
-    Dur::millis(10)
-}
-pub fn redis_prefix() -> String {
-    "postern".into()
 }
 
 pub fn cache_memory() -> Size {

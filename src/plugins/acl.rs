@@ -10,7 +10,7 @@
 
 use super::{BuildCtx, Flow, Plugin};
 use crate::auth::{failure, AuthFail};
-use crate::config::Issue;
+use crate::config::error::Issue;
 use crate::context::RequestCtx;
 use crate::error::GatewayError;
 use crate::observability::metrics::AuthMetrics;

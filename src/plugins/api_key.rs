@@ -11,7 +11,7 @@
 
 use super::{BuildCtx, Flow, Plugin};
 use crate::auth::{failure, AuthFail, Consumers};
-use crate::config::Issue;
+use crate::config::error::Issue;
 use crate::context::RequestCtx;
 use crate::error::GatewayError;
 use crate::observability::metrics::AuthMetrics;

@@ -14,7 +14,7 @@
 
 use super::{build, BuildCtx, Flow, Plugin, PluginSpec};
 use crate::auth::{AuthFail, LastFail};
-use crate::config::Issue;
+use crate::config::error::Issue;
 use crate::context::RequestCtx;
 use crate::error::GatewayError;
 use async_trait::async_trait;

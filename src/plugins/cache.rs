@@ -20,8 +20,8 @@
 
 use super::{header_names, BuildCtx, Flow, Plugin, Reply};
 use crate::cache::{CachePolicy, QueryKey};
+use crate::config::error::Issue;
 use crate::config::types::Dur;
-use crate::config::Issue;
 use crate::context::RequestCtx;
 use crate::error::GatewayError;
 use pingora::http::RequestHeader;
@@ -135,9 +135,6 @@ fn yes() -> bool {
 fn default_max_ttl() -> Dur {
     Dur::secs(86_400)
 }
-/// RFC 9110 §15.1: the statuses cacheable by default (heuristic freshness).
-pub const HEURISTIC_STATUSES: [u16; 11] = [200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];
-
 fn default_targeted() -> Vec<String> {
     vec!["cdn-cache-control".into()]
 }

@@ -9,7 +9,7 @@
 
 use super::key::{self, Key, KeyConfig, MissingKey};
 use super::{retry_after, BuildCtx, Flow, Plugin};
-use crate::config::Issue;
+use crate::config::error::Issue;
 use crate::context::RequestCtx;
 use crate::error::GatewayError;
 use crate::observability::metrics::LimitMetrics;

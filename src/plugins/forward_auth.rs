@@ -18,9 +18,9 @@
 
 use super::{header_names, BuildCtx, Flow, Plugin, Reply};
 use crate::auth::sha256;
+use crate::config::error::Issue;
 use crate::config::schema::OnError;
 use crate::config::types::Dur;
-use crate::config::Issue;
 use crate::context::{Consumer, RequestCtx};
 use crate::error::GatewayError;
 use crate::observability::metrics::AuthMetrics;

@@ -11,7 +11,7 @@
 //! applied in that order: remove, set, add.
 
 use super::Plugin;
-use crate::config::Issue;
+use crate::config::error::Issue;
 use crate::context::RequestCtx;
 use crate::error::GatewayError;
 use http::{HeaderName, HeaderValue};

@@ -20,8 +20,8 @@
 use super::{BuildCtx, Flow, Plugin};
 use crate::auth::jwks::{self, family, KeySet, RemoteJwks, VerifyKey};
 use crate::auth::{failure, AuthFail, Consumers};
+use crate::config::error::Issue;
 use crate::config::types::{Dur, Size};
-use crate::config::Issue;
 use crate::context::{Consumer, RequestCtx};
 use crate::error::GatewayError;
 use crate::observability::metrics::AuthMetrics;

@@ -21,30 +21,16 @@ pub mod oauth2_introspection;
 pub mod rate_limit;
 pub mod time_window;
 
-use crate::config::Issue;
+use crate::config::error::Issue;
 use crate::context::RequestCtx;
 use crate::error::GatewayError;
 use async_trait::async_trait;
-use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use std::sync::Arc;
 
-/// A complete response a plugin wants sent instead of proxying (401, 429, …).
-#[derive(Debug, Clone)]
-pub struct Reply {
-    pub status: u16,
-    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
-    pub body: Bytes,
-}
-
-/// The outcome of a request-side hook.
-#[derive(Debug)]
-pub enum Flow {
-    Continue,
-    Respond(Reply),
-}
+pub use crate::reply::{Flow, Reply};
 
 /// A plugin. Every hook has a no-op default; implement the ones you need.
 #[async_trait]
@@ -196,7 +182,7 @@ pub struct BuildCtx<'a> {
     /// The cluster store and its default failure policy, when `cluster.redis` is configured.
     pub redis: Option<(
         &'a Arc<crate::ratelimit::cluster::Redis>,
-        crate::config::schema::OnError,
+        crate::config::schema::cluster::OnError,
     )>,
 }
 

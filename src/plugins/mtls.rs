@@ -17,7 +17,7 @@
 
 use super::{BuildCtx, Flow, Plugin};
 use crate::auth::{AuthFail, Consumers};
-use crate::config::Issue;
+use crate::config::error::Issue;
 use crate::context::{Consumer, RequestCtx};
 use crate::error::GatewayError;
 use crate::observability::metrics::AuthMetrics;

@@ -16,8 +16,8 @@
 
 use super::{BuildCtx, Flow, Plugin};
 use crate::auth::{failure, sha256, AuthFail, Consumers};
+use crate::config::error::Issue;
 use crate::config::types::Dur;
-use crate::config::Issue;
 use crate::context::{Consumer, RequestCtx};
 use crate::error::GatewayError;
 use crate::observability::metrics::AuthMetrics;

@@ -23,9 +23,9 @@
 
 use super::key::{self, Key, KeyConfig, MissingKey};
 use super::{retry_after, BuildCtx, Flow, Plugin};
+use crate::config::error::Issue;
 use crate::config::schema::OnError;
 use crate::config::types::Dur;
-use crate::config::Issue;
 use crate::context::RequestCtx;
 use crate::error::GatewayError;
 use crate::observability::metrics::LimitMetrics;

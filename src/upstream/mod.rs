@@ -5,8 +5,8 @@ pub mod health;
 pub mod retry;
 pub mod target;
 
+use crate::config::error::Issue;
 use crate::config::schema::{self, Balance, HashFallback, Protocol};
-use crate::config::Issue;
 use crate::error::GatewayError;
 use crate::observability::metrics::UpstreamMetrics;
 use arc_swap::ArcSwap;

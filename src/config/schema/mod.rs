@@ -9,7 +9,11 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
+pub mod cluster;
+pub mod consumer;
 mod upstream;
+pub use cluster::{OnError, RedisConfig};
+pub use consumer::*;
 pub use upstream::*;
 
 /// The whole configuration file.
@@ -41,61 +45,6 @@ pub struct Config {
     pub upstreams: BTreeMap<String, Upstream>,
     #[serde(default)]
     pub routes: Vec<Route>,
-}
-
-/// A known caller and its credentials.
-#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ConsumerConfig {
-    /// Unique name; also what a JWT's consumer claim (`sub` by default) is matched against.
-    pub name: String,
-    #[serde(default)]
-    pub groups: Vec<String>,
-    /// API keys, stored as SHA-256 digests.
-    #[serde(default)]
-    pub api_keys: Vec<ApiKeyCredential>,
-    /// Basic credentials.
-    #[serde(default)]
-    pub basic: Option<BasicCredential>,
-    /// Client certificates (mTLS) that identify this consumer.
-    #[serde(default)]
-    pub certificates: Vec<CertIdentity>,
-}
-
-/// A client certificate, by one of its facts.
-#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CertIdentity {
-    /// Subject common name.
-    #[serde(default)]
-    pub cn: Option<String>,
-    /// A subjectAltName (DNS name, e-mail, URI or IP, as text).
-    #[serde(default)]
-    pub san: Option<String>,
-    /// Hex SHA-256 fingerprint of the DER certificate.
-    #[serde(default)]
-    pub sha256: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ApiKeyCredential {
-    /// Hex SHA-256 of the key (`printf %s KEY | sha256sum`).
-    #[serde(default)]
-    pub sha256: Option<String>,
-    /// The key itself; only accepted as `${ENV_VAR}` so that keys stay out of files.
-    #[serde(default)]
-    pub key: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct BasicCredential {
-    /// Defaults to the consumer name.
-    #[serde(default)]
-    pub username: Option<String>,
-    /// argon2id (`$argon2id$...`) or bcrypt (`$2b$...`) hash of the password.
-    pub password_hash: String,
 }
 
 /// The HTTP cache storage (created at start; a size change needs a restart or upgrade).
@@ -143,37 +92,6 @@ pub struct Cluster {
     /// The Redis (standalone or Redis Cluster) holding cluster-wide rate-limit state.
     #[serde(default)]
     pub redis: Option<RedisConfig>,
-}
-
-#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct RedisConfig {
-    /// One server: `redis://[user:password@]host:port[/db]`.
-    #[serde(default)]
-    pub url: Option<String>,
-    /// Seed nodes of a Redis Cluster, instead of `url`.
-    #[serde(default)]
-    pub cluster_nodes: Vec<String>,
-    /// Hard limit on one rate-limit check; past it the rule follows `on_error`.
-    #[serde(default = "d::redis_timeout")]
-    pub timeout: Dur,
-    /// When Redis is slow or down: `allow` (fall back to a per-node limit) or `deny` (503).
-    #[serde(default)]
-    pub on_error: OnError,
-    /// Prefix of every key Postern writes.
-    #[serde(default = "d::redis_prefix")]
-    pub key_prefix: String,
-}
-
-/// What a cluster-wide rule does when its store does not answer.
-#[derive(Debug, Clone, Copy, Default, Deserialize, serde::Serialize, JsonSchema, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum OnError {
-    /// Let the request through, limited by the same rule enforced on this node alone.
-    #[default]
-    Allow,
-    /// Answer 503.
-    Deny,
 }
 
 /// Process-wide settings.

@@ -1,8 +1,8 @@
 //! The `upstreams` section: targets, balancing, health checks, timeouts, retries and TLS to
 //! the upstream.
 
-use super::super::defaults as d;
-use super::super::types::Dur;
+use crate::config::defaults as d;
+use crate::config::types::Dur;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -160,7 +160,7 @@ pub struct Retry {
     #[serde(default = "d::retry_attempts")]
     pub attempts: u32,
     /// Which failures are retried on another target: connect_error, timeout, reset, or a status (502).
-    #[serde(default = "d::retry_on")]
+    #[serde(default = "retry_on")]
     pub on: Vec<RetryOn>,
     /// Pause before each retry.
     #[serde(default = "d::retry_backoff")]
@@ -171,10 +171,14 @@ impl Default for Retry {
     fn default() -> Self {
         Retry {
             attempts: d::retry_attempts(),
-            on: d::retry_on(),
+            on: retry_on(),
             backoff: d::retry_backoff(),
         }
     }
+}
+
+fn retry_on() -> Vec<RetryOn> {
+    vec![RetryOn::Kind(RetryKind::ConnectError)]
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, JsonSchema)]
