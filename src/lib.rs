@@ -1,7 +1,7 @@
 //! Postern: an API gateway built on Pingora.
 //!
 //! Layers, left to right (a module imports only modules to its left):
-//! `config`, `error` → `context` → `router`, `upstream`, `plugins`, `checks`, `forward`, `tls`
+//! `config`, `error`, `reply` → `context` → `router`, `upstream`, `plugins`, `tls`
 //! → `snapshot` → `gateway`, `admin`, `lifecycle` → `app` → `main`.
 
 #![forbid(unsafe_code)]
@@ -10,12 +10,10 @@ pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod cache;
-pub mod checks;
 pub mod cli;
 pub mod config;
 pub mod context;
 pub mod error;
-pub mod forward;
 pub mod gateway;
 pub mod lifecycle;
 pub mod observability;

@@ -2,14 +2,14 @@
 //! target choice and retries in `upstream`, request rules in `checks` and `forward`, features in
 //! `plugins`, and every error response in `error`.
 
+pub mod checks;
+pub mod forward;
 pub mod head_deadline;
 mod records;
 mod routing;
 
-use crate::checks;
 use crate::context::{ConnInfo, RequestCtx};
 use crate::error::{classify, GatewayError};
-use crate::forward;
 use crate::observability::access_log::AccessLog;
 use crate::observability::metrics::{observe_method, METRICS};
 use crate::observability::trace::TraceContext;

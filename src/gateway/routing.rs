@@ -1,9 +1,9 @@
 //! Finding the route of a request, and writing a plugin's own reply.
 
+use super::checks;
+use super::forward;
 use super::{fail, Ctx};
-use crate::checks;
 use crate::error::GatewayError;
-use crate::forward;
 use crate::plugins::Reply;
 use crate::router::{path::normalize, RequestView};
 use crate::snapshot::Route;

@@ -144,7 +144,7 @@ impl<'a> JsonObject<'a> {
     }
 
     fn raw_ip(&mut self, ip: std::net::IpAddr) {
-        crate::forward::push_ip(self.out, ip);
+        push_ip(self.out, ip);
     }
 
     pub fn finish(self) {
@@ -152,6 +152,25 @@ impl<'a> JsonObject<'a> {
             self.out.push(b'{');
         }
         self.out.push(b'}');
+    }
+}
+
+/// Appends the text of `ip` (IPv4 octet by octet, without the formatting machinery).
+pub fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut b = itoa::Buffer::new();
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                out.extend_from_slice(b.format(o).as_bytes());
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            use std::io::Write;
+            let _ = write!(out, "{v6}");
+        }
     }
 }
 

@@ -103,7 +103,7 @@ pub fn forwarding_fields(
             xff.extend_from_slice(b", ");
         }
         let ip_at = xff.len();
-        push_ip(&mut xff, ip);
+        crate::observability::json::push_ip(&mut xff, ip);
         if which.forwarded {
             let ip_text = &xff[ip_at..];
             let mut fwd = Vec::with_capacity(96);
@@ -147,25 +147,6 @@ pub fn forwarding_fields(
 fn push(out: &mut Fields, name: &'static HeaderName, value: Vec<u8>) {
     if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
         out.push((name, v));
-    }
-}
-
-/// Appends the text of `ip` (IPv4 octet by octet, without the formatting machinery).
-pub fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
-    match ip {
-        std::net::IpAddr::V4(v4) => {
-            let mut b = itoa::Buffer::new();
-            for (i, o) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                out.extend_from_slice(b.format(o).as_bytes());
-            }
-        }
-        std::net::IpAddr::V6(v6) => {
-            use std::io::Write;
-            let _ = write!(out, "{v6}");
-        }
     }
 }
 
