@@ -194,6 +194,52 @@ impl GatewayError {
     }
 }
 
+/// `fail_to_proxy`: the one place a request's error is written to the client. `decided` is
+/// Postern's own error (recorded when it was raised); otherwise Pingora's error is classified.
+/// Returns the status for the logs (0: the client is gone, nothing was sent) and whether the
+/// connection may serve another request (only after errors that left the request whole).
+pub async fn respond(
+    session: &mut pingora::proxy::Session,
+    decided: Option<GatewayError>,
+    e: &Error,
+    request_id: &str,
+) -> pingora::proxy::FailToProxy {
+    use pingora::proxy::FailToProxy;
+    let Some(ge) = decided.or_else(|| classify(e)) else {
+        return FailToProxy {
+            error_code: 0,
+            can_reuse_downstream: false,
+        };
+    };
+    let code = ge.status();
+    let closed = FailToProxy {
+        error_code: code,
+        can_reuse_downstream: false,
+    };
+    if session.response_written().is_some() {
+        return closed;
+    }
+    let Ok((header, body)) = ge.response(request_id) else {
+        return closed;
+    };
+    let reusable = matches!(ge, GatewayError::NoRoute | GatewayError::NoHealthyTarget)
+        && session.is_body_empty();
+    if !reusable {
+        session.set_keepalive(None);
+    }
+    let written = match session.write_response_header(Box::new(header), false).await {
+        Ok(()) => session.write_response_body(Some(body), true).await,
+        Err(e) => Err(e),
+    };
+    if let Err(w) = written {
+        log::debug!("could not send the error response: {w}");
+    }
+    FailToProxy {
+        error_code: code,
+        can_reuse_downstream: reusable,
+    }
+}
+
 fn problem_header(status: u16, len: usize) -> pingora::Result<ResponseHeader> {
     let mut h = ResponseHeader::build(status, Some(4))?;
     let _ = h.insert_header("content-type", "application/problem+json");

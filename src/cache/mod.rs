@@ -512,6 +512,25 @@ pub fn vary(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
     b.finalize()
 }
 
+/// RFC 9111 §4.4: a successful unsafe request (POST, PUT, PATCH, DELETE...) invalidates the
+/// stored responses of its URL.
+pub fn invalidate_after(
+    policy: &CachePolicy,
+    req: &RequestHeader,
+    host: Option<&str>,
+    status: u16,
+) {
+    let safe = matches!(
+        req.method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    );
+    if !safe && (200..400).contains(&status) {
+        if let Some(storage) = storage() {
+            storage.purge_url(&url(policy, req, host));
+        }
+    }
+}
+
 /// How the cache took part in a response, for `Cache-Status`, `X-Cache`, metrics and logs.
 pub fn outcome(phase: &CachePhase) -> &'static str {
     match phase {

@@ -1,17 +1,69 @@
 //! What the gateway reports about a finished request: its access-log line and, for sampled
 //! traces, its spans.
 
-use super::Ctx;
+use super::ctx::Ctx;
+use super::Gateway;
 use crate::json_key;
 use crate::observability::access_log::{now_rfc3339_millis, AccessLog, Entry, Stamp};
 use crate::observability::json::JsonObject;
+use crate::observability::metrics::observe_method;
 use crate::observability::trace::TraceContext;
 use pingora::proxy::Session;
 use pingora::Error;
 use std::net::SocketAddr;
 
+/// `logging`: what a finished request reports: metrics, spans, the access-log line, the
+/// plugins' `on_log`, and the cache's bookkeeping (outcome counts, invalidation by unsafe
+/// methods).
+pub(super) fn finish(gw: &Gateway, session: &Session, ctx: &mut Ctx, e: Option<&Error>) {
+    ctx.attempt.inflight = None;
+    let status = session
+        .response_written()
+        .map(|r| r.status.as_u16())
+        .or(ctx.req.status)
+        .unwrap_or(0);
+    ctx.req.status = Some(status);
+    let elapsed = ctx
+        .timing
+        .started
+        .map_or(0.0, |s| s.elapsed().as_secs_f64());
+    let (bytes_in, bytes_out) = (
+        session.body_bytes_read() as u64,
+        session.body_bytes_sent() as u64,
+    );
+    let metrics = ctx
+        .route
+        .as_ref()
+        .map_or(&ctx.snap.unrouted, |r| &r.metrics);
+    metrics.observe(status, elapsed, bytes_in, bytes_out);
+    observe_method(&session.req_header().method, status);
+    if let (Some(route), Some(secs)) = (&ctx.route, ctx.attempt.secs) {
+        if let Some(h) = &route.upstream.metrics.response {
+            h.observe(secs);
+        }
+    }
+    if let (Some(exporter), Some(trace)) = (&gw.spans, ctx.req.trace) {
+        if trace.sampled() {
+            export_spans(exporter, session, ctx, trace, status);
+        }
+    }
+    if let Some(log) = &gw.access_log {
+        access_record(session, ctx, log, e, elapsed, bytes_in, bytes_out);
+    }
+    let Some(route) = &ctx.route else {
+        return;
+    };
+    route.chain.on_log(&ctx.req);
+    if let Some(policy) = &route.cache {
+        if let Some(s) = ctx.cache.status {
+            route.cache_metrics.observe(s);
+        }
+        crate::cache::invalidate_after(policy, session.req_header(), ctx.host(), status);
+    }
+}
+
 /// The request's SERVER span and one CLIENT span per upstream attempt.
-pub(super) fn export_spans(
+fn export_spans(
     exporter: &crate::observability::otlp::Exporter,
     session: &Session,
     ctx: &Ctx,
@@ -38,14 +90,14 @@ pub(super) fn export_spans(
         parent: trace.parent,
         name: format!("{} {route}", req.method),
         kind: 2,
-        start_unix_nanos: ctx.started_unix,
+        start_unix_nanos: ctx.timing.started_unix,
         end_unix_nanos: end,
         attributes,
         error: status >= 500 || status == 0,
     });
     let upstream = ctx.route.as_ref().map_or("", |r| &*r.upstream.name);
-    for (i, (id, target, start, stop)) in ctx.client_spans.iter().enumerate() {
-        let last = i + 1 == ctx.client_spans.len();
+    for (i, (id, target, start, stop)) in ctx.timing.client_spans.iter().enumerate() {
+        let last = i + 1 == ctx.timing.client_spans.len();
         let mut attributes = vec![("postern.upstream", json!(upstream))];
         if let Some(t) = target {
             attributes.push(("server.address", json!(t.ip().to_string())));
@@ -124,7 +176,7 @@ impl Entry for Record<'_> {
 }
 
 /// Logs the access-log line of a finished request.
-pub(super) fn access_record(
+fn access_record(
     session: &Session,
     ctx: &Ctx,
     log: &AccessLog,
@@ -141,7 +193,7 @@ pub(super) fn access_record(
         trace_id: ctx.req.trace.map(|t| t.trace_id_hex()),
         client: ctx.req.client_ip,
         consumer: ctx.req.consumer.as_deref().map(|c| c.name.as_str()),
-        cache: ctx.cache_status,
+        cache: ctx.cache.status,
         auth_failure: ctx
             .req
             .ext
@@ -157,14 +209,14 @@ pub(super) fn access_record(
         },
         route: ctx.route.as_ref().map(|r| &*r.name),
         upstream: ctx.route.as_ref().map(|r| &*r.upstream.name),
-        target: ctx.target.as_ref().map(|t| t.addr),
+        target: ctx.attempt.target.as_ref().map(|t| t.addr),
         // nginx's 499 for a client that left before any answer (0 inside Postern).
         status: ctx.req.status.map(|s| if s == 0 { 499 } else { s }),
         bytes_in,
         bytes_out,
         duration_ms: ms(secs),
-        upstream_ms: ctx.upstream_secs.map(ms),
-        tries: ctx.tries,
+        upstream_ms: ctx.attempt.secs.map(ms),
+        tries: ctx.attempt.tries,
         error: e.map(|e| error_name(e, ctx.failure.as_ref()).to_string()),
     };
     log.write(&record);

@@ -1,13 +1,10 @@
-//! Finding the route of a request, and writing a plugin's own reply.
+//! Finding the route of a request.
 
 use super::checks;
+use super::ctx::Ctx;
 use super::forward;
-use super::{fail, Ctx};
 use crate::error::GatewayError;
-use crate::plugins::Reply;
 use crate::router::{path::normalize, RequestView};
-use crate::snapshot::Route;
-use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use std::borrow::Cow;
 
@@ -45,31 +42,4 @@ pub(super) fn route_request(session: &mut Session, ctx: &mut Ctx) -> Result<(), 
     }
     ctx.route = Some(route);
     Ok(())
-}
-
-/// Writes a plugin's reply, after the route's response hooks.
-pub(super) async fn send_reply(
-    session: &mut Session,
-    ctx: &mut Ctx,
-    route: &Route,
-    reply: Reply,
-) -> pingora::Result<()> {
-    let mut h = ResponseHeader::build(reply.status, Some(reply.headers.len() + 2))?;
-    for (n, v) in reply.headers {
-        h.append_header(n, v)?;
-    }
-    h.insert_header("content-length", reply.body.len().to_string())?;
-    if let Some(id) = ctx.req.request_id.header_value() {
-        h.insert_header(forward::REQUEST_ID, id)?;
-    }
-    ctx.req.status = Some(reply.status);
-    route
-        .chain
-        .on_response(&mut h, &mut ctx.req)
-        .map_err(|e| fail(ctx, e))?;
-    if !session.is_body_empty() {
-        session.set_keepalive(None);
-    }
-    session.write_response_header(Box::new(h), false).await?;
-    session.write_response_body(Some(reply.body), true).await
 }

@@ -2,8 +2,20 @@
 //! `error_while_proxy` (the request may have reached the target: only idempotent methods).
 
 use crate::config::schema::{Retry, RetryKind, RetryOn};
-use pingora::{Error, ErrorType};
+use pingora::{Error, ErrorType, RetryType};
 use std::time::Duration;
+
+/// Tries on closed pooled connections allowed per request, beyond `retry.attempts`.
+pub const MAX_STALE_TRIES: u32 = 3;
+
+/// A failure on a pooled connection that the target had already closed (idle close, restart,
+/// or the target died) before any answer: Pingora marks it `ReusedOnly`, and it applies when
+/// the connection was indeed reused. Not an attempt and not a health failure of the target.
+pub fn is_stale_pooled(e: &Error, reused: bool) -> bool {
+    let mut decided = e.retry;
+    decided.decide_reuse(reused);
+    matches!(e.retry, RetryType::ReusedOnly) && matches!(decided, RetryType::Decided(true))
+}
 
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
@@ -48,6 +60,17 @@ impl RetryPolicy {
             }
             _ => self.connect_error,
         }
+    }
+
+    /// After a closed pooled connection ([`is_stale_pooled`]), `stale_tries` so far: try again
+    /// on a new connection (idempotent, replayable requests only).
+    pub fn after_stale_connection(
+        &self,
+        stale_tries: u32,
+        idempotent: bool,
+        body_replayable: bool,
+    ) -> bool {
+        idempotent && body_replayable && stale_tries <= MAX_STALE_TRIES
     }
 
     /// Whether an upstream answer with `status` should be replaced by a retry.

@@ -1,0 +1,156 @@
+//! The upstream side of a request: choosing a target for each try, what a failed try means
+//! for health and retries (decided by the group's `upstream::retry` policy), the request as
+//! sent upstream, and the upstream's response header.
+
+use super::ctx::Ctx;
+use super::{forward, Gateway};
+use crate::upstream::retry::is_stale_pooled;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::Session;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::Error;
+use std::time::Instant;
+
+/// `upstream_peer`: the next target (untried first), after the retry backoff.
+pub(super) async fn peer(session: &mut Session, ctx: &mut Ctx) -> pingora::Result<Box<HttpPeer>> {
+    let route = ctx.route()?;
+    let group = &route.upstream;
+    let fresh = std::mem::take(&mut ctx.attempt.fresh);
+    if ctx.attempt.tries > 0 && !fresh && !group.retry.backoff.is_zero() {
+        tokio::time::sleep(group.retry.backoff).await;
+    }
+    let target = group
+        .select(session.req_header(), ctx.req.client_ip, &ctx.attempt.tried)
+        .map_err(|e| ctx.fail(e))?;
+    let a = &mut ctx.attempt;
+    if a.tries > 0 {
+        if let Some(c) = &group.metrics.retries {
+            c.inc();
+        }
+    }
+    a.tries += 1;
+    if ctx.timing.started.is_some() {
+        a.started = Some(Instant::now());
+    }
+    a.tried.push(target.addr);
+    a.inflight = Some(target.begin());
+    let peer = group.http_peer(&target, fresh);
+    a.target = Some(target);
+    Ok(Box::new(peer))
+}
+
+/// `fail_to_connect`: a health failure of the target; retried as the policy says (nothing was
+/// sent, so any method may be).
+pub(super) fn connect_failed(ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+    if let (Some(route), Some(t)) = (&ctx.route, &ctx.attempt.target) {
+        route.upstream.record_outcome(t, false);
+        let retry = route
+            .upstream
+            .retry
+            .after_connect_failure(ctx.attempt.tries, &e);
+        e.set_retry(retry);
+    }
+    e
+}
+
+/// `error_while_proxy`: a closed pooled connection is tried again on a new connection without
+/// counting as an attempt or against the target's health; any other failure counts and is
+/// retried as the policy says (idempotent, replayable requests only).
+pub(super) fn proxy_failed(
+    session: &Session,
+    ctx: &mut Ctx,
+    mut e: Box<Error>,
+    reused: bool,
+) -> Box<Error> {
+    let replayable = !session.as_ref().retry_buffer_truncated();
+    let idempotent = session.req_header().method.is_idempotent();
+    let (Some(route), Some(t)) = (ctx.route.clone(), ctx.attempt.target.clone()) else {
+        return e;
+    };
+    let policy = &route.upstream.retry;
+    let a = &mut ctx.attempt;
+    let retry = if is_stale_pooled(&e, reused) {
+        // This target stays in `tried`: the new connection goes to another one first.
+        a.tries = a.tries.saturating_sub(1);
+        a.stale_tries += 1;
+        a.fresh = true;
+        policy.after_stale_connection(a.stale_tries, idempotent, replayable)
+    } else {
+        if e.esource() == &pingora::ErrorSource::Upstream {
+            route.upstream.record_outcome(&t, false);
+        }
+        policy.after_proxy_failure(a.tries, &e, idempotent, replayable)
+    };
+    e.set_retry(retry);
+    e
+}
+
+/// `upstream_request_filter`: path rewrite, Host, `traceparent` (a CLIENT span per try when
+/// sampled), then the route's plugins.
+pub(super) fn upstream_request(
+    gw: &Gateway,
+    session: &Session,
+    up: &mut RequestHeader,
+    ctx: &mut Ctx,
+) -> pingora::Result<()> {
+    let route = ctx.route()?;
+    if let Some(p) = forward::upstream_path(&route, session.req_header().uri.path(), &ctx.captures)
+    {
+        forward::set_path(up, &p);
+    }
+    forward::set_host(up, &route, ctx.client_host.as_ref());
+    if let Some(t) = &ctx.req.trace {
+        let (span, header) = t.child();
+        let _ = up.insert_header("traceparent", header);
+        if t.sampled() && gw.spans.is_some() {
+            let target = ctx.attempt.target.as_ref().map(|t| t.addr);
+            let now = crate::observability::otlp::unix_nanos();
+            ctx.timing.client_spans.push((span, target, now, None));
+        }
+    }
+    route
+        .chain
+        .on_upstream_request(up, &mut ctx.req)
+        .map_err(|e| ctx.fail(e))
+}
+
+/// `upstream_response_filter`: timings, passive health, a retry on a configured status, and
+/// the fields of a 304 that revalidates a stored response.
+pub(super) fn upstream_response(
+    session: &Session,
+    resp: &ResponseHeader,
+    ctx: &mut Ctx,
+) -> pingora::Result<()> {
+    let status = resp.status.as_u16();
+    ctx.attempt.secs = ctx.attempt.started.map(|s| s.elapsed().as_secs_f64());
+    if let Some(last) = ctx.timing.client_spans.last_mut() {
+        last.3
+            .get_or_insert_with(crate::observability::otlp::unix_nanos);
+    }
+    if status == 304 && session.cache.maybe_cache_meta().is_some() {
+        ctx.cache.not_modified = Some(Box::new(resp.headers.clone()));
+    }
+    let (Some(route), Some(t)) = (&ctx.route, &ctx.attempt.target) else {
+        return Ok(());
+    };
+    if status < 200 {
+        return Ok(());
+    }
+    let group = &route.upstream;
+    group.record_outcome(t, !group.is_failure_status(status));
+    let idempotent = session.req_header().method.is_idempotent();
+    let replayable = !session.as_ref().retry_buffer_truncated();
+    if group
+        .retry
+        .retries_status(ctx.attempt.tries, status, idempotent, replayable)
+    {
+        // Drop this answer and let `error_while_proxy` send the request to another target.
+        let mut e = Error::explain(
+            pingora::ErrorType::HTTPStatus(status),
+            "retrying on upstream status",
+        );
+        e.esource = pingora::ErrorSource::Upstream;
+        return Err(e);
+    }
+    Ok(())
+}

@@ -1,0 +1,54 @@
+//! The cache phases of a request on a route with a `cache` plugin: turning the cache on, the
+//! key, storability (with a 304's fields merged first) and when stale answers may be served.
+
+use super::ctx::Ctx;
+use crate::error::GatewayError;
+use pingora::cache::{CacheKey, NoCacheReason, RespCacheable};
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::Error;
+
+/// `request_cache_filter`.
+pub(super) fn enable(session: &mut Session, ctx: &Ctx) {
+    if let Some(policy) = ctx.route.as_ref().and_then(|r| r.cache.as_ref()) {
+        crate::cache::enable(session, policy);
+    }
+}
+
+/// `cache_key_callback` (Pingora's default panics).
+pub(super) fn key(session: &Session, ctx: &mut Ctx) -> pingora::Result<CacheKey> {
+    let Some(policy) = ctx.route.as_ref().and_then(|r| r.cache.clone()) else {
+        return Err(ctx.fail(GatewayError::Internal));
+    };
+    Ok(crate::cache::key(
+        &policy,
+        session.req_header(),
+        ctx.host(),
+        ctx.req.consumer.as_deref().map(|c| c.name.as_str()),
+    ))
+}
+
+/// `response_cache_filter`.
+pub(super) fn storable(resp: &ResponseHeader, ctx: &mut Ctx) -> RespCacheable {
+    let Some(policy) = ctx.route.as_ref().and_then(|r| r.cache.as_ref()) else {
+        return RespCacheable::Uncacheable(NoCacheReason::NeverEnabled);
+    };
+    let auth = ctx.cache.had_authorization;
+    match ctx.cache.not_modified.take() {
+        Some(fields) => {
+            let merged = crate::cache::merge_not_modified(resp, &fields);
+            crate::cache::cacheable(policy, &merged, auth)
+        }
+        None => crate::cache::cacheable(policy, resp, auth),
+    }
+}
+
+/// `should_serve_stale`: while revalidating in the background (`error: None`, only when the
+/// entry's stale-while-revalidate allows it) and when the origin fails (stale-if-error) —
+/// including the 503 no-healthy-upstream the retry logic ends with once every target failed.
+pub(super) fn serve_stale(error: Option<&Error>) -> bool {
+    error.is_none_or(|e| {
+        e.esource() == &pingora::ErrorSource::Upstream
+            || matches!(e.etype(), pingora::ErrorType::HTTPStatus(502..=504))
+    })
+}

@@ -1,0 +1,144 @@
+//! Pingora's per-request context: the plugin view ([`RequestCtx`]) plus what only the gateway
+//! touches, grouped by concern (the upstream attempt, timings and spans, the cache).
+
+use crate::context::RequestCtx;
+use crate::error::GatewayError;
+use crate::observability::metrics::METRICS;
+use crate::router::Captures;
+use crate::snapshot::{Route, Snapshot};
+use crate::upstream::target::{InflightGuard, TargetState};
+use http::HeaderValue;
+use pingora::Error;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+pub struct Ctx {
+    pub req: RequestCtx,
+    pub(super) snap: Arc<Snapshot>,
+    pub(super) route: Option<Arc<Route>>,
+    pub(super) captures: Captures,
+    /// The Host the client addressed (see `forward::client_host`).
+    pub(super) client_host: Option<HeaderValue>,
+    pub(super) attempt: Attempt,
+    pub(super) timing: Timing,
+    pub(super) cache: CacheState,
+    /// The error Postern decided on, rendered by `fail_to_proxy` and named in the access log.
+    pub(super) failure: Option<GatewayError>,
+    /// Request body bytes read so far (for the route's `max_request_body`).
+    pub(super) body_bytes: u64,
+    _counted: InFlight,
+}
+
+/// The tries at the upstream.
+#[derive(Default)]
+pub(super) struct Attempt {
+    pub target: Option<Arc<TargetState>>,
+    pub inflight: Option<InflightGuard>,
+    pub tried: smallvec::SmallVec<[SocketAddr; 2]>,
+    /// Attempts made, as `retry.attempts` counts them (a closed pooled connection is not one).
+    pub tries: u32,
+    /// Tries that failed on a pooled connection the target had already closed.
+    pub stale_tries: u32,
+    /// The next try opens a new connection instead of taking a pooled one.
+    pub fresh: bool,
+    pub started: Option<Instant>,
+    /// Time to the upstream's response header.
+    pub secs: Option<f64>,
+}
+
+/// One upstream call of a sampled trace: span id, target, start and end (Unix ns).
+pub(super) type ClientSpan = ([u8; 8], Option<SocketAddr>, u64, Option<u64>);
+
+#[derive(Default)]
+pub(super) struct Timing {
+    /// Start of the request; `None` when nothing reads durations (no metrics, access log or
+    /// span export): each clock read costs about as much as routing a request.
+    pub started: Option<Instant>,
+    /// Start of the request on the Unix clock (for exported spans).
+    pub started_unix: u64,
+    pub client_spans: Vec<ClientSpan>,
+}
+
+#[derive(Default)]
+pub(super) struct CacheState {
+    /// The client sent `Authorization` (before any plugin stripped it): RFC 9111 §3.5.
+    pub had_authorization: bool,
+    /// How the cache answered (`HIT`, `MISS`, ...), on cached routes.
+    pub status: Option<&'static str>,
+    /// The fields of a 304 that revalidated a stored response (merged in
+    /// `response_cache_filter`).
+    pub not_modified: Option<Box<http::HeaderMap>>,
+}
+
+impl Ctx {
+    pub(super) fn new(snap: Arc<Snapshot>, timed: bool) -> Ctx {
+        Ctx {
+            req: RequestCtx::default(),
+            snap,
+            route: None,
+            captures: Captures::default(),
+            client_host: None,
+            attempt: Attempt::default(),
+            timing: Timing {
+                started: timed.then(Instant::now),
+                ..Timing::default()
+            },
+            cache: CacheState::default(),
+            failure: None,
+            body_bytes: 0,
+            _counted: InFlight::new(),
+        }
+    }
+
+    /// The Host the client addressed, as text.
+    pub(super) fn host(&self) -> Option<&str> {
+        self.client_host.as_ref().and_then(|h| h.to_str().ok())
+    }
+
+    /// Records Postern's decision and returns the Pingora error that carries it.
+    pub(super) fn fail(&mut self, e: GatewayError) -> Box<Error> {
+        let p = e.clone().into_pingora();
+        self.failure = Some(e);
+        p
+    }
+
+    /// The matched route (every phase after `request_filter` has one).
+    pub(super) fn route(&mut self) -> Result<Arc<Route>, Box<Error>> {
+        match &self.route {
+            Some(r) => Ok(r.clone()),
+            None => Err(self.fail(GatewayError::Internal)),
+        }
+    }
+}
+
+/// Requests whose context is alive, in this process (for the exit once a stop is idle).
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// Requests being served now.
+pub fn in_flight() -> usize {
+    IN_FLIGHT.load(Ordering::SeqCst)
+}
+
+/// Counts a request (and in `postern_http_requests_in_flight`) for as long as its context lives.
+struct InFlight;
+
+impl InFlight {
+    fn new() -> InFlight {
+        IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+        if let Some(m) = METRICS.as_ref() {
+            m.in_flight.inc();
+        }
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+        if let Some(m) = METRICS.as_ref() {
+            m.in_flight.dec();
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! The client side of a request: connection facts and limits when it arrives, and what is set
+//! on it once its route's plugins let it through.
+
+use super::ctx::Ctx;
+use super::{checks, draining, forward, Gateway};
+use crate::context::{ClientCert, ConnInfo};
+use crate::error::GatewayError;
+use crate::observability::trace::TraceContext;
+use pingora::proxy::Session;
+use std::sync::Arc;
+
+/// `early_request_filter`: framing checks, connection limits, the facts plugins read (client,
+/// TLS, request id, trace) and the request checks of RFC 9110/9112.
+pub(super) fn arrive(
+    gw: &Gateway,
+    session: &mut Session,
+    ctx: &mut Ctx,
+) -> Result<(), GatewayError> {
+    let h2 = session.is_http2();
+    if !h2 && checks::had_cl_and_te(session.req_header(), session.get_keepalive()) {
+        return Err(GatewayError::BadRequest(
+            "The request has both Content-Length and Transfer-Encoding.",
+        ));
+    }
+    set_connection_limits(session, ctx);
+    let inet = session.client_addr().and_then(|a| a.as_inet());
+    ctx.req.conn = ConnInfo {
+        client_ip: inet.map(|a| a.ip()),
+        client_port: inet.map_or(0, |a| a.port()),
+        tls: gw.tls,
+        client_cert: gw.tls.then(|| client_cert(session)).flatten(),
+        sni: None,
+        http2: h2,
+    };
+    let req = session.req_header();
+    let limits = &ctx.snap.limits;
+    ctx.cache.had_authorization = req.headers.contains_key(http::header::AUTHORIZATION);
+    ctx.req.client_ip =
+        crate::auth::client_ip(ctx.req.conn.client_ip, req, &limits.trusted_proxies);
+    if limits.request_id {
+        ctx.req.request_id = forward::request_id(req);
+    }
+    if limits.trace {
+        start_trace(gw, req, ctx);
+    }
+    checks::drop_underscored_framing(session.req_header_mut());
+    checks::check(session.req_header(), h2, &ctx.snap.limits)
+}
+
+/// Bounds the idle time of connections Pingora keeps alive (its default is infinite), leaves
+/// closed the ones the client or HTTP/1.0 asked to close, and sets the client I/O timeouts.
+fn set_connection_limits(session: &mut Session, ctx: &Ctx) {
+    let limits = &ctx.snap.limits;
+    if draining() {
+        session.set_keepalive(None);
+    } else if session.get_keepalive().is_some() {
+        session.set_keepalive(Some(limits.keepalive.as_secs().max(1)));
+    }
+    session.set_read_timeout(Some(limits.client_read));
+    session.set_write_timeout(Some(limits.client_write));
+}
+
+fn client_cert(session: &Session) -> Option<Arc<ClientCert>> {
+    session
+        .digest()
+        .and_then(|d| d.ssl_digest.as_ref())
+        .and_then(|s| s.extension.get::<Arc<ClientCert>>())
+        .cloned()
+}
+
+fn start_trace(gw: &Gateway, req: &pingora::http::RequestHeader, ctx: &mut Ctx) {
+    let incoming = req
+        .headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceContext::parse);
+    let sample = || gw.spans.as_ref().is_some_and(|e| e.sample());
+    ctx.req.trace = Some(incoming.unwrap_or_else(|| TraceContext::new_root_sampled(sample())));
+    ctx.timing.started_unix = crate::observability::otlp::unix_nanos();
+}
+
+/// After the route's plugins let the request through: the forwarding fields (set on the
+/// client's request header, which Pingora clones for each upstream attempt: done once per
+/// request), then the first chunk of a chunked body (see [`checks::read_first_chunk`]).
+pub(super) async fn admit(session: &mut Session, ctx: &mut Ctx) -> pingora::Result<()> {
+    let limits = &ctx.snap.limits;
+    let fields = forward::forwarding_fields(
+        session.req_header(),
+        &ctx.req,
+        ctx.client_host.as_ref(),
+        &limits.forwarded,
+    );
+    forward::set_fields(
+        session.req_header_mut(),
+        fields,
+        limits.preserve_header_case,
+    );
+    match checks::read_first_chunk(session).await {
+        Ok(()) => Ok(()),
+        Err(checks::FirstChunk::Invalid) => Err(ctx.fail(GatewayError::BadRequest(
+            "The chunked body framing is invalid.",
+        ))),
+        Err(checks::FirstChunk::Gone(e)) => Err(e),
+    }
+}
+
+/// `request_body_filter`: the route's body size limit on bodies without (or beyond) a
+/// Content-Length.
+pub(super) fn count_body(ctx: &mut Ctx, chunk: Option<&bytes::Bytes>) -> pingora::Result<()> {
+    ctx.body_bytes += chunk.map_or(0, |b| b.len() as u64);
+    match &ctx.route {
+        Some(r) if ctx.body_bytes > r.max_body => Err(ctx.fail(GatewayError::PayloadTooLarge)),
+        _ => Ok(()),
+    }
+}
