@@ -142,6 +142,10 @@ impl Plugin for Headers {
         "headers"
     }
 
+    fn phases(&self) -> super::Phases {
+        super::Phases::UPSTREAM_REQUEST.and(super::Phases::RESPONSE)
+    }
+
     fn on_upstream_request(
         &self,
         req: &mut RequestHeader,

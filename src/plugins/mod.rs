@@ -2,8 +2,8 @@
 //! hooks run in list order, response-side hooks in reverse order (the onion model of Envoy and
 //! axum). Plugins never touch the socket: they return a [`Flow`], and the gateway writes replies.
 //!
-//! Adding a plugin: a new file with a typed `Config`, a [`PluginSpec`] variant and one match arm
-//! in [`build`]. `gateway.rs` does not change.
+//! Adding a plugin: a new file with a typed `Config` and its hooks listed in `Plugin::phases`,
+//! a [`PluginSpec`] variant and one match arm in [`build`]. `gateway.rs` does not change.
 
 pub mod acl;
 pub mod api_key;
@@ -32,10 +32,37 @@ use std::sync::Arc;
 
 pub use crate::reply::{Flow, Reply};
 
-/// A plugin. Every hook has a no-op default; implement the ones you need.
+/// The hooks a plugin implements. A route's [`Chain`] keeps one list per hook, so a hook is
+/// called only on the plugins that declare it, and a phase without plugins costs nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Phases(u8);
+
+impl Phases {
+    pub const REQUEST: Phases = Phases(1);
+    pub const UPSTREAM_REQUEST: Phases = Phases(1 << 1);
+    pub const RESPONSE: Phases = Phases(1 << 2);
+    pub const LOG: Phases = Phases(1 << 3);
+
+    /// Both sets.
+    pub const fn and(self, other: Phases) -> Phases {
+        Phases(self.0 | other.0)
+    }
+
+    pub const fn has(self, p: Phases) -> bool {
+        self.0 & p.0 != 0
+    }
+}
+
+/// A plugin. Every hook has a no-op default; implement the ones you need and list them in
+/// [`Plugin::phases`].
 #[async_trait]
 pub trait Plugin: Send + Sync + 'static {
     fn name(&self) -> &'static str;
+
+    /// The hooks this plugin implements (default: `on_request` only).
+    fn phases(&self) -> Phases {
+        Phases::REQUEST
+    }
 
     /// After routing, before anything is sent upstream. May answer the request itself.
     async fn on_request(
@@ -77,21 +104,43 @@ pub trait Plugin: Send + Sync + 'static {
     fn start(&self) {}
 }
 
-/// A route's plugins, in configuration order.
+/// A route's plugins: request-side hooks run in configuration order, response-side hooks in
+/// reverse order. One list per hook, holding only the plugins that declare it.
 #[derive(Clone, Default)]
 pub struct Chain {
-    plugins: Box<[Arc<dyn Plugin>]>,
+    all: Box<[Arc<dyn Plugin>]>,
+    request: Box<[Arc<dyn Plugin>]>,
+    upstream_request: Box<[Arc<dyn Plugin>]>,
+    /// Reverse configuration order.
+    response: Box<[Arc<dyn Plugin>]>,
+    /// Reverse configuration order.
+    log: Box<[Arc<dyn Plugin>]>,
 }
 
 impl Chain {
     pub fn new(plugins: Vec<Arc<dyn Plugin>>) -> Chain {
+        let with = |p: Phases, reverse: bool| -> Box<[Arc<dyn Plugin>]> {
+            let mut v: Vec<_> = plugins
+                .iter()
+                .filter(|x| x.phases().has(p))
+                .cloned()
+                .collect();
+            if reverse {
+                v.reverse();
+            }
+            v.into()
+        };
         Chain {
-            plugins: plugins.into(),
+            request: with(Phases::REQUEST, false),
+            upstream_request: with(Phases::UPSTREAM_REQUEST, false),
+            response: with(Phases::RESPONSE, true),
+            log: with(Phases::LOG, true),
+            all: plugins.into(),
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.plugins.is_empty()
+        self.all.is_empty()
     }
 
     pub async fn on_request(
@@ -99,7 +148,7 @@ impl Chain {
         req: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<Flow, GatewayError> {
-        for p in self.plugins.iter() {
+        for p in self.request.iter() {
             if let Flow::Respond(r) = p.on_request(req, ctx).await? {
                 return Ok(Flow::Respond(r));
             }
@@ -112,7 +161,7 @@ impl Chain {
         req: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<(), GatewayError> {
-        self.plugins
+        self.upstream_request
             .iter()
             .try_for_each(|p| p.on_upstream_request(req, ctx))
     }
@@ -122,23 +171,22 @@ impl Chain {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<(), GatewayError> {
-        self.plugins
+        self.response
             .iter()
-            .rev()
             .try_for_each(|p| p.on_response(resp, ctx))
     }
 
     pub fn on_log(&self, ctx: &RequestCtx) {
-        self.plugins.iter().rev().for_each(|p| p.on_log(ctx));
+        self.log.iter().for_each(|p| p.on_log(ctx));
     }
 
     pub fn start(&self) {
-        self.plugins.iter().for_each(|p| p.start());
+        self.all.iter().for_each(|p| p.start());
     }
 
     /// The cache policy of the route, if one of its plugins is `cache`.
     pub fn cache_policy(&self) -> Option<Arc<crate::cache::CachePolicy>> {
-        self.plugins.iter().find_map(|p| p.cache_policy())
+        self.all.iter().find_map(|p| p.cache_policy())
     }
 }
 

@@ -338,6 +338,10 @@ impl Plugin for RateLimit {
         "rate_limit"
     }
 
+    fn phases(&self) -> super::Phases {
+        super::Phases::REQUEST.and(super::Phases::RESPONSE)
+    }
+
     async fn on_request(
         &self,
         req: &mut RequestHeader,
