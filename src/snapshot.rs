@@ -29,9 +29,15 @@ pub enum Part {
 }
 
 /// A compiled route.
+/// What a route sends its requests to: exactly one per route.
+pub enum Target {
+    /// An upstream group (balancing, health, retries).
+    Upstream(Arc<UpstreamGroup>),
+}
+
 pub struct Route {
     pub name: Arc<str>,
-    pub upstream: Arc<UpstreamGroup>,
+    pub target: Target,
     pub chain: Chain,
     pub param_names: Vec<Arc<str>>,
     pub strip_prefix: Option<String>,
@@ -42,6 +48,15 @@ pub struct Route {
     /// HTTP cache policy (the route's `cache` plugin).
     pub cache: Option<Arc<crate::cache::CachePolicy>>,
     pub cache_metrics: crate::observability::metrics::CacheMetrics,
+}
+
+impl Route {
+    /// The upstream group, for a route whose target is one.
+    pub fn upstream(&self) -> Option<&Arc<UpstreamGroup>> {
+        match &self.target {
+            Target::Upstream(g) => Some(g),
+        }
+    }
 }
 
 /// Limits applied to every downstream request.
@@ -401,7 +416,7 @@ fn compile_route(
             None => Default::default(),
         },
         name,
-        upstream,
+        target: Target::Upstream(upstream),
         cache,
         chain,
         param_names,

@@ -14,7 +14,9 @@ use std::time::Instant;
 /// `upstream_peer`: the next target (untried first), after the retry backoff.
 pub(super) async fn peer(session: &mut Session, ctx: &mut Ctx) -> pingora::Result<Box<HttpPeer>> {
     let route = ctx.route()?;
-    let group = &route.upstream;
+    let Some(group) = route.upstream() else {
+        return Err(ctx.fail(crate::error::GatewayError::Internal));
+    };
     let fresh = std::mem::take(&mut ctx.attempt.fresh);
     if ctx.attempt.tries > 0 && !fresh && !group.retry.backoff.is_zero() {
         tokio::time::sleep(group.retry.backoff).await;
@@ -42,13 +44,10 @@ pub(super) async fn peer(session: &mut Session, ctx: &mut Ctx) -> pingora::Resul
 /// `fail_to_connect`: a health failure of the target; retried as the policy says (nothing was
 /// sent, so any method may be).
 pub(super) fn connect_failed(ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
-    if let (Some(route), Some(t)) = (&ctx.route, &ctx.attempt.target) {
-        route.upstream.record_outcome(t, false);
-        let retry = route
-            .upstream
-            .retry
-            .after_connect_failure(ctx.attempt.tries, &e);
-        e.set_retry(retry);
+    let group = ctx.route.as_ref().and_then(|r| r.upstream());
+    if let (Some(group), Some(t)) = (group, &ctx.attempt.target) {
+        group.record_outcome(t, false);
+        e.set_retry(group.retry.after_connect_failure(ctx.attempt.tries, &e));
     }
     e
 }
@@ -64,10 +63,11 @@ pub(super) fn proxy_failed(
 ) -> Box<Error> {
     let replayable = !session.as_ref().retry_buffer_truncated();
     let idempotent = session.req_header().method.is_idempotent();
-    let (Some(route), Some(t)) = (ctx.route.clone(), ctx.attempt.target.clone()) else {
+    let group = ctx.route.as_ref().and_then(|r| r.upstream()).cloned();
+    let (Some(group), Some(t)) = (group, ctx.attempt.target.clone()) else {
         return e;
     };
-    let policy = &route.upstream.retry;
+    let policy = &group.retry;
     let a = &mut ctx.attempt;
     let retry = if is_stale_pooled(&e, reused) {
         // This target stays in `tried`: the new connection goes to another one first.
@@ -77,7 +77,7 @@ pub(super) fn proxy_failed(
         policy.after_stale_connection(a.stale_tries, idempotent, replayable)
     } else {
         if e.esource() == &pingora::ErrorSource::Upstream {
-            route.upstream.record_outcome(&t, false);
+            group.record_outcome(&t, false);
         }
         policy.after_proxy_failure(a.tries, &e, idempotent, replayable)
     };
@@ -130,13 +130,13 @@ pub(super) fn upstream_response(
     if status == 304 && session.cache.maybe_cache_meta().is_some() {
         ctx.cache.not_modified = Some(Box::new(resp.headers.clone()));
     }
-    let (Some(route), Some(t)) = (&ctx.route, &ctx.attempt.target) else {
+    let group = ctx.route.as_ref().and_then(|r| r.upstream());
+    let (Some(group), Some(t)) = (group, &ctx.attempt.target) else {
         return Ok(());
     };
     if status < 200 {
         return Ok(());
     }
-    let group = &route.upstream;
     group.record_outcome(t, !group.is_failure_status(status));
     let idempotent = session.req_header().method.is_idempotent();
     let replayable = !session.as_ref().retry_buffer_truncated();
