@@ -19,6 +19,7 @@ pub mod lifecycle;
 pub mod observability;
 pub mod plugins;
 pub mod ratelimit;
+pub mod redis;
 pub mod reload;
 pub mod reply;
 pub mod router;

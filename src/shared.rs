@@ -4,8 +4,8 @@
 
 use crate::auth::jwks::RemoteJwks;
 use crate::config::schema::cluster::RedisConfig;
-use crate::ratelimit::cluster::Redis;
 use crate::ratelimit::Store;
+use crate::redis::Redis;
 use crate::upstream::target::Registry;
 use parking_lot::Mutex;
 use std::sync::Arc;

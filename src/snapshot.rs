@@ -6,7 +6,7 @@ use crate::config::schema::{self, Config};
 use crate::config::{self as cfg, ConfigError, Issue, Loaded};
 use crate::observability::metrics::RouteMetrics;
 use crate::plugins::{self, Chain};
-use crate::ratelimit::cluster::Redis;
+use crate::redis::Redis;
 use crate::router::matcher::ValueMatch;
 use crate::router::pattern::Pattern;
 use crate::router::{check_host, Conditions, Router};

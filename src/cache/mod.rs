@@ -98,11 +98,11 @@ impl PurgeKind {
 /// Purges are broadcast to the other nodes on this Redis channel (under the key prefix).
 pub const PURGE_CHANNEL: &str = "cache:purge";
 
-static BROADCAST: arc_swap::ArcSwapOption<crate::ratelimit::cluster::Redis> =
+static BROADCAST: arc_swap::ArcSwapOption<crate::redis::Redis> =
     arc_swap::ArcSwapOption::const_empty();
 
 /// Where purges are broadcast (the `cluster.redis` of the running configuration).
-pub fn set_broadcast(redis: Option<std::sync::Arc<crate::ratelimit::cluster::Redis>>) {
+pub fn set_broadcast(redis: Option<std::sync::Arc<crate::redis::Redis>>) {
     BROADCAST.store(redis);
 }
 

@@ -229,7 +229,7 @@ pub struct BuildCtx<'a> {
     pub consumers: &'a Arc<crate::auth::Consumers>,
     /// The cluster store and its default failure policy, when `cluster.redis` is configured.
     pub redis: Option<(
-        &'a Arc<crate::ratelimit::cluster::Redis>,
+        &'a Arc<crate::redis::Redis>,
         crate::config::schema::cluster::OnError,
     )>,
 }

@@ -29,9 +29,10 @@ use crate::config::types::Dur;
 use crate::context::RequestCtx;
 use crate::error::GatewayError;
 use crate::observability::metrics::LimitMetrics;
-use crate::ratelimit::cluster::{DenyCache, Redis};
+use crate::ratelimit::cluster::DenyCache;
 use crate::ratelimit::gcra::{Cell, LocalGcra};
 use crate::ratelimit::{Outcome, Quota};
+use crate::redis::Redis;
 use async_trait::async_trait;
 use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -314,7 +315,7 @@ impl RateLimit {
             });
         }
         let rkey = format!("{}{key}", c.prefix);
-        match c.redis.check(&rkey, &self.cells, self.max_delay).await {
+        match crate::ratelimit::cluster::check(&c.redis, &rkey, &self.cells, self.max_delay).await {
             Ok(o) => {
                 if !o.allowed {
                     c.deny.block(hash, o.retry_after);
