@@ -120,6 +120,7 @@ fn bench(c: &mut Criterion) {
         shared: &shared,
         consumers: &consumers,
         redis: None,
+        max_request_body: 1 << 20,
     };
     let plugin = postern::plugins::jwt::Jwt::new(&cfg, &b).unwrap();
     let token = encode(&Header::new(Algorithm::HS256), &claims(), &cases[0].1).unwrap();

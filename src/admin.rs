@@ -283,7 +283,7 @@ fn purge(query: Option<&str>) -> Response<Vec<u8>> {
         .unwrap_or("")
         .split('&')
         .filter_map(|p| p.split_once('='))
-        .map(|(k, v)| (k.to_string(), percent_decode(v)))
+        .map(|(k, v)| (k.to_string(), crate::router::path::form_decode(v)))
         .collect();
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let soft = get("soft") == Some("true");
@@ -306,26 +306,6 @@ fn purge(query: Option<&str>) -> Response<Vec<u8>> {
         ),
         None => problem(404, "not-found", "no route has a cache"),
     }
-}
-
-/// `%XX` and `+` decoding of a query value.
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 3 <= b.len() {
-            let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("");
-            if let Ok(v) = u8::from_str_radix(hex, 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(if b[i] == b'+' { b' ' } else { b[i] });
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Field names whose values are secrets wherever they appear in the configuration.

@@ -13,6 +13,9 @@ pub enum GatewayError {
     NoRoute,
     /// The request violates HTTP/1.1 or HTTP semantics (RFC 9110/9112); the reason is public.
     BadRequest(&'static str),
+    /// The request body cannot be read as a body plugin needs (JSON syntax at a position...);
+    /// the reason is public and never quotes the body.
+    InvalidBody(String),
     /// Body larger than the route's limit.
     PayloadTooLarge,
     /// Too many or too large header fields.
@@ -41,7 +44,7 @@ impl GatewayError {
     pub fn status(&self) -> u16 {
         match self {
             GatewayError::NoRoute => 404,
-            GatewayError::BadRequest(_) => 400,
+            GatewayError::BadRequest(_) | GatewayError::InvalidBody(_) => 400,
             GatewayError::PayloadTooLarge => 413,
             GatewayError::HeadersTooLarge => 431,
             GatewayError::NoHealthyTarget => 503,
@@ -61,6 +64,7 @@ impl GatewayError {
         match self {
             GatewayError::NoRoute => "no-route",
             GatewayError::BadRequest(_) => "bad-request",
+            GatewayError::InvalidBody(_) => "invalid-body",
             GatewayError::PayloadTooLarge => "payload-too-large",
             GatewayError::HeadersTooLarge => "headers-too-large",
             GatewayError::NoHealthyTarget => "no-healthy-upstream",
@@ -78,7 +82,7 @@ impl GatewayError {
     fn title(&self) -> &'static str {
         match self {
             GatewayError::NoRoute => "Not Found",
-            GatewayError::BadRequest(_) => "Bad Request",
+            GatewayError::BadRequest(_) | GatewayError::InvalidBody(_) => "Bad Request",
             GatewayError::PayloadTooLarge => "Content Too Large",
             GatewayError::HeadersTooLarge => "Request Header Fields Too Large",
             GatewayError::NoHealthyTarget => "Service Unavailable",
@@ -93,10 +97,11 @@ impl GatewayError {
         }
     }
 
-    fn detail(&self) -> &'static str {
+    fn detail(&self) -> &str {
         match self {
             GatewayError::NoRoute => "No route matches this request.",
             GatewayError::BadRequest(why) => why,
+            GatewayError::InvalidBody(why) => why,
             GatewayError::PayloadTooLarge => "The request body exceeds the allowed size.",
             GatewayError::HeadersTooLarge => "The request header fields are too many or too large.",
             GatewayError::NoHealthyTarget => "No healthy upstream target is available.",

@@ -26,4 +26,5 @@ pub mod router;
 pub mod shared;
 pub mod snapshot;
 pub mod tls;
+pub mod transform;
 pub mod upstream;

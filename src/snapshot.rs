@@ -380,6 +380,10 @@ fn compile_route(
             shared: env.shared,
             consumers: env.consumers,
             redis: env.redis,
+            max_request_body: r
+                .max_request_body
+                .unwrap_or(env.config.server.max_request_body)
+                .0,
         };
         match plugins::build(spec, &b) {
             Ok(p) => plugins.push(p),

@@ -29,5 +29,7 @@ mod ratelimit;
 mod reload;
 #[path = "routing.rs"]
 mod routing;
+#[path = "transform.rs"]
+mod transform;
 #[path = "upgrade.rs"]
 mod upgrade;

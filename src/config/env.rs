@@ -1,5 +1,11 @@
 //! `${VAR}` and `${VAR:-default}` expansion on the raw file text, before YAML parsing.
 //!
+//! The rule that keeps them apart from request templates (`${path.id}`, `${request_id}`,
+//! evaluated per request by `transform`): environment variable names are upper case
+//! (`[A-Z_][A-Z0-9_]*`) and are expanded here; template names are lower case (letters, digits,
+//! `_`, `.`, `-`, an optional `:type`) and are left in place for the feature that reads them;
+//! anything else (`${Path}`, `${path:-x}`) is an error naming the line.
+//!
 //! Only the braced forms are expanded (a bare `$NAME` is left alone, so regexes such as `^/v1$`
 //! survive), `$$` is a literal `$`, and comments are not expanded. Written here rather than with
 //! `shellexpand` because that crate also expands bare `$NAME`.
@@ -46,11 +52,24 @@ fn expand_line(
                 Some((n, d)) => (n, Some(d)),
                 None => (expr, None),
             };
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                issues.push(located(
-                    line,
-                    &format!("invalid environment variable name \"{name}\""),
-                ));
+            if default.is_none() && is_template(name) {
+                // A request template: kept for the plugin that evaluates it.
+                out.push_str(&tail[..end + 3]);
+                rest = &body[end + 1..];
+                continue;
+            }
+            let env_name = name
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+                && name.starts_with(|c: char| c.is_ascii_uppercase() || c == '_');
+            if !env_name {
+                issues.push(
+                    located(
+                        line,
+                        &format!("\"${{{expr}}}\" is neither an environment reference nor a template"),
+                    )
+                    .hint("environment variables are upper case (${JWT_SECRET}, ${PORT:-8080}); request templates are lower case (${path.id}, ${request_id})"),
+                );
             } else {
                 match (lookup(name), default) {
                     (Some(v), _) => out.push_str(&v),
@@ -68,6 +87,16 @@ fn expand_line(
         }
     }
     out.push_str(rest);
+}
+
+/// A request template name: lower case letters first, then letters, digits, `_`, `.`, `-`,
+/// and an optional `:type`.
+fn is_template(name: &str) -> bool {
+    let base = name.split_once(':').map_or(name, |(b, _)| b);
+    base.starts_with(|c: char| c.is_ascii_lowercase())
+        && base
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-'))
 }
 
 fn located(line: usize, msg: &str) -> Issue {
@@ -109,6 +138,23 @@ mod tests {
         )
         .unwrap();
         assert_eq!(out, "a: 10.0.0.1\nb: x\nc: ^/v1$\nd: $HOST # ${NOPE}\n");
+    }
+
+    #[test]
+    fn templates_are_left_for_plugins_and_mixed_case_is_refused() {
+        let out = expand(
+            "a: \"${path.id}-${request_id}\"\nb: ${query.n:number}\n",
+            env,
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            "a: \"${path.id}-${request_id}\"\nb: ${query.n:number}\n"
+        );
+        for bad in ["a: ${Host}\n", "a: ${path:-x}\n", "a: ${a b}\n"] {
+            let err = expand(bad, env).unwrap_err();
+            assert!(err[0].message.contains("neither"), "{bad}: {err:?}");
+        }
     }
 
     #[test]

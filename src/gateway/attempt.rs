@@ -24,6 +24,9 @@ pub(super) async fn peer(session: &mut Session, ctx: &mut Ctx) -> pingora::Resul
     let target = group
         .select(session.req_header(), ctx.req.client_ip, &ctx.attempt.tried)
         .map_err(|e| ctx.fail(e))?;
+    if let Some(stage) = ctx.bodies.request.as_mut() {
+        stage.reset();
+    }
     let a = &mut ctx.attempt;
     if a.tries > 0 {
         if let Some(c) = &group.metrics.retries {
@@ -99,6 +102,16 @@ pub(super) fn upstream_request(
         forward::set_path(up, &p);
     }
     forward::set_host(up, &route, ctx.client_host.as_ref());
+    if let Some(ready) = &ctx.bodies.request_ready {
+        up.remove_header(&http::header::TRANSFER_ENCODING);
+        let _ = up.insert_header(http::header::CONTENT_LENGTH, ready.len().to_string());
+    } else if ctx.bodies.request.is_some() {
+        up.remove_header(&http::header::CONTENT_LENGTH);
+    }
+    if route.chain.has_response_body() {
+        // Body plugins read plain bytes: ask for them instead of decoding and re-encoding.
+        let _ = up.insert_header(http::header::ACCEPT_ENCODING, "identity");
+    }
     if let Some(t) = &ctx.req.trace {
         let (span, header) = t.child();
         let _ = up.insert_header("traceparent", header);
@@ -118,7 +131,7 @@ pub(super) fn upstream_request(
 /// the fields of a 304 that revalidates a stored response.
 pub(super) fn upstream_response(
     session: &Session,
-    resp: &ResponseHeader,
+    resp: &mut ResponseHeader,
     ctx: &mut Ctx,
 ) -> pingora::Result<()> {
     let status = resp.status.as_u16();
@@ -130,6 +143,7 @@ pub(super) fn upstream_response(
     if status == 304 && session.cache.maybe_cache_meta().is_some() {
         ctx.cache.not_modified = Some(Box::new(resp.headers.clone()));
     }
+    super::response::start_body(session, resp, ctx, true)?;
     let group = ctx.route.as_ref().and_then(|r| r.upstream());
     let (Some(group), Some(t)) = (group, &ctx.attempt.target) else {
         return Ok(());

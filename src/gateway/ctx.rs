@@ -28,7 +28,22 @@ pub struct Ctx {
     pub(super) failure: Option<GatewayError>,
     /// Request body bytes read so far (for the route's `max_request_body`).
     pub(super) body_bytes: u64,
+    pub(super) bodies: Bodies,
     _counted: InFlight,
+}
+
+/// Body plugins at work on this exchange (all `None` on routes without body plugins).
+#[derive(Default)]
+pub(super) struct Bodies {
+    /// The request body, transformed as it streams (or buffered whole) on its way upstream.
+    pub request: Option<super::body::BodyStage>,
+    /// The request body, read and transformed before an upstream was chosen; sent in place of
+    /// the client's (again on a retry).
+    pub request_ready: Option<bytes::Bytes>,
+    /// The response body before the cache stores it (plugins listed before `cache`).
+    pub stored: Option<super::body::BodyStage>,
+    /// The response body as sent to the client.
+    pub served: Option<super::body::BodyStage>,
 }
 
 /// The tries at the upstream.
@@ -88,6 +103,7 @@ impl Ctx {
             cache: CacheState::default(),
             failure: None,
             body_bytes: 0,
+            bodies: Bodies::default(),
             _counted: InFlight::new(),
         }
     }

@@ -4,6 +4,7 @@
 //! in `records`, and every error response in `error::respond`.
 
 mod attempt;
+mod body;
 mod caching;
 pub mod checks;
 mod ctx;
@@ -118,10 +119,10 @@ impl ProxyHttp for Gateway {
         &self,
         _s: &mut Session,
         body: &mut Option<Bytes>,
-        _eos: bool,
+        eos: bool,
         ctx: &mut Ctx,
     ) -> pingora::Result<()> {
-        request::count_body(ctx, body.as_ref())
+        request::body(ctx, body, eos)
     }
 
     async fn upstream_peer(
@@ -174,6 +175,26 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> pingora::Result<()> {
         attempt::upstream_response(session, resp, ctx)
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _s: &mut Session,
+        body: &mut Option<Bytes>,
+        eos: bool,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<Option<std::time::Duration>> {
+        response::body(ctx, body, eos, true).map(|()| None)
+    }
+
+    fn response_body_filter(
+        &self,
+        _s: &mut Session,
+        body: &mut Option<Bytes>,
+        eos: bool,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<Option<std::time::Duration>> {
+        response::body(ctx, body, eos, false).map(|()| None)
     }
 
     async fn response_filter(

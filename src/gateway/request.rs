@@ -95,6 +95,12 @@ pub(super) async fn admit(session: &mut Session, ctx: &mut Ctx) -> pingora::Resu
         fields,
         limits.preserve_header_case,
     );
+    if !ctx.route()?.chain.request_body().is_empty() {
+        body_plugins(session, ctx).await?;
+        if ctx.bodies.request_ready.is_some() {
+            return Ok(());
+        }
+    }
     match checks::read_first_chunk(session).await {
         Ok(()) => Ok(()),
         Err(checks::FirstChunk::Invalid) => Err(ctx.fail(GatewayError::BadRequest(
@@ -104,12 +110,90 @@ pub(super) async fn admit(session: &mut Session, ctx: &mut Ctx) -> pingora::Resu
     }
 }
 
-/// `request_body_filter`: the route's body size limit on bodies without (or beyond) a
-/// Content-Length.
-pub(super) fn count_body(ctx: &mut Ctx, chunk: Option<&bytes::Bytes>) -> pingora::Result<()> {
-    ctx.body_bytes += chunk.map_or(0, |b| b.len() as u64);
-    match &ctx.route {
-        Some(r) if ctx.body_bytes > r.max_body => Err(ctx.fail(GatewayError::PayloadTooLarge)),
-        _ => Ok(()),
+/// Largest body read whole before an upstream is chosen: what Pingora's retry buffer holds
+/// (the bytes read early are sent from it).
+const READ_AHEAD: usize = 64 << 10;
+
+/// The request-body plugins that take this request. A whole-body plugin's limit is checked
+/// against Content-Length first (413, nothing sent upstream); a body of known length up to
+/// 64 KiB is read and transformed right here, so that a bad body is answered before any
+/// upstream is called. Longer or chunked bodies are transformed as they stream upstream.
+async fn body_plugins(session: &mut Session, ctx: &mut Ctx) -> pingora::Result<()> {
+    let route = ctx.route()?;
+    let req = session.req_header();
+    let length = checks::content_length(req);
+    let chunked = req.headers.contains_key(http::header::TRANSFER_ENCODING);
+    if session.is_http2() || (length.unwrap_or(0) == 0 && !chunked) {
+        return Ok(());
     }
+    let takers: Vec<_> = route
+        .chain
+        .request_body()
+        .iter()
+        .filter(|p| p.takes_request_body(session.req_header_mut(), &mut ctx.req))
+        .cloned()
+        .collect();
+    let Some(mut stage) = super::body::BodyStage::new(super::body::Side::Request, takers) else {
+        return Ok(());
+    };
+    if let (Some(max), Some(len)) = (stage.limit(), length) {
+        if len > max as u64 {
+            return Err(ctx.fail(GatewayError::PayloadTooLarge));
+        }
+        if len <= READ_AHEAD as u64 {
+            let whole = read_whole(session, ctx).await?;
+            let mut body = Some(whole);
+            stage
+                .filter(&mut body, true, &mut ctx.req, None)
+                .map_err(|e| ctx.fail(e))?;
+            ctx.bodies.request_ready = Some(body.unwrap_or_default());
+            return Ok(());
+        }
+    }
+    ctx.bodies.request = Some(stage);
+    Ok(())
+}
+
+/// The whole request body (its length was checked to fit the read-ahead).
+async fn read_whole(session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bytes::Bytes> {
+    session.as_downstream_mut().enable_retry_buffering();
+    let mut all = bytes::BytesMut::new();
+    while let Some(chunk) = session.as_downstream_mut().read_request_body().await? {
+        all.extend_from_slice(&chunk);
+        if all.len() > READ_AHEAD {
+            return Err(ctx.fail(GatewayError::BadRequest(
+                "The request body is longer than its Content-Length.",
+            )));
+        }
+    }
+    Ok(all.freeze())
+}
+
+/// `request_body_filter`: the route's body size limit on bodies without (or beyond) a
+/// Content-Length, then the body plugins: the body transformed before proxying replaces the
+/// client's, or the streaming stage runs.
+pub(super) fn body(
+    ctx: &mut Ctx,
+    chunk: &mut Option<bytes::Bytes>,
+    eos: bool,
+) -> pingora::Result<()> {
+    ctx.body_bytes += chunk.as_ref().map_or(0, |b| b.len() as u64);
+    if ctx
+        .route
+        .as_ref()
+        .is_some_and(|r| ctx.body_bytes > r.max_body)
+    {
+        return Err(ctx.fail(GatewayError::PayloadTooLarge));
+    }
+    if let Some(ready) = &ctx.bodies.request_ready {
+        // Everything was read before proxying: Pingora sends it from its retry buffer in one
+        // piece (again on a retry), which becomes the transformed body.
+        *chunk = Some(ready.clone());
+        return Ok(());
+    }
+    let Some(stage) = ctx.bodies.request.as_mut() else {
+        return Ok(());
+    };
+    let result = stage.filter(chunk, eos, &mut ctx.req, Some(bytes::Bytes::new()));
+    result.map_err(|e| ctx.fail(e))
 }

@@ -2,7 +2,9 @@
 //! plugin's reply).
 
 use super::ctx::Ctx;
-use super::{draining, forward};
+use super::{body, draining, forward};
+use crate::error::GatewayError;
+use crate::plugins::Oversize;
 use crate::reply::Reply;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
@@ -32,7 +34,65 @@ pub(super) fn header(
     route
         .chain
         .on_response(resp, &mut ctx.req)
-        .map_err(|e| ctx.fail(e))
+        .map_err(|e| ctx.fail(e))?;
+    start_body(session, resp, ctx, false)
+}
+
+/// Sets up the response-body plugins of one stage (`stored`: before the cache stores the
+/// answer, in `upstream_response_filter`; otherwise as it is served) for this response, and
+/// gives the header of the changed body. A body longer than a whole-body plugin's limit, known
+/// from Content-Length, passes untransformed or is a 502, as the plugin says.
+pub(super) fn start_body(
+    session: &Session,
+    resp: &mut ResponseHeader,
+    ctx: &mut Ctx,
+    stored: bool,
+) -> pingora::Result<()> {
+    let route = ctx.route()?;
+    let candidates = route.chain.response_body(stored);
+    if candidates.is_empty() {
+        return Ok(());
+    }
+    let head = session.req_header().method == http::Method::HEAD;
+    let takers = body::response_takers(candidates, head, resp, &mut ctx.req);
+    let Some(stage) = body::BodyStage::new(body::Side::Response, takers) else {
+        return Ok(());
+    };
+    if let (Some(max), Some(len)) = (stage.limit(), body::content_length(resp)) {
+        if len > max {
+            crate::observability::metrics::transform_error(&ctx.req.route, "response", "oversize");
+            return match stage.oversize() {
+                Oversize::Pass => Ok(()),
+                Oversize::Error => Err(ctx.fail(GatewayError::BadGateway)),
+            };
+        }
+    }
+    body::changed_body_header(resp);
+    if stored {
+        ctx.bodies.stored = Some(stage);
+    } else {
+        ctx.bodies.served = Some(stage);
+    }
+    Ok(())
+}
+
+/// `upstream_response_body_filter` (`stored`) and `response_body_filter`.
+pub(super) fn body(
+    ctx: &mut Ctx,
+    chunk: &mut Option<bytes::Bytes>,
+    eos: bool,
+    stored: bool,
+) -> pingora::Result<()> {
+    let stage = if stored {
+        ctx.bodies.stored.as_mut()
+    } else {
+        ctx.bodies.served.as_mut()
+    };
+    let Some(stage) = stage else {
+        return Ok(());
+    };
+    let result = stage.filter(chunk, eos, &mut ctx.req, None);
+    result.map_err(|e| ctx.fail(e))
 }
 
 /// Writes a plugin's reply, after the route's response hooks.

@@ -50,6 +50,8 @@ pub struct Families {
     cache_stored_bytes: IntCounter,
     cache_disk_bytes: IntGauge,
     spans_dropped: IntCounter,
+    transform_errors: IntCounterVec,
+    body_buffered: IntCounter,
 }
 
 fn families() -> Result<Families, prometheus::Error> {
@@ -141,6 +143,16 @@ fn families() -> Result<Families, prometheus::Error> {
             "Bytes of responses stored in the cache (headers and bodies).",
         )
         .and_then(|c| prometheus::register(Box::new(c.clone())).map(|_| c))?,
+        transform_errors: register_int_counter_vec!(
+            "postern_transform_errors_total",
+            "Bodies a body plugin left untransformed or failed on, by route, phase and reason.",
+            &["route", "phase", "reason"]
+        )?,
+        body_buffered: IntCounter::new(
+            "postern_body_buffered_bytes_total",
+            "Body bytes buffered whole for body plugins.",
+        )
+        .and_then(|c| prometheus::register(Box::new(c.clone())).map(|_| c))?,
         spans_dropped: IntCounter::new(
             "postern_trace_spans_dropped_total",
             "Spans not exported: the export queue was full or the collector failed.",
@@ -219,6 +231,22 @@ impl AuthMetrics {
 pub fn cache_evicted() {
     if let Some(m) = METRICS.as_ref() {
         m.cache_evictions.inc();
+    }
+}
+
+/// Counts a body a body plugin left untransformed or failed on (rare: labels bound per call).
+pub fn transform_error(route: &str, phase: &str, reason: &str) {
+    if let Some(m) = METRICS.as_ref() {
+        m.transform_errors
+            .with_label_values(&[route, phase, reason])
+            .inc();
+    }
+}
+
+/// Counts bytes buffered whole for body plugins.
+pub fn body_buffered(bytes: usize) {
+    if let Some(m) = METRICS.as_ref() {
+        m.body_buffered.inc_by(bytes as u64);
     }
 }
 

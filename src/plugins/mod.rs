@@ -20,11 +20,13 @@ pub mod mtls;
 pub mod oauth2_introspection;
 pub mod rate_limit;
 pub mod time_window;
+pub mod transform;
 
 use crate::config::error::Issue;
 use crate::context::RequestCtx;
 use crate::error::GatewayError;
 use async_trait::async_trait;
+use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -42,6 +44,10 @@ impl Phases {
     pub const UPSTREAM_REQUEST: Phases = Phases(1 << 1);
     pub const RESPONSE: Phases = Phases(1 << 2);
     pub const LOG: Phases = Phases(1 << 3);
+    /// `on_request_body` (and `takes_request_body`).
+    pub const REQUEST_BODY: Phases = Phases(1 << 4);
+    /// `on_response_body` (and `takes_response_body`).
+    pub const RESPONSE_BODY: Phases = Phases(1 << 5);
 
     /// Both sets.
     pub const fn and(self, other: Phases) -> Phases {
@@ -51,6 +57,27 @@ impl Phases {
     pub const fn has(self, p: Phases) -> bool {
         self.0 & p.0 != 0
     }
+}
+
+/// How a body hook receives a body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyMode {
+    /// Each chunk as it streams (no buffering).
+    Chunks,
+    /// The whole body, buffered up to `max` bytes.
+    Whole { max: usize },
+}
+
+/// What happens to a response body above a whole-body plugin's `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Oversize {
+    /// Sent on untransformed (logged and counted).
+    #[default]
+    Pass,
+    /// The answer fails: 502 when the length is known from the header, otherwise the response
+    /// is cut (its header is already on its way).
+    Error,
 }
 
 /// A plugin. Every hook has a no-op default; implement the ones you need and list them in
@@ -94,6 +121,51 @@ pub trait Plugin: Send + Sync + 'static {
     /// Once per request, after the response was sent (or the request failed).
     fn on_log(&self, _ctx: &RequestCtx) {}
 
+    /// How the body hooks see a body: chunk by chunk as it streams, or whole (buffered by the
+    /// gateway up to `max` bytes; see [`Oversize`] for larger bodies).
+    fn body_mode(&self) -> BodyMode {
+        BodyMode::Chunks
+    }
+
+    /// Whether this plugin changes this request's body, decided on the header once the request
+    /// plugins ran (it may set the header of the new body here, e.g. `Content-Type`).
+    fn takes_request_body(&self, _req: &mut RequestHeader, _ctx: &mut RequestCtx) -> bool {
+        false
+    }
+
+    /// A chunk of the request body, or the whole body at `eos` in [`BodyMode::Whole`].
+    fn on_request_body(
+        &self,
+        _body: &mut Bytes,
+        _eos: bool,
+        _ctx: &mut RequestCtx,
+    ) -> Result<(), GatewayError> {
+        Ok(())
+    }
+
+    /// Whether this plugin changes this response's body, decided on its header (it may set the
+    /// header of the new body here, e.g. `Content-Type`). `false` leaves the body untouched.
+    fn takes_response_body(&self, _resp: &mut ResponseHeader, _ctx: &mut RequestCtx) -> bool {
+        false
+    }
+
+    /// A chunk of the response body, or the whole body at `eos` in [`BodyMode::Whole`]. An
+    /// error in whole mode is handled as the plugin's [`Plugin::oversize`] says for failures:
+    /// `Pass` keeps the original body.
+    fn on_response_body(
+        &self,
+        _body: &mut Bytes,
+        _eos: bool,
+        _ctx: &mut RequestCtx,
+    ) -> Result<(), GatewayError> {
+        Ok(())
+    }
+
+    /// What the gateway does with a response body above `max` in [`BodyMode::Whole`].
+    fn oversize(&self) -> Oversize {
+        Oversize::Pass
+    }
+
     /// The route's HTTP cache policy, for the `cache` plugin.
     fn cache_policy(&self) -> Option<Arc<crate::cache::CachePolicy>> {
         None
@@ -115,6 +187,13 @@ pub struct Chain {
     response: Box<[Arc<dyn Plugin>]>,
     /// Reverse configuration order.
     log: Box<[Arc<dyn Plugin>]>,
+    request_body: Box<[Arc<dyn Plugin>]>,
+    /// Response-body plugins listed before `cache`: their output is what the cache stores.
+    /// Reverse configuration order.
+    response_body_stored: Box<[Arc<dyn Plugin>]>,
+    /// Response-body plugins listed after `cache` (or on a route without one): they run on
+    /// every answer, hits included. Reverse configuration order.
+    response_body_served: Box<[Arc<dyn Plugin>]>,
 }
 
 impl Chain {
@@ -130,7 +209,24 @@ impl Chain {
             }
             v.into()
         };
+        let cache_at = plugins.iter().position(|p| p.cache_policy().is_some());
+        let body = |stored: bool| -> Box<[Arc<dyn Plugin>]> {
+            let mut v: Vec<_> = plugins
+                .iter()
+                .enumerate()
+                .filter(|(i, p)| {
+                    p.phases().has(Phases::RESPONSE_BODY)
+                        && cache_at.is_some_and(|c| *i < c) == stored
+                })
+                .map(|(_, p)| p.clone())
+                .collect();
+            v.reverse();
+            v.into()
+        };
         Chain {
+            request_body: with(Phases::REQUEST_BODY, false),
+            response_body_stored: body(true),
+            response_body_served: body(false),
             request: with(Phases::REQUEST, false),
             upstream_request: with(Phases::UPSTREAM_REQUEST, false),
             response: with(Phases::RESPONSE, true),
@@ -174,6 +270,25 @@ impl Chain {
         self.response
             .iter()
             .try_for_each(|p| p.on_response(resp, ctx))
+    }
+
+    /// Whether a response-body plugin is on the route (at either stage).
+    pub fn has_response_body(&self) -> bool {
+        !self.response_body_stored.is_empty() || !self.response_body_served.is_empty()
+    }
+
+    /// The request-body plugins.
+    pub fn request_body(&self) -> &[Arc<dyn Plugin>] {
+        &self.request_body
+    }
+
+    /// The response-body plugins of one stage, in the order they run.
+    pub fn response_body(&self, stored: bool) -> &[Arc<dyn Plugin>] {
+        if stored {
+            &self.response_body_stored
+        } else {
+            &self.response_body_served
+        }
     }
 
     pub fn on_log(&self, ctx: &RequestCtx) {
@@ -232,6 +347,8 @@ pub struct BuildCtx<'a> {
         &'a Arc<crate::redis::Redis>,
         crate::config::schema::cluster::OnError,
     )>,
+    /// The route's request body limit (`max_request_body`): the most a body plugin may buffer.
+    pub max_request_body: u64,
 }
 
 /// Typed plugin configuration: `- headers: { … }` in YAML, a map with exactly one key naming the
@@ -266,6 +383,8 @@ pub enum PluginSpec {
     ForwardAuth(forward_auth::Config),
     /// Store responses in the shared HTTP cache.
     Cache(cache::Config),
+    /// Change request and response bodies (JSON fields), query strings, methods and statuses.
+    Transform(Box<transform::Config>),
     /// Allow or deny by weekday and time of day in a time zone.
     TimeWindow(time_window::Config),
 }
@@ -282,6 +401,7 @@ pub const PLUGIN_NAMES: &[&str] = &[
     "acl",
     "ip_filter",
     "time_window",
+    "transform",
     "forward_auth",
     "oauth2_introspection",
     "mtls",
@@ -322,6 +442,7 @@ impl<'de> Deserialize<'de> for PluginSpec {
                     "forward_auth" => PluginSpec::ForwardAuth(map.next_value()?),
                     "mtls" => PluginSpec::Mtls(map.next_value()?),
                     "cache" => PluginSpec::Cache(map.next_value()?),
+                    "transform" => PluginSpec::Transform(map.next_value()?),
                     "oauth2_introspection" => PluginSpec::Oauth2Introspection(map.next_value()?),
                     other => return Err(A::Error::unknown_variant(other, PLUGIN_NAMES)),
                 };
@@ -366,5 +487,6 @@ pub fn build(spec: &PluginSpec, b: &BuildCtx) -> Result<Arc<dyn Plugin>, Vec<Iss
             Arc::new(forward_auth::ForwardAuth::new(c, &at("forward_auth"))?)
         }
         PluginSpec::TimeWindow(c) => Arc::new(time_window::TimeWindow::new(c, &at("time_window"))?),
+        PluginSpec::Transform(c) => Arc::new(transform::Transform::new(c, &at("transform"))?),
     })
 }
