@@ -95,7 +95,11 @@ pub(super) async fn admit(session: &mut Session, ctx: &mut Ctx) -> pingora::Resu
         fields,
         limits.preserve_header_case,
     );
-    if !ctx.route()?.chain.request_body().is_empty() {
+    if ctx
+        .route
+        .as_ref()
+        .is_some_and(|r| !r.chain.request_body().is_empty())
+    {
         body_plugins(session, ctx).await?;
         if ctx.bodies.request_ready.is_some() {
             return Ok(());

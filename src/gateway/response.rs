@@ -48,11 +48,16 @@ pub(super) fn start_body(
     ctx: &mut Ctx,
     stored: bool,
 ) -> pingora::Result<()> {
-    let route = ctx.route()?;
-    let candidates = route.chain.response_body(stored);
-    if candidates.is_empty() {
+    // Most routes have no body plugin: decided without touching the route's refcount.
+    if ctx
+        .route
+        .as_ref()
+        .is_none_or(|r| r.chain.response_body(stored).is_empty())
+    {
         return Ok(());
     }
+    let route = ctx.route()?;
+    let candidates = route.chain.response_body(stored);
     let head = session.req_header().method == http::Method::HEAD;
     let takers = body::response_takers(candidates, head, resp, &mut ctx.req);
     let Some(stage) = body::BodyStage::new(body::Side::Response, takers) else {
