@@ -13,6 +13,8 @@ mod balancing;
 mod cache;
 #[path = "config_files.rs"]
 mod config_files;
+#[path = "cors.rs"]
+mod cors;
 #[path = "health.rs"]
 mod health;
 #[path = "lifecycle.rs"]

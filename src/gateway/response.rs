@@ -111,7 +111,10 @@ pub(super) async fn send_reply(
     for (n, v) in reply.headers {
         h.append_header(n, v)?;
     }
-    h.insert_header("content-length", reply.body.len().to_string())?;
+    // RFC 9110 §8.6: no Content-Length on a 204 (or a 1xx); a 304 has none of its own.
+    if !matches!(reply.status, 100..=199 | 204 | 304) {
+        h.insert_header("content-length", reply.body.len().to_string())?;
+    }
     if let Some(id) = ctx.req.request_id.header_value() {
         h.insert_header(forward::REQUEST_ID, id)?;
     }

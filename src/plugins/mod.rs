@@ -11,6 +11,7 @@ pub mod auth;
 pub mod basic_auth;
 pub mod cache;
 pub mod concurrency_limit;
+pub mod cors;
 pub mod forward_auth;
 pub mod headers;
 pub mod ip_filter;
@@ -385,6 +386,8 @@ pub enum PluginSpec {
     Cache(cache::Config),
     /// Change request and response bodies (JSON fields), query strings, methods and statuses.
     Transform(Box<transform::Config>),
+    /// Cross-Origin Resource Sharing: preflight answers and CORS response fields.
+    Cors(cors::Config),
     /// Allow or deny by weekday and time of day in a time zone.
     TimeWindow(time_window::Config),
 }
@@ -402,6 +405,7 @@ pub const PLUGIN_NAMES: &[&str] = &[
     "ip_filter",
     "time_window",
     "transform",
+    "cors",
     "forward_auth",
     "oauth2_introspection",
     "mtls",
@@ -443,6 +447,7 @@ impl<'de> Deserialize<'de> for PluginSpec {
                     "mtls" => PluginSpec::Mtls(map.next_value()?),
                     "cache" => PluginSpec::Cache(map.next_value()?),
                     "transform" => PluginSpec::Transform(map.next_value()?),
+                    "cors" => PluginSpec::Cors(map.next_value()?),
                     "oauth2_introspection" => PluginSpec::Oauth2Introspection(map.next_value()?),
                     other => return Err(A::Error::unknown_variant(other, PLUGIN_NAMES)),
                 };
@@ -488,5 +493,6 @@ pub fn build(spec: &PluginSpec, b: &BuildCtx) -> Result<Arc<dyn Plugin>, Vec<Iss
         }
         PluginSpec::TimeWindow(c) => Arc::new(time_window::TimeWindow::new(c, &at("time_window"))?),
         PluginSpec::Transform(c) => Arc::new(transform::Transform::new(c, &at("transform"))?),
+        PluginSpec::Cors(c) => Arc::new(cors::Cors::new(c, &at("cors"))?),
     })
 }
