@@ -343,13 +343,16 @@ impl Keep {
             return;
         };
         let child = match first {
-            Seg::Key(k) => match self.keys.iter().position(|(n, _)| n == k) {
-                Some(i) => &mut self.keys[i].1,
-                None => {
-                    self.keys.push((k.clone(), Keep::default()));
-                    &mut self.keys.last_mut().expect("just pushed").1
-                }
-            },
+            Seg::Key(k) => {
+                let i = match self.keys.iter().position(|(n, _)| n == k) {
+                    Some(i) => i,
+                    None => {
+                        self.keys.push((k.clone(), Keep::default()));
+                        self.keys.len() - 1
+                    }
+                };
+                &mut self.keys[i].1
+            }
             Seg::All | Seg::Index(_) => self.all.get_or_insert_with(Box::default),
         };
         child.insert(rest);
