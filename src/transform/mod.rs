@@ -4,7 +4,9 @@
 
 pub mod path;
 pub mod query;
+pub mod shape;
 pub mod template;
+pub mod xml;
 
 use crate::context::RequestCtx;
 use path::{Path, Seg};

@@ -67,6 +67,30 @@ impl Path {
         found
     }
 
+    /// The first value a path without wildcards reaches (no allocation).
+    pub fn get_one<'a>(&self, v: &'a Value) -> Option<&'a Value> {
+        self.0.iter().try_fold(v, |v, s| match (s, v) {
+            (Seg::Key(k), Value::Object(m)) => m.get(k),
+            (Seg::Index(i), Value::Array(a)) => a.get(*i),
+            (Seg::Index(i), Value::Object(m)) => m.get(&i.to_string()),
+            _ => None,
+        })
+    }
+
+    /// Takes the value at a path without wildcards out of the document (leaving null).
+    pub fn take(&self, v: &mut Value) -> Option<Value> {
+        let mut at = v;
+        for s in &self.0 {
+            at = match (s, at) {
+                (Seg::Key(k), Value::Object(m)) => m.get_mut(k)?,
+                (Seg::Index(i), Value::Array(a)) => a.get_mut(*i)?,
+                (Seg::Index(i), Value::Object(m)) => m.get_mut(&i.to_string())?,
+                _ => return None,
+            };
+        }
+        Some(std::mem::take(at))
+    }
+
     /// Sets the value at the path, creating objects on the way (not arrays: an index past the
     /// end or into a non-array changes nothing). `only_absent`: keep an existing value.
     pub fn set(&self, v: &mut Value, new: &Value, only_absent: bool) {

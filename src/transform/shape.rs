@@ -1,0 +1,845 @@
+//! Collection shaping: the client's query string filters, sorts, pages and trims a JSON array in
+//! an upstream response, within what the route allows.
+//!
+//! Order: filter → sort → paginate → fields → wrap. Filters are `field=value` or
+//! `field[op]=value` (`eq ne lt le gt ge in contains prefix`); `sort=-created_at,name`;
+//! `fields=id,name`; `page`/`per_page` or `offset`/`limit`. Parameter names are configurable.
+//! Shaping works on the one upstream response: it never pages through the upstream.
+
+use super::path::Path;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use std::cmp::Ordering;
+
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShapeConfig {
+    /// Where the array is: a path (`data.items`) or the document itself (default).
+    #[serde(default)]
+    pub target: Option<String>,
+    /// Item fields clients may filter on (`?status=active&price[lt]=10`).
+    #[serde(default)]
+    pub filter: Vec<String>,
+    /// Item fields clients may sort by (`?sort=-created_at,name`).
+    #[serde(default)]
+    pub sort: Vec<String>,
+    /// The order when the client gives none (same syntax as the parameter).
+    #[serde(default)]
+    pub default_sort: Option<String>,
+    /// Item fields clients may select (`?fields=id,name`).
+    #[serde(default)]
+    pub fields: Vec<String>,
+    #[serde(default)]
+    pub paginate: Option<PaginateConfig>,
+    /// Answer `{ <key>: [...], "meta": {...} }` instead of the array.
+    #[serde(default)]
+    pub wrap: Option<WrapConfig>,
+    /// Answer only the shaped array (the sub-tree at `target`), not the whole document.
+    #[serde(default)]
+    pub unwrap: bool,
+    /// Names of the `sort` and `fields` parameters.
+    #[serde(default)]
+    pub params: ParamNames,
+    /// Remove the shaping parameters from the request sent upstream (default true).
+    #[serde(default = "yes")]
+    pub strip_params: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ParamNames {
+    #[serde(default = "sort_name")]
+    pub sort: String,
+    #[serde(default = "fields_name")]
+    pub fields: String,
+}
+
+impl Default for ParamNames {
+    fn default() -> Self {
+        ParamNames {
+            sort: sort_name(),
+            fields: fields_name(),
+        }
+    }
+}
+
+fn sort_name() -> String {
+    "sort".into()
+}
+fn fields_name() -> String {
+    "fields".into()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PageStyle {
+    /// `page` (from 1) and `per_page`.
+    #[default]
+    Page,
+    /// `offset` (from 0) and `limit`.
+    Offset,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PaginateConfig {
+    #[serde(default)]
+    pub style: PageStyle,
+    /// Page size when the client gives none.
+    #[serde(default = "default_per_page")]
+    pub default_per_page: usize,
+    #[serde(default = "max_per_page")]
+    pub max_per_page: usize,
+    /// Parameter names: `page`/`per_page` (style page) or `offset`/`limit` (style offset).
+    #[serde(default)]
+    pub page_param: Option<String>,
+    #[serde(default)]
+    pub size_param: Option<String>,
+    /// RFC 8288 `Link` (first, prev, next, last) and `X-Total-Count` headers (default true).
+    #[serde(default = "yes")]
+    pub headers: bool,
+}
+
+fn default_per_page() -> usize {
+    20
+}
+fn max_per_page() -> usize {
+    100
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WrapConfig {
+    /// The key of the array (default `data`).
+    #[serde(default = "data_key")]
+    pub key: String,
+    /// Add `meta` with `total` and the page (default true).
+    #[serde(default = "yes")]
+    pub meta: bool,
+}
+
+fn data_key() -> String {
+    "data".into()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    In,
+    Contains,
+    Prefix,
+}
+
+const OPS: &[(&str, Op)] = &[
+    ("eq", Op::Eq),
+    ("ne", Op::Ne),
+    ("lt", Op::Lt),
+    ("le", Op::Le),
+    ("gt", Op::Gt),
+    ("ge", Op::Ge),
+    ("in", Op::In),
+    ("contains", Op::Contains),
+    ("prefix", Op::Prefix),
+];
+
+/// A route's compiled shaping.
+#[derive(Debug, Clone)]
+pub struct Shape {
+    target: Path,
+    filter: Vec<(String, Path)>,
+    sort: Vec<(String, Path)>,
+    default_sort: Vec<(usize, bool)>,
+    fields: Vec<String>,
+    paginate: Option<Paginate>,
+    wrap: Option<WrapConfig>,
+    unwrap: bool,
+    params: ParamNames,
+    strip: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Paginate {
+    style: PageStyle,
+    default: usize,
+    max: usize,
+    page: String,
+    size: String,
+    headers: bool,
+}
+
+/// What the client asked for, checked against what the route allows.
+#[derive(Debug, Clone, Default)]
+pub struct ShapeRequest {
+    filters: Vec<(usize, Op, String)>,
+    /// (index into `sort`, descending)
+    sort: Vec<(usize, bool)>,
+    fields: Vec<String>,
+    /// Offset and size of the page.
+    page: Option<(usize, usize)>,
+}
+
+/// The shaped document and the headers that describe it.
+#[derive(Debug)]
+pub struct Shaped {
+    pub doc: Value,
+    pub total: usize,
+    pub links: Option<String>,
+}
+
+impl Shape {
+    pub fn compile(c: &ShapeConfig, at: &str) -> Result<Shape, Vec<(String, String)>> {
+        let mut issues = Vec::new();
+        let mut paths = |list: &[String], field: &str| -> Vec<(String, Path)> {
+            list.iter()
+                .enumerate()
+                .filter_map(|(i, f)| match Path::parse(f) {
+                    Ok(p) if !p.has_wildcard() && !f.starts_with('/') => Some((f.clone(), p)),
+                    Ok(_) => {
+                        issues.push((
+                            format!("{at}.{field}[{i}]"),
+                            format!("\"{f}\": a field is a dot path without [*] or pointers"),
+                        ));
+                        None
+                    }
+                    Err(e) => {
+                        issues.push((format!("{at}.{field}[{i}]"), e));
+                        None
+                    }
+                })
+                .collect()
+        };
+        let filter = paths(&c.filter, "filter");
+        let sort = paths(&c.sort, "sort");
+        let target = match c.target.as_deref().map(Path::parse) {
+            None => Path::default(),
+            Some(Ok(p)) if !p.has_wildcard() => p,
+            Some(Ok(_)) => {
+                issues.push((format!("{at}.target"), "target cannot hold [*]".into()));
+                Path::default()
+            }
+            Some(Err(e)) => {
+                issues.push((format!("{at}.target"), e));
+                Path::default()
+            }
+        };
+        for (i, f) in c.fields.iter().enumerate() {
+            if f.is_empty() || f.contains(['.', '[', '/', ',']) {
+                issues.push((
+                    format!("{at}.fields[{i}]"),
+                    format!("\"{f}\": fields are top-level item keys"),
+                ));
+            }
+        }
+        let default_sort = match &c.default_sort {
+            None => Vec::new(),
+            Some(s) => parse_sort(s, &sort).unwrap_or_else(|e| {
+                issues.push((format!("{at}.default_sort"), e));
+                Vec::new()
+            }),
+        };
+        let paginate = c.paginate.as_ref().map(|p| {
+            if p.max_per_page == 0 || p.default_per_page == 0 || p.default_per_page > p.max_per_page
+            {
+                issues.push((
+                    format!("{at}.paginate"),
+                    "need 1 <= default_per_page <= max_per_page".into(),
+                ));
+            }
+            let (page, size) = match p.style {
+                PageStyle::Page => ("page", "per_page"),
+                PageStyle::Offset => ("offset", "limit"),
+            };
+            Paginate {
+                style: p.style,
+                default: p.default_per_page,
+                max: p.max_per_page,
+                page: p.page_param.clone().unwrap_or_else(|| page.into()),
+                size: p.size_param.clone().unwrap_or_else(|| size.into()),
+                headers: p.headers,
+            }
+        });
+        if c.wrap.is_some() && c.unwrap {
+            issues.push((
+                format!("{at}.unwrap"),
+                "give either `wrap` or `unwrap`, not both".into(),
+            ));
+        }
+        if let Some(w) = &c.wrap {
+            if w.key.is_empty() || (w.meta && w.key == "meta") {
+                issues.push((format!("{at}.wrap.key"), "a key other than \"meta\"".into()));
+            }
+        }
+        let mut names: Vec<&str> = vec![&c.params.sort, &c.params.fields];
+        if let Some(p) = &paginate {
+            names.extend([p.page.as_str(), p.size.as_str()]);
+        }
+        for (i, n) in names.iter().enumerate() {
+            if n.is_empty() || names[..i].contains(n) || c.filter.iter().any(|f| f == n) {
+                issues.push((
+                    format!("{at}.params"),
+                    format!("parameter name \"{n}\" is empty or used twice"),
+                ));
+            }
+        }
+        if filter.is_empty()
+            && sort.is_empty()
+            && c.fields.is_empty()
+            && paginate.is_none()
+            && c.wrap.is_none()
+            && !c.unwrap
+            && issues.is_empty()
+        {
+            issues.push((
+                at.to_string(),
+                "nothing to do: give filter, sort, fields, paginate, wrap or unwrap".into(),
+            ));
+        }
+        if !issues.is_empty() {
+            return Err(issues);
+        }
+        Ok(Shape {
+            target,
+            filter,
+            sort,
+            default_sort,
+            fields: c.fields.clone(),
+            paginate,
+            wrap: c.wrap.clone(),
+            unwrap: c.unwrap,
+            params: c.params.clone(),
+            strip: c.strip_params,
+        })
+    }
+
+    fn is_param(&self, name: &str) -> bool {
+        let base = name.split('[').next().unwrap_or(name);
+        name == self.params.sort
+            || name == self.params.fields
+            || self
+                .paginate
+                .as_ref()
+                .is_some_and(|p| name == p.page || name == p.size)
+            || self.filter.iter().any(|(f, _)| f == base)
+            || name.contains('[')
+    }
+
+    /// The parameter names to take off the upstream request, when `strip_params` is set.
+    pub fn strip(&self, query: &str) -> Option<Vec<String>> {
+        if !self.strip {
+            return None;
+        }
+        Some(
+            pairs(query)
+                .map(|(k, _)| k)
+                .filter(|k| self.is_param(k))
+                .collect(),
+        )
+    }
+
+    /// Reads the client's shaping parameters; an error lists what is allowed.
+    pub fn request(&self, query: &str) -> Result<ShapeRequest, String> {
+        let mut r = ShapeRequest::default();
+        let mut page_no: Option<usize> = None;
+        let mut size: Option<usize> = None;
+        for (k, v) in pairs(query) {
+            if k == self.params.sort {
+                r.sort = parse_sort(&v, &self.sort)?;
+            } else if k == self.params.fields {
+                r.fields = self.parse_fields(&v)?;
+            } else if let Some(p) = self.paginate.as_ref().filter(|p| k == p.page) {
+                page_no = Some(number(&k, &v)?);
+                if p.style == PageStyle::Page && page_no == Some(0) {
+                    return Err(format!("\"{k}\" counts from 1."));
+                }
+            } else if let Some(p) = self.paginate.as_ref().filter(|p| k == p.size) {
+                let n = number(&k, &v)?;
+                if n == 0 || n > p.max {
+                    return Err(format!("\"{k}\" must be between 1 and {}.", p.max));
+                }
+                size = Some(n);
+            } else if let Some(f) = self.parse_filter(&k, v)? {
+                r.filters.push(f);
+            }
+        }
+        if r.sort.is_empty() {
+            r.sort = self.default_sort.clone();
+        }
+        if let Some(p) = &self.paginate {
+            let size = size.unwrap_or(p.default);
+            let offset = match p.style {
+                PageStyle::Page => (page_no.unwrap_or(1) - 1).saturating_mul(size),
+                PageStyle::Offset => page_no.unwrap_or(0),
+            };
+            r.page = Some((offset, size));
+        }
+        Ok(r)
+    }
+
+    fn parse_fields(&self, v: &str) -> Result<Vec<String>, String> {
+        let mut out = Vec::new();
+        for f in v.split(',').filter(|f| !f.is_empty()) {
+            if !self.fields.iter().any(|a| a == f) {
+                return Err(format!(
+                    "\"{}\" cannot select \"{f}\"; allowed: {}.",
+                    self.params.fields,
+                    list(self.fields.iter())
+                ));
+            }
+            out.push(f.to_string());
+        }
+        Ok(out)
+    }
+
+    fn parse_filter(&self, k: &str, v: String) -> Result<Option<(usize, Op, String)>, String> {
+        let (name, op) = match k.split_once('[') {
+            Some((n, rest)) => {
+                let Some(op) = rest.strip_suffix(']') else {
+                    return Err(format!("\"{k}\": an operator is written field[op]."));
+                };
+                let Some((_, op)) = OPS.iter().find(|(o, _)| *o == op) else {
+                    return Err(format!(
+                        "\"{op}\" is not an operator; allowed: {}.",
+                        list(OPS.iter().map(|(o, _)| o))
+                    ));
+                };
+                (n, Some(*op))
+            }
+            None => (k, None),
+        };
+        match self.filter.iter().position(|(f, _)| f == name) {
+            Some(i) => Ok(Some((i, op.unwrap_or(Op::Eq), v))),
+            // Plain parameters of other names are the upstream's; `x[op]` is always a filter.
+            None if op.is_none() => Ok(None),
+            None => Err(format!(
+                "\"{name}\" cannot be filtered; allowed: {}.",
+                list(self.filter.iter().map(|(f, _)| f))
+            )),
+        }
+    }
+
+    /// Shapes `doc`; `base` is the client's path and `query` its query, for `Link`.
+    pub fn apply(
+        &self,
+        mut doc: Value,
+        req: &ShapeRequest,
+        path: &str,
+        query: &str,
+    ) -> Result<Shaped, String> {
+        let Some(Value::Array(items)) = self.target.take(&mut doc) else {
+            return Err("The upstream response has no array at the shaping target.".into());
+        };
+        let mut items: Vec<Value> = items
+            .into_iter()
+            .filter(|item| {
+                req.filters
+                    .iter()
+                    .all(|(i, op, v)| matches(self.filter[*i].1.get_one(item), *op, v))
+            })
+            .collect();
+        if !req.sort.is_empty() {
+            items.sort_by(|a, b| {
+                for (i, desc) in &req.sort {
+                    let p = &self.sort[*i].1;
+                    let o = compare(p.get_one(a), p.get_one(b), *desc);
+                    if o != Ordering::Equal {
+                        return o;
+                    }
+                }
+                Ordering::Equal
+            });
+        }
+        let total = items.len();
+        let mut links = None;
+        let mut meta = Map::new();
+        meta.insert("total".into(), total.into());
+        if let (Some(p), Some((offset, size))) = (&self.paginate, req.page) {
+            if offset > 0 && offset >= total {
+                let last = total.div_ceil(size).max(1);
+                return Err(match p.style {
+                    PageStyle::Page => format!(
+                        "\"{}\" is out of range: there are {last} page(s) of {size}.",
+                        p.page
+                    ),
+                    PageStyle::Offset => {
+                        format!("\"{}\" is out of range: there are {total} item(s).", p.page)
+                    }
+                });
+            }
+            items = items.into_iter().skip(offset).take(size).collect();
+            if p.headers {
+                links = Some(self.links(p, offset, size, total, path, query));
+            }
+            match p.style {
+                PageStyle::Page => {
+                    meta.insert("page".into(), (offset / size + 1).into());
+                    meta.insert("per_page".into(), size.into());
+                    meta.insert("pages".into(), total.div_ceil(size).into());
+                }
+                PageStyle::Offset => {
+                    meta.insert("offset".into(), offset.into());
+                    meta.insert("limit".into(), size.into());
+                }
+            }
+        }
+        if !req.fields.is_empty() {
+            for item in &mut items {
+                if let Value::Object(m) = item {
+                    m.retain(|k, _| req.fields.iter().any(|f| f == k));
+                }
+            }
+        }
+        let array = Value::Array(items);
+        let doc = if let Some(w) = &self.wrap {
+            let mut out = Map::new();
+            out.insert(w.key.clone(), array);
+            if w.meta {
+                out.insert("meta".into(), Value::Object(meta));
+            }
+            Value::Object(out)
+        } else if self.unwrap || self.target.0.is_empty() {
+            array
+        } else {
+            self.target.set(&mut doc, &array, false);
+            doc
+        };
+        Ok(Shaped { doc, total, links })
+    }
+
+    /// RFC 8288 links to the first, previous, next and last pages, other parameters kept.
+    fn links(
+        &self,
+        p: &Paginate,
+        offset: usize,
+        size: usize,
+        total: usize,
+        path: &str,
+        query: &str,
+    ) -> String {
+        let kept: Vec<(String, String)> = raw_pairs(query)
+            .filter(|(k, _)| {
+                let k = crate::router::path::form_decode(k);
+                k != p.page && k != p.size
+            })
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let last_offset = if total == 0 {
+            0
+        } else {
+            (total - 1) / size * size
+        };
+        let url = |off: usize| {
+            let at = match p.style {
+                PageStyle::Page => off / size + 1,
+                PageStyle::Offset => off,
+            };
+            let mut q: Vec<String> = kept.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            q.push(format!("{}={at}", super::query::encode(&p.page)));
+            q.push(format!("{}={size}", super::query::encode(&p.size)));
+            format!("<{path}?{}>", q.join("&"))
+        };
+        let mut out = vec![format!("{}; rel=\"first\"", url(0))];
+        if offset > 0 {
+            out.push(format!(
+                "{}; rel=\"prev\"",
+                url(offset.saturating_sub(size))
+            ));
+        }
+        if offset + size < total {
+            out.push(format!("{}; rel=\"next\"", url(offset + size)));
+        }
+        out.push(format!("{}; rel=\"last\"", url(last_offset)));
+        out.join(", ")
+    }
+}
+
+fn list<'a>(names: impl Iterator<Item = &'a (impl AsRef<str> + 'a + ?Sized)>) -> String {
+    let v: Vec<&str> = names.map(|n| n.as_ref()).collect();
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+fn number(k: &str, v: &str) -> Result<usize, String> {
+    v.parse()
+        .map_err(|_| format!("\"{k}\" must be a whole number, not \"{v}\"."))
+}
+
+fn raw_pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').unwrap_or((p, "")))
+}
+
+/// Decoded query pairs.
+fn pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    raw_pairs(query).map(|(k, v)| {
+        (
+            crate::router::path::form_decode(k),
+            crate::router::path::form_decode(v),
+        )
+    })
+}
+
+fn parse_sort(s: &str, allowed: &[(String, Path)]) -> Result<Vec<(usize, bool)>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').filter(|p| !p.is_empty()) {
+        let (desc, name) = match part.strip_prefix('-') {
+            Some(n) => (true, n),
+            None => (false, part.strip_prefix('+').unwrap_or(part)),
+        };
+        let Some(i) = allowed.iter().position(|(f, _)| f == name) else {
+            return Err(format!(
+                "cannot sort by \"{name}\"; allowed: {}.",
+                list(allowed.iter().map(|(f, _)| f))
+            ));
+        };
+        out.push((i, desc));
+    }
+    Ok(out)
+}
+
+/// Does an item's value pass `op value`? Comparison follows the item's type: numbers
+/// numerically, strings by code point, booleans and null by their names.
+fn matches(field: Option<&Value>, op: Op, want: &str) -> bool {
+    let Some(field) = field else {
+        return op == Op::Ne;
+    };
+    match op {
+        Op::In => want
+            .split(',')
+            .any(|w| compare_to(field, w) == Some(Ordering::Equal)),
+        Op::Contains => match field {
+            Value::String(s) => s.contains(want),
+            Value::Array(a) => a
+                .iter()
+                .any(|x| compare_to(x, want) == Some(Ordering::Equal)),
+            _ => false,
+        },
+        Op::Prefix => matches!(field, Value::String(s) if s.starts_with(want)),
+        _ => {
+            let Some(o) = compare_to(field, want) else {
+                return op == Op::Ne;
+            };
+            match op {
+                Op::Eq => o == Ordering::Equal,
+                Op::Ne => o != Ordering::Equal,
+                Op::Lt => o == Ordering::Less,
+                Op::Le => o != Ordering::Greater,
+                Op::Gt => o == Ordering::Greater,
+                _ => o != Ordering::Less,
+            }
+        }
+    }
+}
+
+/// How a JSON value compares with the client's text, read as the value's type; `None` when the
+/// text is not of that type.
+fn compare_to(v: &Value, text: &str) -> Option<Ordering> {
+    match v {
+        Value::Number(n) => n.as_f64()?.partial_cmp(&text.trim().parse::<f64>().ok()?),
+        Value::String(s) => Some(s.as_str().cmp(text)),
+        Value::Bool(b) => Some(b.cmp(&text.parse::<bool>().ok()?)),
+        Value::Null => (text == "null").then_some(Ordering::Equal),
+        _ => None,
+    }
+}
+
+/// Sort order: values of the same type by value; nulls and missing values last in either
+/// direction; otherwise numbers, strings, booleans, then arrays and objects.
+fn compare(a: Option<&Value>, b: Option<&Value>, desc: bool) -> Ordering {
+    let rank = |v: Option<&Value>| match v {
+        None | Some(Value::Null) => 4,
+        Some(Value::Number(_)) => 0,
+        Some(Value::String(_)) => 1,
+        Some(Value::Bool(_)) => 2,
+        Some(_) => 3,
+    };
+    let (ra, rb) = (rank(a), rank(b));
+    if ra == 4 || rb == 4 || ra != rb {
+        return ra.cmp(&rb);
+    }
+    let o = match (a, b) {
+        (Some(Value::Number(x)), Some(Value::Number(y))) => x
+            .as_f64()
+            .partial_cmp(&y.as_f64())
+            .unwrap_or(Ordering::Equal),
+        (Some(Value::String(x)), Some(Value::String(y))) => x.cmp(y),
+        (Some(Value::Bool(x)), Some(Value::Bool(y))) => x.cmp(y),
+        _ => Ordering::Equal,
+    };
+    if desc {
+        o.reverse()
+    } else {
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn shape(c: serde_json::Value) -> Shape {
+        let c: ShapeConfig = serde_json::from_value(c).unwrap();
+        Shape::compile(&c, "shape").unwrap()
+    }
+
+    fn items() -> Value {
+        json!({"data": {"items": [
+            {"id": 1, "name": "b", "price": 10, "status": "active", "tags": ["x"]},
+            {"id": 2, "name": "a", "price": 2.5, "status": "gone", "tags": []},
+            {"id": 3, "name": "c", "price": null, "status": "active", "tags": ["x", "y"]},
+            {"id": 4, "name": "a", "price": 30, "status": "active"}
+        ]}})
+    }
+
+    #[test]
+    fn filter_sort_page_fields_wrap() {
+        let s = shape(json!({
+            "target": "data.items", "filter": ["status", "price", "tags"], "sort": ["name", "price"],
+            "fields": ["id", "name"], "paginate": {"default_per_page": 2},
+            "wrap": {"key": "data"}
+        }));
+        let q = "status=active&sort=name,-price&fields=id,name&page=1&x=keep";
+        let r = s.request(q).unwrap();
+        let out = s.apply(items(), &r, "/items", q).unwrap();
+        assert_eq!(
+            out.doc,
+            json!({"data": [{"id": 4, "name": "a"}, {"id": 1, "name": "b"}],
+                   "meta": {"total": 3, "page": 1, "per_page": 2, "pages": 2}})
+        );
+        assert_eq!(out.total, 3);
+        let links = out.links.unwrap();
+        assert!(links.contains("</items?status=active&sort=name,-price&fields=id,name&x=keep&page=2&per_page=2>; rel=\"next\""), "{links}");
+        assert!(!links.contains("prev"));
+    }
+
+    #[test]
+    fn typed_operators() {
+        let s = shape(
+            json!({"target": "data.items", "filter": ["price", "tags", "name"], "unwrap": true}),
+        );
+        let ids = |q: &str| -> Vec<i64> {
+            let out = s.apply(items(), &s.request(q).unwrap(), "/", q).unwrap();
+            out.doc
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["id"].as_i64().unwrap())
+                .collect()
+        };
+        assert_eq!(ids("price[lt]=10"), vec![2]);
+        assert_eq!(ids("price[ge]=10"), vec![1, 4]);
+        assert_eq!(ids("price=null"), vec![3]);
+        assert_eq!(ids("tags[contains]=y"), vec![3]);
+        assert_eq!(ids("name[in]=a,c"), vec![2, 3, 4]);
+        assert_eq!(ids("name[prefix]=b"), vec![1]);
+        assert_eq!(ids("price[ne]=10"), vec![2, 3, 4]);
+        // a number field compared with text that is no number matches nothing
+        assert_eq!(ids("price[lt]=cheap"), Vec::<i64>::new());
+    }
+
+    #[test]
+    fn sort_is_stable_and_nulls_last() {
+        let s = shape(json!({"target": "data.items", "sort": ["price", "name"], "unwrap": true}));
+        for (q, want) in [
+            ("sort=price", vec![2, 1, 4, 3]),
+            ("sort=-price", vec![4, 1, 2, 3]),
+            ("sort=name", vec![2, 4, 1, 3]),
+        ] {
+            let out = s.apply(items(), &s.request(q).unwrap(), "/", q).unwrap();
+            let ids: Vec<i64> = out
+                .doc
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["id"].as_i64().unwrap())
+                .collect();
+            assert_eq!(ids, want, "{q}");
+        }
+    }
+
+    #[test]
+    fn client_errors_list_what_is_allowed() {
+        let s = shape(
+            json!({"filter": ["status"], "sort": ["name"], "fields": ["id"], "paginate": {"max_per_page": 50}}),
+        );
+        assert!(s
+            .request("sort=price")
+            .unwrap_err()
+            .contains("allowed: name"));
+        assert!(s
+            .request("fields=secret")
+            .unwrap_err()
+            .contains("allowed: id"));
+        assert!(s
+            .request("price[lt]=3")
+            .unwrap_err()
+            .contains("allowed: status"));
+        assert!(s
+            .request("status[like]=a")
+            .unwrap_err()
+            .contains("allowed: eq, ne"));
+        assert!(s
+            .request("per_page=51")
+            .unwrap_err()
+            .contains("between 1 and 50"));
+        assert!(s.request("page=0").is_err());
+        assert!(s.request("page=x").is_err());
+        // plain parameters of other names belong to the upstream
+        assert!(s.request("q=shoes").is_ok());
+        let r = s.request("page=3&per_page=2").unwrap();
+        let err = s.apply(json!([1, 2, 3]), &r, "/", "").unwrap_err();
+        assert!(err.contains("2 page(s)"), "{err}");
+        assert_eq!(
+            s.strip("page=3&q=a&status=x&sort=name"),
+            Some(vec!["page".into(), "status".into(), "sort".into()])
+        );
+    }
+
+    #[test]
+    fn offset_style_and_in_place() {
+        let s = shape(
+            json!({"target": "data.items", "paginate": {"style": "offset", "default_per_page": 1}}),
+        );
+        let q = "offset=1";
+        let out = s.apply(items(), &s.request(q).unwrap(), "/i", q).unwrap();
+        assert_eq!(out.doc["data"]["items"].as_array().unwrap().len(), 1);
+        assert_eq!(out.doc["data"]["items"][0]["id"], 2);
+        let links = out.links.unwrap();
+        assert!(
+            links.contains("</i?offset=0&limit=1>; rel=\"prev\""),
+            "{links}"
+        );
+        assert!(
+            links.contains("</i?offset=3&limit=1>; rel=\"last\""),
+            "{links}"
+        );
+    }
+
+    #[test]
+    fn config_errors() {
+        let bad = |c: serde_json::Value| {
+            let c: ShapeConfig = serde_json::from_value(c).unwrap();
+            Shape::compile(&c, "s").unwrap_err()
+        };
+        assert!(bad(json!({}))[0].1.contains("nothing to do"));
+        assert!(bad(json!({"sort": ["a[*].b"]}))[0].0 == "s.sort[0]");
+        assert!(bad(json!({"sort": ["a"], "default_sort": "b"}))[0].0 == "s.default_sort");
+        assert!(bad(json!({"wrap": {}, "unwrap": true}))[0].0 == "s.unwrap");
+        assert!(bad(json!({"paginate": {"default_per_page": 200}}))[0].0 == "s.paginate");
+    }
+}
