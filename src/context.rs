@@ -68,7 +68,7 @@ impl std::fmt::Display for RequestId {
 }
 
 /// The plugin-visible per-request state.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct RequestCtx {
     pub conn: ConnInfo,
     /// The request id (incoming `X-Request-Id` when safe, else generated).

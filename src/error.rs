@@ -16,6 +16,9 @@ pub enum GatewayError {
     /// The request body cannot be read as a body plugin needs (JSON syntax at a position...);
     /// the reason is public and never quotes the body.
     InvalidBody(String),
+    /// Query parameters a route reads (collection shaping) are not allowed or out of range;
+    /// the reason lists what is allowed.
+    InvalidQuery(String),
     /// Body larger than the route's limit.
     PayloadTooLarge,
     /// Too many or too large header fields.
@@ -44,7 +47,9 @@ impl GatewayError {
     pub fn status(&self) -> u16 {
         match self {
             GatewayError::NoRoute => 404,
-            GatewayError::BadRequest(_) | GatewayError::InvalidBody(_) => 400,
+            GatewayError::BadRequest(_)
+            | GatewayError::InvalidBody(_)
+            | GatewayError::InvalidQuery(_) => 400,
             GatewayError::PayloadTooLarge => 413,
             GatewayError::HeadersTooLarge => 431,
             GatewayError::NoHealthyTarget => 503,
@@ -65,6 +70,7 @@ impl GatewayError {
             GatewayError::NoRoute => "no-route",
             GatewayError::BadRequest(_) => "bad-request",
             GatewayError::InvalidBody(_) => "invalid-body",
+            GatewayError::InvalidQuery(_) => "invalid-query",
             GatewayError::PayloadTooLarge => "payload-too-large",
             GatewayError::HeadersTooLarge => "headers-too-large",
             GatewayError::NoHealthyTarget => "no-healthy-upstream",
@@ -82,7 +88,9 @@ impl GatewayError {
     fn title(&self) -> &'static str {
         match self {
             GatewayError::NoRoute => "Not Found",
-            GatewayError::BadRequest(_) | GatewayError::InvalidBody(_) => "Bad Request",
+            GatewayError::BadRequest(_)
+            | GatewayError::InvalidBody(_)
+            | GatewayError::InvalidQuery(_) => "Bad Request",
             GatewayError::PayloadTooLarge => "Content Too Large",
             GatewayError::HeadersTooLarge => "Request Header Fields Too Large",
             GatewayError::NoHealthyTarget => "Service Unavailable",
@@ -101,7 +109,7 @@ impl GatewayError {
         match self {
             GatewayError::NoRoute => "No route matches this request.",
             GatewayError::BadRequest(why) => why,
-            GatewayError::InvalidBody(why) => why,
+            GatewayError::InvalidBody(why) | GatewayError::InvalidQuery(why) => why,
             GatewayError::PayloadTooLarge => "The request body exceeds the allowed size.",
             GatewayError::HeadersTooLarge => "The request header fields are too many or too large.",
             GatewayError::NoHealthyTarget => "No healthy upstream target is available.",

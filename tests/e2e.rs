@@ -15,6 +15,8 @@ mod cache;
 mod config_files;
 #[path = "cors.rs"]
 mod cors;
+#[path = "formats.rs"]
+mod formats;
 #[path = "health.rs"]
 mod health;
 #[path = "lifecycle.rs"]

@@ -29,6 +29,10 @@ pub struct Ctx {
     /// Request body bytes read so far (for the route's `max_request_body`).
     pub(super) body_bytes: u64,
     pub(super) bodies: Bodies,
+    /// A deferred response's subrequest: where it reports back to the main request.
+    pub(super) sub: Option<super::deferred::Slot>,
+    /// A main request answered through a subrequest: its report.
+    pub(super) deferred: Option<super::deferred::Slot>,
     _counted: InFlight,
 }
 
@@ -104,6 +108,8 @@ impl Ctx {
             failure: None,
             body_bytes: 0,
             bodies: Bodies::default(),
+            sub: None,
+            deferred: None,
             _counted: InFlight::new(),
         }
     }

@@ -8,6 +8,7 @@ mod body;
 mod caching;
 pub mod checks;
 mod ctx;
+mod deferred;
 pub mod forward;
 pub mod head_deadline;
 mod records;
@@ -67,10 +68,21 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         ctx: &mut Ctx,
     ) -> pingora::Result<()> {
+        if session.subrequest_ctx.is_some() && deferred::adopt(session, ctx) {
+            return Ok(());
+        }
         request::arrive(self, session, ctx).map_err(|e| ctx.fail(e))
     }
 
+    /// Deferred responses (see `deferred`) are served through a subrequest.
+    fn allow_spawning_subrequest(&self, session: &Session, _ctx: &Ctx) -> bool {
+        session.subrequest_ctx.is_none()
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
+        if ctx.sub.is_some() {
+            return Ok(false);
+        }
         routing::route_request(session, ctx).map_err(|e| ctx.fail(e))?;
         let route = ctx.route()?;
         match route
@@ -78,7 +90,11 @@ impl ProxyHttp for Gateway {
             .on_request(session.req_header_mut(), &mut ctx.req)
             .await
         {
-            Ok(Flow::Continue) => request::admit(session, ctx).await.map(|()| false),
+            Ok(Flow::Continue) if deferred::applies(session, ctx) => {
+                request::admit(session, ctx, true).await?;
+                deferred::serve(session, ctx).await
+            }
+            Ok(Flow::Continue) => request::admit(session, ctx, false).await.map(|()| false),
             Ok(Flow::Respond(reply)) => response::send_reply(session, ctx, reply).await,
             Err(e) => Err(ctx.fail(e)),
         }

@@ -17,6 +17,11 @@ use std::net::SocketAddr;
 /// methods).
 pub(super) fn finish(gw: &Gateway, session: &Session, ctx: &mut Ctx, e: Option<&Error>) {
     ctx.attempt.inflight = None;
+    if let Some(slot) = ctx.sub.take() {
+        super::deferred::report(ctx, &slot);
+        return;
+    }
+    super::deferred::merge_report(ctx);
     let status = session
         .response_written()
         .map(|r| r.status.as_u16())

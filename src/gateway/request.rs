@@ -82,7 +82,12 @@ fn start_trace(gw: &Gateway, req: &pingora::http::RequestHeader, ctx: &mut Ctx) 
 /// After the route's plugins let the request through: the forwarding fields (set on the
 /// client's request header, which Pingora clones for each upstream attempt: done once per
 /// request), then the first chunk of a chunked body (see [`checks::read_first_chunk`]).
-pub(super) async fn admit(session: &mut Session, ctx: &mut Ctx) -> pingora::Result<()> {
+/// A `deferred` request's body is read by `deferred::serve`, which checks its framing.
+pub(super) async fn admit(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    deferred: bool,
+) -> pingora::Result<()> {
     let limits = &ctx.snap.limits;
     let fields = forward::forwarding_fields(
         session.req_header(),
@@ -104,6 +109,9 @@ pub(super) async fn admit(session: &mut Session, ctx: &mut Ctx) -> pingora::Resu
         if ctx.bodies.request_ready.is_some() {
             return Ok(());
         }
+    }
+    if deferred {
+        return Ok(());
     }
     match checks::read_first_chunk(session).await {
         Ok(()) => Ok(()),

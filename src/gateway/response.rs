@@ -48,11 +48,13 @@ pub(super) fn start_body(
     ctx: &mut Ctx,
     stored: bool,
 ) -> pingora::Result<()> {
-    // Most routes have no body plugin: decided without touching the route's refcount.
-    if ctx
-        .route
-        .as_ref()
-        .is_none_or(|r| r.chain.response_body(stored).is_empty())
+    // Most routes have no body plugin: decided without touching the route's refcount. A
+    // deferred response's served stage runs in the main request (`deferred`).
+    if (!stored && ctx.sub.is_some())
+        || ctx
+            .route
+            .as_ref()
+            .is_none_or(|r| r.chain.response_body(stored).is_empty())
     {
         return Ok(());
     }

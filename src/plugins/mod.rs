@@ -162,6 +162,27 @@ pub trait Plugin: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Whether this response-body plugin needs the whole response, header and body, before
+    /// anything is sent to the client (to set fields from the body, or to answer an error
+    /// instead of a cut response). On such a route the gateway first takes the upstream's
+    /// complete answer (through a subrequest, which runs the route's upstream side, cache
+    /// included) and then calls [`Plugin::on_whole_response`] of the route's served-stage
+    /// body plugins.
+    fn defers_response(&self) -> bool {
+        false
+    }
+
+    /// The whole response, on a route whose response is deferred (see
+    /// [`Plugin::defers_response`]); called after [`Plugin::takes_response_body`] said yes.
+    fn on_whole_response(
+        &self,
+        _resp: &mut ResponseHeader,
+        body: &mut Bytes,
+        ctx: &mut RequestCtx,
+    ) -> Result<(), GatewayError> {
+        self.on_response_body(body, true, ctx)
+    }
+
     /// What the gateway does with a response body above `max` in [`BodyMode::Whole`].
     fn oversize(&self) -> Oversize {
         Oversize::Pass
@@ -195,6 +216,8 @@ pub struct Chain {
     /// Response-body plugins listed after `cache` (or on a route without one): they run on
     /// every answer, hits included. Reverse configuration order.
     response_body_served: Box<[Arc<dyn Plugin>]>,
+    /// A served-stage body plugin needs the whole response first.
+    defers: bool,
 }
 
 impl Chain {
@@ -224,10 +247,12 @@ impl Chain {
             v.reverse();
             v.into()
         };
+        let response_body_served = body(false);
         Chain {
+            defers: response_body_served.iter().any(|p| p.defers_response()),
             request_body: with(Phases::REQUEST_BODY, false),
             response_body_stored: body(true),
-            response_body_served: body(false),
+            response_body_served,
             request: with(Phases::REQUEST, false),
             upstream_request: with(Phases::UPSTREAM_REQUEST, false),
             response: with(Phases::RESPONSE, true),
@@ -276,6 +301,11 @@ impl Chain {
     /// Whether a response-body plugin is on the route (at either stage).
     pub fn has_response_body(&self) -> bool {
         !self.response_body_stored.is_empty() || !self.response_body_served.is_empty()
+    }
+
+    /// Whether the route's response is taken whole before it is served.
+    pub fn defers(&self) -> bool {
+        self.defers
     }
 
     /// The request-body plugins.

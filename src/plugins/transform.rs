@@ -29,7 +29,9 @@ use crate::config::error::Issue;
 use crate::config::types::Size;
 use crate::context::RequestCtx;
 use crate::error::GatewayError;
+use crate::transform::shape::{Shape, ShapeConfig, ShapeError, ShapeRequest};
 use crate::transform::template::{Inputs, Template};
+use crate::transform::xml::{self, XmlOptions};
 use crate::transform::{JsonOpConfig, JsonOps};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -54,9 +56,13 @@ pub struct Config {
     /// A response body that cannot be parsed: `pass` (sent unchanged and counted) or `error`.
     #[serde(default)]
     pub on_error: Oversize,
-    /// Media types whose bodies are transformed; `+json` matches any `*/*+json`.
+    /// Media types whose bodies are transformed; `+json` matches any `*/*+json`. (XML bodies
+    /// converted to JSON are recognised by `application/xml`, `text/xml` and `+xml`.)
     #[serde(default = "default_content_types")]
     pub content_types: Vec<String>,
+    /// The JSON ↔ XML mapping's options (root and item element names, arrays, typing, depth).
+    #[serde(default)]
+    pub xml: XmlOptions,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize, JsonSchema)]
@@ -69,6 +75,21 @@ pub struct RequestConfig {
     /// The method sent upstream.
     #[serde(default)]
     pub method: Option<String>,
+    /// Convert the request body: `xml` (JSON in, XML to the upstream) or `json` (XML in).
+    #[serde(default)]
+    pub convert: Option<Convert>,
+}
+
+/// Body format conversion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Convert {
+    /// JSON to XML.
+    Xml,
+    /// XML to JSON.
+    Json,
+    /// (responses) XML when the client's `Accept` prefers it, JSON otherwise; `Vary: Accept`.
+    Negotiate,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize, JsonSchema)]
@@ -91,6 +112,12 @@ pub struct ResponseConfig {
     /// Status mapping: `{ 201: 200 }`.
     #[serde(default)]
     pub status: BTreeMap<u16, u16>,
+    /// Convert the response body: `xml`, `json` (an XML upstream) or `negotiate`.
+    #[serde(default)]
+    pub convert: Option<Convert>,
+    /// Filter, sort, paginate, select fields of and wrap a JSON array, from the client's query.
+    #[serde(default)]
+    pub shape: Option<ShapeConfig>,
 }
 
 fn default_max_body() -> Size {
@@ -115,6 +142,10 @@ pub struct Transform {
     method: Option<http::Method>,
     response_json: JsonOps,
     status: Vec<(u16, u16)>,
+    request_convert: Option<Convert>,
+    response_convert: Option<Convert>,
+    shape: Option<Shape>,
+    xml: XmlOptions,
     max_body: usize,
     on_oversize: Oversize,
     on_error: Oversize,
@@ -159,6 +190,31 @@ impl Transform {
                     None
                 })
         });
+        if req.convert == Some(Convert::Negotiate) {
+            issues.push(Issue::new(
+                format!("{path}.request.convert"),
+                "a request body is converted to `xml` or `json`; `negotiate` is for responses",
+            ));
+        }
+        let shape = resp.shape.as_ref().and_then(|c| {
+            Shape::compile(c, &format!("{path}.response.shape"))
+                .map_err(|errs| issues.extend(errs.into_iter().map(|(p, m)| Issue::new(p, m))))
+                .ok()
+        });
+        let xml_names = std::iter::once(("root", &c.xml.root))
+            .chain(std::iter::once(("item", &c.xml.item)))
+            .chain(c.xml.arrays.iter().map(|a| ("arrays", a)));
+        for (field, name) in xml_names {
+            if let Err(e) = xml::check_name(name) {
+                issues.push(Issue::new(format!("{path}.xml.{field}"), e));
+            }
+        }
+        if !(1..=256).contains(&c.xml.max_depth) {
+            issues.push(Issue::new(
+                format!("{path}.xml.max_depth"),
+                "must be between 1 and 256",
+            ));
+        }
         for (from, to) in &resp.status {
             for s in [from, to] {
                 if !(200..600).contains(s) {
@@ -191,6 +247,9 @@ impl Transform {
             && method.is_none()
             && resp.json.is_empty()
             && resp.status.is_empty()
+            && req.convert.is_none()
+            && resp.convert.is_none()
+            && shape.is_none()
             && issues.is_empty()
         {
             issues.push(Issue::new(
@@ -216,6 +275,10 @@ impl Transform {
             method,
             response_json,
             status: resp.status.into_iter().collect(),
+            request_convert: req.convert,
+            response_convert: resp.convert,
+            shape,
+            xml: c.xml.clone(),
             max_body: c.max_body.0 as usize,
             on_oversize: c.on_oversize,
             on_error: c.on_error,
@@ -226,17 +289,54 @@ impl Transform {
     }
 
     fn json_type(&self, content_type: Option<&http::HeaderValue>) -> bool {
-        let Some(ct) = content_type.and_then(|v| v.to_str().ok()) else {
-            return false;
-        };
-        let media = ct.split(';').next().unwrap_or("").trim();
-        self.content_types.iter().any(|t| {
-            if t.starts_with('+') {
-                media.len() > t.len() && media[media.len() - t.len()..].eq_ignore_ascii_case(t)
-            } else {
-                media.eq_ignore_ascii_case(t)
+        media_in(content_type, &self.content_types)
+    }
+
+    /// Whether a body of this type is read: XML for a conversion from XML, else `content_types`.
+    fn takes_type(
+        &self,
+        convert: Option<Convert>,
+        content_type: Option<&http::HeaderValue>,
+    ) -> bool {
+        if convert == Some(Convert::Json) {
+            media_in(content_type, &XML_TYPES)
+        } else {
+            self.json_type(content_type)
+        }
+    }
+
+    /// Reads the client's shaping parameters (a 400 listing what is allowed when they are not)
+    /// and takes them off the upstream request; notes the client's `Accept` for `negotiate`.
+    fn response_inputs(
+        &self,
+        req: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<(), GatewayError> {
+        let query = req.uri.query().unwrap_or("").to_string();
+        let mut shape_req = None;
+        if let Some(shape) = &self.shape {
+            shape_req = Some(shape.request(&query).map_err(GatewayError::InvalidQuery)?);
+            if let Some(strip) = shape.strip(&query).filter(|s| !s.is_empty()) {
+                let q = crate::transform::query::edit(Some(&query), &[], &strip, &[]);
+                let path = req.uri.path();
+                let target = if q.is_empty() {
+                    path.to_string()
+                } else {
+                    format!("{path}?{q}")
+                };
+                if let Ok(uri) = target.parse::<http::Uri>() {
+                    req.set_uri(uri);
+                }
             }
-        })
+        }
+        let path = req.uri.path().to_string();
+        ctx.ext.insert(ResponseInputs {
+            shape: shape_req,
+            path,
+            query,
+            xml: prefers_xml(req.headers.get(http::header::ACCEPT)),
+        });
+        Ok(())
     }
 
     fn inputs<'a>(&self, ctx: &'a RequestCtx) -> std::borrow::Cow<'a, Inputs> {
@@ -280,6 +380,158 @@ impl Transform {
     }
 }
 
+/// Media types read as XML.
+const XML_TYPES: [&str; 3] = ["application/xml", "text/xml", "+xml"];
+
+fn media_in(content_type: Option<&http::HeaderValue>, types: &[impl AsRef<str>]) -> bool {
+    let Some(ct) = content_type.and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let media = ct.split(';').next().unwrap_or("").trim();
+    types.iter().any(|t| {
+        let t = t.as_ref();
+        if t.starts_with('+') {
+            media.len() > t.len() && media[media.len() - t.len()..].eq_ignore_ascii_case(t)
+        } else {
+            media.eq_ignore_ascii_case(t)
+        }
+    })
+}
+
+/// What a shaped or negotiated response needs from its request.
+#[derive(Clone)]
+struct ResponseInputs {
+    shape: Option<ShapeRequest>,
+    /// The client's path and query, for `Link`.
+    path: String,
+    query: String,
+    /// `convert: negotiate` chose XML.
+    xml: bool,
+}
+
+/// Whether `Accept` prefers XML (`application/xml` or `text/xml`) to JSON: the highest
+/// q-value of the ranges that match each, ties to JSON.
+fn prefers_xml(accept: Option<&http::HeaderValue>) -> bool {
+    let Some(accept) = accept.and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let (mut xml, mut json) = (0.0f32, 0.0f32);
+    for range in accept.split(',') {
+        let mut parts = range.split(';');
+        let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let q = parts
+            .filter_map(|p| p.trim().strip_prefix("q="))
+            .find_map(|q| q.trim().parse::<f32>().ok())
+            .unwrap_or(1.0);
+        match media.as_str() {
+            "application/xml" | "text/xml" => xml = xml.max(q),
+            "application/json" | "*/*" | "application/*" => json = json.max(q),
+            _ => {}
+        }
+    }
+    xml > json
+}
+
+impl Transform {
+    /// The response document through `convert` (from XML), the JSON operations and shaping;
+    /// `Ok(None)`: not transformed (the body is not what the route expects, `on_error: pass`).
+    fn response_doc(
+        &self,
+        body: &[u8],
+        ctx: &mut RequestCtx,
+        resp: Option<&mut ResponseHeader>,
+    ) -> Result<Option<Bytes>, GatewayError> {
+        let parsed = if self.response_convert == Some(Convert::Json) {
+            xml::to_json(body, &self.xml).map_err(|e| (e.reason(), e.to_string()))
+        } else {
+            serde_json::from_slice::<serde_json::Value>(body)
+                .map_err(|e| ("not_json", e.to_string()))
+        };
+        let mut doc = match parsed {
+            Ok(d) => d,
+            Err((reason, why)) => return self.failed(reason, &why),
+        };
+        let inputs = ctx.ext.get::<ResponseInputs>().cloned();
+        self.response_json.apply(&mut doc, ctx, &self.inputs(ctx));
+        let mut links = None;
+        if let (Some(shape), Some(i)) = (&self.shape, &inputs) {
+            let req = i.shape.clone().unwrap_or_default();
+            match shape.apply(doc, &req, &i.path, &i.query) {
+                Ok(shaped) => {
+                    doc = shaped.doc;
+                    links = Some((shaped.total, shaped.links));
+                }
+                Err(ShapeError::Client(why)) => return Err(GatewayError::InvalidQuery(why)),
+                Err(ShapeError::NoArray) => {
+                    return self.failed("shape_target", "no array at the shaping target")
+                }
+            }
+        }
+        let to_xml = match self.response_convert {
+            Some(Convert::Xml) => true,
+            Some(Convert::Negotiate) => inputs.as_ref().is_some_and(|i| i.xml),
+            _ => false,
+        };
+        if let Some(resp) = resp {
+            if let Some((total, link)) = links {
+                if self.shape.as_ref().is_some_and(|s| s.page_headers()) {
+                    let _ = resp.insert_header("x-total-count", total.to_string());
+                    if let Some(l) = link {
+                        let _ = resp.insert_header(http::header::LINK, l);
+                    }
+                }
+            }
+            let ct = if to_xml {
+                "application/xml; charset=utf-8"
+            } else {
+                "application/json"
+            };
+            if to_xml || self.response_convert == Some(Convert::Json) {
+                let _ = resp.insert_header(http::header::CONTENT_TYPE, ct);
+            }
+        }
+        Ok(Some(Bytes::from(if to_xml {
+            xml::to_xml(&doc, &self.xml)
+        } else {
+            serde_json::to_vec(&doc).unwrap_or_default()
+        })))
+    }
+
+    /// A response body the transform cannot read: counted, then passed or a 502.
+    fn failed(&self, reason: &'static str, why: &str) -> Result<Option<Bytes>, GatewayError> {
+        crate::observability::metrics::transform_error(&self.route, "response", reason);
+        log::debug!("route {}: response body not transformed: {why}", self.route);
+        match self.on_error {
+            Oversize::Pass => Ok(None),
+            Oversize::Error => Err(GatewayError::BadGateway),
+        }
+    }
+
+    /// The request body converted and transformed; errors are 400s naming the cause.
+    fn request_doc(&self, body: &[u8], ctx: &mut RequestCtx) -> Result<Bytes, GatewayError> {
+        let mut doc: serde_json::Value = if self.request_convert == Some(Convert::Json) {
+            xml::to_json(body, &self.xml).map_err(|e| {
+                GatewayError::InvalidBody(format!("The request body is not accepted: {e}."))
+            })?
+        } else {
+            serde_json::from_slice(body).map_err(|e| {
+                GatewayError::InvalidBody(format!(
+                    "The request body is not valid JSON: {} at line {}, column {}.",
+                    json_error_kind(&e),
+                    e.line(),
+                    e.column()
+                ))
+            })?
+        };
+        self.request_json.apply(&mut doc, ctx, &self.inputs(ctx));
+        Ok(Bytes::from(if self.request_convert == Some(Convert::Xml) {
+            xml::to_xml(&doc, &self.xml)
+        } else {
+            serde_json::to_vec(&doc).unwrap_or_default()
+        }))
+    }
+}
+
 #[async_trait]
 impl Plugin for Transform {
     fn name(&self) -> &'static str {
@@ -288,13 +540,14 @@ impl Plugin for Transform {
 
     fn phases(&self) -> Phases {
         let mut p = Phases::REQUEST;
-        if !self.request_json.is_empty() {
+        if !self.request_json.is_empty() || self.request_convert.is_some() {
             p = p.and(Phases::REQUEST_BODY);
         }
         if !self.status.is_empty() {
             p = p.and(Phases::RESPONSE);
         }
-        if !self.response_json.is_empty() {
+        if !self.response_json.is_empty() || self.response_convert.is_some() || self.shape.is_some()
+        {
             p = p.and(Phases::RESPONSE_BODY);
         }
         p
@@ -308,12 +561,22 @@ impl Plugin for Transform {
         self.on_oversize
     }
 
+    fn defers_response(&self) -> bool {
+        self.response_convert.is_some()
+            || self.shape.is_some()
+            || self.on_error == Oversize::Error
+            || self.on_oversize == Oversize::Error
+    }
+
     async fn on_request(
         &self,
         req: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<Flow, GatewayError> {
         let inputs = Inputs::capture(req, &self.template_headers);
+        if self.shape.is_some() || self.response_convert == Some(Convert::Negotiate) {
+            self.response_inputs(req, ctx)?;
+        }
         if !self.query_set.is_empty()
             || !self.query_remove.is_empty()
             || !self.query_rename.is_empty()
@@ -328,7 +591,19 @@ impl Plugin for Transform {
     }
 
     fn takes_request_body(&self, req: &mut RequestHeader, _ctx: &mut RequestCtx) -> bool {
-        self.json_type(req.headers.get(http::header::CONTENT_TYPE))
+        if !self.takes_type(
+            self.request_convert,
+            req.headers.get(http::header::CONTENT_TYPE),
+        ) {
+            return false;
+        }
+        let ct = match self.request_convert {
+            Some(Convert::Xml) => "application/xml; charset=utf-8",
+            Some(Convert::Json) => "application/json",
+            _ => return true,
+        };
+        let _ = req.insert_header(http::header::CONTENT_TYPE, ct);
+        true
     }
 
     fn on_request_body(
@@ -337,16 +612,7 @@ impl Plugin for Transform {
         _eos: bool,
         ctx: &mut RequestCtx,
     ) -> Result<(), GatewayError> {
-        let mut doc: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
-            GatewayError::InvalidBody(format!(
-                "The request body is not valid JSON: {} at line {}, column {}.",
-                json_error_kind(&e),
-                e.line(),
-                e.column()
-            ))
-        })?;
-        self.request_json.apply(&mut doc, ctx, &self.inputs(ctx));
-        *body = Bytes::from(serde_json::to_vec(&doc).unwrap_or_default());
+        *body = self.request_doc(body, ctx)?;
         Ok(())
     }
 
@@ -363,7 +629,13 @@ impl Plugin for Transform {
     }
 
     fn takes_response_body(&self, resp: &mut ResponseHeader, _ctx: &mut RequestCtx) -> bool {
-        self.json_type(resp.headers.get(http::header::CONTENT_TYPE))
+        if self.response_convert == Some(Convert::Negotiate) {
+            let _ = resp.append_header(http::header::VARY, "Accept");
+        }
+        self.takes_type(
+            self.response_convert,
+            resp.headers.get(http::header::CONTENT_TYPE),
+        )
     }
 
     fn on_response_body(
@@ -372,21 +644,22 @@ impl Plugin for Transform {
         _eos: bool,
         ctx: &mut RequestCtx,
     ) -> Result<(), GatewayError> {
-        match serde_json::from_slice::<serde_json::Value>(body) {
-            Ok(mut doc) => {
-                self.response_json.apply(&mut doc, ctx, &self.inputs(ctx));
-                *body = Bytes::from(serde_json::to_vec(&doc).unwrap_or_default());
-                Ok(())
-            }
-            Err(e) => {
-                crate::observability::metrics::transform_error(&self.route, "response", "not_json");
-                log::debug!("route {}: response body not transformed: {e}", self.route);
-                match self.on_error {
-                    Oversize::Pass => Ok(()),
-                    Oversize::Error => Err(GatewayError::BadGateway),
-                }
-            }
+        if let Some(new) = self.response_doc(body, ctx, None)? {
+            *body = new;
         }
+        Ok(())
+    }
+
+    fn on_whole_response(
+        &self,
+        resp: &mut ResponseHeader,
+        body: &mut Bytes,
+        ctx: &mut RequestCtx,
+    ) -> Result<(), GatewayError> {
+        if let Some(new) = self.response_doc(body, ctx, Some(resp))? {
+            *body = new;
+        }
+        Ok(())
     }
 }
 

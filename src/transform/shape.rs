@@ -188,8 +188,17 @@ pub struct ShapeRequest {
     page: Option<(usize, usize)>,
 }
 
+/// Why a response was not shaped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShapeError {
+    /// The client asked for a page past the end (a 400 that says how many there are).
+    Client(String),
+    /// The upstream's document has no array where the route says (an upstream problem).
+    NoArray,
+}
+
 /// The shaped document and the headers that describe it.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub struct Shaped {
     pub doc: Value,
     pub total: usize,
@@ -321,6 +330,11 @@ impl Shape {
         })
     }
 
+    /// Whether pages are described by `Link` and `X-Total-Count`.
+    pub fn page_headers(&self) -> bool {
+        self.paginate.as_ref().is_some_and(|p| p.headers)
+    }
+
     fn is_param(&self, name: &str) -> bool {
         let base = name.split('[').next().unwrap_or(name);
         name == self.params.sort
@@ -434,9 +448,9 @@ impl Shape {
         req: &ShapeRequest,
         path: &str,
         query: &str,
-    ) -> Result<Shaped, String> {
+    ) -> Result<Shaped, ShapeError> {
         let Some(Value::Array(items)) = self.target.take(&mut doc) else {
-            return Err("The upstream response has no array at the shaping target.".into());
+            return Err(ShapeError::NoArray);
         };
         let mut items: Vec<Value> = items
             .into_iter()
@@ -465,7 +479,7 @@ impl Shape {
         if let (Some(p), Some((offset, size))) = (&self.paginate, req.page) {
             if offset > 0 && offset >= total {
                 let last = total.div_ceil(size).max(1);
-                return Err(match p.style {
+                return Err(ShapeError::Client(match p.style {
                     PageStyle::Page => format!(
                         "\"{}\" is out of range: there are {last} page(s) of {size}.",
                         p.page
@@ -473,7 +487,7 @@ impl Shape {
                     PageStyle::Offset => {
                         format!("\"{}\" is out of range: there are {total} item(s).", p.page)
                     }
-                });
+                }));
             }
             items = items.into_iter().skip(offset).take(size).collect();
             if p.headers {
@@ -803,7 +817,14 @@ mod tests {
         assert!(s.request("q=shoes").is_ok());
         let r = s.request("page=3&per_page=2").unwrap();
         let err = s.apply(json!([1, 2, 3]), &r, "/", "").unwrap_err();
-        assert!(err.contains("2 page(s)"), "{err}");
+        assert!(
+            matches!(&err, ShapeError::Client(m) if m.contains("2 page(s)")),
+            "{err:?}"
+        );
+        assert_eq!(
+            s.apply(json!({"a": 1}), &r, "/", ""),
+            Err(ShapeError::NoArray)
+        );
         assert_eq!(
             s.strip("page=3&q=a&status=x&sort=name"),
             Some(vec!["page".into(), "status".into(), "sort".into()])
