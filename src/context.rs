@@ -88,6 +88,9 @@ pub struct RequestCtx {
     pub claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
     /// Final response status, once known.
     pub status: Option<u16>,
+    /// Why a body plugin skipped or failed on this exchange (`oversize`, `not_json`, ...), for
+    /// the access log.
+    pub transform: Option<&'static str>,
     /// Plugin-private data, keyed by type.
     pub ext: http::Extensions,
 }

@@ -222,6 +222,16 @@ async fn collections_are_filtered_sorted_paged_trimmed_and_wrapped() {
         assert!(v["detail"].as_str().unwrap().contains(want), "{q}: {v}");
     }
 
+    // Each request counted once (its subrequest is not).
+    let m = gw.metrics();
+    assert!(
+        m.contains("postern_http_requests_total{route=\"products\",status_class=\"2xx\"} 2"),
+        "{m}"
+    );
+    assert!(
+        m.contains("postern_http_requests_total{route=\"products\",status_class=\"4xx\"} 6"),
+        "{m}"
+    );
     // An upstream answer without the array passes unchanged (on_error: pass).
     let r = c.get(gw.url("/notarray")).send().await.unwrap();
     assert_eq!(r.text().await.unwrap(), "{\"data\": 1}");
@@ -312,7 +322,13 @@ async fn json_and_xml_convert_both_ways_and_negotiate() {
 async fn hostile_xml_is_refused() {
     let last: Last = Arc::default();
     let o = origin(last.clone()).await;
-    let gw = Gateway::start(&routes(&o));
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let gw = Gateway::start(&format!(
+        "observability:\n  access_log: {{ path: \"{}\" }}\n{}",
+        log.display(),
+        routes(&o)
+    ));
     let c = client();
     let hits = o.hits();
     for (body, want) in [
@@ -351,6 +367,16 @@ async fn hostile_xml_is_refused() {
     assert_eq!(r.status(), 502);
     assert_eq!(r.headers()["content-type"], "application/problem+json");
     assert!(gw.metrics().contains("reason=\"xml_dtd\""));
+    // One access-log line per deferred request (not one more for its subrequest), naming
+    // why the body was not transformed, with the upstream's facts.
+    let lines = crate::util::read_lines(&log, 7);
+    assert_eq!(lines.len(), 7, "{lines:?}");
+    let last_two = &lines[5..];
+    assert_eq!(last_two[0]["transform"], "xml_dtd");
+    assert_eq!(last_two[0]["status"], 200);
+    assert_eq!(last_two[0]["tries"], 1);
+    assert!(last_two[0]["target"].is_string(), "{}", last_two[0]);
+    assert_eq!(last_two[1]["status"], 502);
 }
 
 /// An origin that answers every request with `response` (raw bytes), for bodies FnServer

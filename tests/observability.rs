@@ -3,6 +3,7 @@
 
 use crate::util::upstream::Upstream;
 use crate::util::{client, metric, raw, upstream_yaml, Gateway};
+use crate::util::{read_lines, read_until};
 use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,31 +111,6 @@ async fn metrics_count_a_known_sequence() {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-    }
-}
-
-fn read_lines(path: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
-    read_until(path, |lines| lines.len() >= n)
-}
-
-/// The complete lines of the log once `done` holds for them (or after 10 s).
-fn read_until(
-    path: &std::path::Path,
-    done: impl Fn(&[serde_json::Value]) -> bool,
-) -> Vec<serde_json::Value> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        // A line still being written has no newline yet.
-        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
-        let lines: Vec<serde_json::Value> = complete
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("each line is JSON"))
-            .collect();
-        if done(&lines) || Instant::now() > deadline {
-            return lines;
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

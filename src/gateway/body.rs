@@ -47,16 +47,9 @@ impl BodyStage {
         }
         let whole = plugins
             .iter()
-            .filter_map(|p| match p.body_mode() {
-                BodyMode::Whole { max } => Some(max),
-                BodyMode::Chunks => None,
-            })
-            .min();
-        let oversize = if plugins.iter().any(|p| p.oversize() == Oversize::Error) {
-            Oversize::Error
-        } else {
-            Oversize::Pass
-        };
+            .any(|p| matches!(p.body_mode(), BodyMode::Whole { .. }))
+            .then(|| BodyStage::limit_of(&plugins));
+        let oversize = BodyStage::oversize_of(&plugins);
         Some(BodyStage {
             side,
             plugins,
@@ -145,9 +138,9 @@ impl BodyStage {
         &mut self,
         body: &mut Option<Bytes>,
         max: usize,
-        ctx: &RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<(), GatewayError> {
-        crate::observability::metrics::transform_error(&ctx.route, self.side.name(), "oversize");
+        crate::observability::metrics::transform_error(ctx, self.side.name(), "oversize");
         if self.side == Side::Request {
             return Err(GatewayError::PayloadTooLarge);
         }
@@ -184,7 +177,7 @@ pub(super) fn response_takers(
         return Vec::new();
     }
     if encoded {
-        crate::observability::metrics::transform_error(&ctx.route, "response", "encoded");
+        crate::observability::metrics::transform_error(ctx, "response", "encoded");
         return Vec::new();
     }
     candidates

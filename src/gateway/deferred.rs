@@ -29,11 +29,13 @@ use std::sync::Arc;
 /// What the subrequest reports back to the main request.
 #[derive(Default)]
 pub(super) struct Report {
+    pub target: Option<Arc<crate::upstream::target::TargetState>>,
     pub tries: u32,
     pub tried: smallvec::SmallVec<[SocketAddr; 2]>,
     pub secs: Option<f64>,
     pub cache_status: Option<&'static str>,
     pub failure: Option<GatewayError>,
+    pub transform: Option<&'static str>,
 }
 
 pub(super) type Slot = Arc<Mutex<Option<Report>>>;
@@ -84,11 +86,13 @@ pub(super) fn adopt(session: &mut Session, ctx: &mut Ctx) -> bool {
 /// In a subrequest's `logging`: what the main request needs to record.
 pub(super) fn report(ctx: &mut Ctx, slot: &Slot) {
     *slot.lock() = Some(Report {
+        target: ctx.attempt.target.clone(),
         tries: ctx.attempt.tries,
         tried: std::mem::take(&mut ctx.attempt.tried),
         secs: ctx.attempt.secs,
         cache_status: ctx.cache.status,
         failure: ctx.failure.take(),
+        transform: ctx.req.transform,
     });
 }
 
@@ -97,6 +101,7 @@ pub(super) fn merge_report(ctx: &mut Ctx) {
     let Some(r) = ctx.deferred.as_ref().and_then(|s| s.lock().take()) else {
         return;
     };
+    ctx.attempt.target = r.target;
     ctx.attempt.tries = r.tries;
     ctx.attempt.tried = r.tried;
     ctx.attempt.secs = r.secs;
@@ -104,6 +109,7 @@ pub(super) fn merge_report(ctx: &mut Ctx) {
     if ctx.failure.is_none() {
         ctx.failure = r.failure;
     }
+    ctx.req.transform = ctx.req.transform.or(r.transform);
 }
 
 /// Serves the request through a subrequest; `Ok(true)`: the response was written.
@@ -240,13 +246,13 @@ impl<'a> Output<'a> {
         let oversize = BodyStage::oversize_of(&takers);
         let known_over = body::content_length(&h).is_some_and(|l| l > limit);
         if known_over && oversize == Oversize::Error {
-            crate::observability::metrics::transform_error(&ctx.req.route, "response", "oversize");
+            crate::observability::metrics::transform_error(&mut ctx.req, "response", "oversize");
             return Err(ctx.fail(GatewayError::BadGateway));
         }
         if takers.is_empty() || known_over || end {
             if known_over {
                 crate::observability::metrics::transform_error(
-                    &ctx.req.route,
+                    &mut ctx.req,
                     "response",
                     "oversize",
                 );
@@ -316,7 +322,7 @@ impl<'a> Output<'a> {
         session: &mut Session,
         ctx: &mut Ctx,
     ) -> pingora::Result<()> {
-        crate::observability::metrics::transform_error(&ctx.req.route, "response", "oversize");
+        crate::observability::metrics::transform_error(&mut ctx.req, "response", "oversize");
         let State::Collecting { header, buf, .. } = std::mem::replace(&mut self.state, State::Done)
         else {
             return Ok(());

@@ -140,6 +140,8 @@ struct Record<'a> {
     consumer: Option<&'a str>,
     auth_failure: Option<&'static str>,
     cache: Option<&'static str>,
+    /// Why a body plugin skipped or failed (`oversize`, `encoded`, `not_json`, `xml_dtd`...).
+    transform: Option<&'static str>,
     method: &'a str,
     host: Option<&'a str>,
     path: std::borrow::Cow<'a, str>,
@@ -167,6 +169,7 @@ impl Entry for Record<'_> {
         o.opt_str(json_key!("consumer"), self.consumer);
         o.opt_str(json_key!("auth_failure"), self.auth_failure);
         o.opt_str(json_key!("cache"), self.cache);
+        o.opt_str(json_key!("transform"), self.transform);
         o.str(json_key!("method"), self.method);
         o.opt_str(json_key!("host"), self.host);
         o.str(json_key!("path"), &self.path);
@@ -204,6 +207,7 @@ fn access_record(
         client: ctx.req.client_ip,
         consumer: ctx.req.consumer.as_deref().map(|c| c.name.as_str()),
         cache: ctx.cache.status,
+        transform: ctx.req.transform,
         auth_failure: ctx
             .req
             .ext
@@ -273,6 +277,7 @@ mod tests {
             consumer: Some("alice\u{1}"),
             auth_failure: Some("expired"),
             cache: Some("HIT"),
+            transform: Some("not_json"),
             method: "GET",
             host: Some("api.example.com:8080"),
             path: "/a\\b?q=é".into(),
@@ -296,6 +301,7 @@ mod tests {
             consumer: None,
             auth_failure: None,
             cache: None,
+            transform: None,
             host: None,
             route: None,
             upstream: None,

@@ -67,7 +67,7 @@ pub(super) fn start_body(
     };
     if let (Some(max), Some(len)) = (stage.limit(), body::content_length(resp)) {
         if len > max {
-            crate::observability::metrics::transform_error(&ctx.req.route, "response", "oversize");
+            crate::observability::metrics::transform_error(&mut ctx.req, "response", "oversize");
             return match stage.oversize() {
                 Oversize::Pass => Ok(()),
                 Oversize::Error => Err(ctx.fail(GatewayError::BadGateway)),

@@ -235,10 +235,12 @@ pub fn cache_evicted() {
 }
 
 /// Counts a body a body plugin left untransformed or failed on (rare: labels bound per call).
-pub fn transform_error(route: &str, phase: &str, reason: &str) {
+/// Counts a body a plugin skipped or failed on, and notes why for the access log's `transform`.
+pub fn transform_error(ctx: &mut crate::context::RequestCtx, phase: &str, reason: &'static str) {
+    ctx.transform = Some(reason);
     if let Some(m) = METRICS.as_ref() {
         m.transform_errors
-            .with_label_values(&[route, phase, reason])
+            .with_label_values(&[&ctx.route, phase, reason])
             .inc();
     }
 }

@@ -449,7 +449,7 @@ impl Transform {
         };
         let mut doc = match parsed {
             Ok(d) => d,
-            Err((reason, why)) => return self.failed(reason, &why),
+            Err((reason, why)) => return self.failed(ctx, reason, &why),
         };
         let inputs = ctx.ext.get::<ResponseInputs>().cloned();
         self.response_json.apply(&mut doc, ctx, &self.inputs(ctx));
@@ -463,7 +463,7 @@ impl Transform {
                 }
                 Err(ShapeError::Client(why)) => return Err(GatewayError::InvalidQuery(why)),
                 Err(ShapeError::NoArray) => {
-                    return self.failed("shape_target", "no array at the shaping target")
+                    return self.failed(ctx, "shape_target", "no array at the shaping target")
                 }
             }
         }
@@ -498,8 +498,13 @@ impl Transform {
     }
 
     /// A response body the transform cannot read: counted, then passed or a 502.
-    fn failed(&self, reason: &'static str, why: &str) -> Result<Option<Bytes>, GatewayError> {
-        crate::observability::metrics::transform_error(&self.route, "response", reason);
+    fn failed(
+        &self,
+        ctx: &mut RequestCtx,
+        reason: &'static str,
+        why: &str,
+    ) -> Result<Option<Bytes>, GatewayError> {
+        crate::observability::metrics::transform_error(ctx, "response", reason);
         log::debug!("route {}: response body not transformed: {why}", self.route);
         match self.on_error {
             Oversize::Pass => Ok(None),

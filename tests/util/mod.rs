@@ -375,3 +375,29 @@ fn pem(label: &str, der: &[u8]) -> String {
     out.push_str(&format!("-----END {label}-----\n"));
     out
 }
+
+/// The first `n` complete JSON lines of a log file (waits up to 10 s for them).
+pub fn read_lines(path: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
+    read_until(path, |lines| lines.len() >= n)
+}
+
+/// The complete lines of the log once `done` holds for them (or after 10 s).
+pub fn read_until(
+    path: &std::path::Path,
+    done: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        // A line still being written has no newline yet.
+        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+        let lines: Vec<serde_json::Value> = complete
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+            .collect();
+        if done(&lines) || std::time::Instant::now() > deadline {
+            return lines;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

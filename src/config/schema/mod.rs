@@ -359,6 +359,7 @@ pub const ACCESS_LOG_FIELDS: &[&str] = &[
     "tries",
     "cache",
     "auth_failure",
+    "transform",
     "error",
 ];
 
