@@ -5,6 +5,7 @@
 use crate::config::schema::{self, Config};
 use crate::config::{self as cfg, ConfigError, Issue, Loaded};
 use crate::observability::metrics::RouteMetrics;
+use crate::plugins::compression::CompressionPolicy;
 use crate::plugins::{self, Chain};
 use crate::redis::Redis;
 use crate::router::matcher::ValueMatch;
@@ -48,6 +49,8 @@ pub struct Route {
     /// HTTP cache policy (the route's `cache` plugin).
     pub cache: Option<Arc<crate::cache::CachePolicy>>,
     pub cache_metrics: crate::observability::metrics::CacheMetrics,
+    /// Response compression (the route's `compression` plugin, else `server.compression`).
+    pub compression: Option<Arc<CompressionPolicy>>,
 }
 
 impl Route {
@@ -96,6 +99,8 @@ struct RouteEnv<'a> {
     shared: &'a Arc<Shared>,
     consumers: &'a Arc<crate::auth::Consumers>,
     redis: Option<(&'a Arc<Redis>, schema::OnError)>,
+    /// `server.compression`, compiled.
+    compression: Option<Arc<CompressionPolicy>>,
 }
 
 /// A listener ready to be bound.
@@ -225,6 +230,12 @@ pub fn compile(
             ));
         }
     }
+    let server_compression = config.server.compression.as_ref().and_then(|c| {
+        CompressionPolicy::compile(c, "server.compression")
+            .map_err(|mut e| issues.append(&mut e))
+            .ok()
+            .map(Arc::new)
+    });
     let consumers = Arc::new(crate::auth::Consumers::compile(
         &config.consumers,
         &mut issues,
@@ -249,6 +260,7 @@ pub fn compile(
             upstreams: &upstreams,
             shared,
             redis: redis.as_ref().map(|(r, e)| (r, *e)),
+            compression: server_compression.clone(),
         };
         if let Some(route) = compile_route(i, r, &env, &mut router, &mut issues) {
             routes.push(route);
@@ -413,7 +425,12 @@ fn compile_route(
     }
     let chain = Chain::new(plugins);
     let cache = chain.cache_policy();
+    let compression = chain
+        .compression_policy()
+        .or_else(|| env.compression.clone())
+        .filter(|p| p.enabled);
     let route = Route {
+        compression,
         metrics: RouteMetrics::new(&name),
         cache_metrics: match cache {
             Some(_) => crate::observability::metrics::CacheMetrics::new(&name),

@@ -471,3 +471,157 @@ async fn five_mib_against_a_one_mib_cap_and_compressed_upstreams() {
     assert_eq!(r.bytes().await.unwrap().as_ref(), gz.as_slice());
     assert!(gw.metrics().contains("reason=\"encoded\",route=\"gz\""));
 }
+
+fn gunzip(b: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(b)
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_are_compressed_as_negotiated() {
+    let page = "<p>compress me</p>".repeat(200);
+    let last: Last = Arc::default();
+    let seen = last.clone();
+    let body = page.clone();
+    let o = FnServer::start(move |s: &Seen| {
+        *seen.lock() = Some((
+            s.method.clone(),
+            s.uri.clone(),
+            s.headers.clone(),
+            s.body.clone(),
+        ));
+        let html = ("content-type", "text/html".to_string());
+        match s.uri.as_str() {
+            "/small" => (200, vec![html], "tiny".into()),
+            "/png" => (
+                200,
+                vec![("content-type", "image/png".into())],
+                body.clone(),
+            ),
+            "/keep" => (
+                200,
+                vec![html, ("cache-control", "no-transform".into())],
+                body.clone(),
+            ),
+            "/range" => (
+                206,
+                vec![html, ("content-range", format!("bytes 0-9/{}", body.len()))],
+                body[..10].to_string(),
+            ),
+            "/products" => (
+                200,
+                vec![("content-type", "application/json".into())],
+                products().to_string(),
+            ),
+            _ => (200, vec![html, ("etag", "\"e1\"".into())], body.clone()),
+        }
+    })
+    .await;
+    let gw = Gateway::start_full(
+        &format!(
+            r#"upstreams:
+  o: {{ targets: [ {{ addr: "{a}" }} ] }}
+routes:
+  - name: off
+    match: {{ path: /off/* }}
+    upstream: o
+    rewrite: {{ strip_prefix: /off }}
+    plugins:
+      - compression: {{ enabled: false }}
+  - name: gzip-only
+    match: {{ path: /gz/* }}
+    upstream: o
+    rewrite: {{ strip_prefix: /gz }}
+    plugins:
+      - compression: {{ algorithms: [gzip], levels: {{ gzip: 1 }}, min_size: 10B }}
+  - name: products
+    match: {{ path: /products }}
+    upstream: o
+    plugins:
+      - transform: {{ response: {{ shape: {{ target: data.items, paginate: {{ default_per_page: 20 }} }} }} }}
+  - name: all
+    match: {{ path: /* }}
+    upstream: o
+"#,
+            a = o.addr
+        ),
+        "",
+        "  compression: { min_size: 256B }\n",
+    );
+    let c = client();
+    let get = |path: &str, accept: Option<&str>| {
+        let mut r = c.get(gw.url(path));
+        if let Some(a) = accept {
+            r = r.header("accept-encoding", a);
+        }
+        r.send()
+    };
+    let r = get("/page", Some("gzip")).await.unwrap();
+    let h = r.headers().clone();
+    assert_eq!(h["content-encoding"], "gzip");
+    assert_eq!(h["vary"], "Accept-Encoding");
+    assert_eq!(h["etag"], "W/\"e1\"");
+    assert!(h.get("content-length").is_none());
+    let bytes = r.bytes().await.unwrap();
+    assert!(bytes.len() < page.len() / 4);
+    assert_eq!(gunzip(&bytes), page.as_bytes());
+    // q-values, then the server's preference (br, zstd, gzip).
+    for (accept, want) in [
+        ("gzip;q=0.5, br", Some("br")),
+        ("gzip, zstd", Some("zstd")),
+        ("br;q=0, *", Some("zstd")),
+        ("gzip;q=0", None),
+        ("identity", None),
+    ] {
+        let r = get("/page", Some(accept)).await.unwrap();
+        let ce = r
+            .headers()
+            .get("content-encoding")
+            .map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(ce.as_deref(), want, "{accept}");
+        assert_eq!(r.headers()["vary"], "Accept-Encoding");
+    }
+    let r = get("/page", None).await.unwrap();
+    assert!(r.headers().get("content-encoding").is_none());
+    assert_eq!(r.text().await.unwrap(), page);
+    // Never: small, not a listed type, no-transform, partial content, HEAD, switched off.
+    for path in ["/small", "/png", "/keep", "/range", "/off/page"] {
+        let r = get(path, Some("gzip, br")).await.unwrap();
+        assert!(r.headers().get("content-encoding").is_none(), "{path}");
+        assert!(r.headers().get("vary").is_none(), "{path}");
+    }
+    let r = c
+        .head(gw.url("/page"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().get("content-encoding").is_none());
+    // A route's own settings: gzip only, even when br is preferred.
+    let r = get("/gz/page", Some("br, gzip;q=0.1")).await.unwrap();
+    assert_eq!(r.headers()["content-encoding"], "gzip");
+    assert_eq!(gunzip(&r.bytes().await.unwrap()), page.as_bytes());
+    // A shaped (deferred) response is compressed after the transform.
+    let r = get("/products?per_page=5", Some("gzip")).await.unwrap();
+    assert_eq!(r.headers()["content-encoding"], "gzip");
+    assert_eq!(r.headers()["x-total-count"], "25");
+    let v: Value = serde_json::from_slice(&gunzip(&r.bytes().await.unwrap())).unwrap();
+    assert_eq!(v["data"]["items"].as_array().unwrap().len(), 5);
+    // A compressed request body passes to the upstream as it is.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(b"hello").unwrap();
+    let gz = gz.finish().unwrap();
+    c.post(gw.url("/upload"))
+        .header("content-encoding", "gzip")
+        .body(gz.clone())
+        .send()
+        .await
+        .unwrap();
+    let (_, _, headers, _) = last.lock().clone().unwrap();
+    assert_eq!(headers["content-encoding"], "gzip");
+    assert_eq!(headers["content-length"], gz.len().to_string());
+}

@@ -48,6 +48,8 @@ pub(super) struct Bodies {
     pub stored: Option<super::body::BodyStage>,
     /// The response body as sent to the client.
     pub served: Option<super::body::BodyStage>,
+    /// Compression of the response sent (after every body plugin).
+    pub encoder: Option<crate::plugins::compression::Encoder>,
 }
 
 /// The tries at the upstream.

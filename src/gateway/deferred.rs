@@ -270,11 +270,14 @@ impl<'a> Output<'a> {
 
     async fn write_header(
         &mut self,
-        h: Box<ResponseHeader>,
+        mut h: Box<ResponseHeader>,
         end: bool,
         session: &mut Session,
         ctx: &mut Ctx,
     ) -> pingora::Result<()> {
+        if !end {
+            super::response::start_compression(session.req_header(), &mut h, ctx);
+        }
         ctx.req.status = Some(h.status.as_u16());
         session.write_response_header(h, end).await?;
         self.state = if end { State::Done } else { State::Streaming };
@@ -290,6 +293,8 @@ impl<'a> Output<'a> {
     ) -> pingora::Result<()> {
         match &mut self.state {
             State::Streaming => {
+                let mut data = data;
+                super::response::compress(ctx, &mut data, end);
                 session.write_response_body(data, end).await?;
                 if end {
                     self.state = State::Done;
@@ -335,7 +340,9 @@ impl<'a> Output<'a> {
             ctx.req.route
         );
         self.write_header(header, false, session, ctx).await?;
-        session.write_response_body(Some(buf.freeze()), end).await?;
+        let mut data = Some(buf.freeze());
+        super::response::compress(ctx, &mut data, end);
+        session.write_response_body(data, end).await?;
         self.state = if end { State::Done } else { State::Streaming };
         Ok(())
     }
@@ -360,14 +367,19 @@ impl<'a> Output<'a> {
                 body::changed_body_header(&mut header);
                 header.remove_header(&http::header::TRANSFER_ENCODING);
                 header.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+                super::response::start_compression(session.req_header(), &mut header, ctx);
                 ctx.req.status = Some(header.status.as_u16());
                 session.write_response_header(header, false).await?;
-                session.write_response_body(Some(body), true).await?;
+                let mut data = Some(body);
+                super::response::compress(ctx, &mut data, true);
+                session.write_response_body(data, true).await?;
                 Ok(())
             }
             State::Waiting => Err(ctx.fail(GatewayError::BadGateway)),
             State::Streaming => {
-                session.write_response_body(None, true).await?;
+                let mut data = None;
+                super::response::compress(ctx, &mut data, true);
+                session.write_response_body(data, true).await?;
                 Ok(())
             }
             State::Done => Ok(()),

@@ -35,7 +35,39 @@ pub(super) fn header(
         .chain
         .on_response(resp, &mut ctx.req)
         .map_err(|e| ctx.fail(e))?;
-    start_body(session, resp, ctx, false)
+    start_body(session, resp, ctx, false)?;
+    if route.compression.is_some() && ctx.sub.is_none() {
+        start_compression(session.req_header(), resp, ctx);
+    }
+    Ok(())
+}
+
+/// Compression of the response to the client, when the route has it: `Vary: Accept-Encoding`
+/// on every response that could be compressed, the encoder when this client accepts a coding.
+pub(super) fn start_compression(
+    req: &pingora::http::RequestHeader,
+    resp: &mut ResponseHeader,
+    ctx: &mut Ctx,
+) {
+    let Some(policy) = ctx.route.as_ref().and_then(|r| r.compression.clone()) else {
+        return;
+    };
+    if !policy.eligible(resp, req.method == http::Method::HEAD) {
+        return;
+    }
+    crate::plugins::compression::vary(resp);
+    let accept = crate::plugins::compression::accept_encoding(req);
+    if let Some((coding, level)) = policy.choose(accept) {
+        ctx.bodies.encoder = crate::plugins::compression::Encoder::start(coding, level, resp);
+    }
+}
+
+/// The compressed form of a chunk about to be sent, when the response is compressed.
+pub(super) fn compress(ctx: &mut Ctx, chunk: &mut Option<bytes::Bytes>, eos: bool) {
+    if let Some(enc) = ctx.bodies.encoder.as_mut() {
+        let out = enc.encode(chunk.as_deref(), eos);
+        *chunk = out.filter(|b| !b.is_empty() || eos);
+    }
 }
 
 /// Sets up the response-body plugins of one stage (`stored`: before the cache stores the
@@ -95,11 +127,14 @@ pub(super) fn body(
     } else {
         ctx.bodies.served.as_mut()
     };
-    let Some(stage) = stage else {
-        return Ok(());
-    };
-    let result = stage.filter(chunk, eos, &mut ctx.req, None);
-    result.map_err(|e| ctx.fail(e))
+    if let Some(stage) = stage {
+        let result = stage.filter(chunk, eos, &mut ctx.req, None);
+        result.map_err(|e| ctx.fail(e))?;
+    }
+    if !stored {
+        compress(ctx, chunk, eos);
+    }
+    Ok(())
 }
 
 /// Writes a plugin's reply, after the route's response hooks.

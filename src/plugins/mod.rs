@@ -10,6 +10,7 @@ pub mod api_key;
 pub mod auth;
 pub mod basic_auth;
 pub mod cache;
+pub mod compression;
 pub mod concurrency_limit;
 pub mod cors;
 pub mod forward_auth;
@@ -41,6 +42,8 @@ pub use crate::reply::{Flow, Reply};
 pub struct Phases(u8);
 
 impl Phases {
+    /// No hook (a plugin that only configures the gateway, such as `compression`).
+    pub const NONE: Phases = Phases(0);
     pub const REQUEST: Phases = Phases(1);
     pub const UPSTREAM_REQUEST: Phases = Phases(1 << 1);
     pub const RESPONSE: Phases = Phases(1 << 2);
@@ -193,6 +196,11 @@ pub trait Plugin: Send + Sync + 'static {
         None
     }
 
+    /// The route's response compression, for the `compression` plugin.
+    fn compression_policy(&self) -> Option<Arc<compression::CompressionPolicy>> {
+        None
+    }
+
     /// Starts background work (key refresh, connections). Called for every snapshot put in
     /// service, inside the runtime; must be idempotent.
     fn start(&self) {}
@@ -334,6 +342,11 @@ impl Chain {
     pub fn cache_policy(&self) -> Option<Arc<crate::cache::CachePolicy>> {
         self.all.iter().find_map(|p| p.cache_policy())
     }
+
+    /// The compression settings of the route, if one of its plugins is `compression`.
+    pub fn compression_policy(&self) -> Option<Arc<compression::CompressionPolicy>> {
+        self.all.iter().find_map(|p| p.compression_policy())
+    }
 }
 
 /// Parses a list of header names from a plugin config; bad names become issues at `path[i]`.
@@ -418,6 +431,8 @@ pub enum PluginSpec {
     Transform(Box<transform::Config>),
     /// Cross-Origin Resource Sharing: preflight answers and CORS response fields.
     Cors(cors::Config),
+    /// Response compression (gzip, brotli, zstd) negotiated from `Accept-Encoding`.
+    Compression(compression::Config),
     /// Allow or deny by weekday and time of day in a time zone.
     TimeWindow(time_window::Config),
 }
@@ -436,6 +451,7 @@ pub const PLUGIN_NAMES: &[&str] = &[
     "time_window",
     "transform",
     "cors",
+    "compression",
     "forward_auth",
     "oauth2_introspection",
     "mtls",
@@ -478,6 +494,7 @@ impl<'de> Deserialize<'de> for PluginSpec {
                     "cache" => PluginSpec::Cache(map.next_value()?),
                     "transform" => PluginSpec::Transform(map.next_value()?),
                     "cors" => PluginSpec::Cors(map.next_value()?),
+                    "compression" => PluginSpec::Compression(map.next_value()?),
                     "oauth2_introspection" => PluginSpec::Oauth2Introspection(map.next_value()?),
                     other => return Err(A::Error::unknown_variant(other, PLUGIN_NAMES)),
                 };
@@ -524,5 +541,8 @@ pub fn build(spec: &PluginSpec, b: &BuildCtx) -> Result<Arc<dyn Plugin>, Vec<Iss
         PluginSpec::TimeWindow(c) => Arc::new(time_window::TimeWindow::new(c, &at("time_window"))?),
         PluginSpec::Transform(c) => Arc::new(transform::Transform::new(c, &at("transform"))?),
         PluginSpec::Cors(c) => Arc::new(cors::Cors::new(c, &at("cors"))?),
+        PluginSpec::Compression(c) => {
+            Arc::new(compression::Compression::new(c, &at("compression"))?)
+        }
     })
 }

@@ -161,6 +161,10 @@ pub struct Server {
     /// client address (used by `client_ip` keys, `ip_filter` and the access log).
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// Response compression for every route (a route's `compression` plugin replaces it there;
+    /// `compression: { enabled: false }` on a route turns it off). Off when absent.
+    #[serde(default)]
+    pub compression: Option<crate::plugins::compression::Config>,
 }
 
 /// Forwarding headers added to proxied requests (each costs a header insertion per request).
@@ -214,6 +218,7 @@ impl Default for Server {
             preserve_header_case: false,
             trusted_proxies: Vec::new(),
             watch_config: None,
+            compression: None,
         }
     }
 }
