@@ -1,5 +1,6 @@
-//! The demo upstream used by `make run`: answers every request with JSON describing it, and
-//! `GET /healthz` with 200.
+//! The demo upstream used by `make run`: answers every request with JSON describing it,
+//! `GET /healthz` with 200, `GET /products` with a JSON collection of 40 products and
+//! `GET /products.xml` with the same catalog as XML (for the shaping and conversion demos).
 //!
 //! ```sh
 //! cargo run --example echo -- 127.0.0.1:9001 users-a
@@ -15,8 +16,11 @@ use hyper_util::server::conn::auto;
 use std::convert::Infallible;
 
 async fn handle(req: Request<Incoming>, name: String) -> Result<Response<Full<Bytes>>, Infallible> {
-    if req.uri().path() == "/healthz" {
-        return Ok(Response::new(Full::new(Bytes::from_static(b"ok\n"))));
+    match req.uri().path() {
+        "/healthz" => return Ok(Response::new(Full::new(Bytes::from_static(b"ok\n")))),
+        "/products" => return Ok(typed("application/json", products_json())),
+        "/products.xml" => return Ok(typed("application/xml", products_xml())),
+        _ => {}
     }
     let headers: serde_json::Map<String, serde_json::Value> = req
         .headers()
@@ -39,6 +43,46 @@ async fn handle(req: Request<Incoming>, name: String) -> Result<Response<Full<By
         http::HeaderValue::from_static("application/json"),
     );
     Ok(resp)
+}
+
+fn typed(content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    resp.headers_mut().insert(
+        "content-type",
+        http::HeaderValue::from_static(content_type),
+    );
+    resp
+}
+
+const COLORS: [&str; 4] = ["red", "green", "blue", "black"];
+
+fn products_json() -> String {
+    let items: Vec<serde_json::Value> = (1..=40u32)
+        .map(|i| {
+            serde_json::json!({
+                "id": i,
+                "name": format!("{} widget {i}", COLORS[(i % 4) as usize]),
+                "price": f64::from(i * 37 % 100) + 0.5,
+                "status": if i % 6 == 0 { "discontinued" } else { "active" },
+                "stock": i * 13 % 50,
+                "internal_cost": i * 11,
+            })
+        })
+        .collect();
+    serde_json::json!({ "data": { "items": items }, "source": "demo catalog" }).to_string()
+}
+
+fn products_xml() -> String {
+    let mut x = String::from("<?xml version=\"1.0\"?>\n<catalog source=\"demo\">\n");
+    for i in 1..=5u32 {
+        x.push_str(&format!(
+            "  <product id=\"{i}\"><name>{} widget {i}</name><price>{}.5</price><tag>new</tag><tag>demo</tag></product>\n",
+            COLORS[(i % 4) as usize],
+            i * 37 % 100
+        ));
+    }
+    x.push_str("</catalog>\n");
+    x
 }
 
 #[tokio::main(flavor = "current_thread")]
