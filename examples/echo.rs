@@ -47,10 +47,8 @@ async fn handle(req: Request<Incoming>, name: String) -> Result<Response<Full<By
 
 fn typed(content_type: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(body)));
-    resp.headers_mut().insert(
-        "content-type",
-        http::HeaderValue::from_static(content_type),
-    );
+    resp.headers_mut()
+        .insert("content-type", http::HeaderValue::from_static(content_type));
     resp
 }
 

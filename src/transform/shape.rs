@@ -461,16 +461,7 @@ impl Shape {
             })
             .collect();
         if !req.sort.is_empty() {
-            items.sort_by(|a, b| {
-                for (i, desc) in &req.sort {
-                    let p = &self.sort[*i].1;
-                    let o = compare(p.get_one(a), p.get_one(b), *desc);
-                    if o != Ordering::Equal {
-                        return o;
-                    }
-                }
-                Ordering::Equal
-            });
+            items = self.sorted(items, &req.sort);
         }
         let total = items.len();
         let mut links = None;
@@ -527,6 +518,30 @@ impl Shape {
             doc
         };
         Ok(Shaped { doc, total, links })
+    }
+
+    /// The items in sort order (stable). The sort keys are looked up once per item, and the
+    /// items are ordered by index, not moved at every comparison.
+    fn sorted(&self, mut items: Vec<Value>, sort: &[(usize, bool)]) -> Vec<Value> {
+        let k = sort.len();
+        let mut order: Vec<usize> = (0..items.len()).collect();
+        {
+            let keys: Vec<Option<&Value>> = items
+                .iter()
+                .flat_map(|it| sort.iter().map(|(i, _)| self.sort[*i].1.get_one(it)))
+                .collect();
+            order.sort_by(|&a, &b| {
+                sort.iter()
+                    .enumerate()
+                    .map(|(j, (_, desc))| compare(keys[a * k + j], keys[b * k + j], *desc))
+                    .find(|o| *o != Ordering::Equal)
+                    .unwrap_or(Ordering::Equal)
+            });
+        }
+        order
+            .into_iter()
+            .map(|i| std::mem::take(&mut items[i]))
+            .collect()
     }
 
     /// RFC 8288 links to the first, previous, next and last pages, other parameters kept.
