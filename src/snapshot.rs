@@ -89,6 +89,9 @@ pub struct Snapshot {
     pub routes: Vec<Arc<Route>>,
     /// The Redis of cluster-wide rate limits, when configured.
     pub redis: Option<Arc<Redis>>,
+    /// Some route's response is deferred (served through a subrequest): only then may requests
+    /// spawn subrequests (Pingora's spawner costs a reference count per request).
+    pub defers: bool,
     pub config: Config,
 }
 
@@ -292,6 +295,7 @@ pub fn compile(
             router,
             unrouted: RouteMetrics::new("(none)"),
             redis: redis.map(|(r, _)| r),
+            defers: routes.iter().any(|r| r.chain.defers()),
             routes,
             upstreams,
             limits,
@@ -400,6 +404,21 @@ fn compile_route(
         match plugins::build(spec, &b) {
             Ok(p) => plugins.push(p),
             Err(mut e) => issues.append(&mut e),
+        }
+    }
+    // A plugin that needs the whole response reads each request (its query, its Accept): listed
+    // before `cache`, its output would be stored and served to other requests.
+    if let Some(c) = plugins.iter().position(|p| p.cache_policy().is_some()) {
+        for (j, p) in plugins.iter().enumerate().take(c) {
+            if p.defers_response() {
+                issues.push(Issue::new(
+                    format!("{path}.plugins[{j}]"),
+                    format!(
+                        "`{}` with shape, convert or an `error` mode works on each request's answer: list it after `cache` (the cache then stores the upstream's answer)",
+                        p.name()
+                    ),
+                ));
+            }
         }
     }
     let pattern = pattern?;

@@ -75,8 +75,8 @@ impl ProxyHttp for Gateway {
     }
 
     /// Deferred responses (see `deferred`) are served through a subrequest.
-    fn allow_spawning_subrequest(&self, session: &Session, _ctx: &Ctx) -> bool {
-        session.subrequest_ctx.is_none()
+    fn allow_spawning_subrequest(&self, session: &Session, ctx: &Ctx) -> bool {
+        ctx.snap.defers && session.subrequest_ctx.is_none()
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {

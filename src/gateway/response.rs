@@ -127,6 +127,9 @@ pub(super) fn body(
     } else {
         ctx.bodies.served.as_mut()
     };
+    if stage.is_none() && (stored || ctx.bodies.encoder.is_none()) {
+        return Ok(());
+    }
     if let Some(stage) = stage {
         let result = stage.filter(chunk, eos, &mut ctx.req, None);
         result.map_err(|e| ctx.fail(e))?;
