@@ -625,3 +625,72 @@ routes:
     assert_eq!(headers["content-encoding"], "gzip");
     assert_eq!(headers["content-length"], gz.len().to_string());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deferred_routes_carry_request_bodies_of_every_size() {
+    let last: Last = Arc::default();
+    let o = origin(last.clone()).await;
+    let gw = Gateway::start(&format!(
+        "upstreams:\n  o: {{ targets: [ {{ addr: \"{}\" }} ] }}\nroutes:\n  - name: both\n    match: {{ path: /both }}\n    upstream: o\n    rewrite: {{ path: /echo }}\n    plugins:\n      - transform: {{ request: {{ json: [ {{ remove: debug }} ] }}, response: {{ convert: xml, json: [ {{ remove: pad }} ] }} }}\n  - name: plain-body\n    match: {{ path: /raw }}\n    upstream: o\n    rewrite: {{ path: /echo }}\n    plugins:\n      - transform: {{ response: {{ convert: xml }} }}\n",
+        o.addr
+    ));
+    let c = client();
+    // Small (read ahead and transformed before the subrequest), large with a length, and
+    // chunked (streamed through the subrequest's body stage).
+    for (size, chunked) in [(10usize, false), (200 << 10, false), (200 << 10, true)] {
+        let doc = json!({ "pad": "p".repeat(size), "debug": true, "keep": 1 }).to_string();
+        let text = if chunked {
+            let mut raw = String::from("POST /both HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n");
+            for part in doc.as_bytes().chunks(16 << 10) {
+                raw.push_str(&format!(
+                    "{:x}\r\n{}\r\n",
+                    part.len(),
+                    std::str::from_utf8(part).unwrap()
+                ));
+            }
+            raw.push_str("0\r\n\r\n");
+            let port = gw.port;
+            let resp = tokio::task::spawn_blocking(move || crate::util::raw(port, &raw))
+                .await
+                .unwrap();
+            assert_eq!(crate::util::status_of(&resp), 200, "{resp}");
+            resp
+        } else {
+            let r = c
+                .post(gw.url("/both"))
+                .header("content-type", "application/json")
+                .body(doc.clone())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{size}");
+            r.text().await.unwrap()
+        };
+        assert!(
+            text.ends_with("<root><keep>1</keep></root>"),
+            "{size} {chunked}: {}",
+            &text[..text.len().min(300)]
+        );
+        let (_, _, _, body) = last.lock().clone().unwrap();
+        let sent: Value = serde_json::from_str(&body).unwrap();
+        assert!(
+            sent.get("debug").is_none() && sent["pad"].as_str().unwrap().len() == size,
+            "{size} {chunked}"
+        );
+    }
+    // A body no plugin reads passes through the subrequest unchanged.
+    let r = c
+        .post(gw.url("/raw"))
+        .header("content-type", "application/json")
+        .body("{\"a\":[1,2]}")
+        .send()
+        .await
+        .unwrap();
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .ends_with("<root><a>1</a><a>2</a></root>"));
+    let (_, _, _, body) = last.lock().clone().unwrap();
+    assert_eq!(body, "{\"a\":[1,2]}");
+}
