@@ -29,6 +29,7 @@ use crate::config::error::Issue;
 use crate::config::types::Size;
 use crate::context::RequestCtx;
 use crate::error::GatewayError;
+use crate::transform::lazy;
 use crate::transform::shape::{Shape, ShapeConfig, ShapeError, ShapeRequest};
 use crate::transform::template::{Inputs, Template};
 use crate::transform::xml::{self, XmlOptions};
@@ -441,6 +442,9 @@ impl Transform {
         ctx: &mut RequestCtx,
         resp: Option<&mut ResponseHeader>,
     ) -> Result<Option<Bytes>, GatewayError> {
+        if self.response_convert.is_none() && self.shape.is_none() {
+            return self.response_lazy(body, ctx);
+        }
         let parsed = if self.response_convert == Some(Convert::Json) {
             xml::to_json(body, &self.xml).map_err(|e| (e.reason(), e.to_string()))
         } else {
@@ -497,6 +501,27 @@ impl Transform {
         })))
     }
 
+    /// JSON operations alone: on a lazily parsed document (only the members the paths go
+    /// through are parsed; the rest is copied as it came).
+    fn response_lazy(
+        &self,
+        body: &[u8],
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Bytes>, GatewayError> {
+        let parsed = std::str::from_utf8(body)
+            .map_err(|e| e.to_string())
+            .and_then(|t| lazy::Node::parse(t).map_err(|e| e.to_string()));
+        let mut doc = match parsed {
+            Ok(d) => d,
+            Err(why) => return self.failed(ctx, "not_json", &why),
+        };
+        self.response_json
+            .apply_lazy(&mut doc, ctx, &self.inputs(ctx));
+        let mut out = Vec::with_capacity(body.len() + 64);
+        doc.write(&mut out);
+        Ok(Some(Bytes::from(out)))
+    }
+
     /// A response body the transform cannot read: counted, then passed or a 502.
     fn failed(
         &self,
@@ -514,19 +539,23 @@ impl Transform {
 
     /// The request body converted and transformed; errors are 400s naming the cause.
     fn request_doc(&self, body: &[u8], ctx: &mut RequestCtx) -> Result<Bytes, GatewayError> {
+        if self.request_convert.is_none() {
+            let text = std::str::from_utf8(body).map_err(|_| {
+                GatewayError::InvalidBody("The request body is not valid UTF-8 JSON.".into())
+            })?;
+            let mut doc = lazy::Node::parse(text).map_err(|e| invalid_json(&e))?;
+            self.request_json
+                .apply_lazy(&mut doc, ctx, &self.inputs(ctx));
+            let mut out = Vec::with_capacity(body.len() + 64);
+            doc.write(&mut out);
+            return Ok(Bytes::from(out));
+        }
         let mut doc: serde_json::Value = if self.request_convert == Some(Convert::Json) {
             xml::to_json(body, &self.xml).map_err(|e| {
                 GatewayError::InvalidBody(format!("The request body is not accepted: {e}."))
             })?
         } else {
-            serde_json::from_slice(body).map_err(|e| {
-                GatewayError::InvalidBody(format!(
-                    "The request body is not valid JSON: {} at line {}, column {}.",
-                    json_error_kind(&e),
-                    e.line(),
-                    e.column()
-                ))
-            })?
+            serde_json::from_slice(body).map_err(|e| invalid_json(&e))?
         };
         self.request_json.apply(&mut doc, ctx, &self.inputs(ctx));
         Ok(Bytes::from(if self.request_convert == Some(Convert::Xml) {
@@ -666,6 +695,15 @@ impl Plugin for Transform {
         }
         Ok(())
     }
+}
+
+fn invalid_json(e: &serde_json::Error) -> GatewayError {
+    GatewayError::InvalidBody(format!(
+        "The request body is not valid JSON: {} at line {}, column {}.",
+        json_error_kind(e),
+        e.line(),
+        e.column()
+    ))
 }
 
 /// The kind of a JSON syntax error, without quoting the input.

@@ -2,6 +2,7 @@
 //! composition): `set`, `add`, `default`, `remove`, `rename`, `move`, `copy` and `keep`, over
 //! [`path::Path`]s, with values that may be [`template::Template`]s over the request.
 
+pub mod lazy;
 pub mod path;
 pub mod query;
 pub mod shape;
@@ -257,6 +258,44 @@ impl JsonOps {
     }
 }
 
+impl JsonOps {
+    /// [`JsonOps::apply`] on a lazily parsed document (same result; untouched parts stay text).
+    pub fn apply_lazy<'a>(&'a self, doc: &mut lazy::Node<'a>, ctx: &RequestCtx, inputs: &Inputs) {
+        for op in &self.ops {
+            match op {
+                Op::Set(p, spec, mode) => {
+                    let v = spec.eval(ctx, inputs);
+                    if *mode == SetMode::IfAbsentOrNull {
+                        if let Some((Seg::Key(k), parents)) = p.0.split_last() {
+                            doc.each_parent(parents, &mut |parent| parent.remove_null_member(k));
+                        }
+                    }
+                    doc.set(&p.0, &v, *mode != SetMode::Replace);
+                }
+                Op::Remove(paths) => paths.iter().for_each(|p| {
+                    doc.remove(&p.0);
+                }),
+                Op::Rename(p, to) => {
+                    if let Some((Seg::Key(k), parents)) = p.0.split_last() {
+                        doc.each_parent(parents, &mut |parent| parent.rename_member(k, to));
+                    }
+                }
+                Op::Move(from, to) => {
+                    if let Some(v) = doc.remove(&from.0).into_iter().next() {
+                        doc.set(&to.0, &v.to_value(), false);
+                    }
+                }
+                Op::Copy(from, to) => {
+                    if let Some(v) = doc.get_first(&from.0) {
+                        doc.set(&to.0, &v, false);
+                    }
+                }
+                Op::Keep(k) => *doc = lazy::Node::Val(k.apply(doc.to_value())),
+            }
+        }
+    }
+}
+
 fn set(doc: &mut Value, p: &Path, v: &Value, mode: SetMode) {
     match mode {
         SetMode::Replace => p.set(doc, v, false),
@@ -438,5 +477,79 @@ mod tests {
             let list: Vec<JsonOpConfig> = yaml_serde::from_str(bad).unwrap();
             assert!(JsonOps::compile(&list, "json").is_err(), "{bad}");
         }
+    }
+}
+
+#[cfg(test)]
+mod lazy_tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Every operation gives the same document lazily as on a `serde_json::Value`.
+    #[test]
+    fn lazy_documents_match_values() {
+        let docs = [
+            json!({ "id": 7, "secret": "s", "items": [ { "cost": 1, "x": null }, { "cost": 2.50, "tags": ["a"] } ],
+                    "data": { "owner": { "name": "n" }, "list": [1, 2, 3] }, "n": null, "esc\"ape": "q\n" }),
+            json!([ { "id": 1, "price": 1.0 }, { "id": 2 } ]),
+            json!({ "a": 1 }),
+            json!("scalar"),
+            json!(null),
+        ];
+        let op_lists = [
+            r#"[ { "rename": { "from": "items[*].cost", "to": "price" } }, { "remove": ["secret", "items[*].x"] } ]"#,
+            r#"[ { "set": { "path": "meta.id", "value": "${request_id}" } }, { "add": { "path": "id", "value": 9 } }, { "add": { "path": "new", "value": [1] } } ]"#,
+            r#"[ { "default": { "path": "n", "value": 5 } }, { "default": { "path": "items[*].x", "value": "d" } } ]"#,
+            r#"[ { "move": { "from": "data.owner", "to": "owner" } }, { "copy": { "from": "items[1].tags", "to": "t" } } ]"#,
+            r#"[ { "keep": ["id", "items[*].cost"] }, { "set": { "path": "k", "value": true } } ]"#,
+            r#"[ { "set": { "path": "[*].currency", "value": "EUR" } }, { "rename": { "from": "[*].id", "to": "key" } } ]"#,
+            r#"[ { "remove": "/data/list/1" }, { "set": { "path": "/data/list/0", "value": 0 } }, { "set": { "path": "data.list[9]", "value": 0 } } ]"#,
+            r#"[ { "set": { "path": "a.b.c", "value": 1 } }, { "rename": { "from": "a.b.c", "to": "d" } }, { "remove": "a.b.d" } ]"#,
+            r#"[ { "set": { "path": "items", "value": { "x": 1 } } }, { "rename": { "from": "items.x", "to": "y" } }, { "copy": { "from": "items", "to": "again" } } ]"#,
+            r#"[ { "set": { "path": "esc\"ape", "value": "v" } }, { "rename": { "from": "id", "to": "esc\"ape" } } ]"#,
+            r#"[ { "move": { "from": "items[1]", "to": "second" } }, { "copy": { "from": "data.list", "to": "data.copy" } } ]"#,
+        ];
+        let ctx = RequestCtx {
+            request_id: crate::context::RequestId::new(http::HeaderValue::from_static("rid")),
+            ..RequestCtx::default()
+        };
+        let inputs = Inputs::default();
+        for d in &docs {
+            // The text of an upstream: pretty-printed, with a duplicated member name.
+            let mut text = serde_json::to_string_pretty(d).unwrap();
+            if text.starts_with('{') && text.len() > 2 {
+                text = format!("{{\"dup\": 1, \"dup\": 2, {}", &text[1..]);
+            }
+            for list in op_lists {
+                let list: Vec<JsonOpConfig> = serde_json::from_str(list).unwrap();
+                let ops = JsonOps::compile(&list, "t").unwrap();
+                let mut want: Value = serde_json::from_str(&text).unwrap();
+                ops.apply(&mut want, &ctx, &inputs);
+                let mut node = lazy::Node::parse(&text).unwrap();
+                ops.apply_lazy(&mut node, &ctx, &inputs);
+                let mut out = Vec::new();
+                node.write(&mut out);
+                let got: Value = serde_json::from_slice(&out)
+                    .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)));
+                assert_eq!(got, want, "doc {d} ops {list:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn untouched_parts_keep_their_text() {
+        let text = r#"{"b": 0.00, "a": [1.50, {"k": "v"}], "z": 1}"#;
+        let list: Vec<JsonOpConfig> =
+            serde_json::from_str(r#"[ { "rename": { "from": "z", "to": "y" } } ]"#).unwrap();
+        let ops = JsonOps::compile(&list, "t").unwrap();
+        let mut node = lazy::Node::parse(text).unwrap();
+        ops.apply_lazy(&mut node, &RequestCtx::default(), &Inputs::default());
+        let mut out = Vec::new();
+        node.write(&mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"b":0.00,"a":[1.50, {"k": "v"}],"y":1}"#
+        );
+        assert!(lazy::Node::parse("{\"a\": tru").is_err());
     }
 }

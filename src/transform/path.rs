@@ -160,7 +160,7 @@ fn walk<'a>(v: &'a Value, segs: &[Seg], out: &mut Vec<&'a Value>) {
     }
 }
 
-fn set_at(v: &mut Value, segs: &[Seg], new: &Value, only_absent: bool) {
+pub(crate) fn set_at(v: &mut Value, segs: &[Seg], new: &Value, only_absent: bool) {
     let Some((first, rest)) = segs.split_first() else {
         if !only_absent || v.is_null() {
             *v = new.clone();
@@ -209,7 +209,7 @@ fn set_at(v: &mut Value, segs: &[Seg], new: &Value, only_absent: bool) {
     }
 }
 
-fn for_each_parent(v: &mut Value, segs: &[Seg], f: &mut dyn FnMut(&mut Value)) {
+pub(crate) fn for_each_parent(v: &mut Value, segs: &[Seg], f: &mut dyn FnMut(&mut Value)) {
     let Some((first, rest)) = segs.split_first() else {
         f(v);
         return;
@@ -235,7 +235,7 @@ fn for_each_parent(v: &mut Value, segs: &[Seg], f: &mut dyn FnMut(&mut Value)) {
     }
 }
 
-fn take(parent: &mut Value, last: &Seg) -> Option<Value> {
+pub(crate) fn take(parent: &mut Value, last: &Seg) -> Option<Value> {
     match (last, parent) {
         (Seg::Key(k), Value::Object(m)) => m.remove(k),
         (Seg::Index(i), Value::Object(m)) => m.remove(&i.to_string()),

@@ -1,0 +1,366 @@
+//! A lazily parsed JSON document for the field operations: the text is validated once, and only
+//! the objects and arrays a path goes through are split into members; everything else stays a
+//! slice of the original text and is written back verbatim (no allocation per value, numbers
+//! keep their spelling, members keep their order). Semantics match the `serde_json::Value`
+//! operations in `path.rs` (a test checks both give the same document); a member whose value
+//! was replaced holds a `Value`, and the operations that need whole values (`keep`, the source
+//! of `copy`/`move`) materialise them.
+
+use super::path::Seg;
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+use std::borrow::Cow;
+use std::fmt;
+
+pub enum Node<'a> {
+    /// Untouched text of the original document.
+    Raw(&'a RawValue),
+    Obj(Vec<(Cow<'a, str>, Node<'a>)>),
+    Arr(Vec<Node<'a>>),
+    /// A value the operations produced (or replaced a subtree with).
+    Val(Value),
+}
+
+/// An object member name, borrowed from the text unless it has escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(s)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(s.to_string())))
+            }
+            fn visit_string<E>(self, s: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(s)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// The members of an object, values unparsed.
+struct Members<'a>(Vec<(Cow<'a, str>, Node<'a>)>);
+
+impl<'de> Deserialize<'de> for Members<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
+                let mut out: Vec<(Cow<'de, str>, Node<'de>)> =
+                    Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some(Key(k)) = map.next_key()? {
+                    let v: &'de RawValue = map.next_value()?;
+                    // A repeated name: the last value wins, as in `serde_json::Value`.
+                    match out.iter().position(|(n, _)| *n == k) {
+                        Some(i) => out[i].1 = Node::Raw(v),
+                        None => out.push((k, Node::Raw(v))),
+                    }
+                }
+                Ok(Members(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl<'a> Node<'a> {
+    /// Validates `text` as one JSON document.
+    /// The top level is split into its members at once (one pass validates the document).
+    pub fn parse(text: &'a str) -> Result<Node<'a>, serde_json::Error> {
+        match text.trim_start().as_bytes().first() {
+            Some(b'{') => Ok(Node::Obj(serde_json::from_str::<Members<'a>>(text)?.0)),
+            Some(b'[') => Ok(Node::Arr(
+                serde_json::from_str::<Vec<&'a RawValue>>(text)?
+                    .into_iter()
+                    .map(Node::Raw)
+                    .collect(),
+            )),
+            _ => Ok(Node::Raw(serde_json::from_str(text)?)),
+        }
+    }
+
+    /// Splits an untouched object or array into its members.
+    fn expand(&mut self) {
+        let Node::Raw(raw) = self else { return };
+        let text: &'a str = raw.get();
+        match text.as_bytes().first() {
+            Some(b'{') => {
+                if let Ok(Members(m)) = serde_json::from_str::<Members<'a>>(text) {
+                    *self = Node::Obj(m);
+                }
+            }
+            Some(b'[') => {
+                if let Ok(items) = serde_json::from_str::<Vec<&'a RawValue>>(text) {
+                    *self = Node::Arr(items.into_iter().map(Node::Raw).collect());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn is_null(&self) -> bool {
+        match self {
+            Node::Raw(r) => r.get() == "null",
+            Node::Val(v) => v.is_null(),
+            _ => false,
+        }
+    }
+
+    /// The whole value.
+    pub fn to_value(&self) -> Value {
+        match self {
+            Node::Raw(r) => serde_json::from_str(r.get()).unwrap_or(Value::Null),
+            Node::Obj(m) => Value::Object(
+                m.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_value()))
+                    .collect::<Map<String, Value>>(),
+            ),
+            Node::Arr(a) => Value::Array(a.iter().map(Node::to_value).collect()),
+            Node::Val(v) => v.clone(),
+        }
+    }
+
+    /// The document as JSON text.
+    pub fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            Node::Raw(r) => out.extend_from_slice(r.get().as_bytes()),
+            Node::Obj(m) => {
+                out.push(b'{');
+                for (i, (k, v)) in m.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    let _ = serde_json::to_writer(&mut *out, k.as_ref());
+                    out.push(b':');
+                    v.write(out);
+                }
+                out.push(b'}');
+            }
+            Node::Arr(a) => {
+                out.push(b'[');
+                for (i, v) in a.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    v.write(out);
+                }
+                out.push(b']');
+            }
+            Node::Val(v) => {
+                let _ = serde_json::to_writer(&mut *out, v);
+            }
+        }
+    }
+
+    fn member(m: &[(Cow<'a, str>, Node<'a>)], k: &str) -> Option<usize> {
+        m.iter().position(|(n, _)| n == k)
+    }
+
+    /// `Path::set` on this document.
+    pub fn set(&mut self, segs: &'a [Seg], new: &Value, only_absent: bool) {
+        let Some((first, rest)) = segs.split_first() else {
+            if !only_absent || self.is_null() {
+                *self = Node::Val(new.clone());
+            }
+            return;
+        };
+        if let Node::Val(v) = self {
+            super::path::set_at(v, segs, new, only_absent);
+            return;
+        }
+        match first {
+            Seg::Key(k) => {
+                if self.is_null() {
+                    *self = Node::Obj(Vec::new());
+                }
+                self.expand();
+                let Node::Obj(m) = self else { return };
+                let at = match Node::member(m, k) {
+                    Some(_) if rest.is_empty() && only_absent => return,
+                    Some(i) => i,
+                    None => {
+                        m.push((Cow::Borrowed(k.as_str()), Node::Val(Value::Null)));
+                        m.len() - 1
+                    }
+                };
+                if rest.is_empty() {
+                    m[at].1 = Node::Val(new.clone());
+                } else {
+                    m[at].1.set(rest, new, only_absent);
+                }
+            }
+            Seg::Index(i) => {
+                self.expand();
+                match self {
+                    Node::Arr(a) => {
+                        if let Some(x) = a.get_mut(*i) {
+                            x.set(rest, new, only_absent);
+                        }
+                    }
+                    Node::Obj(m) => {
+                        let k = i.to_string();
+                        let at = match Node::member(m, &k) {
+                            Some(j) => j,
+                            None => {
+                                m.push((Cow::Owned(k), Node::Val(Value::Null)));
+                                m.len() - 1
+                            }
+                        };
+                        m[at].1.set(rest, new, only_absent);
+                    }
+                    _ => {}
+                }
+            }
+            Seg::All => {
+                self.expand();
+                if let Node::Arr(a) = self {
+                    a.iter_mut().for_each(|x| x.set(rest, new, only_absent));
+                }
+            }
+        }
+    }
+
+    /// Calls `f` on every parent the path's last segment applies to (`Path::parents_mut`).
+    pub fn each_parent(&mut self, segs: &[Seg], f: &mut dyn FnMut(&mut Node<'a>)) {
+        let Some((first, rest)) = segs.split_first() else {
+            f(self);
+            return;
+        };
+        if matches!(self, Node::Val(_)) {
+            f_on_value(self, segs, f);
+            return;
+        }
+        self.expand();
+        match (first, self) {
+            (Seg::Key(k), Node::Obj(m)) => {
+                if let Some(i) = Node::member(m, k) {
+                    m[i].1.each_parent(rest, f);
+                }
+            }
+            (Seg::Index(i), Node::Arr(a)) => {
+                if let Some(x) = a.get_mut(*i) {
+                    x.each_parent(rest, f);
+                }
+            }
+            (Seg::Index(i), Node::Obj(m)) => {
+                if let Some(j) = Node::member(m, &i.to_string()) {
+                    m[j].1.each_parent(rest, f);
+                }
+            }
+            (Seg::All, Node::Arr(a)) => a.iter_mut().for_each(|x| x.each_parent(rest, f)),
+            _ => {}
+        }
+    }
+
+    /// Removes what the path reaches (`Path::remove`); returns the removed values.
+    pub fn remove(&mut self, segs: &[Seg]) -> Vec<Node<'a>> {
+        let mut out = Vec::new();
+        if let Some((last, parents)) = segs.split_last() {
+            self.each_parent(parents, &mut |p| {
+                if let Some(x) = p.take(last) {
+                    out.push(x);
+                }
+            });
+        }
+        out
+    }
+
+    fn take(&mut self, last: &Seg) -> Option<Node<'a>> {
+        if let Node::Val(v) = self {
+            return super::path::take(v, last).map(Node::Val);
+        }
+        self.expand();
+        match (last, self) {
+            (Seg::Key(k), Node::Obj(m)) => Node::member(m, k).map(|i| m.remove(i).1),
+            (Seg::Index(i), Node::Obj(m)) => Node::member(m, &i.to_string()).map(|j| m.remove(j).1),
+            (Seg::Index(i), Node::Arr(a)) if *i < a.len() => Some(a.remove(*i)),
+            (Seg::All, Node::Arr(a)) => Some(Node::Arr(std::mem::take(a))),
+            _ => None,
+        }
+    }
+
+    /// Renames member `k` of this object to `to` (in place; a member already named `to` goes).
+    pub fn rename_member(&mut self, k: &str, to: &'a str) {
+        if let Node::Val(Value::Object(m)) = self {
+            if let Some(v) = m.remove(k) {
+                m.insert(to.to_string(), v);
+            }
+            return;
+        }
+        self.expand();
+        let Node::Obj(m) = self else { return };
+        let Some(i) = Node::member(m, k) else { return };
+        m[i].0 = Cow::Borrowed(to);
+        if let Some(j) = m
+            .iter()
+            .enumerate()
+            .position(|(j, (n, _))| j != i && n == to)
+        {
+            m.remove(j);
+        }
+    }
+
+    /// Removes member `k` when it is null (`default` counts null as absent).
+    pub fn remove_null_member(&mut self, k: &str) {
+        if let Node::Val(Value::Object(m)) = self {
+            if m.get(k).is_some_and(Value::is_null) {
+                m.remove(k);
+            }
+            return;
+        }
+        self.expand();
+        if let Node::Obj(m) = self {
+            if let Some(i) = Node::member(m, k).filter(|i| m[*i].1.is_null()) {
+                m.remove(i);
+            }
+        }
+    }
+
+    /// The first value the path reaches (`Path::get`), whole.
+    pub fn get_first(&mut self, segs: &[Seg]) -> Option<Value> {
+        let mut found = None;
+        if segs.is_empty() {
+            return Some(self.to_value());
+        }
+        let (last, parents) = segs.split_last()?;
+        self.each_parent(parents, &mut |p| {
+            if found.is_some() {
+                return;
+            }
+            let v = p.to_value();
+            found = super::path::Path(vec![last.clone()])
+                .get(&v)
+                .first()
+                .map(|x| (*x).clone());
+        });
+        found
+    }
+}
+
+/// `each_parent` below a `Val` node: each parent is walked as a `Value`, lent to `f` as a node
+/// and put back.
+fn f_on_value<'a>(node: &mut Node<'a>, segs: &[Seg], f: &mut dyn FnMut(&mut Node<'a>)) {
+    let Node::Val(v) = node else { return };
+    super::path::for_each_parent(v, segs, &mut |p| {
+        let mut n = Node::Val(std::mem::take(p));
+        f(&mut n);
+        *p = match n {
+            Node::Val(x) => x,
+            other => other.to_value(),
+        };
+    });
+}
