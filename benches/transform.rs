@@ -9,7 +9,6 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use postern::context::RequestCtx;
-use postern::transform::lazy::Node;
 use postern::transform::shape::{Shape, ShapeConfig};
 use postern::transform::template::Inputs;
 use postern::transform::xml::{to_json, to_xml, XmlOptions};
@@ -76,7 +75,7 @@ fn field_ops(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("field_ops", name), &doc, |b, d| {
             b.iter(|| {
                 let text = std::str::from_utf8(black_box(d)).unwrap();
-                let mut node = Node::parse(text).unwrap();
+                let mut node = ops.parse_lazy(text).unwrap();
                 ops.apply_lazy(&mut node, &ctx, &inputs);
                 let mut out = Vec::with_capacity(d.len() + 64);
                 node.write(&mut out);

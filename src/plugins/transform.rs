@@ -29,7 +29,6 @@ use crate::config::error::Issue;
 use crate::config::types::Size;
 use crate::context::RequestCtx;
 use crate::error::GatewayError;
-use crate::transform::lazy;
 use crate::transform::shape::{Shape, ShapeConfig, ShapeError, ShapeRequest};
 use crate::transform::template::{Inputs, Template};
 use crate::transform::xml::{self, XmlOptions};
@@ -510,7 +509,7 @@ impl Transform {
     ) -> Result<Option<Bytes>, GatewayError> {
         let parsed = std::str::from_utf8(body)
             .map_err(|e| e.to_string())
-            .and_then(|t| lazy::Node::parse(t).map_err(|e| e.to_string()));
+            .and_then(|t| self.response_json.parse_lazy(t).map_err(|e| e.to_string()));
         let mut doc = match parsed {
             Ok(d) => d,
             Err(why) => return self.failed(ctx, "not_json", &why),
@@ -543,7 +542,10 @@ impl Transform {
             let text = std::str::from_utf8(body).map_err(|_| {
                 GatewayError::InvalidBody("The request body is not valid UTF-8 JSON.".into())
             })?;
-            let mut doc = lazy::Node::parse(text).map_err(|e| invalid_json(&e))?;
+            let mut doc = self
+                .request_json
+                .parse_lazy(text)
+                .map_err(|e| invalid_json(&e))?;
             self.request_json
                 .apply_lazy(&mut doc, ctx, &self.inputs(ctx));
             let mut out = Vec::with_capacity(body.len() + 64);

@@ -7,7 +7,7 @@
 //! of `copy`/`move`) materialise them.
 
 use super::path::Seg;
-use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -77,7 +77,119 @@ impl<'de> Deserialize<'de> for Members<'de> {
     }
 }
 
+/// The objects and arrays the operations' paths go through: those are split into members while
+/// the text is read (one pass), everything else stays text.
+#[derive(Debug, Clone, Default)]
+pub struct Guide {
+    keys: Vec<(String, Guide)>,
+    all: Option<Box<Guide>>,
+}
+
+impl Guide {
+    /// Marks the values along `segs` (the parents of a path's last segment) to be split.
+    pub fn add(&mut self, segs: &[Seg]) {
+        let Some((first, rest)) = segs.split_first() else {
+            return;
+        };
+        match first {
+            Seg::Key(k) => self.member(k).add(rest),
+            // An index into an object names a member ("0"); into an array, one element (every
+            // element is split).
+            Seg::Index(i) => {
+                self.member(&i.to_string()).add(rest);
+                self.all.get_or_insert_with(Box::default).add(rest);
+            }
+            Seg::All => self.all.get_or_insert_with(Box::default).add(rest),
+        }
+    }
+
+    fn member(&mut self, k: &str) -> &mut Guide {
+        let i = match self.keys.iter().position(|(n, _)| n == k) {
+            Some(i) => i,
+            None => {
+                self.keys.push((k.to_string(), Guide::default()));
+                self.keys.len() - 1
+            }
+        };
+        &mut self.keys[i].1
+    }
+}
+
+struct Seed<'g>(&'g Guide);
+
+impl<'de> DeserializeSeed<'de> for Seed<'_> {
+    type Value = Node<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Node<'de>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Seed<'_> {
+    type Value = Node<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node<'de>, A::Error> {
+        let mut out: Vec<(Cow<'de, str>, Node<'de>)> =
+            Vec::with_capacity(map.size_hint().unwrap_or(8));
+        while let Some(Key(k)) = map.next_key()? {
+            let node = match self.0.keys.iter().find(|(n, _)| *n == k) {
+                Some((_, g)) => map.next_value_seed(Seed(g))?,
+                None => Node::Raw(map.next_value()?),
+            };
+            // A repeated name: the last value wins, as in `serde_json::Value`.
+            match out.iter().position(|(n, _)| *n == k) {
+                Some(i) => out[i].1 = node,
+                None => out.push((k, node)),
+            }
+        }
+        Ok(Node::Obj(out))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node<'de>, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(8));
+        match self.0.all.as_deref() {
+            Some(g) => {
+                while let Some(n) = seq.next_element_seed(Seed(g))? {
+                    out.push(n);
+                }
+            }
+            None => {
+                while let Some(r) = seq.next_element::<&'de RawValue>()? {
+                    out.push(Node::Raw(r));
+                }
+            }
+        }
+        Ok(Node::Arr(out))
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Node<'de>, E> {
+        Ok(Node::Val(Value::Bool(v)))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Node<'de>, E> {
+        Ok(Node::Val(Value::from(v)))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Node<'de>, E> {
+        Ok(Node::Val(Value::from(v)))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Node<'de>, E> {
+        Ok(Node::Val(Value::from(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Node<'de>, E> {
+        Ok(Node::Val(Value::String(v.to_string())))
+    }
+    fn visit_unit<E>(self) -> Result<Node<'de>, E> {
+        Ok(Node::Val(Value::Null))
+    }
+}
+
 impl<'a> Node<'a> {
+    /// Reads `text` in one pass, splitting what `guide` marks.
+    pub fn parse_guided(text: &'a str, guide: &Guide) -> Result<Node<'a>, serde_json::Error> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let node = Seed(guide).deserialize(&mut de)?;
+        de.end()?;
+        Ok(node)
+    }
+
     /// Validates `text` as one JSON document.
     /// The top level is split into its members at once (one pass validates the document).
     pub fn parse(text: &'a str) -> Result<Node<'a>, serde_json::Error> {

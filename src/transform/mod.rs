@@ -188,6 +188,8 @@ enum Op {
 #[derive(Debug, Clone, Default)]
 pub struct JsonOps {
     ops: Vec<Op>,
+    /// What the operations' paths go through (split when a document is read lazily).
+    guide: lazy::Guide,
 }
 
 impl JsonOps {
@@ -202,7 +204,24 @@ impl JsonOps {
             }
         }
         if errors.is_empty() {
-            Ok(JsonOps { ops })
+            let mut guide = lazy::Guide::default();
+            let mut parents = |p: &Path| {
+                if let Some((_, parents)) = p.0.split_last() {
+                    guide.add(parents);
+                }
+            };
+            for op in &ops {
+                match op {
+                    Op::Set(p, _, _) | Op::Rename(p, _) => parents(p),
+                    Op::Remove(ps) => ps.iter().for_each(&mut parents),
+                    Op::Move(a, b) | Op::Copy(a, b) => {
+                        parents(a);
+                        parents(b);
+                    }
+                    Op::Keep(_) => {}
+                }
+            }
+            Ok(JsonOps { ops, guide })
         } else {
             Err(errors)
         }
@@ -259,6 +278,11 @@ impl JsonOps {
 }
 
 impl JsonOps {
+    /// Reads a document for [`JsonOps::apply_lazy`], in one pass.
+    pub fn parse_lazy<'a>(&self, text: &'a str) -> Result<lazy::Node<'a>, serde_json::Error> {
+        lazy::Node::parse_guided(text, &self.guide)
+    }
+
     /// [`JsonOps::apply`] on a lazily parsed document (same result; untouched parts stay text).
     pub fn apply_lazy<'a>(&'a self, doc: &mut lazy::Node<'a>, ctx: &RequestCtx, inputs: &Inputs) {
         for op in &self.ops {
@@ -525,13 +549,19 @@ mod lazy_tests {
                 let ops = JsonOps::compile(&list, "t").unwrap();
                 let mut want: Value = serde_json::from_str(&text).unwrap();
                 ops.apply(&mut want, &ctx, &inputs);
-                let mut node = lazy::Node::parse(&text).unwrap();
-                ops.apply_lazy(&mut node, &ctx, &inputs);
-                let mut out = Vec::new();
-                node.write(&mut out);
-                let got: Value = serde_json::from_slice(&out)
-                    .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)));
-                assert_eq!(got, want, "doc {d} ops {list:?}");
+                for guided in [false, true] {
+                    let mut node = if guided {
+                        ops.parse_lazy(&text).unwrap()
+                    } else {
+                        lazy::Node::parse(&text).unwrap()
+                    };
+                    ops.apply_lazy(&mut node, &ctx, &inputs);
+                    let mut out = Vec::new();
+                    node.write(&mut out);
+                    let got: Value = serde_json::from_slice(&out)
+                        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)));
+                    assert_eq!(got, want, "doc {d} ops {list:?} guided {guided}");
+                }
             }
         }
     }
@@ -542,7 +572,7 @@ mod lazy_tests {
         let list: Vec<JsonOpConfig> =
             serde_json::from_str(r#"[ { "rename": { "from": "z", "to": "y" } } ]"#).unwrap();
         let ops = JsonOps::compile(&list, "t").unwrap();
-        let mut node = lazy::Node::parse(text).unwrap();
+        let mut node = ops.parse_lazy(text).unwrap();
         ops.apply_lazy(&mut node, &RequestCtx::default(), &Inputs::default());
         let mut out = Vec::new();
         node.write(&mut out);
@@ -551,5 +581,7 @@ mod lazy_tests {
             r#"{"b":0.00,"a":[1.50, {"k": "v"}],"y":1}"#
         );
         assert!(lazy::Node::parse("{\"a\": tru").is_err());
+        assert!(ops.parse_lazy("{\"a\": tru").is_err());
+        assert!(ops.parse_lazy("{} x").is_err());
     }
 }
