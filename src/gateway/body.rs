@@ -97,6 +97,12 @@ impl BodyStage {
                 .try_for_each(|p| self.run(p, chunk, eos, ctx));
         };
         if let Some(chunk) = body.take() {
+            if eos && self.buf.is_empty() && chunk.len() <= max {
+                // The whole body in one piece: no copy.
+                crate::observability::metrics::body_buffered(chunk.len());
+                *body = Some(self.whole_body(chunk, ctx)?);
+                return Ok(());
+            }
             self.buf.extend_from_slice(&chunk);
         }
         if self.buf.len() > max {

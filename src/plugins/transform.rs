@@ -152,6 +152,8 @@ pub struct Transform {
     content_types: Vec<String>,
     /// Header names templates read, captured when the request arrives.
     template_headers: Vec<http::HeaderName>,
+    /// Some body operation reads the request through a template: capture its inputs.
+    keeps_inputs: bool,
     route: String,
 }
 
@@ -267,6 +269,7 @@ impl Transform {
                 template_headers.extend(t.headers().cloned());
             }
         }
+        let keeps_inputs = request_json.has_templates() || response_json.has_templates();
         Ok(Transform {
             request_json,
             query_set,
@@ -283,6 +286,7 @@ impl Transform {
             on_oversize: c.on_oversize,
             on_error: c.on_error,
             content_types: c.content_types.clone(),
+            keeps_inputs,
             template_headers,
             route: b.route.to_string(),
         })
@@ -609,20 +613,25 @@ impl Plugin for Transform {
         req: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<Flow, GatewayError> {
-        let inputs = Inputs::capture(req, &self.template_headers);
         if self.shape.is_some() || self.response_convert == Some(Convert::Negotiate) {
             self.response_inputs(req, ctx)?;
         }
-        if !self.query_set.is_empty()
+        let edits_query = !self.query_set.is_empty()
             || !self.query_remove.is_empty()
-            || !self.query_rename.is_empty()
-        {
-            self.edit_query(req, ctx, &inputs);
+            || !self.query_rename.is_empty();
+        if edits_query || self.keeps_inputs {
+            // Templates read the request as the client sent it.
+            let inputs = Inputs::capture(req, &self.template_headers);
+            if edits_query {
+                self.edit_query(req, ctx, &inputs);
+            }
+            if self.keeps_inputs {
+                ctx.ext.insert(inputs);
+            }
         }
         if let Some(m) = &self.method {
             req.set_method(m.clone());
         }
-        ctx.ext.insert(inputs);
         Ok(Flow::Continue)
     }
 

@@ -231,6 +231,14 @@ impl JsonOps {
         self.ops.is_empty()
     }
 
+    /// Whether an operation's value holds a template (request inputs must then be kept).
+    pub fn has_templates(&self) -> bool {
+        self.ops.iter().any(|o| match o {
+            Op::Set(_, s, _) => !s.templates().is_empty(),
+            _ => false,
+        })
+    }
+
     /// Header names the operations' templates read.
     pub fn headers(&self) -> Vec<http::HeaderName> {
         let mut out: Vec<http::HeaderName> = self
