@@ -48,6 +48,39 @@ impl<'de> Deserialize<'de> for Key<'de> {
     }
 }
 
+/// Member names seen in one object: a repeated name keeps its first place and its last value,
+/// as `serde_json::Value` keeps the last. A linear search for small objects, an index above 16
+/// members (a large object must not cost a comparison per pair of members).
+#[derive(Default)]
+struct Names {
+    index: Option<std::collections::HashMap<String, usize>>,
+}
+
+impl Names {
+    fn push<'a>(&mut self, out: &mut Vec<(Cow<'a, str>, Node<'a>)>, k: Cow<'a, str>, v: Node<'a>) {
+        let found = match &self.index {
+            Some(ix) => ix.get(k.as_ref()).copied(),
+            None => out.iter().position(|(n, _)| *n == k),
+        };
+        if let Some(i) = found {
+            out[i].1 = v;
+            return;
+        }
+        if let Some(ix) = self.index.as_mut() {
+            ix.insert(k.to_string(), out.len());
+        } else if out.len() == 16 {
+            let mut ix: std::collections::HashMap<String, usize> = out
+                .iter()
+                .enumerate()
+                .map(|(i, (n, _))| (n.to_string(), i))
+                .collect();
+            ix.insert(k.to_string(), out.len());
+            self.index = Some(ix);
+        }
+        out.push((k, v));
+    }
+}
+
 /// The members of an object, values unparsed.
 struct Members<'a>(Vec<(Cow<'a, str>, Node<'a>)>);
 
@@ -62,13 +95,10 @@ impl<'de> Deserialize<'de> for Members<'de> {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
                 let mut out: Vec<(Cow<'de, str>, Node<'de>)> =
                     Vec::with_capacity(map.size_hint().unwrap_or(8));
+                let mut names = Names::default();
                 while let Some(Key(k)) = map.next_key()? {
                     let v: &'de RawValue = map.next_value()?;
-                    // A repeated name: the last value wins, as in `serde_json::Value`.
-                    match out.iter().position(|(n, _)| *n == k) {
-                        Some(i) => out[i].1 = Node::Raw(v),
-                        None => out.push((k, Node::Raw(v))),
-                    }
+                    names.push(&mut out, k, Node::Raw(v));
                 }
                 Ok(Members(out))
             }
@@ -132,16 +162,13 @@ impl<'de> Visitor<'de> for Seed<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node<'de>, A::Error> {
         let mut out: Vec<(Cow<'de, str>, Node<'de>)> =
             Vec::with_capacity(map.size_hint().unwrap_or(8));
+        let mut names = Names::default();
         while let Some(Key(k)) = map.next_key()? {
             let node = match self.0.keys.iter().find(|(n, _)| *n == k) {
                 Some((_, g)) => map.next_value_seed(Seed(g))?,
                 None => Node::Raw(map.next_value()?),
             };
-            // A repeated name: the last value wins, as in `serde_json::Value`.
-            match out.iter().position(|(n, _)| *n == k) {
-                Some(i) => out[i].1 = node,
-                None => out.push((k, node)),
-            }
+            names.push(&mut out, k, node);
         }
         Ok(Node::Obj(out))
     }

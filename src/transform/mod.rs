@@ -593,3 +593,29 @@ mod lazy_tests {
         assert!(ops.parse_lazy("{} x").is_err());
     }
 }
+
+#[cfg(test)]
+mod lazy_large_objects {
+    use super::*;
+
+    /// A flat object of 50,000 members (and a repeated one) is read in linear time and keeps
+    /// the last value of a repeated name.
+    #[test]
+    fn large_objects_and_repeated_names() {
+        let mut text = String::from("{");
+        for i in 0..50_000 {
+            text.push_str(&format!("\"k{i}\":{i},"));
+        }
+        text.push_str("\"k7\":\"last\"}");
+        let list: Vec<JsonOpConfig> = serde_json::from_str(r#"[ { "remove": "k1" } ]"#).unwrap();
+        let ops = JsonOps::compile(&list, "t").unwrap();
+        let mut node = ops.parse_lazy(&text).unwrap();
+        ops.apply_lazy(&mut node, &RequestCtx::default(), &Inputs::default());
+        let mut out = Vec::new();
+        node.write(&mut out);
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v.as_object().unwrap().len(), 49_999);
+        assert_eq!(v["k7"], "last");
+        assert!(v.get("k1").is_none());
+    }
+}
