@@ -283,7 +283,7 @@ impl<'a> Node<'a> {
                     if i > 0 {
                         out.push(b',');
                     }
-                    let _ = serde_json::to_writer(&mut *out, k.as_ref());
+                    write_key(out, k);
                     out.push(b':');
                     v.write(out);
                 }
@@ -487,6 +487,18 @@ impl<'a> Node<'a> {
                 .map(|x| (*x).clone());
         });
         found
+    }
+}
+
+/// A member name as a JSON string: copied when it needs no escape (names read from the
+/// document, most configured ones), escaped by serde_json otherwise.
+fn write_key(out: &mut Vec<u8>, k: &str) {
+    if k.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(k.as_bytes());
+        out.push(b'"');
+    } else {
+        let _ = serde_json::to_writer(&mut *out, k);
     }
 }
 
