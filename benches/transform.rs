@@ -78,7 +78,7 @@ fn field_ops(c: &mut Criterion) {
                 let mut node = ops.parse_lazy(text).unwrap();
                 ops.apply_lazy(&mut node, &ctx, &inputs);
                 let mut out = Vec::with_capacity(d.len() + 64);
-                node.write(&mut out);
+                node.write_from(text, &mut out);
                 black_box(out)
             })
         });

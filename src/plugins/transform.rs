@@ -521,7 +521,7 @@ impl Transform {
         self.response_json
             .apply_lazy(&mut doc, ctx, &self.inputs(ctx));
         let mut out = Vec::with_capacity(body.len() + 64);
-        doc.write(&mut out);
+        doc.write_from(text_of(body), &mut out);
         Ok(Some(Bytes::from(out)))
     }
 
@@ -553,7 +553,7 @@ impl Transform {
             self.request_json
                 .apply_lazy(&mut doc, ctx, &self.inputs(ctx));
             let mut out = Vec::with_capacity(body.len() + 64);
-            doc.write(&mut out);
+            doc.write_from(text, &mut out);
             return Ok(Bytes::from(out));
         }
         let mut doc: serde_json::Value = if self.request_convert == Some(Convert::Json) {
@@ -706,6 +706,11 @@ impl Plugin for Transform {
         }
         Ok(())
     }
+}
+
+/// The body as text (already checked to be UTF-8 when it was read).
+fn text_of(body: &[u8]) -> &str {
+    std::str::from_utf8(body).unwrap_or("")
 }
 
 fn invalid_json(e: &serde_json::Error) -> GatewayError {

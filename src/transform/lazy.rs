@@ -63,7 +63,8 @@ impl Names {
             None => out.iter().position(|(n, _)| *n == k),
         };
         if let Some(i) = found {
-            out[i].1 = v;
+            // The later name and value together (the member as last written).
+            out[i] = (k, v);
             return;
         }
         if let Some(ix) = self.index.as_mut() {
@@ -305,6 +306,19 @@ impl<'a> Node<'a> {
         }
     }
 
+    /// The document as JSON text, where `text` is what it was read from: runs of members and
+    /// elements that are unchanged and still next to each other in `text` are copied in one
+    /// piece (separators and all).
+    pub fn write_from(&self, text: &str, out: &mut Vec<u8>) {
+        let mut w = SpanWriter {
+            text: text.as_bytes(),
+            out,
+            pending: None,
+        };
+        w.node(self);
+        w.flush();
+    }
+
     fn member(m: &[(Cow<'a, str>, Node<'a>)], k: &str) -> Option<usize> {
         m.iter().position(|(n, _)| n == k)
     }
@@ -488,6 +502,131 @@ impl<'a> Node<'a> {
         });
         found
     }
+}
+
+struct SpanWriter<'t, 'o> {
+    text: &'t [u8],
+    out: &'o mut Vec<u8>,
+    /// Text not yet copied: `text[start..end]`.
+    pending: Option<(usize, usize)>,
+}
+
+impl SpanWriter<'_, '_> {
+    /// Where `s` lies in the text, if it is a slice of it.
+    fn offset(&self, s: &str) -> Option<usize> {
+        let base = self.text.as_ptr() as usize;
+        let p = s.as_ptr() as usize;
+        (p >= base && p + s.len() <= base + self.text.len()).then(|| p - base)
+    }
+
+    /// Whether the name at `ko` (length `len`, inside quotes) and the value at `vo` are one
+    /// member of the text: only `":` and whitespace between them.
+    fn is_member(&self, ko: usize, len: usize, vo: usize) -> bool {
+        let end = ko + len;
+        ko > 0
+            && vo > end
+            && self.text[ko - 1] == b'"'
+            && self.text[end] == b'"'
+            && self.text[end + 1..vo]
+                .iter()
+                .all(|b| matches!(b, b':' | b' ' | b'\t' | b'\n' | b'\r'))
+    }
+
+    fn flush(&mut self) {
+        if let Some((s, e)) = self.pending.take() {
+            self.out.extend_from_slice(&self.text[s..e]);
+        }
+    }
+
+    /// Queues `text[start..end]`, the next member or element after a separator (`first`:
+    /// none). It joins the queued run when only the separator lies between them in the text.
+    fn span(&mut self, start: usize, end: usize, first: bool) {
+        if let Some((ps, pe)) = self.pending {
+            if !first && start >= pe && is_separator(&self.text[pe..start]) {
+                self.pending = Some((ps, end));
+                return;
+            }
+        }
+        self.flush();
+        if !first {
+            self.out.push(b',');
+        }
+        self.pending = Some((start, end));
+    }
+
+    fn bytes(&mut self, b: &[u8]) {
+        self.flush();
+        self.out.extend_from_slice(b);
+    }
+
+    fn node(&mut self, n: &Node<'_>) {
+        match n {
+            Node::Raw(r) => match self.offset(r.get()) {
+                Some(o) => {
+                    self.flush();
+                    self.pending = Some((o, o + r.get().len()));
+                }
+                None => self.bytes(r.get().as_bytes()),
+            },
+            Node::Obj(m) => {
+                self.bytes(b"{");
+                for (i, (k, v)) in m.iter().enumerate() {
+                    // A member with its name and value as read: from the name's quote to the
+                    // value's end.
+                    if let (Node::Raw(r), Some(ko)) = (v, self.offset(k)) {
+                        if let Some(vo) = self.offset(r.get()) {
+                            if self.is_member(ko, k.len(), vo) {
+                                self.span(ko - 1, vo + r.get().len(), i == 0);
+                                continue;
+                            }
+                        }
+                    }
+                    self.flush();
+                    if i > 0 {
+                        self.out.push(b',');
+                    }
+                    write_key(self.out, k);
+                    self.out.push(b':');
+                    self.node(v);
+                }
+                self.bytes(b"}");
+            }
+            Node::Arr(a) => {
+                self.bytes(b"[");
+                for (i, v) in a.iter().enumerate() {
+                    if let Node::Raw(r) = v {
+                        if let Some(o) = self.offset(r.get()) {
+                            self.span(o, o + r.get().len(), i == 0);
+                            continue;
+                        }
+                    }
+                    self.flush();
+                    if i > 0 {
+                        self.out.push(b',');
+                    }
+                    self.node(v);
+                }
+                self.bytes(b"]");
+            }
+            Node::Val(v) => {
+                self.flush();
+                let _ = serde_json::to_writer(&mut *self.out, v);
+            }
+        }
+    }
+}
+
+/// Only whitespace and one comma: what separates two members or elements.
+fn is_separator(gap: &[u8]) -> bool {
+    let mut commas = 0;
+    for b in gap {
+        match b {
+            b',' => commas += 1,
+            b' ' | b'\t' | b'\n' | b'\r' => {}
+            _ => return false,
+        }
+    }
+    commas == 1
 }
 
 /// A member name as a JSON string: copied when it needs no escape (names read from the

@@ -550,7 +550,7 @@ mod lazy_tests {
             // The text of an upstream: pretty-printed, with a duplicated member name.
             let mut text = serde_json::to_string_pretty(d).unwrap();
             if text.starts_with('{') && text.len() > 2 {
-                text = format!("{{\"dup\": 1, \"dup\": 2, {}", &text[1..]);
+                text = format!("{{\"dup\": 1, \"other\": 0, \"dup\": 2, {}", &text[1..]);
             }
             for list in op_lists {
                 let list: Vec<JsonOpConfig> = serde_json::from_str(list).unwrap();
@@ -564,11 +564,34 @@ mod lazy_tests {
                         lazy::Node::parse(&text).unwrap()
                     };
                     ops.apply_lazy(&mut node, &ctx, &inputs);
-                    let mut out = Vec::new();
-                    node.write(&mut out);
-                    let got: Value = serde_json::from_slice(&out)
-                        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)));
-                    assert_eq!(got, want, "doc {d} ops {list:?} guided {guided}");
+                    for spans in [false, true] {
+                        let mut out = Vec::new();
+                        if spans {
+                            node.write_from(&text, &mut out);
+                        } else {
+                            node.write(&mut out);
+                        }
+                        let got: Value = serde_json::from_slice(&out)
+                            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)));
+                        assert_eq!(
+                            got, want,
+                            "doc {d} ops {list:?} guided {guided} spans {spans}"
+                        );
+                        // No member written twice (serde_json would keep the last silently):
+                        // each name appears as often as in the reference document.
+                        let text = String::from_utf8_lossy(&out).replace("\": ", "\":");
+                        let reference = serde_json::to_string(&want).unwrap();
+                        if let Value::Object(m) = &got {
+                            for k in m.keys().filter(|k| !k.contains('"')) {
+                                let pat = format!("\"{k}\":");
+                                assert_eq!(
+                                    text.matches(&pat).count(),
+                                    reference.matches(&pat).count(),
+                                    "{k} in {text}"
+                                );
+                            }
+                        }
+                    }
                 }
             }
         }
