@@ -115,7 +115,13 @@ impl Admin {
             .config
             .routes
             .iter()
-            .map(|r| r.upstream.as_str())
+            .flat_map(|r| {
+                let calls = r.aggregate.iter().flat_map(|a| a.calls.values());
+                r.upstream
+                    .iter()
+                    .map(String::as_str)
+                    .chain(calls.map(|c| c.upstream.as_str()))
+            })
             .collect();
         let down: Vec<&str> = used
             .into_iter()

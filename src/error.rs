@@ -39,8 +39,24 @@ pub enum GatewayError {
     Unavailable(&'static str),
     /// The request head did not arrive within `server.client_header_timeout`.
     RequestTimeout,
+    /// A required call of a composite failed (or the deadline passed first): each failed call
+    /// with its reason (and the status it answered with, for `status`). Never a back end's
+    /// body or address.
+    Composite {
+        timed_out: bool,
+        errors: Vec<CallError>,
+    },
     /// A bug or an unexpected internal state; the detail goes to the error log only.
     Internal,
+}
+
+/// A failed call of a composite, as clients see it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CallError {
+    pub call: String,
+    pub reason: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
 }
 
 impl GatewayError {
@@ -60,6 +76,8 @@ impl GatewayError {
             GatewayError::TooManyRequests(_) => 429,
             GatewayError::Unavailable(_) => 503,
             GatewayError::RequestTimeout => 408,
+            GatewayError::Composite { timed_out: true, .. } => 504,
+            GatewayError::Composite { .. } => 502,
             GatewayError::Internal => 500,
         }
     }
@@ -81,6 +99,8 @@ impl GatewayError {
             GatewayError::TooManyRequests(_) => "rate-limited",
             GatewayError::Unavailable(_) => "unavailable",
             GatewayError::RequestTimeout => "request-timeout",
+            GatewayError::Composite { timed_out: true, .. } => "composite-deadline",
+            GatewayError::Composite { .. } => "composite-failed",
             GatewayError::Internal => "internal-error",
         }
     }
@@ -101,6 +121,8 @@ impl GatewayError {
             GatewayError::TooManyRequests(_) => "Too Many Requests",
             GatewayError::Unavailable(_) => "Service Unavailable",
             GatewayError::RequestTimeout => "Request Timeout",
+            GatewayError::Composite { timed_out: true, .. } => "Gateway Timeout",
+            GatewayError::Composite { .. } => "Bad Gateway",
             GatewayError::Internal => "Internal Server Error",
         }
     }
@@ -120,6 +142,10 @@ impl GatewayError {
             | GatewayError::Unauthorized(why)
             | GatewayError::Forbidden(why) => why,
             GatewayError::RequestTimeout => "The request header was not received in time.",
+            GatewayError::Composite { timed_out: true, .. } => {
+                "The deadline passed before the required calls of this composite answered."
+            }
+            GatewayError::Composite { .. } => "A required call of this composite failed.",
             GatewayError::Internal => "The gateway failed to process the request.",
         }
     }
@@ -142,13 +168,16 @@ impl GatewayError {
 
     /// The problem+json body.
     pub fn body(&self, request_id: &str) -> Bytes {
-        let v = serde_json::json!({
+        let mut v = serde_json::json!({
             "type": format!("urn:postern:problem:{}", self.kind()),
             "title": self.title(),
             "status": self.status(),
             "detail": self.detail(),
             "request_id": request_id,
         });
+        if let (GatewayError::Composite { errors, .. }, Some(o)) = (self, v.as_object_mut()) {
+            o.insert("errors".into(), serde_json::json!(errors));
+        }
         Bytes::from(v.to_string())
     }
 

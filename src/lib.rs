@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod aggregate;
 pub mod app;
 pub mod auth;
 pub mod cache;

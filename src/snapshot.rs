@@ -34,6 +34,8 @@ pub enum Part {
 pub enum Target {
     /// An upstream group (balancing, health, retries).
     Upstream(Arc<UpstreamGroup>),
+    /// A composite endpoint: several calls to upstreams, merged.
+    Aggregate(Arc<crate::aggregate::Composite>),
 }
 
 pub struct Route {
@@ -58,6 +60,15 @@ impl Route {
     pub fn upstream(&self) -> Option<&Arc<UpstreamGroup>> {
         match &self.target {
             Target::Upstream(g) => Some(g),
+            Target::Aggregate(_) => None,
+        }
+    }
+
+    /// The composite, for a route whose target is `aggregate`.
+    pub fn composite(&self) -> Option<&Arc<crate::aggregate::Composite>> {
+        match &self.target {
+            Target::Aggregate(c) => Some(c),
+            Target::Upstream(_) => None,
         }
     }
 }
@@ -89,8 +100,8 @@ pub struct Snapshot {
     pub routes: Vec<Arc<Route>>,
     /// The Redis of cluster-wide rate limits, when configured.
     pub redis: Option<Arc<Redis>>,
-    /// Some route's response is deferred (served through a subrequest): only then may requests
-    /// spawn subrequests (Pingora's spawner costs a reference count per request).
+    /// Some route's response is deferred or some route is a composite (both served through
+    /// subrequests): only then may requests spawn subrequests (Pingora's spawner costs a reference count per request).
     pub defers: bool,
     pub config: Config,
 }
@@ -295,7 +306,9 @@ pub fn compile(
             router,
             unrouted: RouteMetrics::new("(none)"),
             redis: redis.map(|(r, _)| r),
-            defers: routes.iter().any(|r| r.chain.defers()),
+            defers: routes
+                .iter()
+                .any(|r| r.chain.defers() || r.composite().is_some()),
             routes,
             upstreams,
             limits,
@@ -438,7 +451,50 @@ fn compile_route(
             })
             .ok()
     });
-    let upstream = env.upstreams.get(&r.upstream)?.clone();
+    let target = match (&r.upstream, &r.aggregate) {
+        (Some(u), None) => env.upstreams.get(u).cloned().map(Target::Upstream),
+        (None, Some(a)) => {
+            let max_request_body = r
+                .max_request_body
+                .unwrap_or(env.config.server.max_request_body)
+                .0;
+            let cache = |c: &crate::plugins::cache::Config, at: String| {
+                let b = plugins::BuildCtx {
+                    route: &name,
+                    index: 0,
+                    path: at,
+                    shared: env.shared,
+                    consumers: env.consumers,
+                    redis: env.redis,
+                    max_request_body,
+                };
+                plugins::build(&plugins::PluginSpec::Cache(c.clone()), &b)
+            };
+            let aenv = crate::aggregate::Env {
+                path: &path,
+                route: &name,
+                params: &param_names,
+                upstreams: env.upstreams,
+                cache: &cache,
+                max_body: max_request_body,
+            };
+            crate::aggregate::compile(a, &aenv, issues).map(|c| Target::Aggregate(Arc::new(c)))
+        }
+        _ => None,
+    };
+    if let (Some(Target::Aggregate(_)), Some(j)) = (
+        &target,
+        plugins.iter().position(|p| p.cache_policy().is_some()),
+    ) {
+        issues.push(
+            Issue::new(
+                format!("{path}.plugins[{j}]"),
+                "a composite's answer is not cached as a whole; cache its calls instead",
+            )
+            .hint("move the settings to `cache:` of the calls under `aggregate.calls`"),
+        );
+    }
+    let target = target?;
     if issues.len() > before {
         return None;
     }
@@ -456,7 +512,7 @@ fn compile_route(
             None => Default::default(),
         },
         name,
-        target: Target::Upstream(upstream),
+        target,
         cache,
         chain,
         param_names,

@@ -5,6 +5,8 @@
 #[path = "util/mod.rs"]
 mod util;
 
+#[path = "aggregate.rs"]
+mod aggregate;
 #[path = "auth.rs"]
 mod auth;
 #[path = "balancing.rs"]

@@ -344,19 +344,42 @@ fn check_host_port(addr: &str) -> Result<(), String> {
     }
 }
 
+fn check_upstream_name(c: &Config, name: &str, at: &str, out: &mut Issues) {
+    if !c.upstreams.contains_key(name) {
+        let known = known_list(c.upstreams.keys().map(String::as_str));
+        out.push(
+            Issue::new(
+                at.to_string(),
+                format!("unknown upstream \"{name}\"; known: {known}"),
+            )
+            .hint("define it under `upstreams:` or fix the name"),
+        );
+    }
+}
+
 fn check_routes(c: &Config, out: &mut Issues) {
     let mut names = HashSet::new();
     for (i, r) in c.routes.iter().enumerate() {
         let path = format!("routes[{i}]");
-        if !c.upstreams.contains_key(&r.upstream) {
-            let known = known_list(c.upstreams.keys().map(String::as_str));
-            out.push(
+        match (&r.upstream, &r.aggregate) {
+            (Some(u), None) => check_upstream_name(c, u, &format!("{path}.upstream"), out),
+            (None, Some(a)) => {
+                for (name, call) in &a.calls {
+                    let at = format!("{path}.aggregate.calls.{name}.upstream");
+                    check_upstream_name(c, &call.upstream, &at, out);
+                }
+            }
+            (Some(_), Some(_)) => out.push(
                 Issue::new(
-                    format!("{path}.upstream"),
-                    format!("unknown upstream \"{}\"; known: {known}", r.upstream),
+                    format!("{path}.aggregate"),
+                    "a route has either `upstream` or `aggregate`, not both",
                 )
-                .hint("define it under `upstreams:` or fix the name"),
-            );
+                .hint("a composite names an upstream in each of its calls"),
+            ),
+            (None, None) => out.push(
+                Issue::new(path.clone(), "a route needs `upstream` or `aggregate`")
+                    .hint("add `upstream: NAME` (one of `upstreams:`) or an `aggregate:` section"),
+            ),
         }
         if let Some(n) = &r.name {
             if !names.insert(n.clone()) {

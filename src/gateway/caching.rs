@@ -23,7 +23,7 @@ pub(super) fn key(session: &Session, ctx: &mut Ctx) -> pingora::Result<CacheKey>
     Ok(crate::cache::key(
         &policy,
         session.req_header(),
-        ctx.host(),
+        ctx.key_host.as_deref().or(ctx.host()),
         ctx.req.consumer.as_deref().map(|c| c.name.as_str()),
     ))
 }

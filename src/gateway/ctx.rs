@@ -31,6 +31,9 @@ pub struct Ctx {
     pub(super) bodies: Bodies,
     /// A deferred response's subrequest: where it reports back to the main request.
     pub(super) sub: Option<super::deferred::Slot>,
+    /// A composite's call: the cache files its answers under the upstream's name instead of
+    /// the client's Host.
+    pub(super) key_host: Option<Arc<str>>,
     /// A main request answered through a subrequest: its report.
     pub(super) deferred: Option<super::deferred::Slot>,
     _counted: InFlight,
@@ -111,6 +114,7 @@ impl Ctx {
             body_bytes: 0,
             bodies: Bodies::default(),
             sub: None,
+            key_host: None,
             deferred: None,
             _counted: InFlight::new(),
         }

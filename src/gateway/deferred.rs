@@ -36,6 +36,8 @@ pub(super) struct Report {
     pub cache_status: Option<&'static str>,
     pub failure: Option<GatewayError>,
     pub transform: Option<&'static str>,
+    /// Why the subrequest failed, as a composite's call reports it.
+    pub call_failure: Option<super::calls::Failure>,
 }
 
 pub(super) type Slot = Arc<Mutex<Option<Report>>>;
@@ -84,8 +86,17 @@ pub(super) fn adopt(session: &mut Session, ctx: &mut Ctx) -> bool {
 }
 
 /// In a subrequest's `logging`: what the main request needs to record.
-pub(super) fn report(ctx: &mut Ctx, slot: &Slot) {
+pub(super) fn report(ctx: &mut Ctx, slot: &Slot, e: Option<&pingora::Error>) {
+    use super::calls::{failure_of, Failure};
+    let call_failure = match (&ctx.failure, e) {
+        (Some(GatewayError::NoHealthyTarget), _) => Some(Failure::Unavailable),
+        (_, Some(e)) => Some(failure_of(e)),
+        (Some(GatewayError::UpstreamTimeout), None) => Some(Failure::Timeout),
+        (Some(_), None) => Some(Failure::Upstream),
+        (None, None) => None,
+    };
     *slot.lock() = Some(Report {
+        call_failure,
         target: ctx.attempt.target.clone(),
         tries: ctx.attempt.tries,
         tried: std::mem::take(&mut ctx.attempt.tried),
@@ -352,28 +363,14 @@ impl<'a> Output<'a> {
     async fn end(&mut self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<()> {
         match std::mem::replace(&mut self.state, State::Done) {
             State::Collecting {
-                mut header,
+                header,
                 takers,
                 buf,
                 ..
             } => {
-                let original = buf.freeze();
-                crate::observability::metrics::body_buffered(original.len());
-                let mut body = original;
-                for p in &takers {
-                    p.on_whole_response(&mut header, &mut body, &mut ctx.req)
-                        .map_err(|e| ctx.fail(e))?;
-                }
-                body::changed_body_header(&mut header);
-                header.remove_header(&http::header::TRANSFER_ENCODING);
-                header.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
-                super::response::start_compression(session.req_header(), &mut header, ctx);
-                ctx.req.status = Some(header.status.as_u16());
-                session.write_response_header(header, false).await?;
-                let mut data = Some(body);
-                super::response::compress(ctx, &mut data, true);
-                session.write_response_body(data, true).await?;
-                Ok(())
+                let body = buf.freeze();
+                crate::observability::metrics::body_buffered(body.len());
+                write_whole(session, ctx, header, body, &takers).await
             }
             State::Waiting => Err(ctx.fail(GatewayError::BadGateway)),
             State::Streaming => {
@@ -385,6 +382,33 @@ impl<'a> Output<'a> {
             State::Done => Ok(()),
         }
     }
+}
+
+/// Writes a complete response after the body plugins that took it (`on_whole_response`), with
+/// an exact `Content-Length`, compressed when the route and the client say so.
+pub(super) async fn write_whole(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    mut header: Box<ResponseHeader>,
+    mut body: Bytes,
+    takers: &[Arc<dyn Plugin>],
+) -> pingora::Result<()> {
+    for p in takers {
+        p.on_whole_response(&mut header, &mut body, &mut ctx.req)
+            .map_err(|e| ctx.fail(e))?;
+    }
+    if !takers.is_empty() {
+        body::changed_body_header(&mut header);
+    }
+    header.remove_header(&http::header::TRANSFER_ENCODING);
+    header.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    super::response::start_compression(session.req_header(), &mut header, ctx);
+    ctx.req.status = Some(header.status.as_u16());
+    session.write_response_header(header, false).await?;
+    let mut data = Some(body);
+    super::response::compress(ctx, &mut data, true);
+    session.write_response_body(data, true).await?;
+    Ok(())
 }
 
 /// The buffer limit of whole-body plugins (1 MiB when only chunk plugins take the body).

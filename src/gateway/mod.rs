@@ -3,9 +3,11 @@
 //! cache phases in `caching`, the response side in `response`, the report of a finished request
 //! in `records`, and every error response in `error::respond`.
 
+mod aggregate;
 mod attempt;
 mod body;
 mod caching;
+mod calls;
 pub mod checks;
 mod ctx;
 mod deferred;
@@ -68,13 +70,16 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         ctx: &mut Ctx,
     ) -> pingora::Result<()> {
-        if session.subrequest_ctx.is_some() && deferred::adopt(session, ctx) {
+        if session.subrequest_ctx.is_some()
+            && (deferred::adopt(session, ctx) || calls::adopt(session, ctx))
+        {
             return Ok(());
         }
         request::arrive(self, session, ctx).map_err(|e| ctx.fail(e))
     }
 
-    /// Deferred responses (see `deferred`) are served through a subrequest.
+    /// Deferred responses (see `deferred`) and a composite's calls (see `aggregate`) are served
+    /// through subrequests.
     fn allow_spawning_subrequest(&self, session: &Session, ctx: &Ctx) -> bool {
         ctx.snap.defers && session.subrequest_ctx.is_none()
     }
@@ -90,6 +95,9 @@ impl ProxyHttp for Gateway {
             .on_request(session.req_header_mut(), &mut ctx.req)
             .await
         {
+            Ok(Flow::Continue) if route.composite().is_some() => {
+                aggregate::serve(session, ctx).await
+            }
             Ok(Flow::Continue) if deferred::applies(session, ctx) => {
                 request::admit(session, ctx, true).await?;
                 deferred::serve(session, ctx).await

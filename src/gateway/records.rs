@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 pub(super) fn finish(gw: &Gateway, session: &Session, ctx: &mut Ctx, e: Option<&Error>) {
     ctx.attempt.inflight = None;
     if let Some(slot) = ctx.sub.take() {
-        super::deferred::report(ctx, &slot);
+        super::deferred::report(ctx, &slot, e);
         return;
     }
     super::deferred::merge_report(ctx);

@@ -52,6 +52,8 @@ pub struct Families {
     spans_dropped: IntCounter,
     transform_errors: IntCounterVec,
     body_buffered: IntCounter,
+    aggregate_calls: IntCounterVec,
+    aggregate_call_duration: HistogramVec,
 }
 
 fn families() -> Result<Families, prometheus::Error> {
@@ -143,6 +145,17 @@ fn families() -> Result<Families, prometheus::Error> {
             "Bytes of responses stored in the cache (headers and bodies).",
         )
         .and_then(|c| prometheus::register(Box::new(c.clone())).map(|_| c))?,
+        aggregate_calls: register_int_counter_vec!(
+            "postern_aggregate_calls_total",
+            "Calls made by composite routes, by route, call and result (ok or the failure reason).",
+            &["route", "call", "result"]
+        )?,
+        aggregate_call_duration: register_histogram_vec!(
+            "postern_aggregate_call_duration_seconds",
+            "Time of a composite's call, from its start to its complete answer, by route and call.",
+            &["route", "call"],
+            BUCKETS.to_vec()
+        )?,
         transform_errors: register_int_counter_vec!(
             "postern_transform_errors_total",
             "Bodies a body plugin left untransformed or failed on, by route, phase and reason.",
@@ -242,6 +255,46 @@ pub fn transform_error(ctx: &mut crate::context::RequestCtx, phase: &str, reason
         m.transform_errors
             .with_label_values(&[&ctx.route, phase, reason])
             .inc();
+    }
+}
+
+/// Handles of one call of a composite (the `ok` result and the duration bound once).
+#[derive(Clone, Default)]
+pub struct CallMetrics {
+    labels: Option<(std::sync::Arc<str>, std::sync::Arc<str>)>,
+    ok: Option<IntCounter>,
+    duration: Option<Histogram>,
+}
+
+impl CallMetrics {
+    pub fn new(route: &str, call: &str) -> CallMetrics {
+        let Some(m) = METRICS.as_ref() else {
+            return CallMetrics::default();
+        };
+        CallMetrics {
+            labels: Some((route.into(), call.into())),
+            ok: Some(m.aggregate_calls.with_label_values(&[route, call, "ok"])),
+            duration: Some(m.aggregate_call_duration.with_label_values(&[route, call])),
+        }
+    }
+
+    /// A finished call: `None` for success, else the failure reason.
+    pub fn observe(&self, failure: Option<&str>, seconds: f64) {
+        if let Some(h) = &self.duration {
+            h.observe(seconds);
+        }
+        match (failure, &self.labels, METRICS.as_ref()) {
+            (None, ..) => {
+                if let Some(c) = &self.ok {
+                    c.inc();
+                }
+            }
+            (Some(reason), Some((route, call)), Some(m)) => m
+                .aggregate_calls
+                .with_label_values(&[&**route, &**call, reason])
+                .inc(),
+            _ => {}
+        }
     }
 }
 
@@ -361,6 +414,16 @@ pub struct RouteMetrics {
 }
 
 impl RouteMetrics {
+    /// Handles that record nothing (the internal route of a composite's call).
+    pub fn none() -> RouteMetrics {
+        RouteMetrics {
+            by_class: None,
+            duration: None,
+            bytes_in: None,
+            bytes_out: None,
+        }
+    }
+
     pub fn new(route: &str) -> RouteMetrics {
         let Some(m) = METRICS.as_ref() else {
             return RouteMetrics {

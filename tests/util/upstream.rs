@@ -322,11 +322,16 @@ pub struct Seen {
 
 type Handler = dyn Fn(&Seen) -> (u16, Vec<(&'static str, String)>, String) + Send + Sync;
 
+/// When each request arrived and its answer was sent (URI, start, end).
+pub type Timeline = Arc<parking_lot::Mutex<Vec<(String, std::time::Instant, std::time::Instant)>>>;
+
 /// A server whose answers come from a closure (authorization services, introspection
-/// endpoints); counts requests.
+/// endpoints); counts requests and records when each arrived and was answered. An answer with
+/// the field `x-test-delay-ms` is sent that long after the request arrived (without the field).
 pub struct FnServer {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
+    pub timeline: Timeline,
     task: JoinHandle<()>,
     kill: tokio::sync::watch::Sender<bool>,
 }
@@ -340,17 +345,21 @@ impl FnServer {
         let hits = Arc::new(AtomicUsize::new(0));
         let f: Arc<Handler> = Arc::new(f);
         let h = hits.clone();
+        let timeline = Timeline::default();
+        let tl = timeline.clone();
         let (kill, killed) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((sock, _)) = listener.accept().await else {
                     continue;
                 };
-                let (f, h, mut killed) = (f.clone(), h.clone(), killed.clone());
+                let (f, h, tl, mut killed) =
+                    (f.clone(), h.clone(), tl.clone(), killed.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
-                        let (f, h) = (f.clone(), h.clone());
+                        let (f, h, tl) = (f.clone(), h.clone(), tl.clone());
                         async move {
+                            let start = std::time::Instant::now();
                             h.fetch_add(1, SeqCst);
                             let (parts, body) = req.into_parts();
                             let body = body
@@ -367,8 +376,14 @@ impl FnServer {
                             let (status, headers, body) = f(&seen);
                             let mut b = Response::builder().status(status);
                             for (k, v) in headers {
+                                if k == "x-test-delay-ms" {
+                                    let ms = v.parse().unwrap_or(0);
+                                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                                    continue;
+                                }
                                 b = b.header(k, v);
                             }
+                            tl.lock().push((seen.uri.clone(), start, std::time::Instant::now()));
                             Ok::<_, Infallible>(b.body(Full::new(Bytes::from(body))).unwrap())
                         }
                     });
@@ -384,6 +399,7 @@ impl FnServer {
         FnServer {
             addr,
             hits,
+            timeline,
             task,
             kill,
         }

@@ -9,9 +9,11 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
+mod aggregate;
 pub mod cluster;
 pub mod consumer;
 mod upstream;
+pub use aggregate::{Aggregate, Call, Fallback};
 pub use cluster::{OnError, RedisConfig};
 pub use consumer::*;
 pub use upstream::*;
@@ -392,8 +394,12 @@ pub struct Route {
     pub name: Option<String>,
     #[serde(default, rename = "match")]
     pub matcher: Match,
-    /// Name of the upstream that serves this route.
-    pub upstream: String,
+    /// Name of the upstream that serves this route (or `aggregate`).
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// A composite endpoint answered from several upstream calls (instead of `upstream`).
+    #[serde(default)]
+    pub aggregate: Option<Aggregate>,
     #[serde(default)]
     pub rewrite: Rewrite,
     /// Overrides `server.max_request_body` for this route.

@@ -1,0 +1,406 @@
+//! API composition end to end: composite routes whose calls fan out to test upstreams over real
+//! sockets, in parallel and in sequence, with the partial-failure contract, the deadline,
+//! shaping, templated bodies, header propagation, per-call caching and hot reload.
+
+use crate::util::upstream::FnServer;
+use crate::util::{client, Gateway, ADMIN_TOKEN};
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const SECRET: &str = "composite-test-secret";
+
+/// The back ends: one server answering every path the composites call.
+async fn services() -> FnServer {
+    FnServer::start(|s| {
+        let json_ct = ("content-type", "application/json".to_string());
+        let path = s.uri.split('?').next().unwrap_or("").to_string();
+        let query = s.uri.split_once('?').map(|(_, q)| q.to_string());
+        let seg: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        match seg.as_slice() {
+            ["slow", name] => (
+                200,
+                vec![json_ct, ("x-test-delay-ms", "200".into())],
+                json!({ *name: true }).to_string(),
+            ),
+            ["hang"] => (
+                200,
+                vec![json_ct, ("x-test-delay-ms", "3000".into())],
+                "{}".into(),
+            ),
+            ["orders", id] => (
+                200,
+                vec![json_ct, ("x-order-version", "7".into())],
+                json!({ "id": id, "user_id": "u/1", "items": [ { "product_id": 1 }, { "product_id": 2 } ], "total": 10 })
+                    .to_string(),
+            ),
+            ["users", id] => (
+                200,
+                vec![json_ct],
+                json!({ "id": id, "name": "Ann", "email": "ann@example.com", "password": "x",
+                        "address": { "city": "Oslo", "zip": "0150" } })
+                .to_string(),
+            ),
+            ["products"] => (
+                200,
+                vec![json_ct],
+                json!({ "query": query, "data": [ [ { "id": 1, "cost": 3 } ], [ { "id": 2, "cost": 4 } ] ] })
+                    .to_string(),
+            ),
+            ["points", sub] => (
+                200,
+                vec![json_ct, ("cache-control", "max-age=60".into())],
+                json!({ "sub": sub, "points": 42 }).to_string(),
+            ),
+            ["fail"] => (503, vec![json_ct], "{\"internal\": \"db down at 10.0.0.7\"}".into()),
+            ["text"] => (200, vec![("content-type", "text/plain".into())], "hello".into()),
+            ["big"] => (200, vec![json_ct], json!({ "pad": "x".repeat(4096) }).to_string()),
+            ["echo"] => {
+                let headers: serde_json::Map<String, Value> = s
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or(""))))
+                    .collect();
+                let body: Value = serde_json::from_str(&s.body).unwrap_or(Value::Null);
+                (
+                    200,
+                    vec![json_ct],
+                    json!({ "method": s.method, "uri": s.uri, "headers": headers, "body": body })
+                        .to_string(),
+                )
+            }
+            _ => (404, vec![json_ct], "{}".into()),
+        }
+    })
+    .await
+}
+
+fn config(svc: &FnServer, routes: &str) -> String {
+    format!(
+        "upstreams:\n  svc: {{ targets: [ {{ addr: \"{}\" }} ] }}\n  dead: {{ targets: [ {{ addr: \"127.0.0.1:1\" }} ] }}\nroutes:\n{routes}",
+        svc.addr
+    )
+}
+
+async fn get(gw: &Gateway, path: &str) -> (u16, reqwest::header::HeaderMap, Value) {
+    let r = client().get(gw.url(path)).send().await.unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let text = r.text().await.unwrap();
+    let v = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
+    (status, headers, v)
+}
+
+fn complete(h: &reqwest::header::HeaderMap) -> &str {
+    h.get("postern-complete").unwrap().to_str().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn independent_calls_run_in_parallel() {
+    let svc = services().await;
+    let gw = Gateway::start(&config(
+        &svc,
+        "  - name: par\n    match: { path: /par }\n    aggregate:\n      calls:\n        a: { upstream: svc, path: /slow/a }\n        b: { upstream: svc, path: /slow/b }\n        c: { upstream: svc, path: /slow/c }\n",
+    ));
+    let (s, h, v) = get(&gw, "/par").await;
+    assert_eq!(s, 200);
+    assert_eq!(complete(&h), "?1");
+    assert_eq!(v, json!({ "a": true, "b": true, "c": true }));
+    let tl = svc.timeline.lock().clone();
+    assert_eq!(tl.len(), 3);
+    // Each call takes 200 ms: they overlap when every one started before any one ended.
+    let last_start = tl.iter().map(|t| t.1).max().unwrap();
+    let first_end = tl.iter().map(|t| t.2).min().unwrap();
+    assert!(last_start < first_end, "the calls ran one after another: {tl:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_reading_another_waits_for_it_and_values_are_encoded() {
+    let svc = services().await;
+    let gw = Gateway::start(&config(
+        &svc,
+        r#"  - name: view
+    match: { path: "/orders/{id}/view" }
+    aggregate:
+      calls:
+        user: { upstream: svc, path: "/users/${calls.order.body.user_id}", group: customer, allow: [id, name, address.city], mapping: { address.city: town } }
+        order: { upstream: svc, path: "/orders/{id}", deny: [user_id] }
+        products: { upstream: svc, path: "/products?ids=${calls.order.body.items[*].product_id:csv}&v=${calls.order.header.x-order-version}", target: data, flatten: true, group: products, deny: [cost] }
+        query: { upstream: svc, path: "/products?q=${path.id}", target: query, group: upstream_query }
+"#,
+    ));
+    let (s, h, v) = get(&gw, "/orders/42/view").await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(complete(&h), "?1");
+    assert_eq!(
+        v,
+        json!({
+            "customer": { "id": "u%2F1", "name": "Ann", "address": { "town": "Oslo" } },
+            "id": "42", "items": [ { "product_id": 1 }, { "product_id": 2 } ], "total": 10,
+            "products": [ { "id": 1 }, { "id": 2 } ],
+            "upstream_query": "q=42"
+        })
+    );
+    let tl = svc.timeline.lock().clone();
+    let at = |p: &str| tl.iter().find(|t| t.0.starts_with(p)).unwrap().clone();
+    let (order, user) = (at("/orders/42"), at("/users/"));
+    assert!(user.1 >= order.2, "the user call started before the order call ended");
+    assert_eq!(user.0, "/users/u%2F1");
+    assert_eq!(at("/products?ids").0, "/products?ids=1,2&v=7");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_required_call_is_a_502_listing_the_failures() {
+    let svc = services().await;
+    let gw = Gateway::start(&config(
+        &svc,
+        "  - name: req\n    match: { path: /req }\n    aggregate:\n      calls:\n        ok: { upstream: svc, path: /users/1 }\n        down: { upstream: svc, path: /fail }\n        gone: { upstream: dead, path: /x, optional: true }\n        text: { upstream: svc, path: /text, optional: true }\n",
+    ));
+    let (s, h, v) = get(&gw, "/req").await;
+    assert_eq!(s, 502, "{v}");
+    assert!(h.get("postern-complete").is_none());
+    assert_eq!(v["type"], "urn:postern:problem:composite-failed");
+    let errors = v["errors"].as_array().unwrap();
+    assert!(errors.contains(&json!({ "call": "down", "reason": "status", "status": 503 })), "{v}");
+    let text = v.to_string();
+    assert!(!text.contains("10.0.0.7") && !text.contains("db down"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_optional_calls_give_a_partial_answer() {
+    let svc = services().await;
+    let gw = Gateway::start(&config(
+        &svc,
+        r#"  - name: opt
+    match: { path: /opt }
+    aggregate:
+      include_errors: true
+      calls:
+        user: { upstream: svc, path: /users/1, allow: [name] }
+        gone: { upstream: dead, path: /x, optional: true, group: gone }
+        status: { upstream: svc, path: /fail, optional: true, group: recs, fallback: { body: [] } }
+        text: { upstream: svc, path: /text, optional: true }
+        big: { upstream: svc, path: /big, optional: true, max_body: 1KiB }
+        after: { upstream: svc, path: "/users/${calls.gone.body.id}", optional: true }
+"#,
+    ));
+    let (s, h, v) = get(&gw, "/opt").await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(complete(&h), "?0");
+    assert_eq!(v["name"], "Ann");
+    assert_eq!(v["recs"], json!([]));
+    assert!(v.get("gone").is_none());
+    let mut errors: Vec<(String, String)> = v["_errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["call"].as_str().unwrap().into(), e["reason"].as_str().unwrap().into()))
+        .collect();
+    errors.sort();
+    assert_eq!(
+        errors,
+        vec![
+            ("after".into(), "dependency_failed".into()),
+            ("big".into(), "too_large".into()),
+            ("gone".into(), "connect_error".into()),
+            ("status".into(), "status".into()),
+            ("text".into(), "invalid_json".into()),
+        ]
+    );
+    let m = gw.metrics();
+    assert!(m.contains(r#"postern_aggregate_calls_total{call="user",result="ok",route="opt"} 1"#), "{m}");
+    assert!(m.contains(r#"postern_aggregate_calls_total{call="big",result="too_large",route="opt"} 1"#));
+    assert!(m.contains(r#"postern_http_requests_total{route="opt",status_class="2xx"} 1"#));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deadline_ends_the_composite_with_504_and_cancels_calls() {
+    let svc = services().await;
+    let gw = Gateway::start(&config(
+        &svc,
+        "  - name: dl\n    match: { path: /dl }\n    aggregate:\n      deadline: 300ms\n      calls:\n        fast: { upstream: svc, path: /users/1 }\n        slow: { upstream: svc, path: /hang }\n  - name: opt-timeout\n    match: { path: /ot }\n    aggregate:\n      calls:\n        fast: { upstream: svc, path: /users/1, allow: [id] }\n        slow: { upstream: svc, path: /hang, optional: true, timeout: 200ms }\n",
+    ));
+    let started = std::time::Instant::now();
+    let (s, _, v) = get(&gw, "/dl").await;
+    assert_eq!(s, 504, "{v}");
+    assert!(started.elapsed() < Duration::from_millis(2500));
+    assert_eq!(v["type"], "urn:postern:problem:composite-deadline");
+    assert_eq!(v["errors"], json!([ { "call": "slow", "reason": "deadline" } ]));
+    let (s, h, v) = get(&gw, "/ot").await;
+    assert_eq!((s, complete(&h)), (200, "?0"));
+    assert_eq!(v, json!({ "id": "1" }));
+    let m = gw.metrics();
+    assert!(m.contains(r#"postern_aggregate_calls_total{call="slow",result="timeout",route="opt-timeout"} 1"#), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_composite_builds_bodies_and_passes_only_allowed_headers() {
+    let svc = services().await;
+    let gw = Gateway::start(&config(
+        &svc,
+        r#"  - name: post
+    match: { path: /checkout, methods: [POST] }
+    aggregate:
+      calls:
+        order: { upstream: svc, path: /orders/9 }
+        echo:
+          upstream: svc
+          method: POST
+          path: /echo
+          body: { order: "${calls.order.body.id}", qty: "${body.qty:number}", note: "for ${body.user}", items: "${calls.order.body.items}" }
+          headers: { x-tenant: "${header.x-tenant}" }
+          group: sent
+        plain: { upstream: svc, path: /echo, group: plain }
+        authed: { upstream: svc, path: /echo, group: authed, pass_headers: [authorization] }
+"#,
+    ));
+    let r = client()
+        .post(gw.url("/checkout"))
+        .header("authorization", "Bearer abc")
+        .header("accept-language", "nb")
+        .header("x-tenant", "t1")
+        .header("x-request-id", "req-123")
+        .header("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+        .json(&json!({ "qty": "3", "user": "ann" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["x-request-id"], "req-123");
+    let v: Value = r.json().await.unwrap();
+    let sent = &v["sent"];
+    assert_eq!(sent["method"], "POST");
+    assert_eq!(
+        sent["body"],
+        json!({ "order": "9", "qty": 3, "note": "for ann", "items": [ { "product_id": 1 }, { "product_id": 2 } ] })
+    );
+    assert_eq!(sent["headers"]["content-type"], "application/json");
+    assert_eq!(sent["headers"]["x-tenant"], "t1");
+    let plain = &v["plain"]["headers"];
+    assert_eq!(plain["x-request-id"], "req-123");
+    assert_eq!(plain["accept-language"], "nb");
+    assert!(plain["traceparent"]
+        .as_str()
+        .unwrap()
+        .starts_with("00-0af7651916cd43dd8448eb211c80319c-"));
+    assert!(plain.get("authorization").is_none(), "{plain}");
+    assert!(plain["x-forwarded-for"].as_str().unwrap().contains("127.0.0.1"));
+    assert_eq!(v["authed"]["headers"]["authorization"], "Bearer abc");
+    // Not JSON from the client: 400 before any call.
+    let hits = svc.hits();
+    let r = client()
+        .post(gw.url("/checkout"))
+        .header("content-type", "application/json")
+        .body("{nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert_eq!(svc.hits(), hits);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_calls_are_shared_coalesced_and_purged() {
+    let svc = services().await;
+    let body = config(
+            &svc,
+            r#"  - name: cached
+    match: { path: "/me/{id}" }
+    aggregate:
+      calls:
+        user: { upstream: svc, path: "/users/{id}", allow: [id] }
+        points: { upstream: svc, path: "/points/{id}", group: loyalty, cache: { ttl: 30s, stale_while_revalidate: 5m } }
+"#,
+        );
+    let gw = Gateway::start(&format!("cache: {{ memory: 16MiB }}\n{body}"));
+    let points_hits = || {
+        svc.timeline
+            .lock()
+            .iter()
+            .filter(|t| t.0.starts_with("/points/"))
+            .count()
+    };
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let url = gw.url("/me/7");
+        tasks.push(tokio::spawn(async move {
+            let r = client().get(url).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }));
+    }
+    for t in tasks {
+        let (s, v) = t.await.unwrap();
+        assert_eq!(s, 200);
+        assert_eq!(v["loyalty"]["points"], 42);
+    }
+    assert_eq!(points_hits(), 1, "20 concurrent composites made more than one cached call");
+    let (_, _, v) = get(&gw, "/me/8").await;
+    assert_eq!(v["loyalty"]["sub"], "8");
+    assert_eq!(points_hits(), 2);
+    let m = gw.metrics();
+    assert!(m.contains(r#"postern_cache_requests_total{result="hit",route="cached.points"}"#), "{m}");
+    // A purge by URL reaches the call's entry: filed under the upstream's name.
+    let (status, v) = gw.admin_call("DELETE", "/cache?url=svc/points/7", Some(ADMIN_TOKEN));
+    assert_eq!((status, v["purged"].as_u64()), (200, Some(1)), "{v}");
+    let _ = get(&gw, "/me/7").await;
+    assert_eq!(points_hits(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_changes_the_calls() {
+    let svc = services().await;
+    let route = |path: &str| {
+        config(
+            &svc,
+            &format!("  - name: r\n    match: {{ path: /r }}\n    aggregate:\n      calls:\n        one: {{ upstream: svc, path: \"{path}\", group: one }}\n"),
+        )
+    };
+    let gw = Gateway::start(&route("/users/1"));
+    let (_, _, v) = get(&gw, "/r").await;
+    assert_eq!(v["one"]["name"], "Ann");
+    gw.rewrite(&route("/orders/5"));
+    gw.signal("HUP");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, _, v) = get(&gw, "/r").await;
+        if v["one"]["total"] == 10 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the reload did not take: {v}");
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_composite_behind_jwt_and_a_rate_limit() {
+    let svc = services().await;
+    let gw = Gateway::start(&config(
+        &svc,
+        &format!(
+            "  - name: secure\n    match: {{ path: /secure }}\n    plugins:\n      - jwt: {{ keys: [ {{ alg: HS256, secret: \"{SECRET}\" }} ] }}\n      - rate_limit: {{ key: client_ip, limits: [ {{ requests: 2, per: 1h }} ] }}\n    aggregate:\n      calls:\n        points: {{ upstream: svc, path: \"/points/${{claim.sub}}\" }}\n"
+        ),
+    ));
+    let token = encode(
+        &Header::new(Algorithm::HS256),
+        &json!({ "sub": "alice", "exp": 4_000_000_000u64 }),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let hits = svc.hits();
+    let r = client().get(gw.url("/secure")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    assert_eq!(svc.hits(), hits);
+    let r = client()
+        .get(gw.url("/secure"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["sub"], "alice");
+    let r = client().get(gw.url("/secure")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let r = client().get(gw.url("/secure")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 429);
+}
