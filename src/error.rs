@@ -76,7 +76,9 @@ impl GatewayError {
             GatewayError::TooManyRequests(_) => 429,
             GatewayError::Unavailable(_) => 503,
             GatewayError::RequestTimeout => 408,
-            GatewayError::Composite { timed_out: true, .. } => 504,
+            GatewayError::Composite {
+                timed_out: true, ..
+            } => 504,
             GatewayError::Composite { .. } => 502,
             GatewayError::Internal => 500,
         }
@@ -99,7 +101,9 @@ impl GatewayError {
             GatewayError::TooManyRequests(_) => "rate-limited",
             GatewayError::Unavailable(_) => "unavailable",
             GatewayError::RequestTimeout => "request-timeout",
-            GatewayError::Composite { timed_out: true, .. } => "composite-deadline",
+            GatewayError::Composite {
+                timed_out: true, ..
+            } => "composite-deadline",
             GatewayError::Composite { .. } => "composite-failed",
             GatewayError::Internal => "internal-error",
         }
@@ -121,7 +125,9 @@ impl GatewayError {
             GatewayError::TooManyRequests(_) => "Too Many Requests",
             GatewayError::Unavailable(_) => "Service Unavailable",
             GatewayError::RequestTimeout => "Request Timeout",
-            GatewayError::Composite { timed_out: true, .. } => "Gateway Timeout",
+            GatewayError::Composite {
+                timed_out: true, ..
+            } => "Gateway Timeout",
             GatewayError::Composite { .. } => "Bad Gateway",
             GatewayError::Internal => "Internal Server Error",
         }
@@ -142,9 +148,9 @@ impl GatewayError {
             | GatewayError::Unauthorized(why)
             | GatewayError::Forbidden(why) => why,
             GatewayError::RequestTimeout => "The request header was not received in time.",
-            GatewayError::Composite { timed_out: true, .. } => {
-                "The deadline passed before the required calls of this composite answered."
-            }
+            GatewayError::Composite {
+                timed_out: true, ..
+            } => "The deadline passed before the required calls of this composite answered.",
             GatewayError::Composite { .. } => "A required call of this composite failed.",
             GatewayError::Internal => "The gateway failed to process the request.",
         }

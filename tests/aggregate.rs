@@ -8,7 +8,7 @@ use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use std::time::Duration;
 
-const SECRET: &str = "composite-test-secret";
+const SECRET: &str = "composite-test-secret-of-32-bytes-or-more";
 
 /// The back ends: one server answering every path the composites call.
 async fn services() -> FnServer {
@@ -111,7 +111,10 @@ async fn independent_calls_run_in_parallel() {
     // Each call takes 200 ms: they overlap when every one started before any one ended.
     let last_start = tl.iter().map(|t| t.1).max().unwrap();
     let first_end = tl.iter().map(|t| t.2).min().unwrap();
-    assert!(last_start < first_end, "the calls ran one after another: {tl:?}");
+    assert!(
+        last_start < first_end,
+        "the calls ran one after another: {tl:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,7 +147,10 @@ async fn a_call_reading_another_waits_for_it_and_values_are_encoded() {
     let tl = svc.timeline.lock().clone();
     let at = |p: &str| tl.iter().find(|t| t.0.starts_with(p)).unwrap().clone();
     let (order, user) = (at("/orders/42"), at("/users/"));
-    assert!(user.1 >= order.2, "the user call started before the order call ended");
+    assert!(
+        user.1 >= order.2,
+        "the user call started before the order call ended"
+    );
     assert_eq!(user.0, "/users/u%2F1");
     assert_eq!(at("/products?ids").0, "/products?ids=1,2&v=7");
 }
@@ -161,9 +167,15 @@ async fn a_failed_required_call_is_a_502_listing_the_failures() {
     assert!(h.get("postern-complete").is_none());
     assert_eq!(v["type"], "urn:postern:problem:composite-failed");
     let errors = v["errors"].as_array().unwrap();
-    assert!(errors.contains(&json!({ "call": "down", "reason": "status", "status": 503 })), "{v}");
+    assert!(
+        errors.contains(&json!({ "call": "down", "reason": "status", "status": 503 })),
+        "{v}"
+    );
     let text = v.to_string();
-    assert!(!text.contains("10.0.0.7") && !text.contains("db down"), "{text}");
+    assert!(
+        !text.contains("10.0.0.7") && !text.contains("db down"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,7 +206,12 @@ async fn failed_optional_calls_give_a_partial_answer() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| (e["call"].as_str().unwrap().into(), e["reason"].as_str().unwrap().into()))
+        .map(|e| {
+            (
+                e["call"].as_str().unwrap().into(),
+                e["reason"].as_str().unwrap().into(),
+            )
+        })
         .collect();
     errors.sort();
     assert_eq!(
@@ -207,10 +224,18 @@ async fn failed_optional_calls_give_a_partial_answer() {
             ("text".into(), "invalid_json".into()),
         ]
     );
-    let m = gw.metrics();
-    assert!(m.contains(r#"postern_aggregate_calls_total{call="user",result="ok",route="opt"} 1"#), "{m}");
-    assert!(m.contains(r#"postern_aggregate_calls_total{call="big",result="too_large",route="opt"} 1"#));
-    assert!(m.contains(r#"postern_http_requests_total{route="opt",status_class="2xx"} 1"#));
+    gw.wait_metric(
+        r#"postern_aggregate_calls_total{call="user",result="ok",route="opt"}"#,
+        1.0,
+    );
+    gw.wait_metric(
+        r#"postern_aggregate_calls_total{call="big",result="too_large",route="opt"}"#,
+        1.0,
+    );
+    gw.wait_metric(
+        r#"postern_http_requests_total{route="opt",status_class="2xx"}"#,
+        1.0,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -225,20 +250,27 @@ async fn the_deadline_ends_the_composite_with_504_and_cancels_calls() {
     assert_eq!(s, 504, "{v}");
     assert!(started.elapsed() < Duration::from_millis(2500));
     assert_eq!(v["type"], "urn:postern:problem:composite-deadline");
-    assert_eq!(v["errors"], json!([ { "call": "slow", "reason": "deadline" } ]));
+    assert_eq!(
+        v["errors"],
+        json!([ { "call": "slow", "reason": "deadline" } ])
+    );
     let (s, h, v) = get(&gw, "/ot").await;
     assert_eq!((s, complete(&h)), (200, "?0"));
     assert_eq!(v, json!({ "id": "1" }));
-    let m = gw.metrics();
-    assert!(m.contains(r#"postern_aggregate_calls_total{call="slow",result="timeout",route="opt-timeout"} 1"#), "{m}");
+    gw.wait_metric(
+        r#"postern_aggregate_calls_total{call="slow",result="timeout",route="opt-timeout"}"#,
+        1.0,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_composite_builds_bodies_and_passes_only_allowed_headers() {
     let svc = services().await;
-    let gw = Gateway::start(&config(
-        &svc,
-        r#"  - name: post
+    let gw = Gateway::start(&format!(
+        "observability: {{ tracing: {{ propagate: true }} }}\n{}",
+        config(
+            &svc,
+            r#"  - name: post
     match: { path: /checkout, methods: [POST] }
     aggregate:
       calls:
@@ -253,6 +285,7 @@ async fn a_post_composite_builds_bodies_and_passes_only_allowed_headers() {
         plain: { upstream: svc, path: /echo, group: plain }
         authed: { upstream: svc, path: /echo, group: authed, pass_headers: [authorization] }
 "#,
+        )
     ));
     let r = client()
         .post(gw.url("/checkout"))
@@ -260,7 +293,10 @@ async fn a_post_composite_builds_bodies_and_passes_only_allowed_headers() {
         .header("accept-language", "nb")
         .header("x-tenant", "t1")
         .header("x-request-id", "req-123")
-        .header("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+        .header(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        )
         .json(&json!({ "qty": "3", "user": "ann" }))
         .send()
         .await
@@ -284,7 +320,12 @@ async fn a_post_composite_builds_bodies_and_passes_only_allowed_headers() {
         .unwrap()
         .starts_with("00-0af7651916cd43dd8448eb211c80319c-"));
     assert!(plain.get("authorization").is_none(), "{plain}");
-    assert!(plain["x-forwarded-for"].as_str().unwrap().contains("127.0.0.1"));
+    assert!(plain.get("postern-call").is_none(), "{plain}");
+    assert_eq!(plain["accept-encoding"], "identity");
+    assert!(plain["x-forwarded-for"]
+        .as_str()
+        .unwrap()
+        .contains("127.0.0.1"));
     assert_eq!(v["authed"]["headers"]["authorization"], "Bearer abc");
     // Not JSON from the client: 400 before any call.
     let hits = svc.hits();
@@ -303,15 +344,15 @@ async fn a_post_composite_builds_bodies_and_passes_only_allowed_headers() {
 async fn cached_calls_are_shared_coalesced_and_purged() {
     let svc = services().await;
     let body = config(
-            &svc,
-            r#"  - name: cached
+        &svc,
+        r#"  - name: cached
     match: { path: "/me/{id}" }
     aggregate:
       calls:
         user: { upstream: svc, path: "/users/{id}", allow: [id] }
         points: { upstream: svc, path: "/points/{id}", group: loyalty, cache: { ttl: 30s, stale_while_revalidate: 5m } }
 "#,
-        );
+    );
     let gw = Gateway::start(&format!("cache: {{ memory: 16MiB }}\n{body}"));
     let points_hits = || {
         svc.timeline
@@ -333,12 +374,17 @@ async fn cached_calls_are_shared_coalesced_and_purged() {
         assert_eq!(s, 200);
         assert_eq!(v["loyalty"]["points"], 42);
     }
-    assert_eq!(points_hits(), 1, "20 concurrent composites made more than one cached call");
+    assert_eq!(
+        points_hits(),
+        1,
+        "20 concurrent composites made more than one cached call"
+    );
     let (_, _, v) = get(&gw, "/me/8").await;
     assert_eq!(v["loyalty"]["sub"], "8");
     assert_eq!(points_hits(), 2);
-    let m = gw.metrics();
-    assert!(m.contains(r#"postern_cache_requests_total{result="hit",route="cached.points"}"#), "{m}");
+    assert!(gw
+        .metrics()
+        .contains(r#"postern_cache_requests_total{result="hit",route="cached.points"}"#));
     // A purge by URL reaches the call's entry: filed under the upstream's name.
     let (status, v) = gw.admin_call("DELETE", "/cache?url=svc/points/7", Some(ADMIN_TOKEN));
     assert_eq!((status, v["purged"].as_u64()), (200, Some(1)), "{v}");
@@ -366,7 +412,10 @@ async fn a_reload_changes_the_calls() {
         if v["one"]["total"] == 10 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "the reload did not take: {v}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reload did not take: {v}"
+        );
         tokio::task::yield_now().await;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -399,8 +448,18 @@ async fn a_composite_behind_jwt_and_a_rate_limit() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(r.json::<Value>().await.unwrap()["sub"], "alice");
-    let r = client().get(gw.url("/secure")).bearer_auth(&token).send().await.unwrap();
+    let r = client()
+        .get(gw.url("/secure"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    let r = client().get(gw.url("/secure")).bearer_auth(&token).send().await.unwrap();
+    let r = client()
+        .get(gw.url("/secure"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 429);
 }

@@ -72,6 +72,10 @@ impl CallSpec {
     }
 }
 
+/// Builds the `cache` plugin of a call (errors at the given config path).
+pub type CacheBuilder<'a> =
+    dyn Fn(&crate::plugins::cache::Config, String) -> Result<Arc<dyn Plugin>, Vec<Issue>> + 'a;
+
 /// What compiling a composite needs from the snapshot being built.
 pub struct Env<'a> {
     pub path: &'a str,
@@ -79,7 +83,7 @@ pub struct Env<'a> {
     pub params: &'a [Arc<str>],
     pub upstreams: &'a BTreeMap<String, Arc<UpstreamGroup>>,
     /// Builds the `cache` plugin of a call (errors at the given config path).
-    pub cache: &'a dyn Fn(&crate::plugins::cache::Config, String) -> Result<Arc<dyn Plugin>, Vec<Issue>>,
+    pub cache: &'a CacheBuilder<'a>,
     pub max_body: u64,
 }
 
@@ -112,7 +116,10 @@ pub fn compile(a: &schema::Aggregate, env: &Env, issues: &mut Vec<Issue>) -> Opt
     let at = format!("{}.aggregate", env.path);
     let max_calls = a.max_calls.unwrap_or(DEFAULT_MAX_CALLS);
     if a.calls.is_empty() {
-        issues.push(Issue::new(format!("{at}.calls"), "a composite needs at least one call"));
+        issues.push(Issue::new(
+            format!("{at}.calls"),
+            "a composite needs at least one call",
+        ));
     }
     if a.calls.len() > max_calls {
         issues.push(
@@ -137,8 +144,11 @@ pub fn compile(a: &schema::Aggregate, env: &Env, issues: &mut Vec<Issue>) -> Opt
     let mut template_headers = Vec::new();
     for (name, c) in &a.calls {
         let cat = format!("{at}.calls.{name}");
-        if let Some(call) = compile_call(name, c, &cat, &names, &params, &default_pass, env, issues) {
-            call.path.headers().for_each(|h| template_headers.push(h.clone()));
+        if let Some(call) = compile_call(name, c, &cat, &names, &params, &default_pass, env, issues)
+        {
+            call.path
+                .headers()
+                .for_each(|h| template_headers.push(h.clone()));
             for (_, t) in &call.headers {
                 t.headers().for_each(|h| template_headers.push(h.clone()));
             }
@@ -228,7 +238,10 @@ fn compile_call(
         Some(m) => match Method::from_bytes(m.as_bytes()) {
             Ok(m) if !m.as_str().chars().any(|c| c.is_ascii_lowercase()) => m,
             _ => {
-                issues.push(Issue::new(format!("{at}.method"), format!("invalid method \"{m}\"")));
+                issues.push(Issue::new(
+                    format!("{at}.method"),
+                    format!("invalid method \"{m}\""),
+                ));
                 Method::GET
             }
         },
@@ -254,10 +267,9 @@ fn compile_call(
     for (k, v) in &c.headers {
         let hat = format!("{at}.headers.{k}");
         match HeaderName::from_bytes(k.as_bytes()) {
-            Ok(n) if HOP_BY_HOP.contains(&n.as_str()) => issues.push(Issue::new(
-                hat,
-                format!("`{k}` is managed by the gateway"),
-            )),
+            Ok(n) if HOP_BY_HOP.contains(&n.as_str()) => {
+                issues.push(Issue::new(hat, format!("`{k}` is managed by the gateway")))
+            }
             Ok(n) => match Text::parse(v, names, params, false) {
                 Ok(t) => headers.push((n, t)),
                 Err(m) => issues.push(Issue::new(hat, m)),
@@ -310,7 +322,10 @@ fn compile_call(
     }
     let max_body = c.max_body.map_or(DEFAULT_MAX_BODY as u64, |s| s.0);
     if max_body == 0 || max_body > 64 << 20 {
-        issues.push(Issue::new(format!("{at}.max_body"), "between 1 byte and 64 MiB"));
+        issues.push(Issue::new(
+            format!("{at}.max_body"),
+            "between 1 byte and 64 MiB",
+        ));
     }
     let mut chain = Vec::new();
     if let Some(cfg) = &c.cache {
@@ -397,7 +412,12 @@ fn compile_call(
 /// `Err((call, "a → b → a"))` when the calls' references form a cycle.
 fn check_cycles(calls: &[CallSpec]) -> Result<(), (usize, String)> {
     // 0 unvisited, 1 on the stack, 2 done
-    fn visit(i: usize, calls: &[CallSpec], state: &mut [u8], stack: &mut Vec<usize>) -> Option<Vec<usize>> {
+    fn visit(
+        i: usize,
+        calls: &[CallSpec],
+        state: &mut [u8],
+        stack: &mut Vec<usize>,
+    ) -> Option<Vec<usize>> {
         match state[i] {
             2 => return None,
             1 => {

@@ -127,12 +127,12 @@ impl Text {
     /// The calls this text reads.
     pub fn deps(&self, out: &mut Vec<usize>) {
         for p in &self.parts {
-            if let Part::Var(s, _) = p {
-                if let Source::CallBody(i, _) | Source::CallStatus(i) | Source::CallHeader(i, _) =
-                    s
-                {
-                    out.push(*i);
-                }
+            if let Part::Var(
+                Source::CallBody(i, _) | Source::CallStatus(i) | Source::CallHeader(i, _),
+                _,
+            ) = p
+            {
+                out.push(*i);
             }
         }
     }
@@ -168,9 +168,8 @@ impl Text {
                 Part::Lit(l) => out.push_str(l),
                 Part::Var(src, m) => {
                     let v = value(src, scope)?;
-                    write_value(&mut out, &v, *m, encode).map_err(|why| {
-                        Unresolved(format!("the {} {why}", describe(src)))
-                    })?;
+                    write_value(&mut out, &v, *m, encode)
+                        .map_err(|why| Unresolved(format!("the {} {why}", describe(src))))?;
                 }
             }
         }
@@ -189,7 +188,9 @@ impl Text {
 impl Body {
     pub fn parse(v: &Value, calls: &[&str], params: &[&str]) -> Result<Body, String> {
         Ok(match v {
-            Value::String(s) if s.contains("${") => Body::Text(Text::parse(s, calls, params, false)?),
+            Value::String(s) if s.contains("${") => {
+                Body::Text(Text::parse(s, calls, params, false)?)
+            }
             Value::Array(a) => Body::Array(
                 a.iter()
                     .map(|x| Body::parse(x, calls, params))
@@ -500,8 +501,13 @@ mod tests {
         })];
         let s = scope_with(&req, &inputs, &calls, None);
         let names = ["order", "user"];
-        let t = Text::parse("/orders/{id}/u/${calls.order.body.user_id}", &names, &["id"], true)
-            .unwrap();
+        let t = Text::parse(
+            "/orders/{id}/u/${calls.order.body.user_id}",
+            &names,
+            &["id"],
+            true,
+        )
+        .unwrap();
         assert_eq!(t.render_url(&s).unwrap(), "/orders/42/u/a%2Fb%3Fc");
         let t = Text::parse(
             "/p?ids=${calls.order.body.items[*].product_id:csv}",

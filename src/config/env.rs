@@ -2,9 +2,10 @@
 //!
 //! The rule that keeps them apart from request templates (`${path.id}`, `${request_id}`,
 //! evaluated per request by `transform`): environment variable names are upper case
-//! (`[A-Z_][A-Z0-9_]*`) and are expanded here; template names are lower case (letters, digits,
-//! `_`, `.`, `-`, an optional `:type`) and are left in place for the feature that reads them;
-//! anything else (`${Path}`, `${path:-x}`) is an error naming the line.
+//! (`[A-Z_][A-Z0-9_]*`) and are expanded here; template names start with a lower-case letter
+//! (then letters of either case, digits, `_`, `.`, `-`, `[`, `]`, `*`, an optional `:type`:
+//! `${path.id}`, `${calls.order.body.items[*].productId:csv}`) and are left in place for the
+//! feature that reads them; anything else (`${Path}`, `${path:-x}`) is an error naming the line.
 //!
 //! Only the braced forms are expanded (a bare `$NAME` is left alone, so regexes such as `^/v1$`
 //! survive), `$$` is a literal `$`, and comments are not expanded. Written here rather than with
@@ -89,14 +90,14 @@ fn expand_line(
     out.push_str(rest);
 }
 
-/// A request template name: lower case letters first, then letters, digits, `_`, `.`, `-`,
-/// and an optional `:type`.
+/// A request template name: a lower-case letter first, then letters, digits, `_`, `.`, `-`,
+/// `[`, `]`, `*` (JSON member names and array steps), and an optional `:type`.
 fn is_template(name: &str) -> bool {
     let base = name.split_once(':').map_or(name, |(b, _)| b);
     base.starts_with(|c: char| c.is_ascii_lowercase())
         && base
             .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-'))
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '[' | ']' | '*'))
 }
 
 fn located(line: usize, msg: &str) -> Issue {
@@ -143,13 +144,13 @@ mod tests {
     #[test]
     fn templates_are_left_for_plugins_and_mixed_case_is_refused() {
         let out = expand(
-            "a: \"${path.id}-${request_id}\"\nb: ${query.n:number}\n",
+            "a: \"${path.id}-${request_id}\"\nb: ${query.n:number}\nc: ${calls.o.body.items[*].productId:csv}\n",
             env,
         )
         .unwrap();
         assert_eq!(
             out,
-            "a: \"${path.id}-${request_id}\"\nb: ${query.n:number}\n"
+            "a: \"${path.id}-${request_id}\"\nb: ${query.n:number}\nc: ${calls.o.body.items[*].productId:csv}\n"
         );
         for bad in ["a: ${Host}\n", "a: ${path:-x}\n", "a: ${a b}\n"] {
             let err = expand(bad, env).unwrap_err();

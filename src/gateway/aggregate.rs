@@ -228,7 +228,10 @@ impl Run<'_> {
                     if states[i] != State::Waiting {
                         continue;
                     }
-                    if c.deps.iter().any(|d| matches!(states[*d], State::Failed(_))) {
+                    if c.deps
+                        .iter()
+                        .any(|d| matches!(states[*d], State::Failed(_)))
+                    {
                         states[i] = State::Failed(Failure::Dependency);
                         changed = true;
                         continue;
@@ -327,7 +330,9 @@ impl Run<'_> {
                     http::header::CONTENT_TYPE,
                     HeaderValue::from_static("application/json"),
                 ));
-                Some(Bytes::from(b.render(&scope).map_err(unresolved)?.to_string()))
+                Some(Bytes::from(
+                    b.render(&scope).map_err(unresolved)?.to_string(),
+                ))
             }
             None => None,
         };

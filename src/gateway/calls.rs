@@ -208,10 +208,10 @@ pub(super) async fn run(
         }),
         // An answer of the upstream (or a stale one the cache served after an error).
         (Some(h), Some(_)) if h.status.as_u16() < 500 => Ok(Answered {
-                header: h,
-                body: body.freeze(),
-                report,
-            }),
+            header: h,
+            body: body.freeze(),
+            report,
+        }),
         (_, Some(f)) => Err(f),
         (None, None) => Err(Failure::Upstream),
     }
@@ -366,9 +366,7 @@ impl GetTimingDigest for MemIo {
 }
 
 impl GetProxyDigest for MemIo {
-    fn get_proxy_digest(
-        &self,
-    ) -> Option<Arc<pingora::protocols::raw_connect::ProxyDigest>> {
+    fn get_proxy_digest(&self) -> Option<Arc<pingora::protocols::raw_connect::ProxyDigest>> {
         None
     }
 }
@@ -393,7 +391,10 @@ mod tests {
 
     #[test]
     fn hex_round_trip() {
-        assert_eq!(unhex(&hex("order-view.user".as_bytes())).unwrap(), "order-view.user");
+        assert_eq!(
+            unhex(&hex("order-view.user".as_bytes())).unwrap(),
+            "order-view.user"
+        );
         assert!(unhex("zz").is_none());
         assert!(unhex("abc").is_none());
     }

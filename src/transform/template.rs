@@ -6,8 +6,8 @@
 //!
 //! The rule that keeps templates apart from environment references (`config::env`): names of
 //! environment variables are upper case (`${JWT_SECRET}`), expanded when the file is loaded;
-//! template names are lower case (`${path.id}`), evaluated per request. Anything else in `${}`
-//! is a configuration error.
+//! template names start with a lower-case letter (`${path.id}`, `${claim.userId}`), evaluated
+//! per request. Anything else in `${}` is a configuration error.
 
 use crate::context::RequestCtx;
 use http::HeaderName;
@@ -153,7 +153,7 @@ fn kind_of(k: &str) -> Result<Kind, String> {
 
 fn source_of(name: &str) -> Result<Source, String> {
     let known = "path.NAME, query.NAME, header.NAME, consumer, consumer.groups, claim.NAME, request_id, route, time.unix";
-    let upper = name.chars().any(|c| c.is_ascii_uppercase());
+    let upper = name.starts_with(|c: char| !c.is_ascii_lowercase());
     if upper {
         return Err(format!(
             "\"${{{name}}}\" is neither a template (lower case: {known}) nor an environment reference (upper case letters, digits and _ only)"

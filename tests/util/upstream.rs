@@ -353,8 +353,7 @@ impl FnServer {
                 let Ok((sock, _)) = listener.accept().await else {
                     continue;
                 };
-                let (f, h, tl, mut killed) =
-                    (f.clone(), h.clone(), tl.clone(), killed.clone());
+                let (f, h, tl, mut killed) = (f.clone(), h.clone(), tl.clone(), killed.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let (f, h, tl) = (f.clone(), h.clone(), tl.clone());
@@ -383,7 +382,8 @@ impl FnServer {
                                 }
                                 b = b.header(k, v);
                             }
-                            tl.lock().push((seen.uri.clone(), start, std::time::Instant::now()));
+                            tl.lock()
+                                .push((seen.uri.clone(), start, std::time::Instant::now()));
                             Ok::<_, Infallible>(b.body(Full::new(Bytes::from(body))).unwrap())
                         }
                     });
