@@ -482,8 +482,8 @@ fn compile_route(
         }
         _ => None,
     };
-    if let (Some(Target::Aggregate(_)), Some(j)) = (
-        &target,
+    if let (Some(_), Some(j)) = (
+        &r.aggregate,
         plugins.iter().position(|p| p.cache_policy().is_some()),
     ) {
         issues.push(
