@@ -1,6 +1,8 @@
 //! The demo upstream used by `make run`: answers every request with JSON describing it,
 //! `GET /healthz` with 200, `GET /products` with a JSON collection of 40 products and
-//! `GET /products.xml` with the same catalog as XML (for the shaping and conversion demos).
+//! `GET /products.xml` with the same catalog as XML (for the shaping and conversion demos),
+//! `GET /products?ids=1,3` with those products only, and the JSON fixtures of the composite
+//! demo: `/fixtures/orders/{id}`, `/fixtures/users/{id}`, `/fixtures/loyalty/{id}`.
 //!
 //! ```sh
 //! cargo run --example echo -- 127.0.0.1:9001 users-a
@@ -16,9 +18,19 @@ use hyper_util::server::conn::auto;
 use std::convert::Infallible;
 
 async fn handle(req: Request<Incoming>, name: String) -> Result<Response<Full<Bytes>>, Infallible> {
+    if let Some(doc) = fixture(req.uri().path()) {
+        return Ok(typed("application/json", doc.to_string()));
+    }
     match req.uri().path() {
         "/healthz" => return Ok(Response::new(Full::new(Bytes::from_static(b"ok\n")))),
-        "/products" => return Ok(typed("application/json", products_json())),
+        "/products" => {
+            let ids = req.uri().query().and_then(|q| {
+                q.split('&')
+                    .find_map(|p| p.strip_prefix("ids="))
+                    .map(|v| v.split(',').filter_map(|i| i.parse().ok()).collect())
+            });
+            return Ok(typed("application/json", products_json(ids)));
+        }
         "/products.xml" => return Ok(typed("application/xml", products_xml())),
         _ => {}
     }
@@ -54,8 +66,29 @@ fn typed(content_type: &'static str, body: String) -> Response<Full<Bytes>> {
 
 const COLORS: [&str; 4] = ["red", "green", "blue", "black"];
 
-fn products_json() -> String {
+/// The JSON documents of the composite demo (`/orders/{id}/view` in conf/postern.yaml).
+fn fixture(path: &str) -> Option<serde_json::Value> {
+    let rest = path.strip_prefix("/fixtures/")?;
+    let (kind, id) = rest.split_once('/')?;
+    let id: u32 = id.parse().ok()?;
+    Some(match kind {
+        "orders" => serde_json::json!({
+            "id": id, "user_id": 100 + id % 3, "status": "shipped",
+            "items": [ { "product_id": id % 40 + 1, "qty": 2 }, { "product_id": (id + 7) % 40 + 1, "qty": 1 } ],
+            "internal_notes": "fragile",
+        }),
+        "users" => serde_json::json!({
+            "id": id, "name": format!("Customer {id}"), "email": format!("customer{id}@example.com"),
+            "password_hash": "$argon2id$v=19$not-for-clients",
+        }),
+        "loyalty" => serde_json::json!({ "user_id": id, "points": id * 37 % 1000, "tier": "silver" }),
+        _ => return None,
+    })
+}
+
+fn products_json(ids: Option<Vec<u32>>) -> String {
     let items: Vec<serde_json::Value> = (1..=40u32)
+        .filter(|i| ids.as_ref().is_none_or(|ids| ids.contains(i)))
         .map(|i| {
             serde_json::json!({
                 "id": i,
