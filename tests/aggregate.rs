@@ -463,3 +463,68 @@ async fn a_composite_behind_jwt_and_a_rate_limit() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 429);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_call_is_served_stale_while_it_revalidates_and_when_its_upstream_fails() {
+    use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering::SeqCst};
+    use std::sync::Arc;
+    let (n, fail) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicU16::new(0)));
+    let (n2, fail2) = (n.clone(), fail.clone());
+    let svc = FnServer::start(move |_| {
+        let status = fail2.load(SeqCst);
+        if status != 0 {
+            return (status, vec![], "{}".into());
+        }
+        let i = n2.fetch_add(1, SeqCst) + 1;
+        (
+            200,
+            vec![
+                ("content-type", "application/json".into()),
+                ("cache-control", "max-age=1, stale-while-revalidate=60, stale-if-error=60".into()),
+            ],
+            json!({ "n": i }).to_string(),
+        )
+    })
+    .await;
+    let gw = Gateway::start(&format!(
+        "cache: {{ memory: 16MiB }}\n{}",
+        config(
+            &svc,
+            "  - name: s\n    match: { path: /s }\n    aggregate:\n      calls:\n        v: { upstream: svc, path: /v, cache: {} }\n",
+        )
+    ));
+    let (_, _, v) = get(&gw, "/s").await;
+    assert_eq!(v["n"], 1);
+    // Fresh for 1 s; then the first composite gets the stale answer at once and the entry is
+    // refreshed in the background (found again through the call's marker).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while n.load(SeqCst) < 2 {
+        let (s, _, v) = get(&gw, "/s").await;
+        assert_eq!((s, v["n"].as_u64()), (200, Some(1)));
+        assert!(std::time::Instant::now() < deadline, "never revalidated");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    gw.wait_metric(r#"postern_cache_requests_total{result="stale",route="s.v"}"#, 1.0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, _, v) = get(&gw, "/s").await;
+        if v["n"] == 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the refreshed answer never came: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(n.load(SeqCst), 2, "the refreshed entry was stored under the call's key");
+    // The upstream fails: once the entry expired, the stale answer stands in (stale-if-error).
+    fail.store(503, SeqCst);
+    let hits = svc.hits();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while svc.hits() == hits {
+        let (s, h, v) = get(&gw, "/s").await;
+        assert_eq!((s, complete(&h), v["n"].as_u64()), (200, "?1", Some(2)));
+        assert!(std::time::Instant::now() < deadline, "the entry never expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (s, h, v) = get(&gw, "/s").await;
+    assert_eq!((s, complete(&h), v["n"].as_u64()), (200, "?1", Some(2)));
+}
