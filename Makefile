@@ -63,7 +63,7 @@ lint:
 	$(CARGO) clippy --all-targets -- -D warnings
 
 bench: deps
-	$(CARGO) bench --bench routing --bench ratelimit --bench jwt --bench cache --bench transform
+	$(CARGO) bench --bench routing --bench ratelimit --bench jwt --bench cache --bench transform --bench aggregate
 
 load-test: deps
 	$(call ensure_pkgs,$(LOAD_PKGS))

@@ -81,7 +81,9 @@ fn fixture(path: &str) -> Option<serde_json::Value> {
             "id": id, "name": format!("Customer {id}"), "email": format!("customer{id}@example.com"),
             "password_hash": "$argon2id$v=19$not-for-clients",
         }),
-        "loyalty" => serde_json::json!({ "user_id": id, "points": id * 37 % 1000, "tier": "silver" }),
+        "loyalty" => {
+            serde_json::json!({ "user_id": id, "points": id * 37 % 1000, "tier": "silver" })
+        }
         _ => return None,
     })
 }

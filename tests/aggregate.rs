@@ -480,7 +480,10 @@ async fn a_cached_call_is_served_stale_while_it_revalidates_and_when_its_upstrea
             200,
             vec![
                 ("content-type", "application/json".into()),
-                ("cache-control", "max-age=1, stale-while-revalidate=60, stale-if-error=60".into()),
+                (
+                    "cache-control",
+                    "max-age=1, stale-while-revalidate=60, stale-if-error=60".into(),
+                ),
             ],
             json!({ "n": i }).to_string(),
         )
@@ -504,17 +507,27 @@ async fn a_cached_call_is_served_stale_while_it_revalidates_and_when_its_upstrea
         assert!(std::time::Instant::now() < deadline, "never revalidated");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    gw.wait_metric(r#"postern_cache_requests_total{result="stale",route="s.v"}"#, 1.0);
+    gw.wait_metric(
+        r#"postern_cache_requests_total{result="stale",route="s.v"}"#,
+        1.0,
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let (_, _, v) = get(&gw, "/s").await;
         if v["n"] == 2 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "the refreshed answer never came: {v}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the refreshed answer never came: {v}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(n.load(SeqCst), 2, "the refreshed entry was stored under the call's key");
+    assert_eq!(
+        n.load(SeqCst),
+        2,
+        "the refreshed entry was stored under the call's key"
+    );
     // The upstream fails: once the entry expired, the stale answer stands in (stale-if-error).
     fail.store(503, SeqCst);
     let hits = svc.hits();
@@ -522,7 +535,10 @@ async fn a_cached_call_is_served_stale_while_it_revalidates_and_when_its_upstrea
     while svc.hits() == hits {
         let (s, h, v) = get(&gw, "/s").await;
         assert_eq!((s, complete(&h), v["n"].as_u64()), (200, "?1", Some(2)));
-        assert!(std::time::Instant::now() < deadline, "the entry never expired");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the entry never expired"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (s, h, v) = get(&gw, "/s").await;
