@@ -544,3 +544,67 @@ async fn a_cached_call_is_served_stale_while_it_revalidates_and_when_its_upstrea
     let (s, h, v) = get(&gw, "/s").await;
     assert_eq!((s, complete(&h), v["n"].as_u64()), (200, "?1", Some(2)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_call_is_a_client_span_of_the_composite() {
+    let received: std::sync::Arc<parking_lot::Mutex<Vec<String>>> = Default::default();
+    let collector = FnServer::start({
+        let r = received.clone();
+        move |s| {
+            r.lock().push(s.body.clone());
+            (200, vec![], "{}".into())
+        }
+    })
+    .await;
+    let svc = services().await;
+    let gw = Gateway::start(&format!(
+        "observability:\n  tracing:\n    otlp: {{ endpoint: \"http://{}/v1/traces\", sample_ratio: 1.0 }}\n{}",
+        collector.addr,
+        config(
+            &svc,
+            "  - name: traced\n    match: { path: /traced }\n    aggregate:\n      calls:\n        a: { upstream: svc, path: /echo, group: a }\n        b: { upstream: svc, path: /echo, group: b }\n",
+        )
+    ));
+    let (s, _, v) = get(&gw, "/traced").await;
+    assert_eq!(s, 200);
+    let sent: Vec<String> = ["a", "b"]
+        .iter()
+        .map(|c| {
+            let tp = v[c]["headers"]["traceparent"].as_str().unwrap();
+            tp.split('-').nth(2).unwrap().to_string()
+        })
+        .collect();
+    assert_ne!(sent[0], sent[1], "one span per call");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let spans: Vec<Value> = loop {
+        let all: Vec<Value> = received
+            .lock()
+            .iter()
+            .flat_map(|b| {
+                let v: Value = serde_json::from_str(b).unwrap();
+                v["resourceSpans"][0]["scopeSpans"][0]["spans"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect();
+        if all.len() >= 3 || std::time::Instant::now() > deadline {
+            break all;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        spans.len(),
+        3,
+        "a server span and a client span per call: {spans:?}"
+    );
+    let server = spans.iter().find(|s| s["kind"] == 2).unwrap();
+    for id in &sent {
+        let c = spans.iter().find(|s| s["spanId"] == id.as_str()).unwrap();
+        assert_eq!(
+            (c["kind"].as_u64(), &c["parentSpanId"]),
+            (Some(3), &server["spanId"])
+        );
+        assert_eq!(c["name"], "call svc");
+    }
+}

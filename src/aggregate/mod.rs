@@ -60,6 +60,8 @@ pub struct CallSpec {
     pub group: Option<String>,
     pub max_body: usize,
     pub cached: bool,
+    /// Another call's templates read this call's answer (it is then also kept as a value).
+    pub referenced: bool,
     pub metrics: crate::observability::metrics::CallMetrics,
 }
 
@@ -178,6 +180,10 @@ pub fn compile(a: &schema::Aggregate, env: &Env, issues: &mut Vec<Issue>) -> Opt
             .hint("a call may only read calls that do not read it back"),
         );
         return None;
+    }
+    let read: Vec<usize> = calls.iter().flat_map(|c| c.deps.clone()).collect();
+    for i in read {
+        calls[i].referenced = true;
     }
     template_headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
     template_headers.dedup();
@@ -405,6 +411,7 @@ fn compile_call(
         },
         group: c.group.clone(),
         max_body: max_body as usize,
+        referenced: false,
         metrics: crate::observability::metrics::CallMetrics::new(env.route, name),
     })
 }

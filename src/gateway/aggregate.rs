@@ -9,9 +9,11 @@
 
 use super::calls::{self, CallRequest, Failure};
 use super::ctx::Ctx;
+use crate::aggregate::merge::{self, Shaped};
 use crate::aggregate::template::{Answer, Scope};
-use crate::aggregate::{merge, CallSpec, Composite};
+use crate::aggregate::{CallSpec, Composite};
 use crate::error::{CallError, GatewayError};
+use crate::transform::lazy::Node;
 use crate::transform::template::Inputs;
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -58,7 +60,8 @@ pub(super) async fn serve(session: &mut Session, ctx: &mut Ctx) -> pingora::Resu
         inputs,
         client_body,
     };
-    let (states, answers) = run.calls(spawner, &ctx.req).await;
+    let (states, shaped, spans) = run.calls(spawner, &ctx.req).await;
+    ctx.timing.call_spans = spans;
     let complete = states.iter().all(|s| *s == State::Done);
     let errors: Vec<CallError> = comp
         .calls
@@ -89,7 +92,7 @@ pub(super) async fn serve(session: &mut Session, ctx: &mut Ctx) -> pingora::Resu
             .any(|(c, s)| !c.optional && *s == State::Failed(Failure::Deadline));
         return Err(ctx.fail(GatewayError::Composite { timed_out, errors }));
     }
-    let body = merged(&comp, &states, answers, &errors);
+    let body = merged(&comp, &states, shaped, &errors);
     respond(session, ctx, body, complete).await.map(|()| true)
 }
 
@@ -97,32 +100,28 @@ pub(super) async fn serve(session: &mut Session, ctx: &mut Ctx) -> pingora::Resu
 fn merged(
     comp: &Composite,
     states: &[State],
-    answers: Vec<Option<Answer>>,
+    shaped: Vec<Option<Shaped>>,
     errors: &[CallError],
 ) -> Bytes {
-    let parts = comp
+    let parts: Vec<Shaped> = comp
         .calls
         .iter()
         .zip(states)
-        .zip(answers)
-        .filter_map(|((c, s), a)| {
-            let value = match (s, a) {
-                (State::Done, Some(a)) => c.shape.apply(a.body),
-                (State::Failed(_), _) => c.fallback.clone()?,
-                _ => return None,
-            };
-            Some(merge::Part {
-                name: &c.name,
-                group: c.group.as_deref(),
-                value,
-            })
+        .zip(shaped)
+        .filter_map(|((c, s), a)| match (s, a) {
+            (State::Done, Some(a)) => Some(a),
+            (State::Failed(_), _) => c
+                .fallback
+                .as_ref()
+                .map(|f| Shaped::of_value(f, &c.name, c.group.as_deref())),
+            _ => None,
         })
         .collect();
-    let mut doc = merge::merge(parts);
-    if comp.include_errors && !errors.is_empty() {
-        doc.insert("_errors".into(), serde_json::json!(errors));
-    }
-    Bytes::from(Value::Object(doc).to_string())
+    let errors = (comp.include_errors && !errors.is_empty()).then(|| serde_json::json!(errors));
+    Bytes::from(merge::merge(
+        &parts,
+        errors.as_ref().map(|e| ("_errors", e)),
+    ))
 }
 
 async fn respond(
@@ -213,8 +212,10 @@ impl Run<'_> {
         &self,
         spawner: &pingora::proxy::SubrequestSpawner,
         req: &crate::context::RequestCtx,
-    ) -> (Vec<State>, Vec<Option<Answer>>) {
+    ) -> (Vec<State>, Vec<Option<Shaped>>, Vec<CallSpan>) {
         let calls = &self.comp.calls;
+        let mut spans = Vec::new();
+        let mut shaped: Vec<Option<Shaped>> = vec![None; calls.len()];
         let mut states = vec![State::Waiting; calls.len()];
         let mut answers: Vec<Option<Answer>> = vec![None; calls.len()];
         let deadline = tokio::time::Instant::now() + self.comp.deadline;
@@ -253,12 +254,14 @@ impl Run<'_> {
                 break;
             }
             tokio::select! {
-                Some((i, result, secs)) = running.next() => {
+                Some((i, result, secs, tries)) = running.next() => {
                     let c = &calls[i];
+                    spans.extend(tries);
                     match result {
-                        Ok(a) => {
+                        Ok((a, s)) => {
                             c.metrics.observe(None, secs);
                             answers[i] = Some(a);
+                            shaped[i] = Some(s);
                             states[i] = State::Done;
                         }
                         Err(f) => {
@@ -284,7 +287,7 @@ impl Run<'_> {
                 *s = State::Failed(Failure::Cancelled);
             }
         }
-        (states, answers)
+        (states, shaped, spans)
     }
 
     fn required_failed(&self, states: &[State]) -> bool {
@@ -345,6 +348,9 @@ impl Run<'_> {
     }
 }
 
+/// A CLIENT span of a call's try: its upstream and the status the call ended with.
+type CallSpan = (std::sync::Arc<str>, u16, super::ctx::ClientSpan);
+
 /// One call, bounded by its timeout, its answer checked against the contract.
 async fn one(
     spawner: &pingora::proxy::SubrequestSpawner,
@@ -352,7 +358,7 @@ async fn one(
     call: CallRequest,
     req: crate::context::RequestCtx,
     i: usize,
-) -> (usize, Result<Answer, Failure>, f64) {
+) -> (usize, Result<(Answer, Shaped), Failure>, f64, Vec<CallSpan>) {
     let started = Instant::now();
     let run = calls::run(spawner, call, req, c.route.clone(), c.max_body);
     let result = match c.timeout {
@@ -361,27 +367,49 @@ async fn one(
             .unwrap_or(Err(Failure::Timeout)),
         None => run.await,
     };
-    let result = result.and_then(|a| {
-        if let (Some(status), Some(r)) = (
-            a.report.as_ref().and_then(|r| r.cache_status),
-            Some(&c.route),
-        ) {
-            r.cache_metrics.observe(status);
-        }
+    let mut spans = Vec::new();
+    let result = result.and_then(|mut a| {
         let status = a.header.status.as_u16();
+        if let Some(r) = a.report.as_mut() {
+            if let Some(cache) = r.cache_status {
+                c.route.cache_metrics.observe(cache);
+            }
+            let upstream = c
+                .route
+                .upstream()
+                .map(|g| g.name.clone())
+                .unwrap_or_default();
+            spans.extend(r.spans.drain(..).map(|s| (upstream.clone(), status, s)));
+        }
         if !c.expects(status) {
             return Err(Failure::Status(status));
         }
-        let body = if a.body.is_empty() {
-            Value::Null
+        let text = std::str::from_utf8(&a.body).map_err(|_| Failure::InvalidJson)?;
+        let node = if text.trim().is_empty() {
+            Node::Val(Value::Null)
         } else {
-            serde_json::from_slice(&a.body).map_err(|_| Failure::InvalidJson)?
+            Node::parse(text).map_err(|_| Failure::InvalidJson)?
         };
-        Ok(Answer {
-            status,
-            headers: a.header.headers.clone(),
-            body,
-        })
+        // Later templates read values of this answer: keep it whole as well.
+        let body = if c.referenced {
+            node.to_value()
+        } else {
+            Value::Null
+        };
+        let shaped = Shaped::of(c.shape.apply(node), &c.name, c.group.as_deref());
+        let headers = if c.referenced {
+            a.header.headers.clone()
+        } else {
+            http::HeaderMap::new()
+        };
+        Ok((
+            Answer {
+                status,
+                headers,
+                body,
+            },
+            shaped,
+        ))
     });
-    (i, result, started.elapsed().as_secs_f64())
+    (i, result, started.elapsed().as_secs_f64(), spans)
 }

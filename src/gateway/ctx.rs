@@ -83,6 +83,8 @@ pub(super) struct Timing {
     /// Start of the request on the Unix clock (for exported spans).
     pub started_unix: u64,
     pub client_spans: Vec<ClientSpan>,
+    /// A composite's calls: the upstream and status of each CLIENT span.
+    pub call_spans: Vec<(Arc<str>, u16, ClientSpan)>,
 }
 
 #[derive(Default)]

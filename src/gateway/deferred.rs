@@ -38,6 +38,8 @@ pub(super) struct Report {
     pub transform: Option<&'static str>,
     /// Why the subrequest failed, as a composite's call reports it.
     pub call_failure: Option<super::calls::Failure>,
+    /// The CLIENT spans of its tries (sampled traces with span export).
+    pub spans: Vec<super::ctx::ClientSpan>,
 }
 
 pub(super) type Slot = Arc<Mutex<Option<Report>>>;
@@ -97,6 +99,7 @@ pub(super) fn report(ctx: &mut Ctx, slot: &Slot, e: Option<&pingora::Error>) {
     };
     *slot.lock() = Some(Report {
         call_failure,
+        spans: std::mem::take(&mut ctx.timing.client_spans),
         target: ctx.attempt.target.clone(),
         tries: ctx.attempt.tries,
         tried: std::mem::take(&mut ctx.attempt.tried),

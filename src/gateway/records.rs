@@ -128,6 +128,27 @@ fn export_spans(
             error: !last || status >= 500,
         });
     }
+    for (upstream, call_status, (id, target, start, stop)) in &ctx.timing.call_spans {
+        let mut attributes = vec![
+            ("postern.upstream", json!(&**upstream)),
+            ("http.response.status_code", json!(call_status)),
+        ];
+        if let Some(t) = target {
+            attributes.push(("server.address", json!(t.ip().to_string())));
+            attributes.push(("server.port", json!(t.port())));
+        }
+        exporter.send(Span {
+            trace_id: trace.trace_id,
+            span_id: *id,
+            parent: Some(trace.span_id),
+            name: format!("call {upstream}"),
+            kind: 3,
+            start_unix_nanos: *start,
+            end_unix_nanos: stop.unwrap_or(end),
+            attributes,
+            error: *call_status >= 500,
+        });
+    }
 }
 
 /// One access-log line. Headers are never logged; sensitive query parameters are redacted.

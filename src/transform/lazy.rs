@@ -234,7 +234,7 @@ impl<'a> Node<'a> {
     }
 
     /// Splits an untouched object or array into its members.
-    fn expand(&mut self) {
+    pub(crate) fn expand(&mut self) {
         let Node::Raw(raw) = self else { return };
         let text: &'a str = raw.get();
         match text.as_bytes().first() {
@@ -432,7 +432,7 @@ impl<'a> Node<'a> {
         out
     }
 
-    fn take(&mut self, last: &Seg) -> Option<Node<'a>> {
+    pub(crate) fn take(&mut self, last: &Seg) -> Option<Node<'a>> {
         if let Node::Val(v) = self {
             return super::path::take(v, last).map(Node::Val);
         }
@@ -631,7 +631,7 @@ fn is_separator(gap: &[u8]) -> bool {
 
 /// A member name as a JSON string: copied when it needs no escape (names read from the
 /// document, most configured ones), escaped by serde_json otherwise.
-fn write_key(out: &mut Vec<u8>, k: &str) {
+pub(crate) fn write_key(out: &mut Vec<u8>, k: &str) {
     if k.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
         out.push(b'"');
         out.extend_from_slice(k.as_bytes());
