@@ -49,10 +49,14 @@ impl Admin {
                         })
                     })
                     .collect();
-                (
-                    name.clone(),
-                    json!({ "balance": g.balance, "targets": targets }),
-                )
+                let mut v = json!({ "balance": g.balance, "targets": targets });
+                if let Some(b) = &g.breaker {
+                    v["circuit"] = json!({
+                        "state": b.state().name(),
+                        "retry_after_ms": b.retry_after_ms(now),
+                    });
+                }
+                (name.clone(), v)
             })
             .collect();
         json!({ "upstreams": ups })

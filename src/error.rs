@@ -46,6 +46,12 @@ pub enum GatewayError {
         timed_out: bool,
         errors: Vec<CallError>,
     },
+    /// The upstream's circuit breaker is open: no connection was attempted. `retry_after`
+    /// (seconds) goes to the `Retry-After` field.
+    CircuitOpen { retry_after: u64 },
+    /// The upstream answered with this 5xx status and the route's `fallback` covers it (only
+    /// raised then; without a fallback an upstream's answer is passed through).
+    UpstreamStatus(u16),
     /// A bug or an unexpected internal state; the detail goes to the error log only.
     Internal,
 }
@@ -80,6 +86,8 @@ impl GatewayError {
                 timed_out: true, ..
             } => 504,
             GatewayError::Composite { .. } => 502,
+            GatewayError::CircuitOpen { .. } => 503,
+            GatewayError::UpstreamStatus(_) => 502,
             GatewayError::Internal => 500,
         }
     }
@@ -105,6 +113,8 @@ impl GatewayError {
                 timed_out: true, ..
             } => "composite-deadline",
             GatewayError::Composite { .. } => "composite-failed",
+            GatewayError::CircuitOpen { .. } => "circuit-open",
+            GatewayError::UpstreamStatus(_) => "bad-gateway",
             GatewayError::Internal => "internal-error",
         }
     }
@@ -129,6 +139,8 @@ impl GatewayError {
                 timed_out: true, ..
             } => "Gateway Timeout",
             GatewayError::Composite { .. } => "Bad Gateway",
+            GatewayError::CircuitOpen { .. } => "Service Unavailable",
+            GatewayError::UpstreamStatus(_) => "Bad Gateway",
             GatewayError::Internal => "Internal Server Error",
         }
     }
@@ -152,6 +164,10 @@ impl GatewayError {
                 timed_out: true, ..
             } => "The deadline passed before the required calls of this composite answered.",
             GatewayError::Composite { .. } => "A required call of this composite failed.",
+            GatewayError::CircuitOpen { .. } => {
+                "The upstream service is failing; requests to it are paused."
+            }
+            GatewayError::UpstreamStatus(_) => "The upstream service failed to answer correctly.",
             GatewayError::Internal => "The gateway failed to process the request.",
         }
     }
@@ -160,8 +176,11 @@ impl GatewayError {
     /// back into a [`GatewayError`] with [`classify`].
     pub fn into_pingora(self) -> Box<Error> {
         let source = match self {
-            GatewayError::BadGateway | GatewayError::UpstreamTimeout => ErrorSource::Upstream,
+            GatewayError::BadGateway
+            | GatewayError::UpstreamTimeout
+            | GatewayError::UpstreamStatus(_) => ErrorSource::Upstream,
             GatewayError::Internal
+            | GatewayError::CircuitOpen { .. }
             | GatewayError::NoHealthyTarget
             | GatewayError::Unavailable(_) => ErrorSource::Internal,
             _ => ErrorSource::Downstream,
@@ -190,18 +209,30 @@ impl GatewayError {
     /// The error as a plugin reply (the gateway adds `Content-Length` and `X-Request-Id`), so
     /// that the route's response hooks still run on it.
     pub fn reply(&self, request_id: &str) -> crate::reply::Reply {
-        use http::header::{CACHE_CONTROL, CONTENT_TYPE};
+        use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
         use http::HeaderValue;
+        let mut headers = vec![
+            (
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/problem+json"),
+            ),
+            (CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ];
+        if let Some(secs) = self.retry_after() {
+            headers.push((RETRY_AFTER, HeaderValue::from(secs)));
+        }
         crate::reply::Reply {
             status: self.status(),
-            headers: vec![
-                (
-                    CONTENT_TYPE,
-                    HeaderValue::from_static("application/problem+json"),
-                ),
-                (CACHE_CONTROL, HeaderValue::from_static("no-store")),
-            ],
+            headers,
             body: self.body(request_id),
+        }
+    }
+
+    /// Seconds for a `Retry-After` field, for errors that know when to come back.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            GatewayError::CircuitOpen { retry_after } => Some(*retry_after),
+            _ => None,
         }
     }
 
@@ -211,6 +242,9 @@ impl GatewayError {
         let mut h = problem_header(self.status(), body.len())?;
         if !request_id.is_empty() {
             let _ = h.insert_header("x-request-id", request_id);
+        }
+        if let Some(secs) = self.retry_after() {
+            let _ = h.insert_header("retry-after", secs.to_string());
         }
         if matches!(
             self,

@@ -53,6 +53,8 @@ pub struct Route {
     pub cache_metrics: crate::observability::metrics::CacheMetrics,
     /// Response compression (the route's `compression` plugin, else `server.compression`).
     pub compression: Option<Arc<CompressionPolicy>>,
+    /// The static answer in place of an upstream failure (`fallback`).
+    pub fallback: Option<Arc<crate::upstream::fallback::Fallback>>,
 }
 
 impl Route {
@@ -494,6 +496,25 @@ fn compile_route(
             .hint("move the settings to `cache:` of the calls under `aggregate.calls`"),
         );
     }
+    let fallback = match (&r.fallback, &r.aggregate) {
+        (Some(_), Some(_)) => {
+            issues.push(
+                Issue::new(
+                    format!("{path}.fallback"),
+                    "a composite has no route fallback; its calls have their own",
+                )
+                .hint("set `optional: true` and `fallback: { body: ... }` on the calls"),
+            );
+            None
+        }
+        (Some(f), None) => {
+            crate::upstream::fallback::Fallback::compile(&format!("{path}.fallback"), f)
+                .map_err(|mut e| issues.append(&mut e))
+                .ok()
+                .map(Arc::new)
+        }
+        (None, _) => None,
+    };
     let target = target?;
     if issues.len() > before {
         return None;
@@ -515,6 +536,7 @@ fn compile_route(
         target,
         cache,
         chain,
+        fallback,
         param_names,
         strip_prefix: r.rewrite.strip_prefix.clone(),
         rewrite_path,

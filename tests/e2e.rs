@@ -33,6 +33,8 @@ mod protocols;
 mod ratelimit;
 #[path = "reload.rs"]
 mod reload;
+#[path = "resilience.rs"]
+mod resilience;
 #[path = "routing.rs"]
 mod routing;
 #[path = "transform.rs"]

@@ -381,6 +381,7 @@ fn compile_call(
         target: Target::Upstream(group),
         cache,
         compression: None,
+        fallback: None,
         chain,
         param_names: Vec::new(),
         strip_prefix: None,

@@ -140,3 +140,28 @@ pub fn otlp_timeout() -> Dur {
 pub fn service_name() -> String {
     "postern".into()
 }
+
+pub fn cb_failure_ratio() -> f64 {
+    0.5
+}
+pub fn cb_min_requests() -> u32 {
+    20
+}
+pub fn cb_window() -> Dur {
+    Dur::secs(10)
+}
+pub fn cb_consecutive() -> u32 {
+    5
+}
+pub fn cb_open_for() -> Dur {
+    Dur::secs(10)
+}
+pub fn cb_max_open_for() -> Dur {
+    Dur::secs(300)
+}
+pub fn cb_half_open() -> u32 {
+    3
+}
+pub fn fallback_status() -> u16 {
+    200
+}

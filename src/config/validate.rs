@@ -307,6 +307,86 @@ fn check_upstream(name: &str, up: &Upstream, out: &mut Issues) {
     if up.resolve_interval.0.is_zero() {
         out.err(format!("{path}.resolve_interval"), "must be positive");
     }
+    if let Some(cb) = &up.circuit_breaker {
+        check_breaker(&format!("{path}.circuit_breaker"), cb, out);
+    }
+}
+
+fn check_breaker(path: &str, cb: &super::schema::CircuitBreaker, out: &mut Issues) {
+    let ratio_ok = |r: f64| r > 0.0 && r <= 1.0;
+    if !ratio_ok(cb.failure_ratio) {
+        out.err(
+            format!("{path}.failure_ratio"),
+            format!("must be in (0, 1], got {}", cb.failure_ratio),
+        );
+    }
+    if let Some(s) = &cb.slow_call {
+        if !ratio_ok(s.ratio) {
+            out.err(
+                format!("{path}.slow_call.ratio"),
+                format!("must be in (0, 1], got {}", s.ratio),
+            );
+        }
+        within(
+            out,
+            &format!("{path}.slow_call.threshold"),
+            s.threshold.0,
+            MS,
+            HOUR,
+        );
+    }
+    if cb.min_requests == 0 || cb.min_requests > 1_000_000 {
+        out.err(
+            format!("{path}.min_requests"),
+            "must be between 1 and 1000000",
+        );
+    }
+    if cb.half_open_requests == 0 || cb.half_open_requests > 1000 {
+        out.err(
+            format!("{path}.half_open_requests"),
+            "must be between 1 and 1000",
+        );
+    }
+    within(out, &format!("{path}.window"), cb.window.0, 100 * MS, HOUR);
+    within(
+        out,
+        &format!("{path}.open_for"),
+        cb.open_for.0,
+        10 * MS,
+        HOUR,
+    );
+    within(
+        out,
+        &format!("{path}.max_open_for"),
+        cb.max_open_for.0,
+        10 * MS,
+        24 * HOUR,
+    );
+    if cb.max_open_for < cb.open_for {
+        out.err(
+            format!("{path}.max_open_for"),
+            format!(
+                "must be at least open_for ({} < {})",
+                cb.max_open_for, cb.open_for
+            ),
+        );
+    }
+    if cb.on.is_empty() {
+        out.err(
+            format!("{path}.on"),
+            "at least one failure kind is required",
+        );
+    }
+    for (i, on) in cb.on.iter().enumerate() {
+        if let super::schema::FailureOn::Status(s) = on {
+            if !(400..=599).contains(s) {
+                out.err(
+                    format!("{path}.on[{i}]"),
+                    format!("only 4xx and 5xx statuses can count as failures, got {s}"),
+                );
+            }
+        }
+    }
 }
 
 fn check_statuses(path: &str, statuses: &[u16], out: &mut Issues) {

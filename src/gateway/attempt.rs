@@ -4,7 +4,11 @@
 
 use super::ctx::Ctx;
 use super::{forward, Gateway};
+use crate::error::GatewayError;
+use crate::upstream::breaker::Outcome;
 use crate::upstream::retry::is_stale_pooled;
+use crate::upstream::target::now_ms;
+use crate::upstream::UpstreamGroup;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
@@ -21,6 +25,19 @@ pub(super) async fn peer(session: &mut Session, ctx: &mut Ctx) -> pingora::Resul
     if ctx.attempt.tries > 0 && !fresh && !group.retry.backoff.is_zero() {
         tokio::time::sleep(group.retry.backoff).await;
     }
+    if let Some(b) = &group.breaker {
+        match b.admit(now_ms()) {
+            Ok(p) => {
+                ctx.attempt.permit = Some(p);
+                ctx.attempt.sent = Some(Instant::now());
+            }
+            Err(r) => {
+                let retry_after = r.retry_after_ms.div_ceil(1000).max(1);
+                return Err(ctx.fail(GatewayError::CircuitOpen { retry_after }));
+            }
+        }
+    }
+    ctx.attempt.counted = false;
     let target = group
         .select(session.req_header(), ctx.req.client_ip, &ctx.attempt.tried)
         .map_err(|e| ctx.fail(e))?;
@@ -47,12 +64,36 @@ pub(super) async fn peer(session: &mut Session, ctx: &mut Ctx) -> pingora::Resul
 /// `fail_to_connect`: a health failure of the target; retried as the policy says (nothing was
 /// sent, so any method may be).
 pub(super) fn connect_failed(ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
-    let group = ctx.route.as_ref().and_then(|r| r.upstream());
+    let group = ctx.route.as_ref().and_then(|r| r.upstream()).cloned();
     if let (Some(group), Some(t)) = (group, &ctx.attempt.target) {
         group.record_outcome(t, false);
+        let timed_out = matches!(
+            e.etype(),
+            pingora::ErrorType::ConnectTimedout | pingora::ErrorType::TLSHandshakeTimedout
+        );
+        breaker_outcome(
+            ctx,
+            &group,
+            if timed_out {
+                Outcome::Timeout
+            } else {
+                Outcome::ConnectError
+            },
+        );
         e.set_retry(group.retry.after_connect_failure(ctx.attempt.tries, &e));
     }
     e
+}
+
+/// Reports the current try's outcome to the upstream's circuit breaker (once per try).
+fn breaker_outcome(ctx: &mut Ctx, group: &UpstreamGroup, outcome: Outcome) {
+    if let (Some(b), Some(mut permit)) = (&group.breaker, ctx.attempt.permit.take()) {
+        let elapsed = ctx
+            .attempt
+            .sent
+            .map_or(0, |s| s.elapsed().as_millis() as u64);
+        b.record(&mut permit, outcome, elapsed, now_ms());
+    }
 }
 
 /// `error_while_proxy`: a closed pooled connection is tried again on a new connection without
@@ -79,9 +120,18 @@ pub(super) fn proxy_failed(
         a.fresh = true;
         policy.after_stale_connection(a.stale_tries, idempotent, replayable)
     } else {
-        if e.esource() == &pingora::ErrorSource::Upstream {
+        if e.esource() == &pingora::ErrorSource::Upstream && !a.counted {
             group.record_outcome(&t, false);
+            let outcome = match e.etype() {
+                pingora::ErrorType::ReadTimedout | pingora::ErrorType::WriteTimedout => {
+                    Outcome::Timeout
+                }
+                pingora::ErrorType::HTTPStatus(s) => Outcome::Status(*s),
+                _ => Outcome::Reset,
+            };
+            breaker_outcome(ctx, &group, outcome);
         }
+        let a = &ctx.attempt;
         policy.after_proxy_failure(a.tries, &e, idempotent, replayable)
     };
     e.set_retry(retry);
@@ -152,6 +202,9 @@ pub(super) fn upstream_response(
         return Ok(());
     }
     group.record_outcome(t, !group.is_failure_status(status));
+    let group = group.clone();
+    breaker_outcome(ctx, &group, Outcome::Status(status));
+    ctx.attempt.counted = true;
     let idempotent = session.req_header().method.is_idempotent();
     let replayable = !session.as_ref().retry_buffer_truncated();
     if group
@@ -162,6 +215,23 @@ pub(super) fn upstream_response(
         let mut e = Error::explain(
             pingora::ErrorType::HTTPStatus(status),
             "retrying on upstream status",
+        );
+        e.esource = pingora::ErrorSource::Upstream;
+        return Err(e);
+    }
+    let route = ctx.route()?;
+    if route
+        .fallback
+        .as_ref()
+        .is_some_and(|f| f.covers_status(status))
+    {
+        // Drop this answer: `fail_to_proxy` sends the fallback (or a stale cached answer is
+        // served first). The status stays the error's type, so no retry rule reads it as
+        // another status.
+        ctx.failure = Some(GatewayError::UpstreamStatus(status));
+        let mut e = Error::explain(
+            pingora::ErrorType::HTTPStatus(status),
+            "upstream status replaced by the route's fallback",
         );
         e.esource = pingora::ErrorSource::Upstream;
         return Err(e);

@@ -81,6 +81,8 @@ pub(super) enum Failure {
     Timeout,
     /// Every target of the upstream is unhealthy.
     Unavailable,
+    /// The upstream's circuit breaker is open.
+    CircuitOpen,
     /// The connection broke or the upstream answered with a malformed response.
     Upstream,
     /// A status outside `expect`.
@@ -105,6 +107,7 @@ impl Failure {
             Failure::Connect => "connect_error",
             Failure::Timeout => "timeout",
             Failure::Unavailable => "no_healthy_target",
+            Failure::CircuitOpen => "circuit_open",
             Failure::Upstream => "upstream_error",
             Failure::Status(_) => "status",
             Failure::InvalidJson => "invalid_json",

@@ -34,6 +34,8 @@ pub struct Ctx {
     /// A composite's call: the cache files its answers under the upstream's name instead of
     /// the client's Host.
     pub(super) key_host: Option<Arc<str>>,
+    /// Why the route's static fallback answered instead of the upstream (access log).
+    pub(super) fallback: Option<&'static str>,
     /// A main request answered through a subrequest: its report.
     pub(super) deferred: Option<super::deferred::Slot>,
     _counted: InFlight,
@@ -70,6 +72,13 @@ pub(super) struct Attempt {
     pub started: Option<Instant>,
     /// Time to the upstream's response header.
     pub secs: Option<f64>,
+    /// The circuit breaker's permission for the current try (upstreams with a breaker).
+    pub permit: Option<crate::upstream::breaker::Permit>,
+    /// When the current try was sent, for the breaker's slow-call rule.
+    pub sent: Option<Instant>,
+    /// The current try's outcome was already counted (a status turned into a retry or a
+    /// fallback): `error_while_proxy` must not count it again.
+    pub counted: bool,
 }
 
 /// One upstream call of a sampled trace: span id, target, start and end (Unix ns).
@@ -118,6 +127,7 @@ impl Ctx {
             sub: None,
             key_host: None,
             deferred: None,
+            fallback: None,
             _counted: InFlight::new(),
         }
     }

@@ -92,6 +92,7 @@ pub(super) fn report(ctx: &mut Ctx, slot: &Slot, e: Option<&pingora::Error>) {
     use super::calls::{failure_of, Failure};
     let call_failure = match (&ctx.failure, e) {
         (Some(GatewayError::NoHealthyTarget), _) => Some(Failure::Unavailable),
+        (Some(GatewayError::CircuitOpen { .. }), _) => Some(Failure::CircuitOpen),
         (_, Some(e)) => Some(failure_of(e)),
         (Some(GatewayError::UpstreamTimeout), None) => Some(Failure::Timeout),
         (Some(_), None) => Some(Failure::Upstream),
@@ -375,7 +376,22 @@ impl<'a> Output<'a> {
                 crate::observability::metrics::body_buffered(body.len());
                 write_whole(session, ctx, header, body, &takers).await
             }
-            State::Waiting => Err(ctx.fail(GatewayError::BadGateway)),
+            State::Waiting => {
+                // The subrequest failed: its reason, for the error or the route's fallback.
+                let failure = ctx.deferred.as_ref().and_then(|s| {
+                    let r = s.lock();
+                    let r = r.as_ref()?;
+                    r.failure.clone().or(match r.call_failure? {
+                        super::calls::Failure::Timeout => Some(GatewayError::UpstreamTimeout),
+                        super::calls::Failure::Unavailable => Some(GatewayError::NoHealthyTarget),
+                        super::calls::Failure::CircuitOpen => {
+                            Some(GatewayError::CircuitOpen { retry_after: 1 })
+                        }
+                        _ => None,
+                    })
+                });
+                Err(ctx.fail(failure.unwrap_or(GatewayError::BadGateway)))
+            }
             State::Streaming => {
                 let mut data = None;
                 super::response::compress(ctx, &mut data, true);

@@ -231,16 +231,24 @@ impl ProxyHttp for Gateway {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        if let Some(answer) = response::fallback(session, ctx, e).await {
+            return answer;
+        }
         let answer =
             crate::error::respond(session, ctx.failure.clone(), e, &ctx.req.request_id).await;
         ctx.req.status = Some(answer.error_code);
         answer
     }
 
-    /// Client errors Postern answers itself (404, 400, 413, 431) and clients that went away
-    /// are expected traffic, not gateway faults: keep them out of the error log.
+    /// Client errors Postern answers itself (404, 400, 413, 431), clients that went away and
+    /// requests refused by an open circuit breaker (its transitions are logged once each) are
+    /// expected traffic, not gateway faults: keep them out of the error log.
     fn suppress_error_log(&self, _s: &Session, ctx: &Ctx, _e: &Error) -> bool {
         ctx.req.status.is_some_and(|s| s < 500)
+            || matches!(
+                ctx.failure,
+                Some(crate::error::GatewayError::CircuitOpen { .. })
+            )
     }
 
     /// A failed try that is retried is not a failed request: retries are counted in

@@ -177,6 +177,8 @@ struct Record<'a> {
     upstream_ms: Option<f64>,
     tries: u32,
     error: Option<String>,
+    /// Why the route's static fallback answered (`circuit_open`, `timeout`...).
+    fallback: Option<&'static str>,
 }
 
 impl Entry for Record<'_> {
@@ -205,6 +207,7 @@ impl Entry for Record<'_> {
         o.opt_millis(json_key!("upstream_ms"), self.upstream_ms);
         o.uint(json_key!("tries"), u64::from(self.tries));
         o.opt_str(json_key!("error"), self.error.as_deref());
+        o.opt_str(json_key!("fallback"), self.fallback);
         o.finish();
     }
 }
@@ -257,6 +260,7 @@ fn access_record(
         upstream_ms: ctx.attempt.secs.map(ms),
         tries: ctx.attempt.tries,
         error: e.map(|e| error_name(e, ctx.failure.as_ref()).to_string()),
+        fallback: ctx.fallback,
     };
     log.write(&record);
 }
@@ -313,6 +317,7 @@ mod tests {
             upstream_ms: Some(12.0),
             tries: 2,
             error: Some("ConnectTimedout".into()),
+            fallback: None,
         };
         let (a, b) = both(&full);
         assert_eq!(a, b);
@@ -331,6 +336,7 @@ mod tests {
             duration_ms: 0.0,
             upstream_ms: None,
             error: None,
+            fallback: Some("circuit_open"),
             ..full
         };
         let (a, b) = both(&empty);

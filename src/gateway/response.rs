@@ -170,3 +170,27 @@ pub(super) async fn send_reply(
     session.write_response_body(Some(reply.body), true).await?;
     Ok(true)
 }
+
+/// `fail_to_proxy` on a route with a `fallback` that covers why its upstream failed: the
+/// static answer instead of the error (through the route's response plugins). `None`: no
+/// fallback applies, the error is answered.
+pub(super) async fn fallback(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    e: &pingora::Error,
+) -> Option<pingora::proxy::FailToProxy> {
+    use crate::upstream::fallback::Reason;
+    if ctx.sub.is_some() || session.response_written().is_some() {
+        return None;
+    }
+    let route = ctx.route.clone()?;
+    let fb = route.fallback.as_ref()?;
+    let reason = Reason::of(ctx.failure.as_ref(), e).filter(|r| fb.covers(*r))?;
+    crate::observability::metrics::fallback(&route.name, reason.name());
+    ctx.fallback = Some(reason.name());
+    let sent = send_reply(session, ctx, fb.reply()).await.is_ok();
+    Some(pingora::proxy::FailToProxy {
+        error_code: fb.status,
+        can_reuse_downstream: sent && session.is_body_empty(),
+    })
+}

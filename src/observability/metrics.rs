@@ -54,6 +54,10 @@ pub struct Families {
     body_buffered: IntCounter,
     aggregate_calls: IntCounterVec,
     aggregate_call_duration: HistogramVec,
+    circuit_state: IntGaugeVec,
+    circuit_transitions: IntCounterVec,
+    retry_results: IntCounterVec,
+    fallbacks: IntCounterVec,
 }
 
 fn families() -> Result<Families, prometheus::Error> {
@@ -155,6 +159,27 @@ fn families() -> Result<Families, prometheus::Error> {
             "Time of a composite's call, from its start to its complete answer, by route and call.",
             &["route", "call"],
             BUCKETS.to_vec()
+        )?,
+        circuit_state: register_int_gauge_vec!(
+            "postern_circuit_state",
+            "Circuit breaker state of an upstream on this node: 0 closed, 1 half-open, 2 open.",
+            &["upstream"]
+        )?,
+        circuit_transitions: register_int_counter_vec!(
+            "postern_circuit_transitions_total",
+            "Circuit breaker transitions, by upstream and the state entered.",
+            &["upstream", "to"]
+        )?,
+        retry_results: register_int_counter_vec!(
+            "postern_retries_total",
+            "Retry decisions after a failed try, by upstream and result (retried, \
+             budget_exhausted).",
+            &["upstream", "result"]
+        )?,
+        fallbacks: register_int_counter_vec!(
+            "postern_fallbacks_total",
+            "Requests answered by a route's static fallback, by route and reason.",
+            &["route", "reason"]
         )?,
         transform_errors: register_int_counter_vec!(
             "postern_transform_errors_total",
@@ -470,6 +495,48 @@ impl UpstreamMetrics {
             response: m.map(|m| m.upstream_duration.with_label_values(&[upstream])),
             retries: m.map(|m| m.retries.with_label_values(&[upstream])),
         }
+    }
+}
+
+/// A circuit breaker's state gauge and transition counters.
+pub struct BreakerMetrics(Option<(prometheus::IntGauge, IntCounterVec, String)>);
+
+impl BreakerMetrics {
+    pub fn new(upstream: &str) -> BreakerMetrics {
+        BreakerMetrics(METRICS.as_ref().map(|m| {
+            (
+                m.circuit_state.with_label_values(&[upstream]),
+                m.circuit_transitions.clone(),
+                upstream.to_string(),
+            )
+        }))
+    }
+
+    pub fn set_state(&self, state: i64) {
+        if let Some((g, _, _)) = &self.0 {
+            g.set(state);
+        }
+    }
+
+    pub fn transition(&self, state: i64, name: &str) {
+        if let Some((g, c, up)) = &self.0 {
+            g.set(state);
+            c.with_label_values(&[up.as_str(), name]).inc();
+        }
+    }
+}
+
+/// Counts a retry decision (`retried`, `budget_exhausted`) of an upstream.
+pub fn retry_result(upstream: &str, result: &str) {
+    if let Some(m) = METRICS.as_ref() {
+        m.retry_results.with_label_values(&[upstream, result]).inc();
+    }
+}
+
+/// Counts a fallback answer of a route.
+pub fn fallback(route: &str, reason: &str) {
+    if let Some(m) = METRICS.as_ref() {
+        m.fallbacks.with_label_values(&[route, reason]).inc();
     }
 }
 

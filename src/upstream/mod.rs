@@ -1,6 +1,8 @@
 //! Upstream groups: targets, balancing, health and how Postern connects to them.
 
 pub mod balancer;
+pub mod breaker;
+pub mod fallback;
 pub mod health;
 pub mod retry;
 pub mod target;
@@ -111,6 +113,8 @@ pub struct UpstreamGroup {
     fallback: HashFallback,
     pub peer: PeerSettings,
     pub retry: RetryPolicy,
+    /// The circuit breaker, when configured (state kept across reloads by the registry).
+    pub breaker: Option<Arc<breaker::Breaker>>,
     pub passive: Option<schema::PassiveHealth>,
     pub active: Option<schema::ActiveHealth>,
     pub resolve_interval: Duration,
@@ -161,6 +165,10 @@ impl UpstreamGroup {
                 timeouts: c.timeouts.clone(),
             },
             retry: RetryPolicy::new(&c.retry),
+            breaker: c
+                .circuit_breaker
+                .as_ref()
+                .map(|b| registry.breaker(name, b)),
             passive: c.health.passive.clone(),
             active: c.health.active.clone(),
             resolve_interval: c.resolve_interval.0,

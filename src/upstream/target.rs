@@ -126,10 +126,12 @@ impl Drop for InflightGuard {
 /// (upstream name, address): the identity of a target across config generations.
 type TargetKey = (Arc<str>, SocketAddr);
 
-/// Target states shared across config generations.
+/// Target states and circuit breakers shared across config generations.
 #[derive(Default)]
 pub struct Registry {
     states: Mutex<HashMap<TargetKey, Arc<TargetState>>>,
+    /// Breakers by upstream name and settings: a reload keeps one while both are unchanged.
+    breakers: Mutex<HashMap<String, std::sync::Weak<super::breaker::Breaker>>>,
 }
 
 impl Registry {
@@ -156,6 +158,24 @@ impl Registry {
 }
 
 impl Registry {
+    /// The circuit breaker of this upstream with these settings: the running one (and its
+    /// state) when a snapshot still uses it.
+    pub fn breaker(
+        &self,
+        upstream: &str,
+        c: &crate::config::schema::CircuitBreaker,
+    ) -> Arc<super::breaker::Breaker> {
+        let id = format!("{upstream}\n{c:?}");
+        let mut m = self.breakers.lock();
+        m.retain(|_, w| w.strong_count() > 0);
+        if let Some(b) = m.get(&id).and_then(std::sync::Weak::upgrade) {
+            return b;
+        }
+        let b = Arc::new(super::breaker::Breaker::new(upstream, c));
+        m.insert(id, Arc::downgrade(&b));
+        b
+    }
+
     /// Forgets targets that no longer belong to any upstream (after a reload). `keep` says
     /// whether (upstream, address) is still configured.
     pub fn retain(&self, keep: impl Fn(&str, SocketAddr) -> bool) {

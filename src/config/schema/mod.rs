@@ -408,6 +408,62 @@ pub struct Route {
     /// Plugins; the request side runs top to bottom, the response side bottom to top.
     #[serde(default)]
     pub plugins: Vec<PluginSpec>,
+    /// A static answer in place of an error when the upstream cannot answer (marked with
+    /// `Postern-Fallback: ?1`).
+    #[serde(default)]
+    pub fallback: Option<RouteFallback>,
+}
+
+/// A route's static fallback answer.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFallback {
+    /// When to answer with it: circuit_open, no_healthy_target, connect_error, timeout,
+    /// upstream_error (reset or malformed answer), 5xx (the upstream answered 5xx), or statuses.
+    #[serde(default = "fallback_on")]
+    pub on: Vec<FallbackOn>,
+    #[serde(default = "d::fallback_status")]
+    pub status: u16,
+    /// Response header fields; `content-type` defaults to JSON when the body is JSON, else
+    /// text/plain.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// The body, inline.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// The body, read from this file when the configuration is loaded.
+    #[serde(default)]
+    pub body_file: Option<String>,
+}
+
+fn fallback_on() -> Vec<FallbackOn> {
+    use FallbackKind::*;
+    [CircuitOpen, NoHealthyTarget, ConnectError, Timeout]
+        .map(FallbackOn::Kind)
+        .to_vec()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum FallbackOn {
+    Status(u16),
+    Kind(FallbackKind),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, JsonSchema)]
+pub enum FallbackKind {
+    #[serde(rename = "circuit_open")]
+    CircuitOpen,
+    #[serde(rename = "no_healthy_target")]
+    NoHealthyTarget,
+    #[serde(rename = "connect_error")]
+    ConnectError,
+    #[serde(rename = "timeout")]
+    Timeout,
+    #[serde(rename = "upstream_error")]
+    UpstreamError,
+    #[serde(rename = "5xx")]
+    ServerError,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize, JsonSchema)]

@@ -25,6 +25,9 @@ pub struct Upstream {
     pub timeouts: Timeouts,
     #[serde(default)]
     pub retry: Retry,
+    /// Stop sending requests to this upstream while it keeps failing (see `circuit_breaker`).
+    #[serde(default)]
+    pub circuit_breaker: Option<CircuitBreaker>,
     /// Connect to targets over TLS.
     #[serde(default)]
     pub tls: Option<UpstreamTls>,
@@ -194,6 +197,83 @@ pub enum RetryKind {
     ConnectError,
     Timeout,
     Reset,
+}
+
+/// A circuit breaker for the whole upstream, local to this node. It opens when, within `window`,
+/// at least `min_requests` finished and `failure_ratio` of them failed, or after
+/// `consecutive_failures` failures in a row, or when `slow_call.ratio` of them took longer than
+/// `slow_call.threshold`. While open, requests fail fast (503 with `Retry-After`, or the route's
+/// `fallback`) without a connection attempt. After `open_for` it lets `half_open_requests` trial
+/// requests through: all succeed, it closes; one fails, it opens again for twice as long (up to
+/// `max_open_for`).
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreaker {
+    /// Share of failed requests in the window that opens the breaker, in (0, 1].
+    #[serde(default = "d::cb_failure_ratio")]
+    pub failure_ratio: f64,
+    /// Requests the window must hold before the ratios apply.
+    #[serde(default = "d::cb_min_requests")]
+    pub min_requests: u32,
+    /// The sliding window the ratios are computed over.
+    #[serde(default = "d::cb_window")]
+    pub window: Dur,
+    /// Failures in a row that open the breaker whatever the ratio (0 = this rule is off).
+    #[serde(default = "d::cb_consecutive")]
+    pub consecutive_failures: u32,
+    /// Slow answers count towards a second ratio.
+    #[serde(default)]
+    pub slow_call: Option<SlowCall>,
+    /// How long the breaker stays open the first time.
+    #[serde(default = "d::cb_open_for")]
+    pub open_for: Dur,
+    /// Upper bound of the doubled open time after failed trials.
+    #[serde(default = "d::cb_max_open_for")]
+    pub max_open_for: Dur,
+    /// Trial requests let through when half-open; all must succeed to close.
+    #[serde(default = "d::cb_half_open")]
+    pub half_open_requests: u32,
+    /// What counts as a failure: connect_error, timeout, reset, 5xx, or statuses (503).
+    #[serde(default = "cb_on")]
+    pub on: Vec<FailureOn>,
+}
+
+fn cb_on() -> Vec<FailureOn> {
+    vec![
+        FailureOn::Kind(FailureKind::ConnectError),
+        FailureOn::Kind(FailureKind::Timeout),
+        FailureOn::Kind(FailureKind::Reset),
+        FailureOn::Kind(FailureKind::ServerError),
+    ]
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SlowCall {
+    /// An answer whose header took longer than this is slow.
+    pub threshold: Dur,
+    /// Share of slow answers in the window that opens the breaker, in (0, 1].
+    pub ratio: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum FailureOn {
+    Status(u16),
+    Kind(FailureKind),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, JsonSchema)]
+pub enum FailureKind {
+    #[serde(rename = "connect_error")]
+    ConnectError,
+    #[serde(rename = "timeout")]
+    Timeout,
+    #[serde(rename = "reset")]
+    Reset,
+    /// Any 5xx answer.
+    #[serde(rename = "5xx")]
+    ServerError,
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
