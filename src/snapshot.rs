@@ -53,6 +53,8 @@ pub struct Route {
     pub cache_metrics: crate::observability::metrics::CacheMetrics,
     /// Response compression (the route's `compression` plugin, else `server.compression`).
     pub compression: Option<Arc<CompressionPolicy>>,
+    /// Bound of all tries together (`deadline`).
+    pub deadline: Option<Duration>,
     /// The static answer in place of an upstream failure (`fallback`).
     pub fallback: Option<Arc<crate::upstream::fallback::Fallback>>,
 }
@@ -537,6 +539,7 @@ fn compile_route(
         cache,
         chain,
         fallback,
+        deadline: r.deadline.map(|d| d.0),
         param_names,
         strip_prefix: r.rewrite.strip_prefix.clone(),
         rewrite_path,

@@ -217,3 +217,133 @@ async fn an_open_breaker_takes_the_fallback() {
         Some(3.0)
     );
 }
+
+/// A server answering `first` (status, headers) to its first `n` requests, then 200.
+async fn flaky(
+    n: usize,
+    status: u16,
+    headers: Vec<(&'static str, String)>,
+) -> crate::util::upstream::FnServer {
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    crate::util::upstream::FnServer::start(move |_| {
+        let i = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if i < n {
+            (status, headers.clone(), "{}".into())
+        } else {
+            (200, vec![], r#"{"ok":true}"#.into())
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retry_budget_caps_attempts_under_a_total_outage() {
+    let up = flaky(usize::MAX, 503, vec![]).await;
+    let body = format!(
+        "upstreams:\n  svc:\n    targets: [ {{ addr: \"{}\" }} ]\n    retry: {{ attempts: 5, on: [503], budget: {{ ratio: 0.2, window: 1m, min_per_second: 0.1 }} }}\nroutes:\n  - {{ name: r, match: {{ path: /* }}, upstream: svc }}\n",
+        up.addr
+    );
+    let gw = Gateway::start(&body);
+    let c = client();
+    let requests = 200;
+    for _ in 0..requests {
+        assert_eq!(c.get(gw.url("/x")).send().await.unwrap().status(), 503);
+    }
+    // Without a budget: 5 x 200 = 1000 attempts. With it: 200 + 0.2 x 200 + 0.1/s x 60 s.
+    let attempts = up.hits();
+    assert!(
+        attempts <= requests * 12 / 10 + 6 && attempts > requests,
+        "{attempts} upstream attempts for {requests} requests"
+    );
+    let m = gw.metrics();
+    let exhausted = metric(
+        &m,
+        "postern_retries_total{result=\"budget_exhausted\",upstream=\"svc\"}",
+    )
+    .unwrap();
+    let retried = metric(
+        &m,
+        "postern_retries_total{result=\"retried\",upstream=\"svc\"}",
+    )
+    .unwrap();
+    assert_eq!(retried as usize, attempts - requests);
+    assert!(exhausted > 100.0, "{exhausted}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_is_honoured_when_it_fits_the_deadline() {
+    let soon = flaky(1, 503, vec![("retry-after", "1".into())]).await;
+    let late = flaky(1, 503, vec![("retry-after", "30".into())]).await;
+    let body = format!(
+        "upstreams:\n  soon: {{ targets: [ {{ addr: \"{}\" }} ], retry: {{ attempts: 2, on: [503] }} }}\n  late: {{ targets: [ {{ addr: \"{}\" }} ], retry: {{ attempts: 2, on: [503] }} }}\nroutes:\n  - {{ match: {{ path: /soon }}, upstream: soon, deadline: 5s }}\n  - {{ match: {{ path: /late }}, upstream: late, deadline: 5s }}\n",
+        soon.addr, late.addr
+    );
+    let gw = Gateway::start(&body);
+    let c = client();
+    let r = c.get(gw.url("/soon")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(soon.hits(), 2);
+    let t = soon.timeline.lock().clone();
+    let gap = t[1].1.duration_since(t[0].2);
+    assert!(gap >= Duration::from_millis(990), "retried after {gap:?}");
+    // 30 s does not fit in the 5 s deadline: no retry, the client gets the answer and its field.
+    let r = c.get(gw.url("/late")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "30");
+    assert_eq!(late.hits(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_route_deadline_bounds_every_try() {
+    let slow = crate::util::upstream::FnServer::start(|_| {
+        (200, vec![("x-test-delay-ms", "3000".into())], "{}".into())
+    })
+    .await;
+    let body = format!(
+        "upstreams:\n  slow: {{ targets: [ {{ addr: \"{}\" }} ], timeouts: {{ read: 10s }}, retry: {{ attempts: 3, on: [timeout] }} }}\nroutes:\n  - {{ match: {{ path: /* }}, upstream: slow, deadline: 300ms }}\n",
+        slow.addr
+    );
+    let gw = Gateway::start(&body);
+    let started = Instant::now();
+    let r = client().get(gw.url("/x")).send().await.unwrap();
+    assert_eq!(r.status(), 504);
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "bounded by the deadline, not the 10 s read timeout"
+    );
+    assert_eq!(slow.hits(), 1, "no retry once the deadline passed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_makes_a_post_retryable() {
+    let up = flaky(1, 502, vec![]).await;
+    let plain = flaky(1, 502, vec![]).await;
+    let body = format!(
+        "upstreams:\n  keyed: {{ targets: [ {{ addr: \"{}\" }} ], retry: {{ attempts: 2, on: [502], idempotency_key: true }} }}\n  plain: {{ targets: [ {{ addr: \"{}\" }} ], retry: {{ attempts: 2, on: [502] }} }}\nroutes:\n  - {{ match: {{ path: /keyed }}, upstream: keyed }}\n  - {{ match: {{ path: /plain }}, upstream: plain }}\n",
+        up.addr, plain.addr
+    );
+    let gw = Gateway::start(&body);
+    let c = client();
+    let r = c
+        .post(gw.url("/keyed"))
+        .header("idempotency-key", "order-7")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.hits(), 2);
+    let r = c
+        .post(gw.url("/plain"))
+        .header("idempotency-key", "order-8")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        502,
+        "not enabled on this upstream: a POST is not replayed"
+    );
+    assert_eq!(plain.hits(), 1);
+}

@@ -382,6 +382,7 @@ fn compile_call(
         cache,
         compression: None,
         fallback: None,
+        deadline: None,
         chain,
         param_names: Vec::new(),
         strip_prefix: None,

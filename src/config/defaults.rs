@@ -165,3 +165,12 @@ pub fn cb_half_open() -> u32 {
 pub fn fallback_status() -> u16 {
     200
 }
+pub fn budget_ratio() -> f64 {
+    0.2
+}
+pub fn budget_window() -> Dur {
+    Dur::secs(10)
+}
+pub fn budget_min() -> f64 {
+    3.0
+}

@@ -134,18 +134,30 @@ fn check_upstream_ranges(name: &str, up: &Upstream, out: &mut Issues) {
         ("timeouts.write", t.write.0, 10 * MS, HOUR),
         ("timeouts.idle", t.idle.0, SEC, HOUR),
         (
-            "retry.backoff",
-            up.retry.backoff.0,
-            Duration::ZERO,
-            10 * SEC,
-        ),
-        (
             "resolve_interval",
             up.resolve_interval.0,
             100 * MS,
             24 * HOUR,
         ),
     ];
+    match up.retry.backoff {
+        super::schema::Backoff::Fixed(d) => {
+            table.push(("retry.backoff", d.0, Duration::ZERO, 10 * SEC))
+        }
+        super::schema::Backoff::Exponential { base, max } => {
+            table.push(("retry.backoff.base", base.0, MS, 10 * SEC));
+            table.push(("retry.backoff.max", max.0, MS, 60 * SEC));
+        }
+    }
+    if let Some(t) = up.retry.per_try_timeout {
+        table.push(("retry.per_try_timeout", t.0, 10 * MS, HOUR));
+    }
+    table.push((
+        "retry.budget.window",
+        up.retry.budget.window.0,
+        SEC,
+        10 * 60 * SEC,
+    ));
     if let Some(a) = &up.health.active {
         table.push(("health.active.interval", a.interval.0, 10 * MS, HOUR));
         table.push(("health.active.timeout", a.timeout.0, 10 * MS, 60 * SEC));
@@ -306,6 +318,27 @@ fn check_upstream(name: &str, up: &Upstream, out: &mut Issues) {
     }
     if up.resolve_interval.0.is_zero() {
         out.err(format!("{path}.resolve_interval"), "must be positive");
+    }
+    if let super::schema::Backoff::Exponential { base, max } = up.retry.backoff {
+        if max < base {
+            out.err(
+                format!("{path}.retry.backoff.max"),
+                format!("must be at least base ({max} < {base})"),
+            );
+        }
+    }
+    let b = &up.retry.budget;
+    if !(b.ratio >= 0.0 && b.ratio <= 10.0) {
+        out.err(
+            format!("{path}.retry.budget.ratio"),
+            format!("must be between 0 and 10, got {}", b.ratio),
+        );
+    }
+    if !(b.min_per_second >= 0.0 && b.min_per_second <= 1e6) {
+        out.err(
+            format!("{path}.retry.budget.min_per_second"),
+            format!("must be between 0 and 1000000, got {}", b.min_per_second),
+        );
     }
     if let Some(cb) = &up.circuit_breaker {
         check_breaker(&format!("{path}.circuit_breaker"), cb, out);

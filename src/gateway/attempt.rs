@@ -22,9 +22,32 @@ pub(super) async fn peer(session: &mut Session, ctx: &mut Ctx) -> pingora::Resul
         return Err(ctx.fail(crate::error::GatewayError::Internal));
     };
     let fresh = std::mem::take(&mut ctx.attempt.fresh);
-    if ctx.attempt.tries > 0 && !fresh && !group.retry.backoff.is_zero() {
-        tokio::time::sleep(group.retry.backoff).await;
+    let delay = ctx.attempt.delay.take();
+    if ctx.attempt.tried.is_empty() {
+        if let Some(b) = &group.budget {
+            b.request(now_ms());
+        }
+        if route.deadline.is_some() {
+            ctx.attempt.first = Some(Instant::now());
+        }
+    } else if !fresh {
+        // A retry: the upstream's Retry-After, else the backoff; never past the deadline.
+        let pause = delay.unwrap_or_else(|| group.retry.pause(ctx.attempt.tries));
+        if left(&route, ctx).is_some_and(|l| pause >= l) {
+            return Err(ctx.fail(GatewayError::UpstreamTimeout));
+        }
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
     }
+    let left = left(&route, ctx);
+    if left.is_some_and(|l| l.is_zero()) {
+        return Err(ctx.fail(GatewayError::UpstreamTimeout));
+    }
+    let bound = match (group.retry.per_try_timeout, left) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     if let Some(b) = &group.breaker {
         match b.admit(now_ms()) {
             Ok(p) => {
@@ -56,9 +79,15 @@ pub(super) async fn peer(session: &mut Session, ctx: &mut Ctx) -> pingora::Resul
     }
     a.tried.push(target.addr);
     a.inflight = Some(target.begin());
-    let peer = group.http_peer(&target, fresh);
+    let peer = group.http_peer(&target, fresh, bound);
     a.target = Some(target);
     Ok(Box::new(peer))
+}
+
+/// What is left of the route's `deadline` (None: no deadline).
+fn left(route: &crate::snapshot::Route, ctx: &Ctx) -> Option<std::time::Duration> {
+    let first = ctx.attempt.first?;
+    Some(route.deadline?.saturating_sub(first.elapsed()))
 }
 
 /// `fail_to_connect`: a health failure of the target; retried as the policy says (nothing was
@@ -80,7 +109,8 @@ pub(super) fn connect_failed(ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
                 Outcome::ConnectError
             },
         );
-        e.set_retry(group.retry.after_connect_failure(ctx.attempt.tries, &e));
+        let retry = group.retry.after_connect_failure(ctx.attempt.tries, &e);
+        e.set_retry(retry && group.budget_allows_retry());
     }
     e
 }
@@ -106,11 +136,11 @@ pub(super) fn proxy_failed(
     reused: bool,
 ) -> Box<Error> {
     let replayable = !session.as_ref().retry_buffer_truncated();
-    let idempotent = session.req_header().method.is_idempotent();
     let group = ctx.route.as_ref().and_then(|r| r.upstream()).cloned();
     let (Some(group), Some(t)) = (group, ctx.attempt.target.clone()) else {
         return e;
     };
+    let idempotent = group.retry.replayable_method(session.req_header());
     let policy = &group.retry;
     let a = &mut ctx.attempt;
     let retry = if is_stale_pooled(&e, reused) {
@@ -120,6 +150,8 @@ pub(super) fn proxy_failed(
         a.fresh = true;
         policy.after_stale_connection(a.stale_tries, idempotent, replayable)
     } else {
+        // A status already judged in `upstream_response` (retry or fallback, budget included).
+        let judged = a.counted;
         if e.esource() == &pingora::ErrorSource::Upstream && !a.counted {
             group.record_outcome(&t, false);
             let outcome = match e.etype() {
@@ -133,6 +165,7 @@ pub(super) fn proxy_failed(
         }
         let a = &ctx.attempt;
         policy.after_proxy_failure(a.tries, &e, idempotent, replayable)
+            && (judged || group.budget_allows_retry())
     };
     e.set_retry(retry);
     e
@@ -205,11 +238,13 @@ pub(super) fn upstream_response(
     let group = group.clone();
     breaker_outcome(ctx, &group, Outcome::Status(status));
     ctx.attempt.counted = true;
-    let idempotent = session.req_header().method.is_idempotent();
+    let idempotent = group.retry.replayable_method(session.req_header());
     let replayable = !session.as_ref().retry_buffer_truncated();
     if group
         .retry
         .retries_status(ctx.attempt.tries, status, idempotent, replayable)
+        && retry_after_fits(resp, &group, ctx)
+        && group.budget_allows_retry()
     {
         // Drop this answer and let `error_while_proxy` send the request to another target.
         let mut e = Error::explain(
@@ -237,4 +272,34 @@ pub(super) fn upstream_response(
         return Err(e);
     }
     Ok(())
+}
+
+/// A 503 or 429 with `Retry-After` (delta seconds) is retried after that long when it fits
+/// in what is left of the route's `deadline` (without one: within the backoff's longest pause);
+/// otherwise it is not retried and the answer, `Retry-After` included, goes to the client.
+fn retry_after_fits(resp: &ResponseHeader, group: &UpstreamGroup, ctx: &mut Ctx) -> bool {
+    if !matches!(resp.status.as_u16(), 503 | 429) {
+        return true;
+    }
+    let Some(v) = resp.headers.get(http::header::RETRY_AFTER) else {
+        return true;
+    };
+    let Some(wait) = v
+        .to_str()
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map(std::time::Duration::from_secs)
+    else {
+        return false; // an HTTP date or garbage: the client decides
+    };
+    let room = match (ctx.attempt.first, &ctx.route) {
+        (Some(first), Some(r)) => r.deadline.map(|d| d.saturating_sub(first.elapsed())),
+        _ => None,
+    }
+    .unwrap_or_else(|| group.retry.max_pause());
+    if wait >= room && !wait.is_zero() {
+        return false;
+    }
+    ctx.attempt.delay = Some(wait);
+    true
 }

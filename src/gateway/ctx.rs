@@ -76,6 +76,10 @@ pub(super) struct Attempt {
     pub permit: Option<crate::upstream::breaker::Permit>,
     /// When the current try was sent, for the breaker's slow-call rule.
     pub sent: Option<Instant>,
+    /// When the first try started (routes with a `deadline`).
+    pub first: Option<Instant>,
+    /// The pause before the next try, when the upstream said how long (`Retry-After`).
+    pub delay: Option<std::time::Duration>,
     /// The current try's outcome was already counted (a status turned into a retry or a
     /// fallback): `error_while_proxy` must not count it again.
     pub counted: bool,

@@ -2,6 +2,7 @@
 
 pub mod balancer;
 pub mod breaker;
+pub mod budget;
 pub mod fallback;
 pub mod health;
 pub mod retry;
@@ -113,6 +114,8 @@ pub struct UpstreamGroup {
     fallback: HashFallback,
     pub peer: PeerSettings,
     pub retry: RetryPolicy,
+    /// The retry budget (upstreams that retry at all).
+    pub budget: Option<budget::Budget>,
     /// The circuit breaker, when configured (state kept across reloads by the registry).
     pub breaker: Option<Arc<breaker::Breaker>>,
     pub passive: Option<schema::PassiveHealth>,
@@ -165,6 +168,7 @@ impl UpstreamGroup {
                 timeouts: c.timeouts.clone(),
             },
             retry: RetryPolicy::new(&c.retry),
+            budget: (c.retry.attempts > 1).then(|| budget::Budget::new(&c.retry.budget)),
             breaker: c
                 .circuit_breaker
                 .as_ref()
@@ -286,7 +290,9 @@ impl UpstreamGroup {
 
     /// The peer to connect to `t`, with this group's timeouts, TLS and HTTP version. `fresh`:
     /// a new connection, not a pooled one (the try after a pooled connection turned out closed).
-    pub fn http_peer(&self, t: &TargetState, fresh: bool) -> HttpPeer {
+    /// `bound`: the most a try may take (the retry's `per_try_timeout`, what is left of the
+    /// route's `deadline`); each timeout is at most that.
+    pub fn http_peer(&self, t: &TargetState, fresh: bool, bound: Option<Duration>) -> HttpPeer {
         let p = &self.peer;
         let sni = match (p.tls, &p.sni, &t.host) {
             (false, _, _) => String::new(),
@@ -306,10 +312,11 @@ impl UpstreamGroup {
         };
         let o = &mut peer.options;
         let to = &p.timeouts;
-        o.connection_timeout = Some(to.connect.0);
-        o.total_connection_timeout = Some(to.connect.0 * 2);
-        o.read_timeout = Some(to.read.0);
-        o.write_timeout = Some(to.write.0);
+        let b = |d: Duration| Some(bound.map_or(d, |b| d.min(b)));
+        o.connection_timeout = b(to.connect.0);
+        o.total_connection_timeout = b(to.connect.0 * 2);
+        o.read_timeout = b(to.read.0);
+        o.write_timeout = b(to.write.0);
         o.idle_timeout = Some(to.idle.0);
         o.verify_cert = p.verify;
         o.verify_hostname = p.verify;
@@ -324,6 +331,20 @@ impl UpstreamGroup {
             o.max_h2_streams = 100;
         }
         peer
+    }
+
+    /// Asks the retry budget for a retry the policy allows; counted as `retried` or
+    /// `budget_exhausted` in `postern_retries_total`.
+    pub fn budget_allows_retry(&self) -> bool {
+        let ok = self.budget.as_ref().is_none_or(|b| b.try_retry(now_ms()));
+        crate::observability::metrics::retry_result(
+            &self.name,
+            if ok { "retried" } else { "budget_exhausted" },
+        );
+        if !ok {
+            log::debug!("upstream {}: retry budget exhausted", self.name);
+        }
+        ok
     }
 
     /// Passive health: counts a proxied request's outcome against the target.

@@ -1,7 +1,8 @@
 //! Retry decisions, called only from `fail_to_connect` (nothing was sent: always safe) and
 //! `error_while_proxy` (the request may have reached the target: only idempotent methods).
 
-use crate::config::schema::{Retry, RetryKind, RetryOn};
+use crate::config::schema::{Backoff, Retry, RetryKind, RetryOn};
+use pingora::http::RequestHeader;
 use pingora::{Error, ErrorType, RetryType};
 use std::time::Duration;
 
@@ -26,7 +27,9 @@ pub struct RetryPolicy {
     pub reset: bool,
     /// Upstream statuses retried on another target (idempotent requests only).
     pub statuses: Vec<u16>,
-    pub backoff: Duration,
+    pub backoff: Backoff,
+    pub per_try_timeout: Option<Duration>,
+    pub idempotency_key: bool,
 }
 
 impl RetryPolicy {
@@ -45,7 +48,38 @@ impl RetryPolicy {
                     RetryOn::Kind(_) => None,
                 })
                 .collect(),
-            backoff: c.backoff.0,
+            backoff: c.backoff,
+            per_try_timeout: c.per_try_timeout.map(|d| d.0),
+            idempotency_key: c.idempotency_key,
+        }
+    }
+
+    /// May this request be sent again after it (maybe) reached a target? Idempotent methods,
+    /// and requests with an `Idempotency-Key` field when `idempotency_key` is set.
+    pub fn replayable_method(&self, req: &RequestHeader) -> bool {
+        req.method.is_idempotent()
+            || (self.idempotency_key && req.headers.contains_key("idempotency-key"))
+    }
+
+    /// The pause before retry number `retry` (1-based): fixed, or full jitter.
+    pub fn pause(&self, retry: u32) -> Duration {
+        match self.backoff {
+            Backoff::Fixed(d) => d.0,
+            Backoff::Exponential { base, max } => {
+                let cap = base
+                    .0
+                    .saturating_mul(1u32 << retry.saturating_sub(1).min(20))
+                    .min(max.0);
+                cap.mul_f64(rand::random::<f64>())
+            }
+        }
+    }
+
+    /// The longest pause a retry may take (the bound of an upstream's `Retry-After`).
+    pub fn max_pause(&self) -> Duration {
+        match self.backoff {
+            Backoff::Fixed(d) => d.0,
+            Backoff::Exponential { max, .. } => max.0,
         }
     }
 
@@ -121,6 +155,31 @@ mod tests {
         assert!(p.after_connect_failure(1, &e));
         assert!(p.after_connect_failure(2, &e));
         assert!(!p.after_connect_failure(3, &e));
+    }
+
+    #[test]
+    fn full_jitter_stays_under_the_exponential_cap() {
+        let p = policy("{ attempts: 5, backoff: { base: 10ms, max: 50ms } }");
+        for retry in 1..=6 {
+            let cap = Duration::from_millis((10u64 << (retry - 1)).min(50));
+            let pauses: Vec<Duration> = (0..200).map(|_| p.pause(retry)).collect();
+            assert!(pauses.iter().all(|d| *d <= cap), "retry {retry}");
+            // Spread over the range (not a constant): some pause is under half the cap.
+            assert!(pauses.iter().any(|d| *d < cap / 2), "retry {retry}");
+        }
+        assert_eq!(p.max_pause(), Duration::from_millis(50));
+        let fixed = policy("{ backoff: 25ms }");
+        assert_eq!(fixed.pause(3), Duration::from_millis(25));
+    }
+
+    #[test]
+    fn idempotency_keys_make_posts_replayable_when_enabled() {
+        let mut req = RequestHeader::build("POST", b"/", None).unwrap();
+        req.insert_header("idempotency-key", "k1").unwrap();
+        assert!(!policy("{}").replayable_method(&req));
+        assert!(policy("{ idempotency_key: true }").replayable_method(&req));
+        let get = RequestHeader::build("GET", b"/", None).unwrap();
+        assert!(policy("{}").replayable_method(&get));
     }
 
     #[test]

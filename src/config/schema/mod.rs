@@ -408,6 +408,11 @@ pub struct Route {
     /// Plugins; the request side runs top to bottom, the response side bottom to top.
     #[serde(default)]
     pub plugins: Vec<PluginSpec>,
+    /// Bound of all tries of a request together (connections, retries and their pauses, the
+    /// wait for each answer header); 504 after it. Without it each try has the upstream's
+    /// timeouts.
+    #[serde(default)]
+    pub deadline: Option<Dur>,
     /// A static answer in place of an error when the upstream cannot answer (marked with
     /// `Postern-Fallback: ?1`).
     #[serde(default)]

@@ -165,9 +165,20 @@ pub struct Retry {
     /// Which failures are retried on another target: connect_error, timeout, reset, or a status (502).
     #[serde(default = "retry_on")]
     pub on: Vec<RetryOn>,
-    /// Pause before each retry.
-    #[serde(default = "d::retry_backoff")]
-    pub backoff: Dur,
+    /// Pause before each retry: a fixed duration (`25ms`) or exponential with full jitter
+    /// (`{ base: 25ms, max: 1s }`: a random pause up to base x 2^(retry-1), at most max).
+    #[serde(default)]
+    pub backoff: Backoff,
+    /// Bound of each try's connection and of each of its reads (at most `timeouts.read`).
+    #[serde(default)]
+    pub per_try_timeout: Option<Dur>,
+    /// Requests carrying an `Idempotency-Key` field may be retried after they were sent (or
+    /// on a status) like idempotent methods.
+    #[serde(default)]
+    pub idempotency_key: bool,
+    /// Retries may add at most this share of the recent requests (Envoy/Linkerd-style budget).
+    #[serde(default)]
+    pub budget: RetryBudget,
 }
 
 impl Default for Retry {
@@ -175,7 +186,49 @@ impl Default for Retry {
         Retry {
             attempts: d::retry_attempts(),
             on: retry_on(),
-            backoff: d::retry_backoff(),
+            backoff: Backoff::default(),
+            per_try_timeout: None,
+            idempotency_key: false,
+            budget: RetryBudget::default(),
+        }
+    }
+}
+
+/// The pause before a retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Backoff {
+    /// The same pause before every retry.
+    Fixed(Dur),
+    /// Full jitter: a random pause in [0, min(max, base x 2^(retry-1))].
+    Exponential { base: Dur, max: Dur },
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff::Fixed(d::retry_backoff())
+    }
+}
+
+/// Retries allowed within `window`: `ratio` x the requests of the window, plus
+/// `min_per_second` x the window's seconds. Above it, failed tries are not retried.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBudget {
+    #[serde(default = "d::budget_ratio")]
+    pub ratio: f64,
+    #[serde(default = "d::budget_window")]
+    pub window: Dur,
+    #[serde(default = "d::budget_min")]
+    pub min_per_second: f64,
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        RetryBudget {
+            ratio: d::budget_ratio(),
+            window: d::budget_window(),
+            min_per_second: d::budget_min(),
         }
     }
 }
