@@ -42,6 +42,7 @@ impl Admin {
                             "addr": t.addr.to_string(),
                             "host": t.host.as_deref(),
                             "weight": t.weight,
+                            "backup": t.backup,
                             "healthy": t.is_healthy(now),
                             "active_check": if t.active_up() { "up" } else { "down" },
                             "ejected": t.ejected(now),

@@ -53,6 +53,8 @@ pub struct Route {
     pub cache_metrics: crate::observability::metrics::CacheMetrics,
     /// Response compression (the route's `compression` plugin, else `server.compression`).
     pub compression: Option<Arc<CompressionPolicy>>,
+    /// The route's `failover` upstream.
+    pub failover: Option<Arc<UpstreamGroup>>,
     /// Bound of all tries together (`deadline`).
     pub deadline: Option<Duration>,
     /// The static answer in place of an upstream failure (`fallback`).
@@ -540,6 +542,10 @@ fn compile_route(
         chain,
         fallback,
         deadline: r.deadline.map(|d| d.0),
+        failover: r
+            .failover
+            .as_ref()
+            .and_then(|f| env.upstreams.get(f).cloned()),
         param_names,
         strip_prefix: r.rewrite.strip_prefix.clone(),
         rewrite_path,

@@ -347,3 +347,67 @@ async fn an_idempotency_key_makes_a_post_retryable() {
     );
     assert_eq!(plain.hits(), 1);
 }
+
+async fn served_by(gw: &Gateway, path: &str) -> String {
+    let r = client().get(gw.url(path)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    v["upstream"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_targets_serve_only_while_no_primary_is_healthy() {
+    use crate::util::upstream::Upstream;
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let addr_a = a.addr;
+    let body = format!(
+        "upstreams:\n  pool:\n    targets: [ {{ addr: \"{}\" }}, {{ addr: \"{}\", backup: true }} ]\n    health: {{ passive: {{ unhealthy_after: 1, eject_for: 1s }} }}\n    retry: {{ attempts: 2, on: [connect_error] }}\nroutes:\n  - {{ match: {{ path: /* }}, upstream: pool }}\n",
+        a.addr, b.addr
+    );
+    let gw = Gateway::start(&body);
+    for _ in 0..10 {
+        assert_eq!(served_by(&gw, "/x").await, "a");
+    }
+    assert_eq!(
+        b.hits(),
+        0,
+        "the backup gets nothing while the primary is healthy"
+    );
+    assert_eq!(
+        gw.upstreams()["upstreams"]["pool"]["targets"][1]["backup"],
+        true
+    );
+    a.stop();
+    // The first request fails to connect to a (ejected at once) and is retried on the backup.
+    for _ in 0..5 {
+        assert_eq!(served_by(&gw, "/x").await, "b");
+    }
+    // The primary comes back: once its ejection ends, traffic returns to it.
+    let _a = Upstream::start_on(addr_a, "a").await;
+    until(&gw, "/x", "the primary again", |_, body, _| {
+        body.contains("\"a\"")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_failover_upstream_takes_over() {
+    use crate::util::upstream::Upstream;
+    let dr = Upstream::start("dr").await;
+    let failing = DocServer::start(503, "{}").await;
+    let dead = format!("127.0.0.1:{}", free_port());
+    let body = format!(
+        "upstreams:\n  main: {{ targets: [ {{ addr: \"{dead}\" }} ], retry: {{ attempts: 2, on: [connect_error] }} }}\n  flaky:\n    targets: [ {{ addr: \"{}\" }} ]\n    retry: {{ attempts: 1 }}\n    circuit_breaker: {{ consecutive_failures: 1, open_for: 1h, max_open_for: 1h }}\n  dr: {{ targets: [ {{ addr: \"{}\" }} ] }}\nroutes:\n  - {{ match: {{ path: /refused }}, upstream: main, failover: dr }}\n  - {{ match: {{ path: /breaker }}, upstream: flaky, failover: dr }}\n",
+        failing.addr, dr.addr
+    );
+    let gw = Gateway::start(&body);
+    // Connection refused twice (the retry), then the failover upstream.
+    assert_eq!(served_by(&gw, "/refused").await, "dr");
+    // The 503 opens flaky's breaker (a 503 is an answer: the client gets it); then the open
+    // breaker sends requests to the failover upstream without trying flaky.
+    let r = client().get(gw.url("/breaker")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(served_by(&gw, "/breaker").await, "dr");
+    assert_eq!(served_by(&gw, "/breaker").await, "dr");
+    assert_eq!(failing.hits(), 1);
+}

@@ -383,6 +383,7 @@ fn compile_call(
         compression: None,
         fallback: None,
         deadline: None,
+        failover: None,
         chain,
         param_names: Vec::new(),
         strip_prefix: None,

@@ -233,6 +233,14 @@ fn check_upstream(name: &str, up: &Upstream, out: &mut Issues) {
     let path = format!("upstreams.{name}");
     if up.targets.is_empty() {
         out.err(format!("{path}.targets"), "at least one target is required");
+    } else if up.targets.iter().all(|t| t.backup) {
+        out.push(
+            Issue::new(
+                format!("{path}.targets"),
+                "every target is a backup: at least one primary target is required",
+            )
+            .hint("remove `backup: true` from the targets that should take traffic normally"),
+        );
     }
     for (i, t) in up.targets.iter().enumerate() {
         let tp = format!("{path}.targets[{i}]");
@@ -493,6 +501,21 @@ fn check_routes(c: &Config, out: &mut Issues) {
                 Issue::new(path.clone(), "a route needs `upstream` or `aggregate`")
                     .hint("add `upstream: NAME` (one of `upstreams:`) or an `aggregate:` section"),
             ),
+        }
+        if let Some(f) = &r.failover {
+            check_upstream_name(c, f, &format!("{path}.failover"), out);
+            if r.upstream.is_none() {
+                out.err(
+                    format!("{path}.failover"),
+                    "failover needs `upstream` (a composite's calls use `optional` and `fallback`)",
+                );
+            }
+            if r.upstream.as_ref() == Some(f) {
+                out.err(
+                    format!("{path}.failover"),
+                    "the failover upstream must differ from `upstream`",
+                );
+            }
         }
         if let Some(n) = &r.name {
             if !names.insert(n.clone()) {

@@ -5,24 +5,28 @@
 use super::ctx::Ctx;
 use super::{forward, Gateway};
 use crate::error::GatewayError;
-use crate::upstream::breaker::Outcome;
+use crate::upstream::breaker::{Outcome, Permit};
 use crate::upstream::retry::is_stale_pooled;
 use crate::upstream::target::now_ms;
+use crate::upstream::target::TargetState;
 use crate::upstream::UpstreamGroup;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::Error;
+use std::sync::Arc;
 use std::time::Instant;
 
-/// `upstream_peer`: the next target (untried first), after the retry backoff.
+/// `upstream_peer`: the next target (untried first), after the retry backoff; the route's
+/// `failover` upstream when its own cannot take the request (breaker open, no healthy target).
 pub(super) async fn peer(session: &mut Session, ctx: &mut Ctx) -> pingora::Result<Box<HttpPeer>> {
     let route = ctx.route()?;
-    let Some(group) = route.upstream() else {
-        return Err(ctx.fail(crate::error::GatewayError::Internal));
+    let Some(mut group) = ctx.group().cloned() else {
+        return Err(ctx.fail(GatewayError::Internal));
     };
     let fresh = std::mem::take(&mut ctx.attempt.fresh);
     let delay = ctx.attempt.delay.take();
+    let switched = std::mem::take(&mut ctx.attempt.switched);
     if ctx.attempt.tried.is_empty() {
         if let Some(b) = &group.budget {
             b.request(now_ms());
@@ -30,7 +34,7 @@ pub(super) async fn peer(session: &mut Session, ctx: &mut Ctx) -> pingora::Resul
         if route.deadline.is_some() {
             ctx.attempt.first = Some(Instant::now());
         }
-    } else if !fresh {
+    } else if !fresh && !switched {
         // A retry: the upstream's Retry-After, else the backoff; never past the deadline.
         let pause = delay.unwrap_or_else(|| group.retry.pause(ctx.attempt.tries));
         if left(&route, ctx).is_some_and(|l| pause >= l) {
@@ -44,26 +48,28 @@ pub(super) async fn peer(session: &mut Session, ctx: &mut Ctx) -> pingora::Resul
     if left.is_some_and(|l| l.is_zero()) {
         return Err(ctx.fail(GatewayError::UpstreamTimeout));
     }
+    let (permit, target) = loop {
+        match admit(&group, session, ctx) {
+            Ok(chosen) => break chosen,
+            Err(_) if !ctx.attempt.failover && route.failover.is_some() => {
+                ctx.attempt.failover = true;
+                group = ctx
+                    .group()
+                    .cloned()
+                    .ok_or_else(|| ctx.fail(GatewayError::Internal))?;
+            }
+            Err(e) => return Err(ctx.fail(e)),
+        }
+    };
     let bound = match (group.retry.per_try_timeout, left) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
-    if let Some(b) = &group.breaker {
-        match b.admit(now_ms()) {
-            Ok(p) => {
-                ctx.attempt.permit = Some(p);
-                ctx.attempt.sent = Some(Instant::now());
-            }
-            Err(r) => {
-                let retry_after = r.retry_after_ms.div_ceil(1000).max(1);
-                return Err(ctx.fail(GatewayError::CircuitOpen { retry_after }));
-            }
-        }
+    if permit.is_some() {
+        ctx.attempt.permit = permit;
+        ctx.attempt.sent = Some(Instant::now());
     }
     ctx.attempt.counted = false;
-    let target = group
-        .select(session.req_header(), ctx.req.client_ip, &ctx.attempt.tried)
-        .map_err(|e| ctx.fail(e))?;
     if let Some(stage) = ctx.bodies.request.as_mut() {
         stage.reset();
     }
@@ -84,6 +90,27 @@ pub(super) async fn peer(session: &mut Session, ctx: &mut Ctx) -> pingora::Resul
     Ok(Box::new(peer))
 }
 
+/// The breaker's permission (upstreams with one) and a target of `group`.
+#[allow(clippy::type_complexity)]
+fn admit(
+    group: &UpstreamGroup,
+    session: &Session,
+    ctx: &Ctx,
+) -> Result<(Option<Permit>, Arc<TargetState>), GatewayError> {
+    let permit = match &group.breaker {
+        Some(b) => match b.admit(now_ms()) {
+            Ok(p) => Some(p),
+            Err(r) => {
+                let retry_after = r.retry_after_ms.div_ceil(1000).max(1);
+                return Err(GatewayError::CircuitOpen { retry_after });
+            }
+        },
+        None => None,
+    };
+    let target = group.select(session.req_header(), ctx.req.client_ip, &ctx.attempt.tried)?;
+    Ok((permit, target))
+}
+
 /// What is left of the route's `deadline` (None: no deadline).
 fn left(route: &crate::snapshot::Route, ctx: &Ctx) -> Option<std::time::Duration> {
     let first = ctx.attempt.first?;
@@ -93,7 +120,7 @@ fn left(route: &crate::snapshot::Route, ctx: &Ctx) -> Option<std::time::Duration
 /// `fail_to_connect`: a health failure of the target; retried as the policy says (nothing was
 /// sent, so any method may be).
 pub(super) fn connect_failed(ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
-    let group = ctx.route.as_ref().and_then(|r| r.upstream()).cloned();
+    let group = ctx.group().cloned();
     if let (Some(group), Some(t)) = (group, &ctx.attempt.target) {
         group.record_outcome(t, false);
         let timed_out = matches!(
@@ -109,8 +136,17 @@ pub(super) fn connect_failed(ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
                 Outcome::ConnectError
             },
         );
-        let retry = group.retry.after_connect_failure(ctx.attempt.tries, &e);
-        e.set_retry(retry && group.budget_allows_retry());
+        let retry =
+            group.retry.after_connect_failure(ctx.attempt.tries, &e) && group.budget_allows_retry();
+        let has_failover = ctx.route.as_ref().is_some_and(|r| r.failover.is_some());
+        if !retry && has_failover && !ctx.attempt.failover {
+            // The route's own upstream is out of tries: one more on the failover upstream.
+            ctx.attempt.failover = true;
+            ctx.attempt.switched = true;
+            e.set_retry(true);
+        } else {
+            e.set_retry(retry);
+        }
     }
     e
 }
@@ -136,7 +172,7 @@ pub(super) fn proxy_failed(
     reused: bool,
 ) -> Box<Error> {
     let replayable = !session.as_ref().retry_buffer_truncated();
-    let group = ctx.route.as_ref().and_then(|r| r.upstream()).cloned();
+    let group = ctx.group().cloned();
     let (Some(group), Some(t)) = (group, ctx.attempt.target.clone()) else {
         return e;
     };
@@ -227,7 +263,7 @@ pub(super) fn upstream_response(
         ctx.cache.not_modified = Some(Box::new(resp.headers.clone()));
     }
     super::response::start_body(session, resp, ctx, true)?;
-    let group = ctx.route.as_ref().and_then(|r| r.upstream());
+    let group = ctx.group();
     let (Some(group), Some(t)) = (group, &ctx.attempt.target) else {
         return Ok(());
     };

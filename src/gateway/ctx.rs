@@ -76,6 +76,10 @@ pub(super) struct Attempt {
     pub permit: Option<crate::upstream::breaker::Permit>,
     /// When the current try was sent, for the breaker's slow-call rule.
     pub sent: Option<Instant>,
+    /// The tries go to the route's `failover` upstream.
+    pub failover: bool,
+    /// The next try is the first on the failover upstream: no backoff pause.
+    pub switched: bool,
     /// When the first try started (routes with a `deadline`).
     pub first: Option<Instant>,
     /// The pause before the next try, when the upstream said how long (`Retry-After`).
@@ -146,6 +150,15 @@ impl Ctx {
         let p = e.clone().into_pingora();
         self.failure = Some(e);
         p
+    }
+
+    /// The upstream the current try goes to: the route's, or its `failover` one.
+    pub(super) fn group(&self) -> Option<&Arc<crate::upstream::UpstreamGroup>> {
+        let r = self.route.as_ref()?;
+        match self.attempt.failover {
+            true => r.failover.as_ref(),
+            false => r.upstream(),
+        }
     }
 
     /// The matched route (every phase after `request_filter` has one).

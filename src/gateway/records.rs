@@ -42,7 +42,7 @@ pub(super) fn finish(gw: &Gateway, session: &Session, ctx: &mut Ctx, e: Option<&
         .map_or(&ctx.snap.unrouted, |r| &r.metrics);
     metrics.observe(status, elapsed, bytes_in, bytes_out);
     observe_method(&session.req_header().method, status);
-    let group = ctx.route.as_ref().and_then(|r| r.upstream());
+    let group = ctx.group();
     if let (Some(group), Some(secs)) = (group, ctx.attempt.secs) {
         if let Some(h) = &group.metrics.response {
             h.observe(secs);
@@ -101,11 +101,7 @@ fn export_spans(
         attributes,
         error: status >= 500 || status == 0,
     });
-    let upstream = ctx
-        .route
-        .as_ref()
-        .and_then(|r| r.upstream())
-        .map_or("", |g| &*g.name);
+    let upstream = ctx.group().map_or("", |g| &*g.name);
     for (i, (id, target, start, stop)) in ctx.timing.client_spans.iter().enumerate() {
         let last = i + 1 == ctx.timing.client_spans.len();
         let mut attributes = vec![("postern.upstream", json!(upstream))];
@@ -246,11 +242,7 @@ fn access_record(
             "HTTP/1.1"
         },
         route: ctx.route.as_ref().map(|r| &*r.name),
-        upstream: ctx
-            .route
-            .as_ref()
-            .and_then(|r| r.upstream())
-            .map(|g| &*g.name),
+        upstream: ctx.group().map(|g| &*g.name),
         target: ctx.attempt.target.as_ref().map(|t| t.addr),
         // nginx's 499 for a client that left before any answer (0 inside Postern).
         status: ctx.req.status.map(|s| if s == 0 { 499 } else { s }),

@@ -20,6 +20,8 @@ pub struct Pool {
     /// Cumulative weights for weighted random.
     cumulative: Vec<u64>,
     ring: Option<Continuum>,
+    /// Some target is a backup one.
+    pub has_backup: bool,
 }
 
 impl Pool {
@@ -48,6 +50,7 @@ impl Pool {
             rand::random_range(0..sequence.len())
         };
         Pool {
+            has_backup: targets.iter().any(|t| t.backup),
             targets,
             sequence,
             cursor: AtomicUsize::new(start),

@@ -102,6 +102,7 @@ pub struct TargetSpec {
     pub weight: u32,
     /// False for IP literals.
     pub is_name: bool,
+    pub backup: bool,
 }
 
 /// A compiled upstream.
@@ -137,7 +138,7 @@ impl UpstreamGroup {
         let specs: Vec<TargetSpec> = c
             .targets
             .iter()
-            .filter_map(|t| parse_target(&t.addr, t.weight))
+            .filter_map(|t| parse_target(&t.addr, t.weight, t.backup))
             .collect();
         let ca = match c.tls.as_ref().and_then(|t| t.ca.as_ref()) {
             Some(file) => match load_ca(file) {
@@ -217,7 +218,13 @@ impl UpstreamGroup {
             let host: Option<Arc<str>> = spec.is_name.then(|| spec.host.as_str().into());
             for a in addrs {
                 if !targets.iter().any(|t: &Arc<TargetState>| t.addr == a) {
-                    targets.push(self.registry.get(&self.name, a, host.clone(), spec.weight));
+                    targets.push(self.registry.get(
+                        &self.name,
+                        a,
+                        host.clone(),
+                        spec.weight,
+                        spec.backup,
+                    ));
                 }
             }
         }
@@ -250,7 +257,16 @@ impl UpstreamGroup {
         tried: &[SocketAddr],
     ) -> Result<Arc<TargetState>, GatewayError> {
         let now = now_ms();
-        let untried = |t: &TargetState| t.is_healthy(now) && !tried.contains(&t.addr);
+        // Backup targets take the traffic only while no primary one is healthy.
+        let backups = self.pool.load().has_backup
+            && !self
+                .pool
+                .load()
+                .targets
+                .iter()
+                .any(|t| !t.backup && t.is_healthy(now));
+        let usable = |t: &TargetState| t.backup == backups && t.is_healthy(now);
+        let untried = |t: &TargetState| usable(t) && !tried.contains(&t.addr);
         if let Some(t) = self.pick(req, client_ip, &untried) {
             return Ok(t);
         }
@@ -258,7 +274,7 @@ impl UpstreamGroup {
         match tried.is_empty() {
             true => Err(GatewayError::NoHealthyTarget),
             false => self
-                .pick(req, client_ip, &|t: &TargetState| t.is_healthy(now))
+                .pick(req, client_ip, &usable)
                 .ok_or(GatewayError::NoHealthyTarget),
         }
     }
@@ -373,13 +389,14 @@ impl UpstreamGroup {
 /// Pool key of connections opened after a pooled one failed (see [`UpstreamGroup::http_peer`]).
 const FRESH_POOL: u64 = 0x9e37_79b9_7f4a_7c15;
 
-fn parse_target(addr: &str, weight: u32) -> Option<TargetSpec> {
+fn parse_target(addr: &str, weight: u32, backup: bool) -> Option<TargetSpec> {
     if let Ok(sa) = addr.parse::<SocketAddr>() {
         return Some(TargetSpec {
             host: sa.ip().to_string(),
             port: sa.port(),
             weight,
             is_name: false,
+            backup,
         });
     }
     let (host, port) = addr.rsplit_once(':')?;
@@ -388,6 +405,7 @@ fn parse_target(addr: &str, weight: u32) -> Option<TargetSpec> {
         port: port.parse().ok()?,
         weight,
         is_name: true,
+        backup,
     })
 }
 

@@ -23,6 +23,8 @@ pub struct TargetState {
     /// Host name from the config (`users.internal` in `users.internal:80`), used for SNI.
     pub host: Option<Arc<str>>,
     pub weight: u32,
+    /// A backup target: used only while no primary target is healthy.
+    pub backup: bool,
     active_up: AtomicBool,
     streak_ok: AtomicU32,
     streak_fail: AtomicU32,
@@ -37,6 +39,7 @@ impl TargetState {
             addr,
             host,
             weight,
+            backup: false,
             active_up: AtomicBool::new(true),
             streak_ok: AtomicU32::new(0),
             streak_fail: AtomicU32::new(0),
@@ -142,14 +145,20 @@ impl Registry {
         addr: SocketAddr,
         host: Option<Arc<str>>,
         weight: u32,
+        backup: bool,
     ) -> Arc<TargetState> {
+        let make = |host| {
+            let mut t = TargetState::new(addr, host, weight);
+            t.backup = backup;
+            t
+        };
         let mut m = self.states.lock();
         let e = m
             .entry((upstream.clone(), addr))
-            .or_insert_with(|| Arc::new(TargetState::new(addr, host.clone(), weight)));
-        if e.weight != weight || e.host != host {
+            .or_insert_with(|| Arc::new(make(host.clone())));
+        if e.weight != weight || e.host != host || e.backup != backup {
             // Same endpoint, new settings: keep the learnt health, rebuild the rest.
-            let fresh = Arc::new(TargetState::new(addr, host, weight));
+            let fresh = Arc::new(make(host));
             fresh.active_up.store(e.active_up(), Relaxed);
             *e = fresh;
         }
@@ -234,11 +243,11 @@ mod tests {
     fn registry_keeps_state_across_lookups() {
         let r = Registry::default();
         let name: Arc<str> = "u".into();
-        let a = r.get(&name, "127.0.0.1:1".parse().unwrap(), None, 1);
+        let a = r.get(&name, "127.0.0.1:1".parse().unwrap(), None, 1, false);
         a.record_check(false, 1, 1);
-        let b = r.get(&name, "127.0.0.1:1".parse().unwrap(), None, 1);
+        let b = r.get(&name, "127.0.0.1:1".parse().unwrap(), None, 1, false);
         assert!(!b.active_up());
-        let c = r.get(&name, "127.0.0.1:1".parse().unwrap(), None, 5);
+        let c = r.get(&name, "127.0.0.1:1".parse().unwrap(), None, 5, false);
         assert!(!c.active_up());
         assert_eq!(c.weight, 5);
         r.retain(|_, _| false);

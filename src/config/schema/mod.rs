@@ -408,6 +408,10 @@ pub struct Route {
     /// Plugins; the request side runs top to bottom, the response side bottom to top.
     #[serde(default)]
     pub plugins: Vec<PluginSpec>,
+    /// A second upstream for this route, used when `upstream` cannot take the request: every
+    /// target unhealthy, its circuit breaker open, or the connection failed after its retries.
+    #[serde(default)]
+    pub failover: Option<String>,
     /// Bound of all tries of a request together (connections, retries and their pauses, the
     /// wait for each answer header); 504 after it. Without it each try has the upstream's
     /// timeouts.

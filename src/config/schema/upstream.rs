@@ -47,6 +47,9 @@ pub struct Target {
     pub addr: String,
     #[serde(default = "d::weight")]
     pub weight: u32,
+    /// Gets traffic only while no primary (non-backup) target is healthy (NGINX `backup`).
+    #[serde(default)]
+    pub backup: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize, JsonSchema)]
