@@ -411,3 +411,69 @@ async fn the_failover_upstream_takes_over() {
     assert_eq!(served_by(&gw, "/breaker").await, "dr");
     assert_eq!(failing.hits(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_percentages_hold_over_ten_thousand_requests() {
+    use crate::util::upstream::Upstream;
+    let up = Upstream::start("a").await;
+    let body = format!(
+        "upstreams:\n  svc: {{ targets: [ {{ addr: \"{}\" }} ] }}\nroutes:\n  - name: chaos\n    match: {{ path: /chaos }}\n    upstream: svc\n    plugins:\n      - fault: {{ delay: {{ duration: 1ms, percent: 10 }}, abort: {{ status: 503, percent: 5 }}, seed: 7 }}\n  - name: opt-in\n    match: {{ path: /opt-in }}\n    upstream: svc\n    plugins:\n      - fault: {{ abort: {{ status: 500, percent: 100 }}, when_header: x-postern-fault }}\n",
+        up.addr
+    );
+    let gw = Gateway::start(&body);
+    let n = 10_000usize;
+    let url = gw.url("/chaos");
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (c, url) = (client(), url.clone());
+            tokio::spawn(async move {
+                let mut aborted = 0;
+                for _ in 0..n / 8 {
+                    let r = c.get(&url).send().await.unwrap();
+                    match r.status().as_u16() {
+                        503 => {
+                            let p: serde_json::Value = r.json().await.unwrap();
+                            assert_eq!(p["type"], "urn:postern:problem:fault-injected");
+                            aborted += 1;
+                        }
+                        200 => {}
+                        s => panic!("unexpected {s}"),
+                    }
+                }
+                aborted
+            })
+        })
+        .collect();
+    let mut aborted = 0usize;
+    for t in tasks {
+        aborted += t.await.unwrap();
+    }
+    // 5% +- 2 points and 10% +- 2 points.
+    assert!((300..=700).contains(&aborted), "{aborted} aborted of {n}");
+    assert_eq!(
+        up.hits(),
+        n - aborted,
+        "an aborted request never reaches the upstream"
+    );
+    let m = gw.metrics();
+    let count = |f: &str| {
+        metric(
+            &m,
+            &format!("postern_faults_injected_total{{fault=\"{f}\",route=\"chaos\"}}"),
+        )
+        .unwrap_or(0.0) as usize
+    };
+    assert_eq!(count("abort") + count("delay+abort"), aborted);
+    let delayed = count("delay") + count("delay+abort");
+    assert!((800..=1200).contains(&delayed), "{delayed} delayed of {n}");
+    // Opt-in faults: only requests with the header.
+    let c = client();
+    assert_eq!(c.get(gw.url("/opt-in")).send().await.unwrap().status(), 200);
+    let r = c
+        .get(gw.url("/opt-in"))
+        .header("x-postern-fault", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 500);
+}

@@ -175,6 +175,8 @@ struct Record<'a> {
     error: Option<String>,
     /// Why the route's static fallback answered (`circuit_open`, `timeout`...).
     fallback: Option<&'static str>,
+    /// A fault the `fault` plugin injected (`delay`, `abort`, `delay+abort`).
+    fault: Option<&'static str>,
 }
 
 impl Entry for Record<'_> {
@@ -204,6 +206,7 @@ impl Entry for Record<'_> {
         o.uint(json_key!("tries"), u64::from(self.tries));
         o.opt_str(json_key!("error"), self.error.as_deref());
         o.opt_str(json_key!("fallback"), self.fallback);
+        o.opt_str(json_key!("fault"), self.fault);
         o.finish();
     }
 }
@@ -253,6 +256,11 @@ fn access_record(
         tries: ctx.attempt.tries,
         error: e.map(|e| error_name(e, ctx.failure.as_ref()).to_string()),
         fallback: ctx.fallback,
+        fault: ctx
+            .req
+            .ext
+            .get::<crate::plugins::fault::Injected>()
+            .map(|f| f.0),
     };
     log.write(&record);
 }
@@ -310,6 +318,7 @@ mod tests {
             tries: 2,
             error: Some("ConnectTimedout".into()),
             fallback: None,
+            fault: Some("delay"),
         };
         let (a, b) = both(&full);
         assert_eq!(a, b);

@@ -58,6 +58,7 @@ pub struct Families {
     circuit_transitions: IntCounterVec,
     retry_results: IntCounterVec,
     fallbacks: IntCounterVec,
+    faults: IntCounterVec,
 }
 
 fn families() -> Result<Families, prometheus::Error> {
@@ -180,6 +181,11 @@ fn families() -> Result<Families, prometheus::Error> {
             "postern_fallbacks_total",
             "Requests answered by a route's static fallback, by route and reason.",
             &["route", "reason"]
+        )?,
+        faults: register_int_counter_vec!(
+            "postern_faults_injected_total",
+            "Requests the fault plugin delayed or aborted, by route and fault.",
+            &["route", "fault"]
         )?,
         transform_errors: register_int_counter_vec!(
             "postern_transform_errors_total",
@@ -530,6 +536,13 @@ impl BreakerMetrics {
 pub fn retry_result(upstream: &str, result: &str) {
     if let Some(m) = METRICS.as_ref() {
         m.retry_results.with_label_values(&[upstream, result]).inc();
+    }
+}
+
+/// Counts a fault the `fault` plugin injected.
+pub fn fault(route: &str, what: &str) {
+    if let Some(m) = METRICS.as_ref() {
+        m.faults.with_label_values(&[route, what]).inc();
     }
 }
 

@@ -13,6 +13,7 @@ pub mod cache;
 pub mod compression;
 pub mod concurrency_limit;
 pub mod cors;
+pub mod fault;
 pub mod forward_auth;
 pub mod headers;
 pub mod ip_filter;
@@ -435,6 +436,8 @@ pub enum PluginSpec {
     Compression(compression::Config),
     /// Allow or deny by weekday and time of day in a time zone.
     TimeWindow(time_window::Config),
+    /// Inject delays and errors into a share of requests (failure rehearsal).
+    Fault(fault::Config),
 }
 
 /// Names accepted as plugin keys, for error messages.
@@ -456,6 +459,7 @@ pub const PLUGIN_NAMES: &[&str] = &[
     "oauth2_introspection",
     "mtls",
     "cache",
+    "fault",
 ];
 
 impl<'de> Deserialize<'de> for PluginSpec {
@@ -492,6 +496,7 @@ impl<'de> Deserialize<'de> for PluginSpec {
                     "forward_auth" => PluginSpec::ForwardAuth(map.next_value()?),
                     "mtls" => PluginSpec::Mtls(map.next_value()?),
                     "cache" => PluginSpec::Cache(map.next_value()?),
+                    "fault" => PluginSpec::Fault(map.next_value()?),
                     "transform" => PluginSpec::Transform(map.next_value()?),
                     "cors" => PluginSpec::Cors(map.next_value()?),
                     "compression" => PluginSpec::Compression(map.next_value()?),
@@ -544,5 +549,6 @@ pub fn build(spec: &PluginSpec, b: &BuildCtx) -> Result<Arc<dyn Plugin>, Vec<Iss
         PluginSpec::Compression(c) => {
             Arc::new(compression::Compression::new(c, &at("compression"))?)
         }
+        PluginSpec::Fault(c) => Arc::new(fault::Fault::new(c, &at("fault"))?),
     })
 }
