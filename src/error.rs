@@ -2,6 +2,7 @@
 //! itself produces is rendered here as an RFC 9457 `application/problem+json` body.
 //! Internal causes are logged, never sent to clients.
 
+use crate::error_pages::{ErrorPages, Fill};
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorSource, ErrorType};
@@ -52,6 +53,9 @@ pub enum GatewayError {
     /// The upstream answered with this 5xx status and the route's `fallback` covers it (only
     /// raised then; without a fallback an upstream's answer is passed through).
     UpstreamStatus(u16),
+    /// An upstream answer with this status replaced by the route's error page
+    /// (`intercept_upstream`); the status is kept.
+    Intercepted(u16),
     /// A bug or an unexpected internal state; the detail goes to the error log only.
     Internal,
 }
@@ -88,6 +92,7 @@ impl GatewayError {
             GatewayError::Composite { .. } => 502,
             GatewayError::CircuitOpen { .. } => 503,
             GatewayError::UpstreamStatus(_) => 502,
+            GatewayError::Intercepted(s) => *s,
             GatewayError::Internal => 500,
         }
     }
@@ -115,6 +120,7 @@ impl GatewayError {
             GatewayError::Composite { .. } => "composite-failed",
             GatewayError::CircuitOpen { .. } => "circuit-open",
             GatewayError::UpstreamStatus(_) => "bad-gateway",
+            GatewayError::Intercepted(_) => "upstream-error",
             GatewayError::Internal => "internal-error",
         }
     }
@@ -141,6 +147,10 @@ impl GatewayError {
             GatewayError::Composite { .. } => "Bad Gateway",
             GatewayError::CircuitOpen { .. } => "Service Unavailable",
             GatewayError::UpstreamStatus(_) => "Bad Gateway",
+            GatewayError::Intercepted(s) => http::StatusCode::from_u16(*s)
+                .ok()
+                .and_then(|c| c.canonical_reason())
+                .unwrap_or("Error"),
             GatewayError::Internal => "Internal Server Error",
         }
     }
@@ -168,6 +178,7 @@ impl GatewayError {
                 "The upstream service is failing; requests to it are paused."
             }
             GatewayError::UpstreamStatus(_) => "The upstream service failed to answer correctly.",
+            GatewayError::Intercepted(_) => "The upstream service answered with an error.",
             GatewayError::Internal => "The gateway failed to process the request.",
         }
     }
@@ -178,7 +189,8 @@ impl GatewayError {
         let source = match self {
             GatewayError::BadGateway
             | GatewayError::UpstreamTimeout
-            | GatewayError::UpstreamStatus(_) => ErrorSource::Upstream,
+            | GatewayError::UpstreamStatus(_)
+            | GatewayError::Intercepted(_) => ErrorSource::Upstream,
             GatewayError::Internal
             | GatewayError::CircuitOpen { .. }
             | GatewayError::NoHealthyTarget
@@ -236,10 +248,34 @@ impl GatewayError {
         }
     }
 
-    /// A complete response: status, `Content-Type`, `Content-Length`, `X-Request-Id`.
-    pub fn response(&self, request_id: &str) -> pingora::Result<(ResponseHeader, Bytes)> {
-        let body = self.body(request_id);
-        let mut h = problem_header(self.status(), body.len())?;
+    /// A complete response: status, `Content-Type`, `Content-Length`, `X-Request-Id`. The body
+    /// is the matching page of `pages` (with the route's name) when there is one, else
+    /// problem+json.
+    pub fn response(
+        &self,
+        request_id: &str,
+        pages: Option<(&ErrorPages, &str)>,
+    ) -> pingora::Result<(ResponseHeader, Bytes)> {
+        let page = pages.and_then(|(p, route)| {
+            p.render(&Fill {
+                status: self.status(),
+                title: self.title(),
+                detail: self.detail(),
+                request_id,
+                route,
+            })
+        });
+        let (mut h, body) = match page {
+            Some((ct, body)) => {
+                let mut h = problem_header(self.status(), body.len())?;
+                h.insert_header("content-type", ct)?;
+                (h, body)
+            }
+            None => {
+                let body = self.body(request_id);
+                (problem_header(self.status(), body.len())?, body)
+            }
+        };
         if !request_id.is_empty() {
             let _ = h.insert_header("x-request-id", request_id);
         }
@@ -285,6 +321,7 @@ pub async fn respond(
     decided: Option<GatewayError>,
     e: &Error,
     request_id: &str,
+    pages: Option<(&ErrorPages, &str)>,
 ) -> pingora::proxy::FailToProxy {
     use pingora::proxy::FailToProxy;
     let Some(ge) = decided.or_else(|| classify(e)) else {
@@ -301,7 +338,7 @@ pub async fn respond(
     if session.response_written().is_some() {
         return closed;
     }
-    let Ok((header, body)) = ge.response(request_id) else {
+    let Ok((header, body)) = ge.response(request_id, pages) else {
         return closed;
     };
     let reusable = matches!(ge, GatewayError::NoRoute | GatewayError::NoHealthyTarget)
@@ -370,7 +407,7 @@ mod tests {
 
     #[test]
     fn problem_body_has_the_rfc9457_members() {
-        let (h, body) = GatewayError::NoRoute.response("abc").unwrap();
+        let (h, body) = GatewayError::NoRoute.response("abc", None).unwrap();
         assert_eq!(h.status.as_u16(), 404);
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["status"], 404);

@@ -15,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod context;
 pub mod error;
+pub mod error_pages;
 pub mod gateway;
 pub mod lifecycle;
 pub mod observability;

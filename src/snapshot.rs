@@ -4,6 +4,7 @@
 
 use crate::config::schema::{self, Config};
 use crate::config::{self as cfg, ConfigError, Issue, Loaded};
+use crate::error_pages::ErrorPages;
 use crate::observability::metrics::RouteMetrics;
 use crate::plugins::compression::CompressionPolicy;
 use crate::plugins::{self, Chain};
@@ -53,6 +54,10 @@ pub struct Route {
     pub cache_metrics: crate::observability::metrics::CacheMetrics,
     /// Response compression (the route's `compression` plugin, else `server.compression`).
     pub compression: Option<Arc<CompressionPolicy>>,
+    /// Error pages of this route's errors: its own `errors`, else `server.errors`.
+    pub errors: Arc<ErrorPages>,
+    /// Upstream statuses answered with the error page (`intercept_upstream`).
+    pub intercept: Vec<u16>,
     /// The route's `failover` upstream.
     pub failover: Option<Arc<UpstreamGroup>>,
     /// Bound of all tries together (`deadline`).
@@ -109,6 +114,8 @@ pub struct Snapshot {
     /// Some route's response is deferred or some route is a composite (both served through
     /// subrequests): only then may requests spawn subrequests (Pingora's spawner costs a reference count per request).
     pub defers: bool,
+    /// `server.errors`, compiled (for requests without a route).
+    pub errors: Arc<ErrorPages>,
     pub config: Config,
 }
 
@@ -121,6 +128,8 @@ struct RouteEnv<'a> {
     redis: Option<(&'a Arc<Redis>, schema::OnError)>,
     /// `server.compression`, compiled.
     compression: Option<Arc<CompressionPolicy>>,
+    /// `server.errors`, compiled.
+    errors: &'a Arc<ErrorPages>,
 }
 
 /// A listener ready to be bound.
@@ -271,10 +280,16 @@ pub fn compile(
                 .ok()
         })
         .collect();
+    let server_errors = Arc::new(
+        ErrorPages::compile("server.errors", &config.server.errors)
+            .map_err(|mut e| issues.append(&mut e))
+            .unwrap_or_default(),
+    );
     let mut router = Router::default();
     let mut routes = Vec::new();
     for (i, r) in config.routes.iter().enumerate() {
         let env = RouteEnv {
+            errors: &server_errors,
             consumers: &consumers,
             config: &config,
             upstreams: &upstreams,
@@ -318,6 +333,7 @@ pub fn compile(
             routes,
             upstreams,
             limits,
+            errors: server_errors,
             config,
         },
         listeners,
@@ -519,7 +535,23 @@ fn compile_route(
         }
         (None, _) => None,
     };
+    let errors = match r.errors.is_empty() {
+        true => Some(env.errors.clone()),
+        false => ErrorPages::compile(&format!("{path}.errors"), &r.errors)
+            .map_err(|mut e| issues.append(&mut e))
+            .ok()
+            .map(Arc::new),
+    };
+    for (j, st) in r.intercept_upstream.iter().enumerate() {
+        if !(400..=599).contains(st) {
+            issues.push(Issue::new(
+                format!("{path}.intercept_upstream[{j}]"),
+                format!("only 4xx and 5xx answers can be intercepted, got {st}"),
+            ));
+        }
+    }
     let target = target?;
+    let errors = errors?;
     if issues.len() > before {
         return None;
     }
@@ -542,6 +574,8 @@ fn compile_route(
         chain,
         fallback,
         deadline: r.deadline.map(|d| d.0),
+        errors,
+        intercept: r.intercept_upstream.clone(),
         failover: r
             .failover
             .as_ref()

@@ -477,3 +477,196 @@ async fn fault_percentages_hold_over_ten_thousand_requests() {
         .unwrap();
     assert_eq!(r.status(), 500);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_pages_replace_problem_bodies_and_intercepted_upstream_errors() {
+    let leaky = DocServer::start(500, "panic at db.internal:5432, stack: ...").await;
+    let dead = format!("127.0.0.1:{}", free_port());
+    let server = "  errors:\n    - { status: [404], content_type: text/html, body: \"<h1>${status} ${title}</h1><p>${detail}</p><small>${request_id}</small>\" }\n    - { status: [5xx], content_type: application/json, body: '{\"error\": \"${title}\", \"status\": ${status}, \"route\": \"${route}\", \"id\": \"${request_id}\"}' }\n";
+    let body = format!(
+        r#"consumers:
+  - {{ name: app, api_keys: [ {{ sha256: "2c70e12b7a0646f92279f427c7b38e7334d8e5389cff167a1dc30e73f826b683" }} ] }}
+upstreams:
+  leaky: {{ targets: [ {{ addr: "{leaky}" }} ] }}
+  dead: {{ targets: [ {{ addr: "{dead}" }} ], retry: {{ attempts: 1 }} }}
+routes:
+  - name: down
+    match: {{ path: /down }}
+    upstream: dead
+  - name: leaky
+    match: {{ path: /leaky }}
+    upstream: leaky
+    intercept_upstream: [500]
+  - name: private
+    match: {{ path: /private }}
+    upstream: leaky
+    plugins: [ {{ api_key: {{ header: x-api-key }} }} ]
+    errors:
+      - {{ status: [401, 403], content_type: text/plain, body: "denied: ${{detail}}" }}
+"#,
+        leaky = leaky.addr
+    );
+    let gw = Gateway::start_full(&body, "", server);
+    let c = client();
+    // No route: the server's HTML page, values escaped for HTML.
+    let r = c.get(gw.url("/nope")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.headers()["content-type"], "text/html");
+    let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let text = r.text().await.unwrap();
+    assert!(
+        text.starts_with("<h1>404 Not Found</h1><p>No route matches this request.</p>"),
+        "{text}"
+    );
+    assert!(text.contains(&id));
+    // Connection refused: the server's JSON page.
+    let r = c.get(gw.url("/down")).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "Bad Gateway");
+    assert_eq!(v["status"], 502);
+    assert_eq!(v["route"], "down");
+    // An intercepted upstream 500: status kept, its body (with internal detail) replaced.
+    let r = c.get(gw.url("/leaky")).send().await.unwrap();
+    assert_eq!(r.status(), 500);
+    let text = r.text().await.unwrap();
+    assert!(!text.contains("db.internal"), "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["error"], "Internal Server Error");
+    assert_eq!(v["route"], "leaky");
+    // Not listed: a 500 on another route passes as the upstream sent it.
+    let r = c
+        .get(gw.url("/private"))
+        .header("x-api-key", "key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 500);
+    assert!(r.text().await.unwrap().contains("db.internal"));
+    // A plugin's 401 with the route's own page.
+    let r = c.get(gw.url("/private")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["content-type"], "text/plain");
+    assert!(r.text().await.unwrap().starts_with("denied: "));
+}
+
+/// Every error Postern itself answers, walked once: no address, Pingora text or OS error in
+/// any body or header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_error_answer_leaks_internal_detail() {
+    let slow = crate::util::upstream::FnServer::start(|_| {
+        (200, vec![("x-test-delay-ms", "2000".into())], "{}".into())
+    })
+    .await;
+    let failing = DocServer::start(503, "{}").await;
+    let dead_port = free_port();
+    let dead = format!("127.0.0.1:{dead_port}");
+    let body = format!(
+        r#"upstreams:
+  slow: {{ targets: [ {{ addr: "{slow}" }} ], timeouts: {{ read: 200ms }}, retry: {{ attempts: 1 }} }}
+  dead: {{ targets: [ {{ addr: "{dead}" }} ], retry: {{ attempts: 1 }} }}
+  down: {{ targets: [ {{ addr: "{dead}" }} ], health: {{ passive: {{ unhealthy_after: 1, eject_for: 1h }} }}, retry: {{ attempts: 1 }} }}
+  failing: {{ targets: [ {{ addr: "{failing}" }} ], retry: {{ attempts: 1 }}, circuit_breaker: {{ consecutive_failures: 1, open_for: 1h, max_open_for: 1h }} }}
+routes:
+  - {{ name: timeout, match: {{ path: /timeout }}, upstream: slow }}
+  - {{ name: refused, match: {{ path: /refused }}, upstream: dead }}
+  - {{ name: unhealthy, match: {{ path: /unhealthy }}, upstream: down }}
+  - {{ name: breaker, match: {{ path: /breaker }}, upstream: failing }}
+  - name: small
+    match: {{ path: /small }}
+    upstream: slow
+    max_request_body: 10
+  - name: limited
+    match: {{ path: /limited }}
+    upstream: dead
+    plugins: [ {{ rate_limit: {{ key: client_ip, limits: [ {{ requests: 1, per: 1m }} ] }} }} ]
+  - name: denied
+    match: {{ path: /denied }}
+    upstream: dead
+    plugins: [ {{ ip_filter: {{ deny: [127.0.0.0/8] }} }} ]
+  - name: jwt
+    match: {{ path: /jwt }}
+    upstream: dead
+    plugins: [ {{ jwt: {{ keys: [ {{ alg: HS256, secret: "0123456789abcdef0123456789abcdef" }} ] }} }} ]
+  - name: composite
+    match: {{ path: /composite }}
+    aggregate:
+      calls:
+        a: {{ upstream: dead, path: /a }}
+"#,
+        slow = slow.addr,
+        failing = failing.addr
+    );
+    let gw = Gateway::start(&body);
+    let c = client();
+    // The breaker needs one failure first; the unhealthy upstream one ejection.
+    c.get(gw.url("/breaker")).send().await.unwrap();
+    c.get(gw.url("/unhealthy")).send().await.unwrap();
+    c.get(gw.url("/limited")).send().await.unwrap();
+    let mut seen = Vec::new();
+    let mut check = |what: &str, status: u16, headers: String, body: String| {
+        let all = format!("{headers}\n{body}");
+        for leak in [
+            dead_port.to_string(),
+            slow.addr.port().to_string(),
+            failing.addr.port().to_string(),
+            "pingora".into(),
+            "Pingora".into(),
+            "os error".into(),
+            "refused".into(),
+            "Peer".into(),
+            "context:".into(),
+        ] {
+            assert!(
+                !all.contains(&leak),
+                "{what} ({status}) leaks {leak:?}: {all}"
+            );
+        }
+        seen.push(status);
+    };
+    let cases: Vec<(&str, reqwest::RequestBuilder)> = vec![
+        ("no route", c.get(gw.url("/nope"))),
+        ("timeout", c.get(gw.url("/timeout"))),
+        ("refused", c.get(gw.url("/refused"))),
+        ("unhealthy", c.get(gw.url("/unhealthy"))),
+        ("breaker", c.get(gw.url("/breaker"))),
+        ("too large", c.post(gw.url("/small")).body("x".repeat(100))),
+        ("rate limited", c.get(gw.url("/limited"))),
+        ("ip denied", c.get(gw.url("/denied"))),
+        (
+            "bad token",
+            c.get(gw.url("/jwt")).bearer_auth("not.a.token"),
+        ),
+        ("composite", c.get(gw.url("/composite"))),
+        (
+            "huge header",
+            c.get(gw.url("/nope")).header("x-big", "a".repeat(70_000)),
+        ),
+    ];
+    for (what, req) in cases {
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        let headers = format!("{:?}", r.headers());
+        let body = r.text().await.unwrap_or_default();
+        check(what, status, headers, body);
+    }
+    // A request Pingora's parser refuses (two Content-Length fields) gets Pingora's canned 400:
+    // an empty body, and its `Server: Pingora` field, the one trace of the framework (known,
+    // see the README's Errors section).
+    let raw =
+        gw.raw("GET /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n");
+    let raw = raw.replace("Server: Pingora\r\n", "");
+    check(
+        "malformed",
+        crate::util::status_of(&raw),
+        raw.clone(),
+        String::new(),
+    );
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![400, 401, 403, 404, 413, 429, 431, 502, 502, 503, 503, 504],
+        "every path answered its status"
+    );
+}

@@ -384,6 +384,8 @@ fn compile_call(
         fallback: None,
         deadline: None,
         failover: None,
+        errors: Default::default(),
+        intercept: Vec::new(),
         chain,
         param_names: Vec::new(),
         strip_prefix: None,

@@ -174,3 +174,6 @@ pub fn budget_window() -> Dur {
 pub fn budget_min() -> f64 {
     3.0
 }
+pub fn error_page_type() -> String {
+    "application/json".into()
+}

@@ -136,8 +136,9 @@ pub(super) fn connect_failed(ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
                 Outcome::ConnectError
             },
         );
-        let retry =
-            group.retry.after_connect_failure(ctx.attempt.tries, &e) && group.budget_allows_retry();
+        // Outside the retry budget: nothing reached the target, and the retry goes to another
+        // one (a budget here turned one dead target of two into lost requests under load).
+        let retry = group.retry.after_connect_failure(ctx.attempt.tries, &e);
         let has_failover = ctx.route.as_ref().is_some_and(|r| r.failover.is_some());
         if !retry && has_failover && !ctx.attempt.failover {
             // The route's own upstream is out of tries: one more on the failover upstream.
@@ -303,6 +304,16 @@ pub(super) fn upstream_response(
         let mut e = Error::explain(
             pingora::ErrorType::HTTPStatus(status),
             "upstream status replaced by the route's fallback",
+        );
+        e.esource = pingora::ErrorSource::Upstream;
+        return Err(e);
+    }
+    if route.intercept.contains(&status) {
+        // The error page replaces the upstream's body; the status stays.
+        ctx.failure = Some(GatewayError::Intercepted(status));
+        let mut e = Error::explain(
+            pingora::ErrorType::HTTPStatus(status),
+            "upstream error answer intercepted",
         );
         e.esource = pingora::ErrorSource::Upstream;
         return Err(e);

@@ -234,8 +234,14 @@ impl ProxyHttp for Gateway {
         if let Some(answer) = response::fallback(session, ctx, e).await {
             return answer;
         }
+        let pages = match &ctx.route {
+            Some(r) => (&*r.errors, &*r.name),
+            None => (&*ctx.snap.errors, ""),
+        };
+        let pages = (!pages.0.is_empty()).then_some(pages);
         let answer =
-            crate::error::respond(session, ctx.failure.clone(), e, &ctx.req.request_id).await;
+            crate::error::respond(session, ctx.failure.clone(), e, &ctx.req.request_id, pages)
+                .await;
         ctx.req.status = Some(answer.error_code);
         answer
     }

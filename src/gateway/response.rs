@@ -147,6 +147,7 @@ pub(super) async fn send_reply(
     reply: Reply,
 ) -> pingora::Result<bool> {
     let route = ctx.route()?;
+    let reply = with_error_page(reply, &route, &ctx.req.request_id);
     let mut h = ResponseHeader::build(reply.status, Some(reply.headers.len() + 2))?;
     for (n, v) in reply.headers {
         h.append_header(n, v)?;
@@ -193,4 +194,40 @@ pub(super) async fn fallback(
         error_code: fb.status,
         can_reuse_downstream: sent && session.is_body_empty(),
     })
+}
+
+/// A plugin's problem+json error (401, 403, 429...) with the route's error page as body, when
+/// one matches its status.
+fn with_error_page(
+    mut reply: Reply,
+    route: &crate::snapshot::Route,
+    request_id: &crate::context::RequestId,
+) -> Reply {
+    use http::header::CONTENT_TYPE;
+    let problem = reply
+        .headers
+        .iter()
+        .any(|(k, v)| k == CONTENT_TYPE && v == "application/problem+json");
+    if !problem || !route.errors.covers(reply.status) {
+        return reply;
+    }
+    let p: serde_json::Value = serde_json::from_slice(&reply.body).unwrap_or_default();
+    let text = |k: &str| p.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
+    let (title, detail) = (text("title"), text("detail"));
+    let Some((ct, body)) = route.errors.render(&crate::error_pages::Fill {
+        status: reply.status,
+        title: &title,
+        detail: &detail,
+        request_id: request_id.as_str(),
+        route: &route.name,
+    }) else {
+        return reply;
+    };
+    for (k, v) in reply.headers.iter_mut() {
+        if *k == CONTENT_TYPE {
+            *v = ct.clone();
+        }
+    }
+    reply.body = body;
+    reply
 }

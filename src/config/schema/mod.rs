@@ -167,6 +167,10 @@ pub struct Server {
     /// `compression: { enabled: false }` on a route turns it off). Off when absent.
     #[serde(default)]
     pub compression: Option<crate::plugins::compression::Config>,
+    /// Error pages replacing the problem+json body of the errors Postern generates, by status
+    /// (a route's `errors` replace these for that route).
+    #[serde(default)]
+    pub errors: Vec<ErrorPageConfig>,
 }
 
 /// Forwarding headers added to proxied requests (each costs a header insertion per request).
@@ -221,6 +225,7 @@ impl Default for Server {
             trusted_proxies: Vec::new(),
             watch_config: None,
             compression: None,
+            errors: Vec::new(),
         }
     }
 }
@@ -408,6 +413,13 @@ pub struct Route {
     /// Plugins; the request side runs top to bottom, the response side bottom to top.
     #[serde(default)]
     pub plugins: Vec<PluginSpec>,
+    /// Error pages for the errors of this route (instead of `server.errors`).
+    #[serde(default)]
+    pub errors: Vec<ErrorPageConfig>,
+    /// Upstream answers with these statuses get the route's (or the server's) error page as
+    /// body, keeping their status (NGINX `proxy_intercept_errors`). 4xx only when listed.
+    #[serde(default)]
+    pub intercept_upstream: Vec<u16>,
     /// A second upstream for this route, used when `upstream` cannot take the request: every
     /// target unhealthy, its circuit breaker open, or the connection failed after its retries.
     #[serde(default)]
@@ -421,6 +433,30 @@ pub struct Route {
     /// `Postern-Fallback: ?1`).
     #[serde(default)]
     pub fallback: Option<RouteFallback>,
+}
+
+/// An error page: the body of the errors with these statuses.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorPageConfig {
+    /// Statuses (404) and classes (`4xx`, `5xx`) this page answers.
+    pub status: Vec<StatusSelector>,
+    /// The page's `Content-Type`; JSON types escape values as JSON, HTML and XML as markup.
+    #[serde(default = "d::error_page_type")]
+    pub content_type: String,
+    /// The template, inline: `${status}`, `${title}`, `${detail}`, `${request_id}`, `${route}`.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// The template, read from this file when the configuration is loaded.
+    #[serde(default)]
+    pub body_file: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum StatusSelector {
+    Code(u16),
+    Class(String),
 }
 
 /// A route's static fallback answer.
