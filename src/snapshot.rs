@@ -58,6 +58,10 @@ pub struct Route {
     pub errors: Arc<ErrorPages>,
     /// Upstream statuses answered with the error page (`intercept_upstream`).
     pub intercept: Vec<u16>,
+    /// Copies of the requests to a shadow upstream (`mirror`).
+    pub mirror: Option<Arc<crate::upstream::mirror::Mirror>>,
+    /// The route's weighted split between upstreams (`upstreams`).
+    pub split: Option<Arc<crate::upstream::split::Split>>,
     /// The route's `failover` upstream.
     pub failover: Option<Arc<UpstreamGroup>>,
     /// Bound of all tries together (`deadline`).
@@ -473,7 +477,23 @@ fn compile_route(
             })
             .ok()
     });
+    let split = (!r.upstreams.is_empty()).then(|| {
+        let choices: Vec<_> = r
+            .upstreams
+            .iter()
+            .filter_map(|t| Some((env.upstreams.get(&t.name)?.clone(), t.weight)))
+            .collect();
+        let sticky = r
+            .sticky
+            .as_deref()
+            .and_then(|s| crate::upstream::split::Sticky::parse(s).ok());
+        Arc::new(crate::upstream::split::Split::new(choices, sticky))
+    });
     let target = match (&r.upstream, &r.aggregate) {
+        (None, None) => split
+            .as_ref()
+            .and_then(|s| s.choices.first())
+            .map(|(g, _)| Target::Upstream(g.clone())),
         (Some(u), None) => env.upstreams.get(u).cloned().map(Target::Upstream),
         (None, Some(a)) => {
             let max_request_body = r
@@ -550,6 +570,21 @@ fn compile_route(
             ));
         }
     }
+    let mirror = match &r.mirror {
+        Some(m) => match env.upstreams.get(&m.upstream) {
+            Some(g) => crate::upstream::mirror::Mirror::new(
+                &format!("{path}.mirror"),
+                m,
+                g.clone(),
+                name.clone(),
+            )
+            .map_err(|mut e| issues.append(&mut e))
+            .ok()
+            .map(Arc::new),
+            None => None, // reported by validation
+        },
+        None => None,
+    };
     let target = target?;
     let errors = errors?;
     if issues.len() > before {
@@ -576,6 +611,8 @@ fn compile_route(
         deadline: r.deadline.map(|d| d.0),
         errors,
         intercept: r.intercept_upstream.clone(),
+        split,
+        mirror,
         failover: r
             .failover
             .as_ref()

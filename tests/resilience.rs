@@ -670,3 +670,149 @@ routes:
         "every path answered its status"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_weighted_split_holds_its_ratio_and_stickiness() {
+    use crate::util::upstream::Upstream;
+    let (v1, v2) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let body = format!(
+        "upstreams:\n  v1: {{ targets: [ {{ addr: \"{}\" }} ] }}\n  v2: {{ targets: [ {{ addr: \"{}\" }} ] }}\nroutes:\n  - {{ name: canary, match: {{ path: /canary }}, upstreams: [ {{ name: v1, weight: 90 }}, {{ name: v2, weight: 10 }} ] }}\n  - {{ name: by-user, match: {{ path: /user }}, upstreams: [ {{ name: v1, weight: 50 }}, {{ name: v2, weight: 50 }} ], sticky: \"header:x-user-id\" }}\n  - {{ name: by-cookie, match: {{ path: /cookie }}, upstreams: [ {{ name: v1, weight: 50 }}, {{ name: v2, weight: 50 }} ], sticky: \"cookie:release\" }}\n",
+        v1.addr, v2.addr
+    );
+    let gw = Gateway::start(&body);
+    let n = 10_000usize;
+    let url = gw.url("/canary");
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (c, url) = (client(), url.clone());
+            tokio::spawn(async move {
+                for _ in 0..n / 8 {
+                    assert_eq!(c.get(&url).send().await.unwrap().status(), 200);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let share = v2.hits() as f64 / n as f64;
+    assert!(
+        (0.08..=0.12).contains(&share),
+        "v2 got {share} of the requests"
+    );
+    assert_eq!(v1.hits() + v2.hits(), n);
+    // Sticky by header: every user stays on one upstream; users spread over both.
+    let mut users_on = [0, 0];
+    for u in 0..40 {
+        let first = served_by_with(&gw, "/user", Some(("x-user-id", format!("user-{u}")))).await;
+        for _ in 0..5 {
+            let again =
+                served_by_with(&gw, "/user", Some(("x-user-id", format!("user-{u}")))).await;
+            assert_eq!(again, first, "user-{u} moved");
+        }
+        users_on[usize::from(first == "v2")] += 1;
+    }
+    assert!(users_on[0] > 5 && users_on[1] > 5, "{users_on:?}");
+    // Sticky by cookie: the first answer sets it, later requests with it stay.
+    let r = client().get(gw.url("/cookie")).send().await.unwrap();
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        cookie.starts_with("release=v") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
+    let pair = cookie.split(';').next().unwrap().to_string();
+    let given = pair.split('=').nth(1).unwrap().to_string();
+    for _ in 0..10 {
+        let r = client()
+            .get(gw.url("/cookie"))
+            .header("cookie", &pair)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.headers().get("set-cookie").is_none());
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["upstream"], given.as_str());
+    }
+}
+
+async fn served_by_with(gw: &Gateway, path: &str, header: Option<(&str, String)>) -> String {
+    let mut req = client().get(gw.url(path));
+    if let Some((k, v)) = header {
+        req = req.header(k, v);
+    }
+    let v: serde_json::Value = req.send().await.unwrap().json().await.unwrap();
+    v["upstream"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirrors_never_delay_the_client_and_stay_bounded() {
+    use crate::util::upstream::{FnServer, Upstream};
+    let main = Upstream::start("main").await;
+    let hanging =
+        FnServer::start(|_| (200, vec![("x-test-delay-ms", "20000".into())], "{}".into())).await;
+    let seen = std::sync::Arc::new(parking_lot::Mutex::new(
+        Vec::<(String, String, String)>::new(),
+    ));
+    let s2 = seen.clone();
+    let recorder = FnServer::start(move |r| {
+        let host = r
+            .headers
+            .get("host")
+            .map(|h| h.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        s2.lock()
+            .push((format!("{} {}", r.method, r.uri), r.body.clone(), host));
+        (200, vec![], "{}".into())
+    })
+    .await;
+    let body = format!(
+        "upstreams:\n  main: {{ targets: [ {{ addr: \"{}\" }} ] }}\n  hanging: {{ targets: [ {{ addr: \"{}\" }} ], timeouts: {{ read: 30s }} }}\n  recorder: {{ targets: [ {{ addr: \"{}\" }} ] }}\nroutes:\n  - {{ name: shadowed, match: {{ path: /shadowed }}, upstream: main, mirror: {{ upstream: hanging, max_in_flight: 2 }} }}\n  - {{ name: copied, match: {{ path: /api/* }}, upstream: main, rewrite: {{ strip_prefix: /api }}, mirror: {{ upstream: recorder, max_body: 16 }} }}\n",
+        main.addr, hanging.addr, recorder.addr
+    );
+    let gw = Gateway::start(&body);
+    let c = client();
+    let started = Instant::now();
+    for _ in 0..10 {
+        let r = c.get(gw.url("/shadowed")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["upstream"], "main");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a shadow that hangs for 20 s delayed the clients"
+    );
+    // Two copies hang in flight; the other eight were dropped.
+    gw.wait_metric(
+        "postern_mirror_requests_total{result=\"dropped\",route=\"shadowed\"}",
+        8.0,
+    );
+    // A POST's copy carries the body and the rewritten path; a body over max_body is not copied.
+    let r = c
+        .post(gw.url("/api/orders?x=1"))
+        .header("host", "shop.example")
+        .body("{\"id\":7}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    gw.wait_metric(
+        "postern_mirror_requests_total{result=\"sent\",route=\"copied\"}",
+        1.0,
+    );
+    let copies = seen.lock().clone();
+    assert_eq!(copies.len(), 1);
+    assert_eq!(copies[0].0, "POST /orders?x=1");
+    assert_eq!(copies[0].1, "{\"id\":7}");
+    assert_eq!(copies[0].2, "shop.example");
+    c.post(gw.url("/api/big"))
+        .body("x".repeat(100))
+        .send()
+        .await
+        .unwrap();
+    gw.wait_metric(
+        "postern_mirror_requests_total{result=\"too_large\",route=\"copied\"}",
+        1.0,
+    );
+    assert_eq!(seen.lock().len(), 1);
+}

@@ -386,6 +386,8 @@ fn compile_call(
         failover: None,
         errors: Default::default(),
         intercept: Vec::new(),
+        split: None,
+        mirror: None,
         chain,
         param_names: Vec::new(),
         strip_prefix: None,

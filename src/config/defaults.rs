@@ -177,3 +177,12 @@ pub fn budget_min() -> f64 {
 pub fn error_page_type() -> String {
     "application/json".into()
 }
+pub fn mirror_percent() -> f64 {
+    100.0
+}
+pub fn mirror_max_body() -> Size {
+    Size(64 * 1024)
+}
+pub fn mirror_in_flight() -> usize {
+    100
+}

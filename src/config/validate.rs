@@ -478,11 +478,60 @@ fn check_upstream_name(c: &Config, name: &str, at: &str, out: &mut Issues) {
     }
 }
 
+fn check_split(c: &Config, r: &super::schema::Route, path: &str, out: &mut Issues) {
+    if r.upstream.is_some() || r.aggregate.is_some() {
+        out.push(
+            Issue::new(
+                format!("{path}.upstreams"),
+                "a route has one of `upstream`, `upstreams` (a split) and `aggregate`",
+            )
+            .hint("list every upstream of the split under `upstreams:` with its weight"),
+        );
+    }
+    if r.upstreams.len() < 2 {
+        out.err(
+            format!("{path}.upstreams"),
+            "a split needs at least two upstreams (use `upstream:` for one)",
+        );
+    }
+    let mut seen = HashSet::new();
+    for (i, t) in r.upstreams.iter().enumerate() {
+        let at = format!("{path}.upstreams[{i}]");
+        check_upstream_name(c, &t.name, &format!("{at}.name"), out);
+        if !seen.insert(&t.name) {
+            out.err(
+                format!("{at}.name"),
+                format!("\"{}\" is listed twice", t.name),
+            );
+        }
+        if t.weight == 0 || t.weight > 1_000_000 {
+            out.err(
+                format!("{at}.weight"),
+                format!("weight must be between 1 and 1000000, got {}", t.weight),
+            );
+        }
+    }
+    if let Some(s) = &r.sticky {
+        if let Err(m) = crate::upstream::split::Sticky::parse(s) {
+            out.err(format!("{path}.sticky"), m);
+        }
+    }
+}
+
 fn check_routes(c: &Config, out: &mut Issues) {
     let mut names = HashSet::new();
     for (i, r) in c.routes.iter().enumerate() {
         let path = format!("routes[{i}]");
+        if !r.upstreams.is_empty() {
+            check_split(c, r, &path, out);
+        } else if r.sticky.is_some() {
+            out.err(
+                format!("{path}.sticky"),
+                "sticky needs a split (`upstreams:`)",
+            );
+        }
         match (&r.upstream, &r.aggregate) {
+            (None, None) if !r.upstreams.is_empty() => {}
             (Some(u), None) => check_upstream_name(c, u, &format!("{path}.upstream"), out),
             (None, Some(a)) => {
                 for (name, call) in &a.calls {
@@ -498,9 +547,21 @@ fn check_routes(c: &Config, out: &mut Issues) {
                 .hint("a composite names an upstream in each of its calls"),
             ),
             (None, None) => out.push(
-                Issue::new(path.clone(), "a route needs `upstream` or `aggregate`")
-                    .hint("add `upstream: NAME` (one of `upstreams:`) or an `aggregate:` section"),
+                Issue::new(
+                    path.clone(),
+                    "a route needs `upstream`, `upstreams` or `aggregate`",
+                )
+                .hint("add `upstream: NAME` (one of `upstreams:`) or an `aggregate:` section"),
             ),
+        }
+        if let Some(m) = &r.mirror {
+            check_upstream_name(c, &m.upstream, &format!("{path}.mirror.upstream"), out);
+            if r.aggregate.is_some() {
+                out.err(
+                    format!("{path}.mirror"),
+                    "a composite is not mirrored; mirror the routes of its upstreams",
+                );
+            }
         }
         if let Some(f) = &r.failover {
             check_upstream_name(c, f, &format!("{path}.failover"), out);

@@ -21,6 +21,11 @@ use std::time::Instant;
 /// `failover` upstream when its own cannot take the request (breaker open, no healthy target).
 pub(super) async fn peer(session: &mut Session, ctx: &mut Ctx) -> pingora::Result<Box<HttpPeer>> {
     let route = ctx.route()?;
+    if let (Some(split), None) = (&route.split, ctx.attempt.split) {
+        let c = split.choose(session.req_header());
+        ctx.attempt.split = Some(c.index);
+        ctx.attempt.set_cookie = c.set_cookie;
+    }
     let Some(mut group) = ctx.group().cloned() else {
         return Err(ctx.fail(GatewayError::Internal));
     };

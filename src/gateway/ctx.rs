@@ -34,6 +34,8 @@ pub struct Ctx {
     /// A composite's call: the cache files its answers under the upstream's name instead of
     /// the client's Host.
     pub(super) key_host: Option<Arc<str>>,
+    /// The copy of this request for the route's mirror, while its body streams.
+    pub(super) mirror: Option<Box<crate::upstream::mirror::Capture>>,
     /// Why the route's static fallback answered instead of the upstream (access log).
     pub(super) fallback: Option<&'static str>,
     /// A main request answered through a subrequest: its report.
@@ -78,6 +80,10 @@ pub(super) struct Attempt {
     pub sent: Option<Instant>,
     /// The tries go to the route's `failover` upstream.
     pub failover: bool,
+    /// The upstream of the route's split this request was given (index), and whether the
+    /// answer sets the sticky cookie.
+    pub split: Option<usize>,
+    pub set_cookie: bool,
     /// The next try is the first on the failover upstream: no backoff pause.
     pub switched: bool,
     /// When the first try started (routes with a `deadline`).
@@ -136,6 +142,7 @@ impl Ctx {
             key_host: None,
             deferred: None,
             fallback: None,
+            mirror: None,
             _counted: InFlight::new(),
         }
     }
@@ -155,9 +162,10 @@ impl Ctx {
     /// The upstream the current try goes to: the route's, or its `failover` one.
     pub(super) fn group(&self) -> Option<&Arc<crate::upstream::UpstreamGroup>> {
         let r = self.route.as_ref()?;
-        match self.attempt.failover {
-            true => r.failover.as_ref(),
-            false => r.upstream(),
+        match (self.attempt.failover, self.attempt.split, &r.split) {
+            (true, _, _) => r.failover.as_ref(),
+            (false, Some(i), Some(s)) => s.choices.get(i).map(|(g, _)| g),
+            _ => r.upstream(),
         }
     }
 

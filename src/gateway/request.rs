@@ -110,6 +110,7 @@ pub(super) async fn admit(
             return Ok(());
         }
     }
+    mirror(session, ctx);
     if deferred {
         return Ok(());
     }
@@ -119,6 +120,35 @@ pub(super) async fn admit(
             "The chunked body framing is invalid.",
         ))),
         Err(checks::FirstChunk::Gone(e)) => Err(e),
+    }
+}
+
+/// The route's `mirror`: a copy of the request as the upstream gets it, sent now when it has
+/// no body (or its body was read already), else once the body has streamed (see [`body`]).
+fn mirror(session: &Session, ctx: &mut Ctx) {
+    let Some(route) = ctx.route.as_ref() else {
+        return;
+    };
+    let Some(m) = route.mirror.as_ref().filter(|m| m.draw()) else {
+        return;
+    };
+    let req = session.req_header();
+    let mut head = req.clone();
+    if let Some(p) = forward::upstream_path(route, req.uri.path(), &ctx.captures) {
+        forward::set_path(&mut head, &p);
+    }
+    let mut cap = m.capture(head, ctx.req.client_ip);
+    let h = &req.headers;
+    let bodyless = !h.contains_key(http::header::TRANSFER_ENCODING)
+        && h.get(http::header::CONTENT_LENGTH)
+            .is_none_or(|v| v.as_bytes() == b"0");
+    match (&ctx.bodies.request_ready, bodyless) {
+        (Some(ready), _) => {
+            m.add(&mut cap, ready);
+            m.send(cap);
+        }
+        (None, true) => m.send(cap),
+        (None, false) => ctx.mirror = Some(Box::new(cap)),
     }
 }
 
@@ -196,6 +226,15 @@ pub(super) fn body(
         .is_some_and(|r| ctx.body_bytes > r.max_body)
     {
         return Err(ctx.fail(GatewayError::PayloadTooLarge));
+    }
+    if let Some(mut cap) = ctx.mirror.take() {
+        if let Some(m) = ctx.route.as_ref().and_then(|r| r.mirror.as_ref()) {
+            m.add(&mut cap, chunk.as_deref().unwrap_or_default());
+            match eos {
+                true => m.send(*cap),
+                false => ctx.mirror = Some(cap),
+            }
+        }
     }
     if let Some(ready) = &ctx.bodies.request_ready {
         // Everything was read before proxying: Pingora sends it from its retry buffer in one

@@ -31,6 +31,12 @@ pub(super) fn header(
         crate::cache::response_headers(policy, &phase, session.cache.maybe_cache_meta(), resp);
         ctx.cache.status = Some(crate::cache::outcome(&phase));
     }
+    if let (true, Some(i), Some(split)) = (ctx.attempt.set_cookie, ctx.attempt.split, &route.split)
+    {
+        if let Some(v) = split.cookie_value(i) {
+            resp.append_header(http::header::SET_COOKIE, v)?;
+        }
+    }
     route
         .chain
         .on_response(resp, &mut ctx.req)

@@ -59,6 +59,7 @@ pub struct Families {
     retry_results: IntCounterVec,
     fallbacks: IntCounterVec,
     faults: IntCounterVec,
+    mirrors: IntCounterVec,
 }
 
 fn families() -> Result<Families, prometheus::Error> {
@@ -181,6 +182,12 @@ fn families() -> Result<Families, prometheus::Error> {
             "postern_fallbacks_total",
             "Requests answered by a route's static fallback, by route and reason.",
             &["route", "reason"]
+        )?,
+        mirrors: register_int_counter_vec!(
+            "postern_mirror_requests_total",
+            "Request copies sent to a route's shadow upstream, by route and result (sent, failed, \
+             dropped, too_large, no_healthy_target).",
+            &["route", "result"]
         )?,
         faults: register_int_counter_vec!(
             "postern_faults_injected_total",
@@ -536,6 +543,13 @@ impl BreakerMetrics {
 pub fn retry_result(upstream: &str, result: &str) {
     if let Some(m) = METRICS.as_ref() {
         m.retry_results.with_label_values(&[upstream, result]).inc();
+    }
+}
+
+/// Counts a mirrored request copy by result.
+pub fn mirror(route: &str, result: &str) {
+    if let Some(m) = METRICS.as_ref() {
+        m.mirrors.with_label_values(&[route, result]).inc();
     }
 }
 

@@ -5,7 +5,9 @@ pub mod breaker;
 pub mod budget;
 pub mod fallback;
 pub mod health;
+pub mod mirror;
 pub mod retry;
+pub mod split;
 pub mod target;
 
 use crate::config::error::Issue;

@@ -405,6 +405,16 @@ pub struct Route {
     /// A composite endpoint answered from several upstream calls (instead of `upstream`).
     #[serde(default)]
     pub aggregate: Option<Aggregate>,
+    /// A weighted split between upstreams (instead of `upstream`), for canary releases.
+    #[serde(default)]
+    pub upstreams: Vec<SplitTarget>,
+    /// Send a copy of the requests to a shadow upstream (fire and forget).
+    #[serde(default)]
+    pub mirror: Option<MirrorConfig>,
+    /// Keep a client on the upstream it was given by the split: `header:NAME` (a stable hash
+    /// of the value) or `cookie:NAME` (a cookie set on the first answer).
+    #[serde(default)]
+    pub sticky: Option<String>,
     #[serde(default)]
     pub rewrite: Rewrite,
     /// Overrides `server.max_request_body` for this route.
@@ -433,6 +443,32 @@ pub struct Route {
     /// `Postern-Fallback: ?1`).
     #[serde(default)]
     pub fallback: Option<RouteFallback>,
+}
+
+/// Traffic mirroring of a route.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorConfig {
+    /// The shadow upstream (its balancing, health and timeouts apply).
+    pub upstream: String,
+    /// Share of requests copied, in (0, 100].
+    #[serde(default = "d::mirror_percent")]
+    pub percent: f64,
+    /// Requests with a larger body are not copied.
+    #[serde(default = "d::mirror_max_body")]
+    pub max_body: Size,
+    /// Copies running at once; above it, copies are dropped (and counted).
+    #[serde(default = "d::mirror_in_flight")]
+    pub max_in_flight: usize,
+}
+
+/// One upstream of a route's traffic split.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SplitTarget {
+    pub name: String,
+    /// Share of requests, relative to the other entries' weights.
+    pub weight: u32,
 }
 
 /// An error page: the body of the errors with these statuses.
