@@ -7,7 +7,7 @@
 use super::UpstreamGroup;
 use crate::config::error::Issue;
 use crate::config::schema::MirrorConfig;
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use pingora::http::RequestHeader;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
