@@ -6,6 +6,7 @@
 #   load-tests/run.sh                          # QUICK=1 for a 1-round smoke run
 #   BENCH=/path/to/bench load-tests/run.sh     # harness location (default ../shared/bench)
 #   SCENARIO=plain ROUNDS=3 load-tests/run.sh
+#   POSTERN_BIN=/tmp/postern-old SCENARIO=plain PHASES=cg load-tests/run.sh   # another build
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BENCH=${BENCH:-../shared/bench}
@@ -17,8 +18,12 @@ fi
 for p in wrk nginx h2load valgrind haproxy; do
   command -v $p >/dev/null || { echo "missing $p: apt-get install -y wrk nginx-light nghttp2-client valgrind haproxy" >&2; exit 1; }
 done
-cargo build --profile dist --bin postern
-export GATEWAY_CMD="$PWD/target/dist/postern run -c @CONFIG@"
+# POSTERN_BIN=/path/to/postern measures a given build (e.g. an earlier commit's) instead.
+if [ -z "${POSTERN_BIN:-}" ]; then
+  cargo build --profile dist --bin postern
+  POSTERN_BIN="${CARGO_TARGET_DIR:-$PWD/target}/dist/postern"
+fi
+export GATEWAY_CMD="$POSTERN_BIN run -c @CONFIG@"
 export GATEWAY_NAME="postern-$SCENARIO"
 export GATEWAY_CONFIG_TEMPLATE="$PWD/load-tests/scenarios/$SCENARIO.yaml.tmpl"
 # The JWT scenario authenticates every request with one HS256 token (exp in 2100).

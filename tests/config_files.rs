@@ -206,6 +206,14 @@ const EXPORTED: &[&str] = &[
     "postern_cache_stored_bytes_total",
     "postern_cache_disk_bytes",
     "postern_trace_spans_dropped_total",
+    "postern_circuit_state",
+    "postern_circuit_transitions_total",
+    "postern_retries_total",
+    "postern_fallbacks_total",
+    "postern_mirror_requests_total",
+    "postern_faults_injected_total",
+    "postern_aggregate_calls_total",
+    "postern_aggregate_call_duration_seconds",
 ];
 
 fn metric_names(text: &str) -> Vec<String> {
