@@ -7,23 +7,39 @@ use std::process::ExitCode;
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        // Pingora warns once that cached headers are stored without a zstd dictionary: that is
-        // the intended setup, not a problem to report.
-        .filter_module("pingora_cache::meta", log::LevelFilter::Error)
-        .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let conf = match &cli.command {
+        Command::Run { conf, .. } | Command::Check { conf } => {
+            Some(postern::cli::config_path(conf.clone()))
+        }
+        _ => None,
+    };
+    let log = init_logging(conf.as_deref());
+    let conf = conf.unwrap_or_default();
+    match cli.command {
         Command::Schema => print_quietly(&format!("{:#}\n", postern::config::json_schema())),
-        Command::Check { conf } => check(&conf),
+        Command::Completions { shell } => {
+            print_quietly(&String::from_utf8_lossy(&postern::cli::completions(shell)))
+        }
+        Command::Man => match postern::cli::man_page() {
+            Ok(page) => print_quietly(&String::from_utf8_lossy(&page)),
+            Err(e) => {
+                eprintln!("cannot render the man page: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Check { .. } | Command::Run { test: true, .. } => check(&conf),
         Command::Run {
-            conf, test: true, ..
-        } => check(&conf),
-        Command::Run {
-            conf,
             daemon,
             upgrade,
             test,
+            ..
         } => {
+            log::info!(
+                "postern {} starting with {conf}{}",
+                postern::cli::VERSION,
+                log.map_or(String::new(), |l| format!(" (log: {l})"))
+            );
             match postern::app::run(
                 &conf,
                 postern::app::RunFlags {
@@ -40,6 +56,75 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The process log, as `server.log` of `conf` says (defaults when the file cannot be read: the
+/// run reports that itself). `RUST_LOG` overrides the level. Returns how it was set up.
+fn init_logging(conf: Option<&str>) -> Option<String> {
+    use postern::config::schema::{LogConfig, LogFormat, LogLevel};
+    let settings = conf
+        .and_then(|c| postern::config::load(c).ok())
+        .map(|l| l.config.server.log)
+        .unwrap_or_default();
+    let LogConfig { format, level } = settings;
+    let level = match level {
+        LogLevel::Error => log::LevelFilter::Error,
+        LogLevel::Warn => log::LevelFilter::Warn,
+        LogLevel::Info => log::LevelFilter::Info,
+        LogLevel::Debug => log::LevelFilter::Debug,
+        LogLevel::Trace => log::LevelFilter::Trace,
+    };
+    let mut b = env_logger::Builder::new();
+    b.filter_level(level);
+    if level < log::LevelFilter::Debug {
+        // Pingora's per-connection and per-request messages are for debugging Pingora.
+        for m in [
+            "pingora_core",
+            "pingora_proxy",
+            "pingora_cache",
+            "pingora_pool",
+        ] {
+            b.filter_module(m, level.min(log::LevelFilter::Warn));
+        }
+        // Started services are worth one line each.
+        b.filter_module("pingora_core::server", level);
+    }
+    // Pingora warns once that cached headers are stored without a zstd dictionary: that is the
+    // intended setup, not a problem to report.
+    b.filter_module("pingora_cache::meta", log::LevelFilter::Error);
+    let overridden = std::env::var("RUST_LOG").is_ok();
+    if overridden {
+        b.parse_env("RUST_LOG");
+    }
+    if format == LogFormat::Json {
+        b.format(|buf, r| {
+            use std::io::Write;
+            let line = serde_json::json!({
+                "time": postern::observability::access_log::now_rfc3339_millis().as_str(),
+                "level": r.level().as_str(),
+                "target": r.target(),
+                "message": r.args().to_string(),
+            });
+            writeln!(buf, "{line}")
+        });
+    }
+    b.init();
+    conf.map(|_| {
+        format!(
+            "{} at {}{}",
+            if format == LogFormat::Json {
+                "json"
+            } else {
+                "text"
+            },
+            level.as_str().to_ascii_lowercase(),
+            if overridden {
+                ", RUST_LOG overrides"
+            } else {
+                ""
+            }
+        )
+    })
 }
 
 /// Writes to standard output; a reader that went away (`postern schema | head`) ends the

@@ -264,3 +264,85 @@ fn monitoring_rules_and_dashboard_are_valid() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn version_completions_and_man_page() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(BIN).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let v = run(&["--version"]);
+    assert!(v.starts_with("postern 0."), "{v}");
+    assert!(v.contains("commit ") && v.contains("pingora 0.9.1"), "{v}");
+    assert!(run(&["completions", "bash"]).contains("complete -F _postern"));
+    assert!(run(&["completions", "zsh"]).contains("#compdef postern"));
+    assert!(run(&["completions", "fish"]).contains("complete -c postern"));
+    let man = run(&["man"]);
+    assert!(
+        man.contains(".TH postern 1") && man.contains("check"),
+        "{man}"
+    );
+}
+
+/// Without `-c`, `check` (like `run`) reads /etc/postern/postern.yaml, else ./conf/postern.yaml.
+#[test]
+fn the_default_config_is_the_installed_one_then_the_checkout_s() {
+    let out = std::process::Command::new(BIN)
+        .current_dir(root())
+        .arg("check")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let expected = if Path::new("/etc/postern/postern.yaml").exists() {
+        "/etc/postern/postern.yaml"
+    } else {
+        "conf/postern.yaml"
+    };
+    assert!(text.starts_with(expected), "{text}");
+    let tmp = tempfile::tempdir().unwrap();
+    if !Path::new("/etc/postern/postern.yaml").exists() {
+        let out = std::process::Command::new(BIN)
+            .current_dir(tmp.path())
+            .arg("check")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("/etc/postern/postern.yaml"), "{err}");
+    }
+}
+
+/// `server.log: { format: json }`: every process log line is a JSON object.
+#[test]
+fn process_logs_can_be_json() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("postern.yaml");
+    let port = crate::util::free_port();
+    std::fs::write(
+        &conf,
+        format!(
+            "version: 1\nlisteners: [ {{ addr: \"127.0.0.1:{port}\" }} ]\nserver:\n  pid_file: {d}/p.pid\n  upgrade_sock: {d}/u.sock\n  log: {{ format: json, level: info }}\nupstreams:\n  a: {{ targets: [ {{ addr: \"127.0.0.1:1\" }} ] }}\nroutes:\n  - {{ match: {{ path: /* }}, upstream: a }}\n",
+            d = dir.path().display()
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(BIN)
+        .args(["run", "-c", conf.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let v: serde_json::Value =
+        serde_json::from_str(&first).unwrap_or_else(|e| panic!("{e}: {first}"));
+    assert_eq!(v["level"], "INFO");
+    assert!(
+        v["message"].as_str().unwrap().contains("starting with"),
+        "{v}"
+    );
+    assert!(v["time"].as_str().unwrap().ends_with('Z'));
+}

@@ -171,6 +171,42 @@ pub struct Server {
     /// (a route's `errors` replace these for that route).
     #[serde(default)]
     pub errors: Vec<ErrorPageConfig>,
+    /// The process log (standard error): its format and level. `RUST_LOG`, when set, overrides
+    /// the level with env_logger's syntax. Read at start (a reload does not change it).
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default)]
+    pub format: LogFormat,
+    /// error, warn, info, debug or trace. Pingora's own messages are shown from `warn` up
+    /// unless the level is debug or trace.
+    #[serde(default)]
+    pub level: LogLevel,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// `[time LEVEL target] message`, one line each.
+    #[default]
+    Text,
+    /// One JSON object per line: time, level, target, message.
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    #[default]
+    Info,
+    Debug,
+    Trace,
 }
 
 /// Forwarding headers added to proxied requests (each costs a header insertion per request).
@@ -226,6 +262,7 @@ impl Default for Server {
             watch_config: None,
             compression: None,
             errors: Vec::new(),
+            log: LogConfig::default(),
         }
     }
 }
