@@ -72,7 +72,9 @@ pub(super) async fn peer(session: &mut Session, ctx: &mut Ctx) -> pingora::Resul
     };
     if permit.is_some() {
         ctx.attempt.permit = permit;
-        ctx.attempt.sent = Some(Instant::now());
+        if group.breaker.as_ref().is_some_and(|b| b.times_calls()) {
+            ctx.attempt.sent = Some(Instant::now());
+        }
     }
     ctx.attempt.counted = false;
     if let Some(stage) = ctx.bodies.request.as_mut() {

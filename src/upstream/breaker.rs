@@ -11,14 +11,12 @@
 //! Every method takes the time (`now`, milliseconds on the monotonic clock of
 //! [`super::target::now_ms`]) so that tests drive it with a clock of their own.
 
+use super::window::Window;
 use crate::config::schema::{CircuitBreaker, FailureKind, FailureOn};
 use crate::observability::metrics::BreakerMetrics;
 use parking_lot::Mutex;
-use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
-
-/// Buckets of the sliding window.
-const BUCKETS: usize = 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -134,19 +132,8 @@ impl Drop for Permit {
     }
 }
 
-#[derive(Debug, Default, Clone, Copy)]
-struct Bucket {
-    /// Which slot of time this bucket counts (`now / bucket_ms`).
-    slot: u64,
-    total: u32,
-    failed: u32,
-    slow: u32,
-}
-
 #[derive(Debug)]
 struct Inner {
-    buckets: [Bucket; BUCKETS],
-    consecutive: u32,
     /// Open: until when. Half-open: when it half-opened.
     until: u64,
     /// The open time of the current (or last) opening, doubled after each failed trial.
@@ -165,7 +152,10 @@ pub struct Breaker {
     min_requests: u32,
     consecutive_failures: u32,
     slow: Option<(u64, f64)>,
-    bucket_ms: u64,
+    /// Closed state: requests, failures and slow answers (atomics: no lock per request).
+    window: Window<3>,
+    /// Failures in a row.
+    consecutive: AtomicU32,
     open_for: u64,
     max_open_for: u64,
     half_open_requests: u32,
@@ -184,7 +174,6 @@ pub struct Refused {
 impl Breaker {
     pub fn new(upstream: &str, c: &CircuitBreaker) -> Breaker {
         let ms = |d: std::time::Duration| d.as_millis() as u64;
-        let window = ms(c.window.0).max(BUCKETS as u64);
         let b = Breaker {
             upstream: upstream.to_string(),
             failures: FailureSet::new(&c.on),
@@ -192,14 +181,13 @@ impl Breaker {
             min_requests: c.min_requests.max(1),
             consecutive_failures: c.consecutive_failures,
             slow: c.slow_call.as_ref().map(|s| (ms(s.threshold.0), s.ratio)),
-            bucket_ms: window.div_ceil(BUCKETS as u64),
+            window: Window::new(ms(c.window.0)),
+            consecutive: AtomicU32::new(0),
             open_for: ms(c.open_for.0).max(1),
             max_open_for: ms(c.max_open_for.0).max(ms(c.open_for.0)),
             half_open_requests: c.half_open_requests.max(1),
             state: AtomicU8::new(State::Closed as u8),
             inner: Mutex::new(Inner {
-                buckets: [Bucket::default(); BUCKETS],
-                consecutive: 0,
                 until: 0,
                 open_for: ms(c.open_for.0).max(1),
                 permits: 0,
@@ -261,70 +249,69 @@ impl Breaker {
         })
     }
 
+    /// Whether outcomes need the time each request took (a slow-call rule is set).
+    pub fn times_calls(&self) -> bool {
+        self.slow.is_some()
+    }
+
     /// Records the outcome of a request sent under `permit`, `elapsed_ms` after it was sent.
+    /// Closed, a success costs a few atomic additions; the lock is taken for failures that may
+    /// open the breaker and in the half-open state.
     pub fn record(&self, permit: &mut Permit, outcome: Outcome, elapsed_ms: u64, now: u64) {
         let failed = self.failures.is_failure(outcome);
         let slow = self.slow.is_some_and(|(t, _)| elapsed_ms > t);
         permit.reported = true;
-        let mut g = self.inner.lock();
-        match self.state() {
-            State::Open => {}
-            State::HalfOpen => {
-                if !permit.is_trial() || permit.generation != g.generation {
-                    return;
+        if self.state() == State::Closed && !permit.is_trial() {
+            self.window
+                .add(now, [1, u32::from(failed), u32::from(slow)]);
+            let consecutive = match failed {
+                true => self.consecutive.fetch_add(1, Relaxed) + 1,
+                false => {
+                    self.consecutive.store(0, Relaxed);
+                    0
                 }
-                if failed || slow {
-                    g.open_for = (g.open_for * 2).min(self.max_open_for);
-                    g.until = now + g.open_for;
-                    self.transition(&mut g, State::Open);
-                } else {
-                    g.successes += 1;
-                    if g.successes >= self.half_open_requests {
-                        g.buckets = [Bucket::default(); BUCKETS];
-                        g.consecutive = 0;
-                        g.open_for = self.open_for;
-                        self.transition(&mut g, State::Closed);
-                    }
-                }
-            }
-            State::Closed => {
-                let slot = now / self.bucket_ms;
-                let b = &mut g.buckets[(slot % BUCKETS as u64) as usize];
-                if b.slot != slot {
-                    *b = Bucket {
-                        slot,
-                        ..Bucket::default()
-                    };
-                }
-                b.total += 1;
-                b.failed += failed as u32;
-                b.slow += slow as u32;
-                g.consecutive = if failed { g.consecutive + 1 } else { 0 };
-                if self.should_open(&g, slot) {
+            };
+            if (failed || slow) && self.should_open(consecutive, now) {
+                let mut g = self.inner.lock();
+                if self.state() == State::Closed {
                     g.open_for = self.open_for;
                     g.until = now + g.open_for;
                     self.transition(&mut g, State::Open);
                 }
             }
+            return;
+        }
+        let mut g = self.inner.lock();
+        if self.state() != State::HalfOpen
+            || !permit.is_trial()
+            || permit.generation != g.generation
+        {
+            return;
+        }
+        if failed || slow {
+            g.open_for = (g.open_for * 2).min(self.max_open_for);
+            g.until = now + g.open_for;
+            self.transition(&mut g, State::Open);
+        } else {
+            g.successes += 1;
+            if g.successes >= self.half_open_requests {
+                self.window.reset();
+                self.consecutive.store(0, Relaxed);
+                g.open_for = self.open_for;
+                self.transition(&mut g, State::Closed);
+            }
         }
     }
 
-    fn should_open(&self, g: &Inner, slot: u64) -> bool {
-        if self.consecutive_failures > 0 && g.consecutive >= self.consecutive_failures {
+    fn should_open(&self, consecutive: u32, now: u64) -> bool {
+        if self.consecutive_failures > 0 && consecutive >= self.consecutive_failures {
             return true;
         }
-        let (mut total, mut failed, mut slow) = (0u32, 0u32, 0u32);
-        for b in &g.buckets {
-            if b.slot + (BUCKETS as u64) > slot {
-                total += b.total;
-                failed += b.failed;
-                slow += b.slow;
-            }
-        }
-        if total < self.min_requests {
+        let [total, failed, slow] = self.window.sum(now);
+        if total < u64::from(self.min_requests) {
             return false;
         }
-        let ratio = |n: u32| n as f64 / total as f64;
+        let ratio = |n: u64| n as f64 / total as f64;
         ratio(failed) >= self.failure_ratio || self.slow.is_some_and(|(_, r)| ratio(slow) >= r)
     }
 

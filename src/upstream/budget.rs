@@ -3,70 +3,39 @@
 //! the window, so that a failing upstream sees at most (1 + ratio) times its normal load plus a
 //! small constant instead of `attempts` times it. Local to the node, like the breaker.
 
+use super::window::Window;
 use crate::config::schema::RetryBudget;
-use parking_lot::Mutex;
-
-const BUCKETS: usize = 10;
-
-#[derive(Debug, Default, Clone, Copy)]
-struct Bucket {
-    slot: u64,
-    requests: u32,
-    retries: u32,
-}
 
 pub struct Budget {
     ratio: f64,
     /// Retries always allowed per window (`min_per_second` x window seconds).
     floor: f64,
-    bucket_ms: u64,
-    buckets: Mutex<[Bucket; BUCKETS]>,
+    /// Requests and retries.
+    window: Window<2>,
 }
 
 impl Budget {
     pub fn new(c: &RetryBudget) -> Budget {
-        let window = (c.window.0.as_millis() as u64).max(BUCKETS as u64);
+        let window = c.window.0.as_millis() as u64;
         Budget {
             ratio: c.ratio,
             floor: c.min_per_second * window as f64 / 1000.0,
-            bucket_ms: window.div_ceil(BUCKETS as u64),
-            buckets: Mutex::new([Bucket::default(); BUCKETS]),
+            window: Window::new(window),
         }
     }
 
-    fn bucket<'a>(&self, b: &'a mut [Bucket; BUCKETS], now: u64) -> &'a mut Bucket {
-        let slot = now / self.bucket_ms;
-        let x = &mut b[(slot % BUCKETS as u64) as usize];
-        if x.slot != slot {
-            *x = Bucket {
-                slot,
-                ..Bucket::default()
-            };
-        }
-        x
-    }
-
-    /// Counts a request's first try.
+    /// Counts a request's first try (atomics only: every request of the upstream does this).
     pub fn request(&self, now: u64) {
-        let mut b = self.buckets.lock();
-        self.bucket(&mut b, now).requests += 1;
+        self.window.add(now, [1, 0]);
     }
 
     /// May a failed try be retried? Counts the retry when it may.
     pub fn try_retry(&self, now: u64) -> bool {
-        let mut b = self.buckets.lock();
-        let slot = now / self.bucket_ms;
-        let (mut requests, mut retries) = (0u64, 0u64);
-        for x in b.iter() {
-            if x.slot + BUCKETS as u64 > slot {
-                requests += u64::from(x.requests);
-                retries += u64::from(x.retries);
-            }
-        }
+        let [requests, retries] = self.window.sum(now);
         if (retries + 1) as f64 > self.ratio * requests as f64 + self.floor {
             return false;
         }
-        self.bucket(&mut b, now).retries += 1;
+        self.window.add(now, [0, 1]);
         true
     }
 }

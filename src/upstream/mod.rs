@@ -9,6 +9,7 @@ pub mod mirror;
 pub mod retry;
 pub mod split;
 pub mod target;
+pub mod window;
 
 use crate::config::error::Issue;
 use crate::config::schema::{self, Balance, HashFallback, Protocol};
