@@ -346,3 +346,149 @@ fn process_logs_can_be_json() {
     );
     assert!(v["time"].as_str().unwrap().ends_with('Z'));
 }
+
+/// A schema node as a type for the reference: `string`, `list of [Route](#route)`...
+fn type_of(v: &serde_json::Value) -> String {
+    if let Some(r) = v.get("$ref").and_then(|r| r.as_str()) {
+        let name = r.rsplit('/').next().unwrap_or(r);
+        return format!("[{name}](#{})", name.to_ascii_lowercase());
+    }
+    for key in ["anyOf", "oneOf"] {
+        if let Some(alts) = v.get(key).and_then(|a| a.as_array()) {
+            let parts: Vec<String> = alts
+                .iter()
+                .filter(|a| a.get("type") != Some(&serde_json::json!("null")))
+                .map(type_of)
+                .collect();
+            return parts.join(" or ");
+        }
+    }
+    if let Some(e) = v.get("enum").and_then(|e| e.as_array()) {
+        let names: Vec<String> = e.iter().map(|x| format!("`{}`", x.as_str().unwrap_or("?"))).collect();
+        return format!("one of {}", names.join(", "));
+    }
+    if let Some(c) = v.get("const") {
+        return format!("`{}`", c.as_str().map_or(c.to_string(), str::to_string));
+    }
+    let ty = match v.get("type") {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(|t| t.as_str())
+            .filter(|t| *t != "null")
+            .collect::<Vec<_>>()
+            .join(" or "),
+        _ => "any".into(),
+    };
+    match ty.as_str() {
+        "array" => format!("list of {}", v.get("items").map_or("any".into(), type_of)),
+        "object" => match v.get("additionalProperties") {
+            Some(a) if a.is_object() => format!("map of {}", type_of(a)),
+            _ => "object".into(),
+        },
+        _ => ty,
+    }
+}
+
+fn cell(s: &str) -> String {
+    s.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace('|', "\\|")
+}
+
+/// The configuration reference, rendered from the JSON Schema: every key of every section.
+fn render_reference(schema: &serde_json::Value) -> String {
+    let mut out = String::from(
+        "# Configuration reference\n\nGenerated from `postern schema` (the JSON Schema of the configuration) by the test\n`configuration_reference_matches_the_schema`; do not edit by hand: after changing the\nschema, run `UPDATE_DOCS=1 cargo test --test e2e configuration_reference` and commit the\nresult. The walk-through with examples is [configuration.md](configuration.md).\n",
+    );
+    let mut sections: Vec<(String, &serde_json::Value)> = vec![("Config".into(), schema)];
+    if let Some(defs) = schema.get("$defs").and_then(|d| d.as_object()) {
+        let mut names: Vec<&String> = defs.keys().collect();
+        names.sort();
+        sections.extend(names.into_iter().map(|n| (n.clone(), &defs[n])));
+    }
+    for (name, def) in sections {
+        out.push_str(&format!("\n## {name}\n\n"));
+        if let Some(d) = def.get("description").and_then(|d| d.as_str()) {
+            out.push_str(&format!("{}\n\n", d.trim()));
+        }
+        let props = def.get("properties").and_then(|p| p.as_object());
+        let variants = def.get("oneOf").or_else(|| def.get("anyOf")).and_then(|o| o.as_array());
+        if let Some(props) = props {
+            let required: Vec<&str> = def
+                .get("required")
+                .and_then(|r| r.as_array())
+                .map(|r| r.iter().filter_map(|x| x.as_str()).collect())
+                .unwrap_or_default();
+            out.push_str("| key | type | default | description |\n|---|---|---|---|\n");
+            for (k, v) in props {
+                let default = match v.get("default") {
+                    // An object's defaults are listed in its own section.
+                    Some(d) if d.is_object() => String::new(),
+                    Some(d) if d.to_string().len() > 60 => "(see description)".into(),
+                    Some(d) => format!("`{d}`"),
+                    None if required.contains(&k.as_str()) => "required".into(),
+                    None => String::new(),
+                };
+                let desc = v.get("description").and_then(|d| d.as_str()).unwrap_or("");
+                out.push_str(&format!(
+                    "| `{k}` | {} | {} | {} |\n",
+                    cell(&type_of(v)),
+                    cell(&default),
+                    cell(desc)
+                ));
+            }
+        } else if let Some(vs) = variants {
+            out.push_str("One of:\n\n");
+            for v in vs {
+                let desc = v.get("description").and_then(|d| d.as_str()).unwrap_or("");
+                let keys = v
+                    .get("properties")
+                    .and_then(|p| p.as_object())
+                    .map(|p| p.keys().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", "));
+                match keys {
+                    Some(k) => out.push_str(&format!("- an object with {k}: {}\n", cell(desc))),
+                    None => out.push_str(&format!("- {}: {}\n", cell(&type_of(v)), cell(desc))),
+                }
+            }
+        } else {
+            out.push_str(&format!("Type: {}\n", cell(&type_of(def))));
+        }
+    }
+    out
+}
+
+/// docs/reference.md lists every key of the JSON Schema: a key added to the schema without
+/// regenerating the reference fails here.
+#[test]
+fn configuration_reference_matches_the_schema() {
+    let out = std::process::Command::new(BIN).arg("schema").output().unwrap();
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rendered = render_reference(&schema);
+    let path = root().join("docs/reference.md");
+    if std::env::var("UPDATE_DOCS").is_ok() {
+        std::fs::write(&path, &rendered).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == rendered,
+        "docs/reference.md is out of date with the schema: run `UPDATE_DOCS=1 cargo test --test e2e configuration_reference` and commit it"
+    );
+    // And every property name of the schema is in it.
+    fn keys(v: &serde_json::Value, out: &mut Vec<String>) {
+        if let Some(p) = v.get("properties").and_then(|p| p.as_object()) {
+            out.extend(p.keys().cloned());
+        }
+        if let Some(o) = v.as_object() {
+            o.values().for_each(|x| keys(x, out));
+        } else if let Some(a) = v.as_array() {
+            a.iter().for_each(|x| keys(x, out));
+        }
+    }
+    let mut all = Vec::new();
+    keys(&schema, &mut all);
+    for k in all {
+        assert!(committed.contains(&format!("`{k}`")), "{k} is missing from docs/reference.md");
+    }
+}
