@@ -10,8 +10,9 @@ export POSTERN_RUN_DIR := $(RUN_DIR)
 # System packages needed to build (cmake for Pingora's zlib-ng) and to test.
 BUILD_PKGS := cmake pkg-config build-essential
 # promtool (package prometheus) checks the alert rules and the metrics output in the tests;
-# redis-server backs the cluster-wide rate-limit tests (each test starts its own on a free port).
-TEST_PKGS := prometheus redis-server
+# redis-server backs the cluster-wide rate-limit tests (each test starts its own on a free port);
+# systemd brings systemd-analyze, which checks the unit file.
+TEST_PKGS := prometheus redis-server systemd
 LOAD_PKGS := wrk nginx-light
 
 .PHONY: run stop test deps bench load-test check lint demo-stop-b demo-start-b

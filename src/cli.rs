@@ -59,6 +59,23 @@ pub enum Command {
         #[arg(short, long)]
         conf: Option<String>,
     },
+    /// Reload the running instance: check the file, then SIGHUP (what `systemctl reload
+    /// postern` runs); the binary hand-over instead when `postern upgrade` asked for it.
+    Reload {
+        /// Configuration file [default: /etc/postern/postern.yaml, else ./conf/postern.yaml]
+        #[arg(short, long)]
+        conf: Option<String>,
+    },
+    /// Replace the running binary without dropping a connection: the running process hands
+    /// its listening sockets to a new one (through `systemctl reload` under systemd).
+    Upgrade {
+        /// Configuration file [default: /etc/postern/postern.yaml, else ./conf/postern.yaml]
+        #[arg(short, long)]
+        conf: Option<String>,
+        /// Do the hand-over directly even where systemd runs.
+        #[arg(long)]
+        no_systemctl: bool,
+    },
     /// Print the JSON Schema of the configuration (for editor completion).
     Schema,
     /// Print a shell completion script: `postern completions bash > /etc/bash_completion.d/postern`.

@@ -14,6 +14,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod context;
+pub mod control;
 pub mod error;
 pub mod error_pages;
 pub mod gateway;

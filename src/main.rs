@@ -9,9 +9,10 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let conf = match &cli.command {
-        Command::Run { conf, .. } | Command::Check { conf } => {
-            Some(postern::cli::config_path(conf.clone()))
-        }
+        Command::Run { conf, .. }
+        | Command::Check { conf }
+        | Command::Reload { conf }
+        | Command::Upgrade { conf, .. } => Some(postern::cli::config_path(conf.clone())),
         _ => None,
     };
     let log = init_logging(conf.as_deref());
@@ -29,6 +30,10 @@ fn main() -> ExitCode {
             }
         },
         Command::Check { .. } | Command::Run { test: true, .. } => check(&conf),
+        Command::Reload { .. } => report(postern::control::reload(&conf)),
+        Command::Upgrade { no_systemctl, .. } => {
+            report(postern::control::upgrade(&conf, !no_systemctl))
+        }
         Command::Run {
             daemon,
             upgrade,
@@ -137,6 +142,19 @@ fn print_quietly(text: &str) -> ExitCode {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cannot write the output: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn report(r: Result<String, String>) -> ExitCode {
+    match r {
+        Ok(m) => {
+            println!("{m}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}", e.trim_end());
             ExitCode::from(1)
         }
     }

@@ -364,7 +364,10 @@ fn type_of(v: &serde_json::Value) -> String {
         }
     }
     if let Some(e) = v.get("enum").and_then(|e| e.as_array()) {
-        let names: Vec<String> = e.iter().map(|x| format!("`{}`", x.as_str().unwrap_or("?"))).collect();
+        let names: Vec<String> = e
+            .iter()
+            .map(|x| format!("`{}`", x.as_str().unwrap_or("?")))
+            .collect();
         return format!("one of {}", names.join(", "));
     }
     if let Some(c) = v.get("const") {
@@ -414,7 +417,10 @@ fn render_reference(schema: &serde_json::Value) -> String {
             out.push_str(&format!("{}\n\n", d.trim()));
         }
         let props = def.get("properties").and_then(|p| p.as_object());
-        let variants = def.get("oneOf").or_else(|| def.get("anyOf")).and_then(|o| o.as_array());
+        let variants = def
+            .get("oneOf")
+            .or_else(|| def.get("anyOf"))
+            .and_then(|o| o.as_array());
         if let Some(props) = props {
             let required: Vec<&str> = def
                 .get("required")
@@ -443,10 +449,12 @@ fn render_reference(schema: &serde_json::Value) -> String {
             out.push_str("One of:\n\n");
             for v in vs {
                 let desc = v.get("description").and_then(|d| d.as_str()).unwrap_or("");
-                let keys = v
-                    .get("properties")
-                    .and_then(|p| p.as_object())
-                    .map(|p| p.keys().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", "));
+                let keys = v.get("properties").and_then(|p| p.as_object()).map(|p| {
+                    p.keys()
+                        .map(|k| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                });
                 match keys {
                     Some(k) => out.push_str(&format!("- an object with {k}: {}\n", cell(desc))),
                     None => out.push_str(&format!("- {}: {}\n", cell(&type_of(v)), cell(desc))),
@@ -463,7 +471,10 @@ fn render_reference(schema: &serde_json::Value) -> String {
 /// regenerating the reference fails here.
 #[test]
 fn configuration_reference_matches_the_schema() {
-    let out = std::process::Command::new(BIN).arg("schema").output().unwrap();
+    let out = std::process::Command::new(BIN)
+        .arg("schema")
+        .output()
+        .unwrap();
     let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let rendered = render_reference(&schema);
     let path = root().join("docs/reference.md");
@@ -489,6 +500,9 @@ fn configuration_reference_matches_the_schema() {
     let mut all = Vec::new();
     keys(&schema, &mut all);
     for k in all {
-        assert!(committed.contains(&format!("`{k}`")), "{k} is missing from docs/reference.md");
+        assert!(
+            committed.contains(&format!("`{k}`")),
+            "{k} is missing from docs/reference.md"
+        );
     }
 }

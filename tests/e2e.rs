@@ -25,6 +25,8 @@ mod health;
 mod lifecycle;
 #[path = "observability.rs"]
 mod observability;
+#[path = "packaging.rs"]
+mod packaging;
 #[path = "parsing.rs"]
 mod parsing;
 #[path = "protocols.rs"]
