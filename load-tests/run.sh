@@ -1,15 +1,42 @@
 #!/usr/bin/env bash
-# Loopback load test: Postern's plain proxy path beside a bare Pingora proxy and nginx, measured in
-# the same run by the shared bench harness (wrk closed loop, h2load fixed rate, callgrind
-# instructions per request). Everything targets 127.0.0.1 and every run is bounded.
+# Loopback load test: Postern beside a bare Pingora proxy and nginx, measured in the same run by
+# the harness in load-tests/harness (wrk closed loop, h2load fixed rate, callgrind instructions
+# per request). Everything targets 127.0.0.1 and every run is bounded.
 #
-#   load-tests/run.sh                          # QUICK=1 for a 1-round smoke run
-#   BENCH=/path/to/bench load-tests/run.sh     # harness location (default ../shared/bench)
-#   SCENARIO=plain ROUNDS=3 load-tests/run.sh
+#   load-tests/run.sh                          # the plain scenario; QUICK=1 for a 1-round smoke run
+#   SCENARIO=jwt ROUNDS=3 load-tests/run.sh    # one scenario (load-tests/scenarios/*.yaml.tmpl)
+#   SCENARIOS="plain jwt cache" load-tests/run.sh   # several, one report (SCENARIOS=all: every one)
 #   POSTERN_BIN=/tmp/postern-old SCENARIO=plain PHASES=cg load-tests/run.sh   # another build
+# Builds (Postern's dist profile, the bare Pingora anchor) go under $CARGO_TARGET_DIR or target/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BENCH=${BENCH:-../shared/bench}
+BENCH=${BENCH:-$PWD/load-tests/harness}
+TARGET_ROOT=${CARGO_TARGET_DIR:-$PWD/target}
+export BENCH_WORK=${BENCH_WORK:-$TARGET_ROOT/load-tests}
+
+# Several scenarios: one run each (this script again), then one report with every summary.
+if [ -n "${SCENARIOS:-}" ]; then
+  [ "$SCENARIOS" = all ] && SCENARIOS=$(ls load-tests/scenarios | sed -n 's/\.yaml\.tmpl$//p' | tr '\n' ' ')
+  STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+  OUT=$PWD/load-tests/results/$STAMP-report
+  mkdir -p "$OUT"
+  if [ -z "${POSTERN_BIN:-}" ]; then
+    cargo build --profile dist --bin postern
+    export POSTERN_BIN="$TARGET_ROOT/dist/postern"
+  fi
+  {
+    echo "# Load test report $STAMP"
+    echo
+    echo "Scenarios: $SCENARIOS. Each section is one harness run (targets side by side: req/s,"
+    echo "p50/p99, CPU per request, instructions per request); \`direct\` is the origin alone."
+  } > "$OUT/report.md"
+  for s in $SCENARIOS; do
+    SCENARIOS= SCENARIO=$s RESULTS_DIR="$OUT/$s" "$0"
+    { echo; echo "## Scenario \`$s\`"; echo; sed 's/^#/##/' "$OUT/$s/summary.md"; } >> "$OUT/report.md"
+  done
+  echo "report: $OUT/report.md"
+  exit 0
+fi
 SCENARIO=${SCENARIO:-plain}
 if [ ! -x "$BENCH/compare.sh" ]; then
   echo "bench harness not found at $BENCH (set BENCH=...)" >&2
@@ -21,7 +48,7 @@ done
 # POSTERN_BIN=/path/to/postern measures a given build (e.g. an earlier commit's) instead.
 if [ -z "${POSTERN_BIN:-}" ]; then
   cargo build --profile dist --bin postern
-  POSTERN_BIN="${CARGO_TARGET_DIR:-$PWD/target}/dist/postern"
+  POSTERN_BIN="$TARGET_ROOT/dist/postern"
 fi
 export GATEWAY_CMD="$POSTERN_BIN run -c @CONFIG@"
 export GATEWAY_NAME="postern-$SCENARIO"
@@ -51,7 +78,6 @@ if grep -q "@REDIS_PORT@" "$GATEWAY_CONFIG_TEMPLATE"; then
 fi
 export TARGETS=${TARGETS:-"direct nginx pingora"}
 export RESULTS_DIR=${RESULTS_DIR:-$PWD/load-tests/results/$(date -u +%Y%m%dT%H%M%SZ)-$SCENARIO}
-export BENCH_WORK=${BENCH_WORK:-${TMPDIR:-/tmp}/gateway-bench}
 # ANCHOR=features: the bare Pingora anchors (pingora, pingora-jemalloc) are built with the Pingora
 # features Postern is pinned to (read from Cargo.toml: proxy, lb, cache, rustls) instead of the
 # harness's `proxy` alone. Those features alone make the same bare proxy about 7% more

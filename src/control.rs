@@ -58,7 +58,7 @@ pub fn reload(conf: &str) -> Result<String, String> {
     let request = request_path(&pid_file);
     if request.exists() {
         let _ = std::fs::remove_file(&request);
-        return hand_over(conf, pid);
+        return hand_over(conf, &pid_file, pid);
     }
     signal(pid, "HUP")?;
     Ok(format!("{conf}: reload signalled to process {pid}"))
@@ -83,12 +83,12 @@ pub fn upgrade(conf: &str, systemctl: bool) -> Result<String, String> {
         }
         return Ok("upgraded through systemd".into());
     }
-    hand_over(conf, pid)
+    hand_over(conf, &pid_file, pid)
 }
 
 /// SIGQUIT to the running process (it sends its sockets over `server.upgrade_sock` and
 /// drains), then this binary as `run -u -d`, whose parent returns once the new process serves.
-fn hand_over(conf: &str, pid: u32) -> Result<String, String> {
+fn hand_over(conf: &str, pid_file: &str, pid: u32) -> Result<String, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
     signal(pid, "QUIT")?;
     let mut new = std::process::Command::new(exe);
@@ -104,12 +104,34 @@ fn hand_over(conf: &str, pid: u32) -> Result<String, String> {
     let status = new
         .status()
         .map_err(|e| format!("cannot start the new process: {e}"))?;
-    match status.success() {
-        true => Ok(format!(
-            "{conf}: process {pid} handed its sockets to a new process"
-        )),
-        false => Err(format!(
+    if !status.success() {
+        return Err(format!(
             "the new process failed to start ({status}); process {pid} drains and exits"
-        )),
+        ));
+    }
+    // The daemon's parent returns before the daemon writes its pid. Under systemd the pid
+    // file is read again when this command (ExecReload) ends, and the old process exiting
+    // must not look like the service's end: so return only once the file names the new one.
+    let new_pid = wait_for_new_pid(pid_file, pid)?;
+    Ok(format!(
+        "{conf}: process {pid} handed its sockets to process {new_pid}"
+    ))
+}
+
+/// Polls the pid file (every 10 ms, at most 10 s) until it names a process other than `old`.
+fn wait_for_new_pid(pid_file: &str, old: u32) -> Result<u32, String> {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Ok(pid) = running_pid(pid_file) {
+            if pid != old {
+                return Ok(pid);
+            }
+        }
+        if std::time::Instant::now() > until {
+            return Err(format!(
+                "the new process did not write {pid_file} within 10s (see its log)"
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }

@@ -13,6 +13,8 @@ mod auth;
 mod balancing;
 #[path = "cache.rs"]
 mod cache;
+#[path = "cluster.rs"]
+mod cluster;
 #[path = "config_files.rs"]
 mod config_files;
 #[path = "cors.rs"]

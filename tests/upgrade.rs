@@ -125,6 +125,10 @@ async fn postern_upgrade_hands_the_sockets_over() {
         .parse()
         .unwrap();
     assert_ne!(new, old);
+    assert!(
+        said.contains(&format!("to process {new}")),
+        "upgrade returns once the pid file names the new process: {said}"
+    );
     let r = crate::util::client()
         .get(gw.url("/x"))
         .send()

@@ -112,6 +112,41 @@ impl Gateway {
         panic!("the gateway did not start");
     }
 
+    /// Starts a node from an existing file (shared by several nodes) with its own environment:
+    /// `POSTERN_LISTEN` and `POSTERN_ADMIN_LISTEN` (free loopback ports), `POSTERN_NODE`, and
+    /// `env`. The file must take its addresses from those variables.
+    pub fn start_node(conf: &std::path::Path, node: &str, env: &[(&str, String)]) -> Gateway {
+        for _ in 0..5 {
+            let (port, admin) = (free_port(), free_port());
+            let child = Command::new(BIN)
+                .args(["run", "-c", conf.to_str().unwrap()])
+                .env("POSTERN_NODE", node)
+                .env("POSTERN_LISTEN", format!("127.0.0.1:{port}"))
+                .env("POSTERN_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
+                .envs(env.iter().map(|(k, v)| (k, v)))
+                .env(
+                    "RUST_LOG",
+                    std::env::var("POSTERN_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+                )
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap();
+            let mut gw = Gateway {
+                child,
+                port,
+                admin,
+                dir: tempfile::tempdir().unwrap(),
+                conf: conf.to_path_buf(),
+                head: String::new(),
+            };
+            if gw.wait_ready(Duration::from_secs(20)) {
+                return gw;
+            }
+        }
+        panic!("the node did not start");
+    }
+
     /// Polls the admin readiness endpoint until it answers (or the process died).
     fn wait_ready(&mut self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
