@@ -122,6 +122,31 @@ async fn breaker_state_survives_a_reload_that_keeps_its_settings() {
     let r = c.get(gw.url("/other")).send().await.unwrap();
     assert_eq!(r.status(), 503);
     assert_eq!(up.hits(), 1);
+    assert!(gw
+        .metrics()
+        .contains("postern_circuit_state{upstream=\"svc\"} 2"));
+
+    // The breaker leaves the configuration: requests go through, and the upstream stops
+    // reporting a circuit state (no stale "open" series for an alert to fire on).
+    let without = body("").replace(
+        "    circuit_breaker: { consecutive_failures: 1, open_for: 1h, max_open_for: 1h }\n",
+        "",
+    );
+    gw.rewrite(&without);
+    gw.signal("HUP");
+    gw.wait_metric("postern_config_generation", 3.0);
+    assert_eq!(c.get(gw.url("/x")).send().await.unwrap().status(), 500);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while gw
+        .metrics()
+        .contains("postern_circuit_state{upstream=\"svc\"}")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stale circuit state series"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

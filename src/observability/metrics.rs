@@ -514,9 +514,18 @@ impl UpstreamMetrics {
 /// A circuit breaker's state gauge and transition counters.
 pub struct BreakerMetrics(Option<(prometheus::IntGauge, IntCounterVec, String)>);
 
+/// Live breakers per upstream label: a reload builds the new breaker before the old one is
+/// dropped, so the gauge series goes only when the last breaker of that upstream does.
+static LIVE_BREAKERS: LazyLock<parking_lot::Mutex<std::collections::HashMap<String, usize>>> =
+    LazyLock::new(Default::default);
+
 impl BreakerMetrics {
     pub fn new(upstream: &str) -> BreakerMetrics {
         BreakerMetrics(METRICS.as_ref().map(|m| {
+            *LIVE_BREAKERS
+                .lock()
+                .entry(upstream.to_string())
+                .or_default() += 1;
             (
                 m.circuit_state.with_label_values(&[upstream]),
                 m.circuit_transitions.clone(),
@@ -535,6 +544,22 @@ impl BreakerMetrics {
         if let Some((g, c, up)) = &self.0 {
             g.set(state);
             c.with_label_values(&[up.as_str(), name]).inc();
+        }
+    }
+}
+
+impl Drop for BreakerMetrics {
+    /// An upstream whose breaker left the configuration stops reporting a state.
+    fn drop(&mut self) {
+        let (Some((_, _, up)), Some(m)) = (&self.0, METRICS.as_ref()) else {
+            return;
+        };
+        let mut live = LIVE_BREAKERS.lock();
+        let n = live.entry(up.clone()).or_insert(1);
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            live.remove(up);
+            let _ = m.circuit_state.remove_label_values(&[up.as_str()]);
         }
     }
 }
