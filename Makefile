@@ -21,7 +21,7 @@ LOAD_PKGS := wrk nginx-light haproxy nghttp2-client valgrind python3
 # The scenarios `make load-test` runs (load-tests/scenarios/*.yaml.tmpl; all: every one).
 LOAD_SCENARIOS ?= plain jwt ratelimit cache observed transform aggregate
 
-.PHONY: run stop test deps bench load-test check lint demo-stop-b demo-start-b deb deb-check python-deps
+.PHONY: run stop test deps bench load-test check lint demo-stop-b demo-start-b deb deb-check python-deps static
 
 # Installs what is missing with apt-get when root; prints the command otherwise.
 define ensure_pkgs
@@ -108,3 +108,12 @@ deb: deps
 # maintainer scripts, and the installed binary checking the installed configuration.
 deb-check: deb
 	packaging/check-deb.sh
+
+# A fully static binary (musl, static-pie; jemalloc stays the allocator, so musl's malloc is
+# not on the request path): $(TARGET_DIR)/x86_64-unknown-linux-musl/dist/postern.
+MUSL_TARGET := x86_64-unknown-linux-musl
+static: deps
+	$(call ensure_pkgs,musl-tools)
+	@rustup target list --installed | grep -qx $(MUSL_TARGET) || rustup target add $(MUSL_TARGET)
+	CC_x86_64_unknown_linux_musl=musl-gcc $(CARGO) build --profile dist --target $(MUSL_TARGET) --bin postern
+	@echo "static binary: $(TARGET_DIR)/$(MUSL_TARGET)/dist/postern"
