@@ -249,8 +249,11 @@ async fn concurrency_limit_releases_on_completion_and_on_client_abort() {
     while up.hits() == hits {
         tokio::task::yield_now().await;
     }
-    up.state.delay_ms.store(0, SeqCst);
+    // The upstream counts the hit before it reads the delay: keep the delay until the slot is
+    // known to be held (the 429 never reaches the upstream), or the abandoned request could
+    // finish at once and free it.
     assert_eq!(get(&c, &gw.url("/api/x"), None).await.status(), 429);
+    up.state.delay_ms.store(0, SeqCst);
     drop(s);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

@@ -339,6 +339,33 @@ async fn the_route_deadline_bounds_every_try() {
     assert_eq!(slow.hits(), 1, "no retry once the deadline passed");
 }
 
+/// `retry.max_body`: a body that went out and is larger than the limit is not sent again; a
+/// smaller one is (both with an Idempotency-Key, on a 502).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_above_retry_max_body_is_not_sent_again() {
+    let up = flaky(2, 502, vec![]).await;
+    let body = format!(
+        "upstreams:\n  u: {{ targets: [ {{ addr: \"{}\" }} ], retry: {{ attempts: 2, on: [502], idempotency_key: true, max_body: 1KiB }} }}\nroutes:\n  - {{ match: {{ path: /* }}, upstream: u }}\n",
+        up.addr
+    );
+    let gw = Gateway::start(&body);
+    let c = client();
+    let post = |n: usize, key: &'static str| {
+        c.post(gw.url("/orders"))
+            .header("idempotency-key", key)
+            .body(vec![b'x'; n])
+            .send()
+    };
+    // 2 KiB: one try, the 502 goes to the client.
+    let r = post(2048, "big").await.unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(up.hits(), 1, "not sent again");
+    // 512 bytes: the second failure is retried and the third answer succeeds.
+    let r = post(512, "small").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.hits(), 3);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idempotency_key_makes_a_post_retryable() {
     let up = flaky(1, 502, vec![]).await;

@@ -174,6 +174,11 @@ pub fn budget_window() -> Dur {
 pub fn budget_min() -> f64 {
     3.0
 }
+/// Pingora's retry buffer (`BODY_BUF_LIMIT`): a body up to this size can be sent again.
+pub const RETRY_BUFFER: u64 = 64 * 1024;
+pub fn retry_max_body() -> Size {
+    Size(RETRY_BUFFER)
+}
 pub fn error_page_type() -> String {
     "application/json".into()
 }

@@ -335,6 +335,15 @@ fn check_upstream(name: &str, up: &Upstream, out: &mut Issues) {
             );
         }
     }
+    if up.retry.max_body.0 > super::defaults::RETRY_BUFFER {
+        out.err(
+            format!("{path}.retry.max_body"),
+            format!(
+                "must be at most 64KiB (Pingora's retry buffer), got {} bytes",
+                up.retry.max_body.0
+            ),
+        );
+    }
     let b = &up.retry.budget;
     if !(b.ratio >= 0.0 && b.ratio <= 10.0) {
         out.err(

@@ -179,11 +179,14 @@ pub(super) fn proxy_failed(
     mut e: Box<Error>,
     reused: bool,
 ) -> Box<Error> {
-    let replayable = !session.as_ref().retry_buffer_truncated();
     let group = ctx.group().cloned();
     let (Some(group), Some(t)) = (group, ctx.attempt.target.clone()) else {
         return e;
     };
+    let replayable = group.retry.body_replayable(
+        session.as_ref().retry_buffer_truncated(),
+        session.as_ref().body_bytes_read(),
+    );
     let idempotent = group.retry.replayable_method(session.req_header());
     let policy = &group.retry;
     let a = &mut ctx.attempt;
@@ -283,7 +286,10 @@ pub(super) fn upstream_response(
     breaker_outcome(ctx, &group, Outcome::Status(status));
     ctx.attempt.counted = true;
     let idempotent = group.retry.replayable_method(session.req_header());
-    let replayable = !session.as_ref().retry_buffer_truncated();
+    let replayable = group.retry.body_replayable(
+        session.as_ref().retry_buffer_truncated(),
+        session.as_ref().body_bytes_read(),
+    );
     if group
         .retry
         .retries_status(ctx.attempt.tries, status, idempotent, replayable)

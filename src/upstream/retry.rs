@@ -30,6 +30,8 @@ pub struct RetryPolicy {
     pub backoff: Backoff,
     pub per_try_timeout: Option<Duration>,
     pub idempotency_key: bool,
+    /// Bodies above this many bytes are not sent again once they went out.
+    pub max_body: usize,
 }
 
 impl RetryPolicy {
@@ -51,7 +53,14 @@ impl RetryPolicy {
             backoff: c.backoff,
             per_try_timeout: c.per_try_timeout.map(|d| d.0),
             idempotency_key: c.idempotency_key,
+            max_body: usize::try_from(c.max_body.0).unwrap_or(usize::MAX),
         }
+    }
+
+    /// Can the request body be sent again: all of it is still in Pingora's retry buffer and
+    /// within `max_body`.
+    pub fn body_replayable(&self, truncated: bool, body_bytes_read: usize) -> bool {
+        !truncated && body_bytes_read <= self.max_body
     }
 
     /// May this request be sent again after it (maybe) reached a target? Idempotent methods,

@@ -2,7 +2,7 @@
 //! the upstream.
 
 use crate::config::defaults as d;
-use crate::config::types::Dur;
+use crate::config::types::{Dur, Size};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -182,6 +182,11 @@ pub struct Retry {
     /// Retries may add at most this share of the recent requests (Envoy/Linkerd-style budget).
     #[serde(default)]
     pub budget: RetryBudget,
+    /// A request whose body read so far is larger than this is not sent again once it went
+    /// out (connect errors, where nothing was sent, are still retried). At most 64 KiB: the
+    /// body is replayed from Pingora's retry buffer, which holds that much.
+    #[serde(default = "d::retry_max_body")]
+    pub max_body: Size,
 }
 
 impl Default for Retry {
@@ -193,6 +198,7 @@ impl Default for Retry {
             per_try_timeout: None,
             idempotency_key: false,
             budget: RetryBudget::default(),
+            max_body: d::retry_max_body(),
         }
     }
 }
