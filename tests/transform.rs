@@ -180,9 +180,18 @@ async fn bad_bodies_other_types_head_and_oversize() {
     assert_eq!(r.text().await.unwrap(), "not json");
     let r = c.get(gw.url("/t/broken")).send().await.unwrap();
     assert_eq!(r.text().await.unwrap(), "{\"a\": ");
-    // HEAD passes untouched.
+    // HEAD has no body to change, but its header must not promise the upstream's bytes: no
+    // Content-Length (a GET gets another length) and the ETag weakened as on a GET.
     let r = c.head(gw.url("/t/3")).send().await.unwrap();
     assert_eq!(r.status(), 200);
+    assert!(
+        r.headers().get("content-length").is_none(),
+        "{:?}",
+        r.headers()
+    );
+    assert_eq!(r.headers()["etag"], "W/\"v1\"");
+    let get = c.get(gw.url("/t/3")).send().await.unwrap();
+    assert_eq!(get.headers()["etag"], "W/\"v1\"");
     // 5 KiB against a 1 KiB limit: untransformed (pass) or 502 (error, length known).
     let r = c.get(gw.url("/l/big")).send().await.unwrap();
     let v: Value = r.json().await.unwrap();

@@ -179,11 +179,21 @@ pub(super) fn response_takers(
         .headers
         .get(header::CONTENT_ENCODING)
         .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-    if head_request || status < 200 || status == 204 || status == 304 || ctx.conn.http2 {
+    if status < 200 || status == 204 || status == 304 || ctx.conn.http2 {
         return Vec::new();
     }
     if encoded {
-        crate::observability::metrics::transform_error(ctx, "response", "encoded");
+        if !head_request {
+            crate::observability::metrics::transform_error(ctx, "response", "encoded");
+        }
+        return Vec::new();
+    }
+    if head_request {
+        // No body to change, but the header must not promise the upstream's bytes: a GET
+        // would get another length and a weak ETag.
+        if candidates.iter().any(|p| p.takes_response_body(resp, ctx)) {
+            describe_changed_body(resp);
+        }
         return Vec::new();
     }
     candidates
@@ -196,8 +206,13 @@ pub(super) fn response_takers(
 /// The header of a body about to change: no length (chunked instead), a weak `ETag`, and none
 /// of the fields that describe the old bytes.
 pub(super) fn changed_body_header(resp: &mut ResponseHeader) {
-    resp.remove_header(&header::CONTENT_LENGTH);
+    describe_changed_body(resp);
     let _ = resp.insert_header(header::TRANSFER_ENCODING, "chunked");
+}
+
+/// What `changed_body_header` does but the framing (also for a HEAD answer, which has none).
+fn describe_changed_body(resp: &mut ResponseHeader) {
+    resp.remove_header(&header::CONTENT_LENGTH);
     for name in ["content-md5", "digest", "content-digest", "repr-digest"] {
         resp.remove_header(name);
     }
