@@ -186,6 +186,7 @@ pub(super) fn proxy_failed(
     let replayable = group.retry.body_replayable(
         session.as_ref().retry_buffer_truncated(),
         session.as_ref().body_bytes_read(),
+        session.req_header(),
     );
     let idempotent = group.retry.replayable_method(session.req_header());
     let policy = &group.retry;
@@ -289,6 +290,7 @@ pub(super) fn upstream_response(
     let replayable = group.retry.body_replayable(
         session.as_ref().retry_buffer_truncated(),
         session.as_ref().body_bytes_read(),
+        session.req_header(),
     );
     if group
         .retry

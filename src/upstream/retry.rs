@@ -57,10 +57,15 @@ impl RetryPolicy {
         }
     }
 
-    /// Can the request body be sent again: all of it is still in Pingora's retry buffer and
-    /// within `max_body`.
-    pub fn body_replayable(&self, truncated: bool, body_bytes_read: usize) -> bool {
-        !truncated && body_bytes_read <= self.max_body
+    /// Can the request body be sent again: all of it is still in Pingora's retry buffer, and
+    /// neither what was read nor the declared `Content-Length` is above `max_body`.
+    pub fn body_replayable(&self, truncated: bool, read: usize, req: &RequestHeader) -> bool {
+        let declared = req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        !truncated && read.max(declared) <= self.max_body
     }
 
     /// May this request be sent again after it (maybe) reached a target? Idempotent methods,
@@ -189,6 +194,26 @@ mod tests {
         assert!(policy("{ idempotency_key: true }").replayable_method(&req));
         let get = RequestHeader::build("GET", b"/", None).unwrap();
         assert!(policy("{}").replayable_method(&get));
+    }
+
+    #[test]
+    fn bodies_above_max_body_are_not_replayed() {
+        let p = policy("{ max_body: 1KiB }");
+        let mut req = RequestHeader::build("POST", b"/", None).unwrap();
+        assert!(p.body_replayable(false, 1024, &req));
+        assert!(!p.body_replayable(false, 1025, &req));
+        assert!(
+            !p.body_replayable(true, 10, &req),
+            "Pingora's buffer overflowed"
+        );
+        // Declared larger, of which little was read yet: not replayed either.
+        req.insert_header("content-length", "4096").unwrap();
+        assert!(!p.body_replayable(false, 10, &req));
+        req.insert_header("content-length", "oops").unwrap();
+        assert!(
+            p.body_replayable(false, 10, &req),
+            "an unreadable length counts as 0"
+        );
     }
 
     #[test]

@@ -49,6 +49,21 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// `postern run -c conf` with `env`, its log at `POSTERN_TEST_LOG` (default warn) on stderr.
+fn spawn_postern(conf: &std::path::Path, env: &[(&str, String)]) -> Child {
+    Command::new(BIN)
+        .args(["run", "-c", conf.to_str().unwrap()])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env(
+            "RUST_LOG",
+            std::env::var("POSTERN_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
 /// A running gateway; killed on drop.
 pub struct Gateway {
     pub child: Child,
@@ -87,16 +102,7 @@ impl Gateway {
             let yaml = format!("{head}{body}");
             let conf = dir.path().join("postern.yaml");
             std::fs::write(&conf, &yaml).unwrap();
-            let child = Command::new(BIN)
-                .args(["run", "-c", conf.to_str().unwrap()])
-                .env(
-                    "RUST_LOG",
-                    std::env::var("POSTERN_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-                )
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .unwrap();
+            let child = spawn_postern(&conf, &[]);
             let mut gw = Gateway {
                 child,
                 port,
@@ -118,20 +124,13 @@ impl Gateway {
     pub fn start_node(conf: &std::path::Path, node: &str, env: &[(&str, String)]) -> Gateway {
         for _ in 0..5 {
             let (port, admin) = (free_port(), free_port());
-            let child = Command::new(BIN)
-                .args(["run", "-c", conf.to_str().unwrap()])
-                .env("POSTERN_NODE", node)
-                .env("POSTERN_LISTEN", format!("127.0.0.1:{port}"))
-                .env("POSTERN_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
-                .envs(env.iter().map(|(k, v)| (k, v)))
-                .env(
-                    "RUST_LOG",
-                    std::env::var("POSTERN_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-                )
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .unwrap();
+            let mut vars = vec![
+                ("POSTERN_NODE", node.to_string()),
+                ("POSTERN_LISTEN", format!("127.0.0.1:{port}")),
+                ("POSTERN_ADMIN_LISTEN", format!("127.0.0.1:{admin}")),
+            ];
+            vars.extend(env.iter().cloned());
+            let child = spawn_postern(conf, &vars);
             let mut gw = Gateway {
                 child,
                 port,

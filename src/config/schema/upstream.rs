@@ -182,9 +182,9 @@ pub struct Retry {
     /// Retries may add at most this share of the recent requests (Envoy/Linkerd-style budget).
     #[serde(default)]
     pub budget: RetryBudget,
-    /// A request whose body read so far is larger than this is not sent again once it went
-    /// out (connect errors, where nothing was sent, are still retried). At most 64 KiB: the
-    /// body is replayed from Pingora's retry buffer, which holds that much.
+    /// A request whose body (declared, or read so far) is larger than this is not sent again
+    /// once it went out (connect errors, where nothing was sent, are still retried). At most
+    /// 64 KiB: the body is replayed from Pingora's retry buffer, which holds that much.
     #[serde(default = "d::retry_max_body")]
     pub max_body: Size,
 }
