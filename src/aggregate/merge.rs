@@ -164,7 +164,7 @@ impl Shaped {
                 Shaped::Members(m.iter().map(|(k, v)| (k.to_string(), text(v))).collect())
             }
             Node::Val(Value::Null) => Shaped::Nothing,
-            Node::Raw(r) if r.get() == "null" => Shaped::Nothing,
+            Node::Raw("null") => Shaped::Nothing,
             Node::Val(Value::Object(m)) => Shaped::Members(
                 m.into_iter()
                     .map(|(k, v)| (k, v.to_string().into_bytes()))

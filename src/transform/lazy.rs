@@ -7,61 +7,38 @@
 //! of `copy`/`move`) materialise them.
 
 use super::path::Seg;
-use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde::Deserialize;
-use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use std::borrow::Cow;
-use std::fmt;
 
 pub enum Node<'a> {
-    /// Untouched text of the original document.
-    Raw(&'a RawValue),
+    /// Untouched text of the original document (one JSON value, already validated).
+    Raw(&'a str),
     Obj(Vec<(Cow<'a, str>, Node<'a>)>),
     Arr(Vec<Node<'a>>),
     /// A value the operations produced (or replaced a subtree with).
     Val(Value),
 }
 
-/// An object member name, borrowed from the text unless it has escapes.
-struct Key<'a>(Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Borrowed(s)))
-            }
-            fn visit_str<E>(self, s: &str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(s.to_string())))
-            }
-            fn visit_string<E>(self, s: String) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(s)))
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
-
 /// Member names seen in one object: a repeated name keeps its first place and its last value,
 /// as `serde_json::Value` keeps the last. A linear search for small objects, an index above 16
 /// members (a large object must not cost a comparison per pair of members).
+/// Below the index, a 64-bit filter of (length, last byte) says whether a name can have been
+/// seen at all, so distinct names (nearly always) cost no comparison.
 #[derive(Default)]
 struct Names {
     index: Option<std::collections::HashMap<String, usize>>,
+    seen: u64,
 }
 
 impl Names {
     fn push<'a>(&mut self, out: &mut Vec<(Cow<'a, str>, Node<'a>)>, k: Cow<'a, str>, v: Node<'a>) {
+        let bit = 1u64 << ((k.len() * 7 + usize::from(k.bytes().last().unwrap_or(0))) & 63);
         let found = match &self.index {
             Some(ix) => ix.get(k.as_ref()).copied(),
+            None if self.seen & bit == 0 => None,
             None => out.iter().position(|(n, _)| *n == k),
         };
+        self.seen |= bit;
         if let Some(i) = found {
             // The later name and value together (the member as last written).
             out[i] = (k, v);
@@ -79,32 +56,6 @@ impl Names {
             self.index = Some(ix);
         }
         out.push((k, v));
-    }
-}
-
-/// The members of an object, values unparsed.
-struct Members<'a>(Vec<(Cow<'a, str>, Node<'a>)>);
-
-impl<'de> Deserialize<'de> for Members<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Members<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
-                let mut out: Vec<(Cow<'de, str>, Node<'de>)> =
-                    Vec::with_capacity(map.size_hint().unwrap_or(8));
-                let mut names = Names::default();
-                while let Some(Key(k)) = map.next_key()? {
-                    let v: &'de RawValue = map.next_value()?;
-                    names.push(&mut out, k, Node::Raw(v));
-                }
-                Ok(Members(out))
-            }
-        }
-        d.deserialize_map(V)
     }
 }
 
@@ -146,115 +97,34 @@ impl Guide {
     }
 }
 
-struct Seed<'g>(&'g Guide);
-
-impl<'de> DeserializeSeed<'de> for Seed<'_> {
-    type Value = Node<'de>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Node<'de>, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Seed<'_> {
-    type Value = Node<'de>;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node<'de>, A::Error> {
-        let mut out: Vec<(Cow<'de, str>, Node<'de>)> =
-            Vec::with_capacity(map.size_hint().unwrap_or(8));
-        let mut names = Names::default();
-        while let Some(Key(k)) = map.next_key()? {
-            let node = match self.0.keys.iter().find(|(n, _)| *n == k) {
-                Some((_, g)) => map.next_value_seed(Seed(g))?,
-                None => Node::Raw(map.next_value()?),
-            };
-            names.push(&mut out, k, node);
-        }
-        Ok(Node::Obj(out))
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node<'de>, A::Error> {
-        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(8));
-        match self.0.all.as_deref() {
-            Some(g) => {
-                while let Some(n) = seq.next_element_seed(Seed(g))? {
-                    out.push(n);
-                }
-            }
-            None => {
-                while let Some(r) = seq.next_element::<&'de RawValue>()? {
-                    out.push(Node::Raw(r));
-                }
-            }
-        }
-        Ok(Node::Arr(out))
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<Node<'de>, E> {
-        Ok(Node::Val(Value::Bool(v)))
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<Node<'de>, E> {
-        Ok(Node::Val(Value::from(v)))
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<Node<'de>, E> {
-        Ok(Node::Val(Value::from(v)))
-    }
-    fn visit_f64<E>(self, v: f64) -> Result<Node<'de>, E> {
-        Ok(Node::Val(Value::from(v)))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Node<'de>, E> {
-        Ok(Node::Val(Value::String(v.to_string())))
-    }
-    fn visit_unit<E>(self) -> Result<Node<'de>, E> {
-        Ok(Node::Val(Value::Null))
-    }
-}
-
 impl<'a> Node<'a> {
     /// Reads `text` in one pass, splitting what `guide` marks.
     pub fn parse_guided(text: &'a str, guide: &Guide) -> Result<Node<'a>, serde_json::Error> {
-        let mut de = serde_json::Deserializer::from_str(text);
-        let node = Seed(guide).deserialize(&mut de)?;
-        de.end()?;
-        Ok(node)
+        match Scan::new(text).document(guide) {
+            Some(n) => Ok(n),
+            // serde_json says where the text is wrong, or reads what the scan refused.
+            None => serde_json::from_str(text).map(Node::Val),
+        }
     }
 
-    /// Validates `text` as one JSON document.
-    /// The top level is split into its members at once (one pass validates the document).
+    /// Reads `text` as one JSON document; the top level is split into its members.
     pub fn parse(text: &'a str) -> Result<Node<'a>, serde_json::Error> {
-        match text.trim_start().as_bytes().first() {
-            Some(b'{') => Ok(Node::Obj(serde_json::from_str::<Members<'a>>(text)?.0)),
-            Some(b'[') => Ok(Node::Arr(
-                serde_json::from_str::<Vec<&'a RawValue>>(text)?
-                    .into_iter()
-                    .map(Node::Raw)
-                    .collect(),
-            )),
-            _ => Ok(Node::Raw(serde_json::from_str(text)?)),
-        }
+        Node::parse_guided(text, &Guide::default())
     }
 
     /// Splits an untouched object or array into its members.
     pub(crate) fn expand(&mut self) {
-        let Node::Raw(raw) = self else { return };
-        let text: &'a str = raw.get();
-        match text.as_bytes().first() {
-            Some(b'{') => {
-                if let Ok(Members(m)) = serde_json::from_str::<Members<'a>>(text) {
-                    *self = Node::Obj(m);
-                }
+        let Node::Raw(text) = self else { return };
+        if matches!(text.as_bytes().first(), Some(b'{' | b'[')) {
+            if let Some(n) = Scan::new(text).document(&Guide::default()) {
+                *self = n;
             }
-            Some(b'[') => {
-                if let Ok(items) = serde_json::from_str::<Vec<&'a RawValue>>(text) {
-                    *self = Node::Arr(items.into_iter().map(Node::Raw).collect());
-                }
-            }
-            _ => {}
         }
     }
 
     fn is_null(&self) -> bool {
         match self {
-            Node::Raw(r) => r.get() == "null",
+            Node::Raw(r) => *r == "null",
             Node::Val(v) => v.is_null(),
             _ => false,
         }
@@ -263,7 +133,7 @@ impl<'a> Node<'a> {
     /// The whole value.
     pub fn to_value(&self) -> Value {
         match self {
-            Node::Raw(r) => serde_json::from_str(r.get()).unwrap_or(Value::Null),
+            Node::Raw(r) => serde_json::from_str(r).unwrap_or(Value::Null),
             Node::Obj(m) => Value::Object(
                 m.iter()
                     .map(|(k, v)| (k.to_string(), v.to_value()))
@@ -277,7 +147,7 @@ impl<'a> Node<'a> {
     /// The document as JSON text.
     pub fn write(&self, out: &mut Vec<u8>) {
         match self {
-            Node::Raw(r) => out.extend_from_slice(r.get().as_bytes()),
+            Node::Raw(r) => out.extend_from_slice(r.as_bytes()),
             Node::Obj(m) => {
                 out.push(b'{');
                 for (i, (k, v)) in m.iter().enumerate() {
@@ -561,12 +431,12 @@ impl SpanWriter<'_, '_> {
 
     fn node(&mut self, n: &Node<'_>) {
         match n {
-            Node::Raw(r) => match self.offset(r.get()) {
+            Node::Raw(r) => match self.offset(r) {
                 Some(o) => {
                     self.flush();
-                    self.pending = Some((o, o + r.get().len()));
+                    self.pending = Some((o, o + r.len()));
                 }
-                None => self.bytes(r.get().as_bytes()),
+                None => self.bytes(r.as_bytes()),
             },
             Node::Obj(m) => {
                 self.bytes(b"{");
@@ -574,9 +444,9 @@ impl SpanWriter<'_, '_> {
                     // A member with its name and value as read: from the name's quote to the
                     // value's end.
                     if let (Node::Raw(r), Some(ko)) = (v, self.offset(k)) {
-                        if let Some(vo) = self.offset(r.get()) {
+                        if let Some(vo) = self.offset(r) {
                             if self.is_member(ko, k.len(), vo) {
-                                self.span(ko - 1, vo + r.get().len(), i == 0);
+                                self.span(ko - 1, vo + r.len(), i == 0);
                                 continue;
                             }
                         }
@@ -595,8 +465,8 @@ impl SpanWriter<'_, '_> {
                 self.bytes(b"[");
                 for (i, v) in a.iter().enumerate() {
                     if let Node::Raw(r) = v {
-                        if let Some(o) = self.offset(r.get()) {
-                            self.span(o, o + r.get().len(), i == 0);
+                        if let Some(o) = self.offset(r) {
+                            self.span(o, o + r.len(), i == 0);
                             continue;
                         }
                     }
@@ -653,4 +523,309 @@ fn f_on_value<'a>(node: &mut Node<'a>, segs: &[Seg], f: &mut dyn FnMut(&mut Node
             other => other.to_value(),
         };
     });
+}
+
+/// Bytes a string scan stops at: its end, an escape, a control character (not allowed).
+static STRING_STOP: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 0x20 {
+        t[c] = true;
+        c += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
+/// Nesting deeper than this is left to serde_json (whose own limit is 128).
+const MAX_DEPTH: u32 = 128;
+
+/// One pass over JSON text that checks it (RFC 8259, as strict as serde_json: control
+/// characters in strings, escapes, number syntax, literals, commas, trailing bytes) and finds
+/// where members, names and values start and end, splitting what a [`Guide`] marks and
+/// skipping the rest without building or decoding anything.
+///
+/// Why not serde_json alone: it has no way to hand out positions but `RawValue`, whose
+/// per-value cost through serde's visitors was ~400 instructions per member (the transform
+/// load scenario's bottleneck); reading the text twice (serde_json to check, a scan for the
+/// positions) costs two passes. This scan must never accept what serde_json rejects (a test
+/// compares both on mutated documents); when it refuses, serde_json reads the text and either
+/// gives the error (with its position) or, for anything the scan refused wrongly or too deep,
+/// the document as a value, so a refusal is never more than a slower path.
+struct Scan<'a> {
+    text: &'a str,
+    b: &'a [u8],
+    i: usize,
+    depth: u32,
+}
+
+impl<'a> Scan<'a> {
+    fn new(text: &'a str) -> Self {
+        Scan {
+            text,
+            b: text.as_bytes(),
+            i: 0,
+            depth: 0,
+        }
+    }
+
+    /// The whole text as one document; `None` when the scan refuses it.
+    fn document(mut self, guide: &Guide) -> Option<Node<'a>> {
+        self.ws();
+        let n = self.guided(guide)?;
+        self.ws();
+        (self.i == self.b.len()).then_some(n)
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
+            self.i += 1;
+        }
+    }
+
+    fn eat(&mut self, c: u8) -> Option<()> {
+        (self.peek()? == c).then(|| self.i += 1)
+    }
+
+    fn enter(&mut self) -> Option<()> {
+        self.depth += 1;
+        self.i += 1;
+        self.ws();
+        (self.depth <= MAX_DEPTH).then_some(())
+    }
+
+    fn leave(&mut self) {
+        self.depth -= 1;
+        self.i += 1;
+    }
+
+    /// After a member or element: `true` past a comma, `false` at the closing `close`.
+    fn more(&mut self, close: u8) -> Option<bool> {
+        self.ws();
+        match self.peek()? {
+            b',' => {
+                self.i += 1;
+                self.ws();
+                Some(true)
+            }
+            c if c == close => Some(false),
+            _ => None,
+        }
+    }
+
+    /// The string at `i` (its opening quote); whether it has escapes.
+    fn string(&mut self) -> Option<bool> {
+        self.i += 1;
+        let mut escaped = false;
+        loop {
+            let p = self
+                .b
+                .get(self.i..)?
+                .iter()
+                .position(|&c| STRING_STOP[c as usize])?;
+            self.i += p;
+            match self.b[self.i] {
+                b'"' => {
+                    self.i += 1;
+                    return Some(escaped);
+                }
+                b'\\' => {
+                    escaped = true;
+                    match *self.b.get(self.i + 1)? {
+                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.i += 2,
+                        b'u' => match self.hex(self.i + 2)? {
+                            // A surrogate pair, as serde_json wants it (a lone half is an
+                            // error there when the string is read).
+                            0xD800..=0xDBFF => {
+                                if self.b.get(self.i + 6..self.i + 8)? != b"\\u"
+                                    || !(0xDC00..=0xDFFF).contains(&self.hex(self.i + 8)?)
+                                {
+                                    return None;
+                                }
+                                self.i += 12;
+                            }
+                            0xDC00..=0xDFFF => return None,
+                            _ => self.i += 6,
+                        },
+                        _ => return None,
+                    }
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// The four hex digits at `at`.
+    fn hex(&self, at: usize) -> Option<u32> {
+        let h = std::str::from_utf8(self.b.get(at..at + 4)?).ok()?;
+        if !h.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return None;
+        }
+        u32::from_str_radix(h, 16).ok()
+    }
+
+    /// At least one digit.
+    fn digits(&mut self) -> Option<()> {
+        let n = self.b[self.i..]
+            .iter()
+            .position(|c| !c.is_ascii_digit())
+            .unwrap_or(self.b.len() - self.i);
+        self.i += n;
+        (n > 0).then_some(())
+    }
+
+    fn number(&mut self) -> Option<()> {
+        let start = self.i;
+        let _ = self.eat(b'-');
+        match self.peek()? {
+            b'0' => self.i += 1,
+            b'1'..=b'9' => self.digits()?,
+            _ => return None,
+        }
+        if self.eat(b'.').is_some() {
+            self.digits()?;
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.i += 1;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.i += 1;
+            }
+            self.digits()?;
+            return self.in_range(start);
+        }
+        if self.i - start > 300 {
+            return self.in_range(start);
+        }
+        Some(())
+    }
+
+    /// serde_json refuses a number beyond f64's range (only an exponent or some 300 digits
+    /// get there).
+    fn in_range(&self, start: usize) -> Option<()> {
+        let n: f64 = self.text[start..self.i].parse().ok()?;
+        n.is_finite().then_some(())
+    }
+
+    fn literal(&mut self, lit: &[u8]) -> Option<()> {
+        (self.b.get(self.i..self.i + lit.len())? == lit).then(|| self.i += lit.len())
+    }
+
+    /// The value at `i`, checked and skipped, as text.
+    fn value(&mut self) -> Option<&'a str> {
+        let start = self.i;
+        match self.peek()? {
+            b'"' => {
+                self.string()?;
+            }
+            b'{' => {
+                self.enter()?;
+                if self.peek()? != b'}' {
+                    loop {
+                        self.name()?;
+                        self.value()?;
+                        if !self.more(b'}')? {
+                            break;
+                        }
+                    }
+                }
+                self.leave();
+            }
+            b'[' => {
+                self.enter()?;
+                if self.peek()? != b']' {
+                    loop {
+                        self.value()?;
+                        if !self.more(b']')? {
+                            break;
+                        }
+                    }
+                }
+                self.leave();
+            }
+            b't' => self.literal(b"true")?,
+            b'f' => self.literal(b"false")?,
+            b'n' => self.literal(b"null")?,
+            _ => self.number()?,
+        }
+        Some(&self.text[start..self.i])
+    }
+
+    /// A member name and its colon; the name's text between the quotes and whether it has
+    /// escapes.
+    fn name(&mut self) -> Option<(&'a str, bool)> {
+        if self.peek()? != b'"' {
+            return None;
+        }
+        let start = self.i;
+        let escaped = self.string()?;
+        let end = self.i;
+        self.ws();
+        self.eat(b':')?;
+        self.ws();
+        Some((&self.text[start..end], escaped))
+    }
+
+    /// The value at `i`: what `guide` marks is split (and so is the value itself when it is
+    /// an object or array); the rest stays text.
+    fn guided(&mut self, guide: &Guide) -> Option<Node<'a>> {
+        match self.peek()? {
+            b'{' => {
+                self.enter()?;
+                let mut out: Vec<(Cow<'a, str>, Node<'a>)> = Vec::with_capacity(8);
+                let mut names = Names::default();
+                if self.peek()? != b'}' {
+                    loop {
+                        let (quoted, escaped) = self.name()?;
+                        let k = if escaped {
+                            Cow::Owned(serde_json::from_str(quoted).ok()?)
+                        } else {
+                            Cow::Borrowed(&quoted[1..quoted.len() - 1])
+                        };
+                        let node = match guide.keys.iter().find(|(n, _)| *n == k) {
+                            Some((_, g)) => self.nested(g)?,
+                            None => Node::Raw(self.value()?),
+                        };
+                        names.push(&mut out, k, node);
+                        if !self.more(b'}')? {
+                            break;
+                        }
+                    }
+                }
+                self.leave();
+                Some(Node::Obj(out))
+            }
+            b'[' => {
+                self.enter()?;
+                let mut out = Vec::with_capacity(8);
+                if self.peek()? != b']' {
+                    loop {
+                        out.push(match guide.all.as_deref() {
+                            Some(g) => self.nested(g)?,
+                            None => Node::Raw(self.value()?),
+                        });
+                        if !self.more(b']')? {
+                            break;
+                        }
+                    }
+                }
+                self.leave();
+                Some(Node::Arr(out))
+            }
+            _ => Some(Node::Raw(self.value()?)),
+        }
+    }
+
+    /// A value a path goes through: split when it is an object or array; a scalar is read
+    /// (the operations replace or look into it as a value).
+    fn nested(&mut self, guide: &Guide) -> Option<Node<'a>> {
+        match self.peek()? {
+            b'{' | b'[' => self.guided(guide),
+            _ => serde_json::from_str(self.value()?).ok().map(Node::Val),
+        }
+    }
 }

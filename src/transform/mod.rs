@@ -642,3 +642,75 @@ mod lazy_large_objects {
         assert!(v.get("k1").is_none());
     }
 }
+
+#[cfg(test)]
+mod lazy_reader_is_as_strict_as_serde_json {
+    use super::lazy::Node;
+    use rand::{Rng, SeedableRng};
+    use serde_json::Value;
+
+    /// The lazy reader checks the text itself (one pass); it must never take a document
+    /// serde_json rejects, and it must read the same values. Documents are mutated at random
+    /// (bytes deleted, inserted, replaced with JSON's structural and tricky bytes) from seeds
+    /// with every kind of value; the reader either fails like serde_json or gives the value
+    /// serde_json gives.
+    #[test]
+    fn mutated_documents() {
+        let seeds = [
+            r#"{"a": [1, -2.5e+3, 0, -0.0, 1E5, true, false, null], "b": {"c": "x\"y\\z\/\b\f\n\r\t\u00e9\ud83d\ude00"}, "": {}, "e": []}"#,
+            r#"[{"id":1,"sku":"item-0001","price":3.25,"tags":["alpha","beta"]},{"id":2}]"#,
+            " \n\t{\"k\" : \"v\" , \"n\" : [ [ ] , { } ] } \r\n",
+            "\"just a string\"",
+            "-12.5e-7",
+            "[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]",
+        ];
+        let tricky = b"{}[]\",:\\ \t\n-+.0123456789eEtrufalsnu\x00\x1f/bx";
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut checked = 0;
+        for seed in seeds {
+            for round in 0..3000 {
+                let mut b = seed.as_bytes().to_vec();
+                for _ in 0..=(round % 3) {
+                    let at = rng.random_range(0..=b.len());
+                    let c = tricky[rng.random_range(0..tricky.len())];
+                    match rng.random_range(0..3) {
+                        0 if at < b.len() => {
+                            b.remove(at);
+                        }
+                        1 if at < b.len() => b[at] = c,
+                        _ => b.insert(at, c),
+                    }
+                }
+                let Ok(text) = std::str::from_utf8(&b) else {
+                    continue;
+                };
+                let want = serde_json::from_str::<Value>(text);
+                let got = Node::parse(text).map(|n| n.to_value());
+                match (&want, &got) {
+                    (Ok(w), Ok(g)) => assert_eq!(w, g, "{text:?}"),
+                    (Err(_), Err(_)) => {}
+                    _ => panic!("{text:?}: serde_json {want:?}, lazy reader {got:?}"),
+                }
+                // Splitting a nested value reads the same as serde_json too.
+                let mut n = Node::parse(text).unwrap_or(Node::Val(Value::Null));
+                if let Node::Obj(m) = &mut n {
+                    m.iter_mut().for_each(|(_, v)| v.expand());
+                }
+                if let Ok(w) = &want {
+                    assert_eq!(&n.to_value(), w, "{text:?}");
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked > 10_000, "{checked}");
+    }
+
+    /// Errors keep serde_json's message and position (the 400 a client gets names it).
+    #[test]
+    fn errors_name_the_position() {
+        let e = Node::parse("{\"a\": [1, 2,]}").err().unwrap();
+        assert_eq!((e.line(), e.column()), (1, 13), "{e}");
+        let e = Node::parse("{\"a\": \"\u{1}\"}").err().unwrap();
+        assert!(e.to_string().contains("control character"), "{e}");
+    }
+}
