@@ -10,7 +10,6 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use postern::aggregate::merge::{merge, Shape, Shaped};
 use postern::aggregate::template::{Answer, Scope, Text};
 use postern::context::RequestCtx;
-use postern::transform::lazy::Node;
 use postern::transform::path::Path;
 use postern::transform::template::Inputs;
 use serde_json::{json, Value};
@@ -80,7 +79,7 @@ fn bench(c: &mut Criterion) {
                 .enumerate()
                 .map(|(i, (body, (shape, group)))| {
                     let text = std::str::from_utf8(black_box(body)).unwrap();
-                    let node = shape.apply(Node::parse(text).unwrap());
+                    let node = shape.apply(shape.read(text).unwrap());
                     Shaped::of(node, ["order", "user", "stock"][i], *group)
                 })
                 .collect();

@@ -13,7 +13,7 @@
 //! the place of the first); any other answer without `group` is placed under the call's name;
 //! `null` (a `target` that is absent) adds nothing.
 
-use crate::transform::lazy::{write_key, Node};
+use crate::transform::lazy::{write_key, Guide, Node};
 use crate::transform::path::{Path, Seg};
 use serde_json::Value;
 use std::borrow::Cow;
@@ -30,6 +30,35 @@ pub struct Shape {
 }
 
 impl Shape {
+    /// Reads an answer in one pass, splitting only what the shaping goes through.
+    pub fn read<'a>(&self, text: &'a str) -> Result<Node<'a>, serde_json::Error> {
+        let mut guide = Guide::default();
+        let target: Vec<Seg> = self.target.iter().flat_map(|t| t.0.clone()).collect();
+        let mut along = |rest: &[Seg]| {
+            let mut segs = target.clone();
+            segs.extend_from_slice(rest);
+            guide.add(&segs);
+        };
+        // The target, and each element when it is an array (`flatten`: each element's too).
+        along(&[Seg::All]);
+        if self.flatten {
+            along(&[Seg::All, Seg::All]);
+        }
+        let fields = self
+            .allow
+            .iter()
+            .chain(&self.deny)
+            .chain(self.mapping.iter().map(|(p, _)| p));
+        for p in fields {
+            let parents = &p.0[..p.0.len().saturating_sub(1)];
+            along(parents);
+            let mut each = vec![Seg::All];
+            each.extend_from_slice(parents);
+            along(&each);
+        }
+        Node::parse_guided(text, &guide)
+    }
+
     pub fn apply<'a>(&self, mut v: Node<'a>) -> Node<'a> {
         if let Some(t) = &self.target {
             v = take_path(&mut v, &t.0).unwrap_or(Node::Val(Value::Null));
@@ -65,8 +94,21 @@ impl Shape {
             return;
         }
         if !self.allow.is_empty() {
-            let mut kept = Node::Obj(Vec::new());
+            let mut kept = Node::Obj(Vec::with_capacity(self.allow.len()));
             for p in &self.allow {
+                // A member name (the usual case): the member moves over with its name as read.
+                if let ([Seg::Key(k)], Node::Obj(from), Node::Obj(to)) =
+                    (&p.0[..], &mut *v, &mut kept)
+                {
+                    if let Some(i) = from.iter().position(|(n, _)| n == k) {
+                        let member = from.remove(i);
+                        match to.iter().position(|(n, _)| *n == member.0) {
+                            Some(j) => to[j] = member,
+                            None => to.push(member),
+                        }
+                    }
+                    continue;
+                }
                 if let Some(x) = take_path(v, &p.0) {
                     put_path(&mut kept, &p.0, x);
                 }
@@ -239,12 +281,18 @@ mod tests {
         list.iter().map(|p| Path::parse(p).unwrap()).collect()
     }
 
+    /// The shaped answer; reading it split only where the shape goes (`Shape::read`) gives
+    /// the same as splitting as the steps go.
     fn shape(s: &Shape, v: Value) -> Value {
         let text = v.to_string();
-        let n = s.apply(Node::parse(&text).unwrap());
-        let mut out = Vec::new();
-        n.write(&mut out);
-        serde_json::from_slice(&out).unwrap()
+        let mut got = Vec::new();
+        for n in [Node::parse(&text).unwrap(), s.read(&text).unwrap()] {
+            let mut out = Vec::new();
+            s.apply(n).write(&mut out);
+            got.push(serde_json::from_slice::<Value>(&out).unwrap());
+        }
+        assert_eq!(got[0], got[1], "{text}");
+        got.remove(0)
     }
 
     #[test]

@@ -388,7 +388,7 @@ async fn one(
         let node = if text.trim().is_empty() {
             Node::Val(Value::Null)
         } else {
-            Node::parse(text).map_err(|_| Failure::InvalidJson)?
+            c.shape.read(text).map_err(|_| Failure::InvalidJson)?
         };
         // Later templates read values of this answer: keep it whole as well.
         let body = if c.referenced {

@@ -116,7 +116,7 @@ impl<'a> Node<'a> {
     pub(crate) fn expand(&mut self) {
         let Node::Raw(text) = self else { return };
         if matches!(text.as_bytes().first(), Some(b'{' | b'[')) {
-            if let Some(n) = Scan::new(text).document(&Guide::default()) {
+            if let Some(n) = Scan::checked(text).document(&Guide::default()) {
                 *self = n;
             }
         }
@@ -538,6 +538,22 @@ static STRING_STOP: [bool; 256] = {
     t
 };
 
+/// Bytes a skip over checked text stops at: 1 = brackets and quotes, 2 = ends of a scalar.
+static SKIP_STOP: [u8; 256] = {
+    let mut t = [0u8; 256];
+    t[b'"' as usize] = 1;
+    t[b'{' as usize] = 1;
+    t[b'[' as usize] = 1;
+    t[b'}' as usize] = 3;
+    t[b']' as usize] = 3;
+    t[b',' as usize] = 2;
+    t[b' ' as usize] = 2;
+    t[b'\t' as usize] = 2;
+    t[b'\n' as usize] = 2;
+    t[b'\r' as usize] = 2;
+    t
+};
+
 /// Nesting deeper than this is left to serde_json (whose own limit is 128).
 const MAX_DEPTH: u32 = 128;
 
@@ -558,6 +574,9 @@ struct Scan<'a> {
     b: &'a [u8],
     i: usize,
     depth: u32,
+    /// The text was checked before (a value split later, [`Node::expand`]): values that are
+    /// not split are skipped by brackets and quotes alone.
+    checked: bool,
 }
 
 impl<'a> Scan<'a> {
@@ -567,7 +586,60 @@ impl<'a> Scan<'a> {
             b: text.as_bytes(),
             i: 0,
             depth: 0,
+            checked: false,
         }
+    }
+
+    /// A scan of text an earlier scan accepted.
+    fn checked(text: &'a str) -> Self {
+        Scan {
+            checked: true,
+            ..Scan::new(text)
+        }
+    }
+
+    /// Past the value at `i` in checked text.
+    fn skip(&mut self) -> &'a str {
+        let start = self.i;
+        let stop = |from: usize, class: u8| {
+            self.b[from..]
+                .iter()
+                .position(|&c| SKIP_STOP[c as usize] & class != 0)
+                .map_or(self.b.len(), |p| from + p)
+        };
+        match self.peek().unwrap_or(b',') {
+            b'"' => {
+                let _ = self.string();
+            }
+            b'{' | b'[' => {
+                let mut depth = 0usize;
+                let mut i = self.i;
+                while i < self.b.len() {
+                    i = stop(i, 1);
+                    match self.b.get(i) {
+                        Some(b'"') => {
+                            self.i = i;
+                            let _ = self.string();
+                            i = self.i;
+                            continue;
+                        }
+                        Some(b'{' | b'[') => depth += 1,
+                        Some(_) => {
+                            depth -= 1;
+                            if depth == 0 {
+                                i += 1;
+                                break;
+                            }
+                        }
+                        None => break,
+                    }
+                    i += 1;
+                }
+                self.i = i.min(self.b.len());
+            }
+            _ => self.i = stop(self.i, 2),
+        }
+        &self.text[start..self.i]
     }
 
     /// The whole text as one document; `None` when the scan refuses it.
@@ -717,6 +789,9 @@ impl<'a> Scan<'a> {
 
     /// The value at `i`, checked and skipped, as text.
     fn value(&mut self) -> Option<&'a str> {
+        if self.checked {
+            return Some(self.skip());
+        }
         let start = self.i;
         match self.peek()? {
             b'"' => {
