@@ -65,7 +65,7 @@ total=$(callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",",
 echo "scenario=$SCENARIO path=$URL_PATH requests=$done_requests instructions/request=$((total / done_requests))"
 echo
 echo "== inclusive (top $TOP) =="
-callgrind_annotate --inclusive=yes "$out" 2>/dev/null | grep -E '^ *[0-9,]+ ' | head -n "$TOP"
+callgrind_annotate --inclusive=yes "$out" 2>/dev/null | grep -E '^ *[0-9,]+ ' | head -n "$TOP" || true
 echo
 echo "== self (top $TOP) =="
-callgrind_annotate "$out" 2>/dev/null | grep -E '^ *[0-9,]+ ' | head -n "$TOP"
+callgrind_annotate "$out" 2>/dev/null | grep -E '^ *[0-9,]+ ' | head -n "$TOP" || true

@@ -526,6 +526,7 @@ fn f_on_value<'a>(node: &mut Node<'a>, segs: &[Seg], f: &mut dyn FnMut(&mut Node
 }
 
 /// Bytes a string scan stops at: its end, an escape, a control character (not allowed).
+/// Bytes a string scan stops at: its end, an escape, a control character (not allowed).
 static STRING_STOP: [bool; 256] = {
     let mut t = [false; 256];
     let mut c = 0;
@@ -554,13 +555,226 @@ static SKIP_STOP: [u8; 256] = {
     t
 };
 
-/// Nesting deeper than this is left to serde_json (whose own limit is 128).
-const MAX_DEPTH: u32 = 128;
+/// Nesting deeper than this is refused, as serde_json does (it reads 127 levels).
+const MAX_DEPTH: u32 = 127;
+
+// The checking functions below take the text and a position and return the position after
+// what they read (`None`: not JSON, or not in the form this reader takes). They keep the
+// position in a local, which is what makes them a tight loop per byte.
+
+fn ws(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
+        i += 1;
+    }
+    i
+}
+
+fn hex(b: &[u8], at: usize) -> Option<u32> {
+    let mut n = 0;
+    for &c in b.get(at..at + 4)? {
+        n = n * 16 + char::from(c).to_digit(16)?;
+    }
+    Some(n)
+}
+
+/// The string at `i` (its opening quote): its end and whether it has escapes.
+fn string_end(b: &[u8], mut i: usize) -> Option<(usize, bool)> {
+    i += 1;
+    let mut escaped = false;
+    loop {
+        while i < b.len() && !STRING_STOP[b[i] as usize] {
+            i += 1;
+        }
+        match *b.get(i)? {
+            b'"' => return Some((i + 1, escaped)),
+            b'\\' => {
+                escaped = true;
+                i = match *b.get(i + 1)? {
+                    b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => i + 2,
+                    b'u' => match hex(b, i + 2)? {
+                        // A surrogate pair, as serde_json wants it (a lone half is an error
+                        // there when the string is read).
+                        0xD800..=0xDBFF => {
+                            if b.get(i + 6..i + 8)? != b"\\u"
+                                || !(0xDC00..=0xDFFF).contains(&hex(b, i + 8)?)
+                            {
+                                return None;
+                            }
+                            i + 12
+                        }
+                        0xDC00..=0xDFFF => return None,
+                        _ => i + 6,
+                    },
+                    _ => return None,
+                };
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// Past at least one digit.
+fn digits(b: &[u8], mut i: usize) -> Option<usize> {
+    let start = i;
+    while i < b.len() && b[i].is_ascii_digit() {
+        i += 1;
+    }
+    (i > start).then_some(i)
+}
+
+fn number_end(b: &[u8], start: usize) -> Option<usize> {
+    let mut i = start;
+    if b.get(i) == Some(&b'-') {
+        i += 1;
+    }
+    match *b.get(i)? {
+        b'0' => i += 1,
+        b'1'..=b'9' => i = digits(b, i)?,
+        _ => return None,
+    }
+    if b.get(i) == Some(&b'.') {
+        i = digits(b, i + 1)?;
+    }
+    let mut exponent = false;
+    if let Some(b'e' | b'E') = b.get(i) {
+        i += 1;
+        if let Some(b'+' | b'-') = b.get(i) {
+            i += 1;
+        }
+        i = digits(b, i)?;
+        exponent = true;
+    }
+    // serde_json refuses a number beyond f64's range (only an exponent or some 300 digits
+    // get there).
+    if exponent || i - start > 300 {
+        let n: f64 = std::str::from_utf8(&b[start..i]).ok()?.parse().ok()?;
+        if !n.is_finite() {
+            return None;
+        }
+    }
+    Some(i)
+}
+
+fn literal(b: &[u8], i: usize, lit: &[u8]) -> Option<usize> {
+    (b.get(i..i + lit.len())? == lit).then_some(i + lit.len())
+}
+
+/// A member name and its colon at `i`: the position of the value.
+fn name_end(b: &[u8], i: usize) -> Option<usize> {
+    if b.get(i) != Some(&b'"') {
+        return None;
+    }
+    let (i, _) = string_end(b, i)?;
+    let i = ws(b, i);
+    (b.get(i) == Some(&b':')).then(|| ws(b, i + 1))
+}
+
+/// Checks the value at `i` and returns its end; `depth` containers are open around it. One
+/// loop with the open containers as bits (1 = object), no recursion.
+fn value_end(b: &[u8], mut i: usize, depth: u32) -> Option<usize> {
+    let base = depth;
+    let mut depth = depth;
+    let mut objects: u128 = 0;
+    loop {
+        // A value starts at `i`.
+        i = match *b.get(i)? {
+            b'"' => string_end(b, i)?.0,
+            b'{' | b'[' => {
+                let object = b[i] == b'{';
+                let j = ws(b, i + 1);
+                if b.get(j) == Some(if object { &b'}' } else { &b']' }) {
+                    j + 1
+                } else {
+                    depth += 1;
+                    if depth > MAX_DEPTH {
+                        return None;
+                    }
+                    let bit = 1u128 << (depth - base - 1).min(127);
+                    if object {
+                        objects |= bit;
+                        i = name_end(b, j)?;
+                    } else {
+                        objects &= !bit;
+                        i = j;
+                    }
+                    continue;
+                }
+            }
+            b't' => literal(b, i, b"true")?,
+            b'f' => literal(b, i, b"false")?,
+            b'n' => literal(b, i, b"null")?,
+            _ => number_end(b, i)?,
+        };
+        // After a value: commas and closing brackets.
+        loop {
+            if depth == base {
+                return Some(i);
+            }
+            let object = objects & (1u128 << (depth - base - 1).min(127)) != 0;
+            i = ws(b, i);
+            match *b.get(i)? {
+                b',' => {
+                    i = ws(b, i + 1);
+                    if object {
+                        i = name_end(b, i)?;
+                    }
+                    break;
+                }
+                b'}' if object => {
+                    depth -= 1;
+                    i += 1;
+                }
+                b']' if !object => {
+                    depth -= 1;
+                    i += 1;
+                }
+                _ => return None,
+            }
+        }
+    }
+}
+
+/// Past the value at `i` in text that was checked before: brackets and quotes only.
+fn skip_end(b: &[u8], mut i: usize) -> usize {
+    let stop = |from: usize, class: u8| {
+        b[from.min(b.len())..]
+            .iter()
+            .position(|&c| SKIP_STOP[c as usize] & class != 0)
+            .map_or(b.len(), |p| from + p)
+    };
+    let after_string = |i: usize| string_end(b, i).map_or(b.len(), |(e, _)| e);
+    match b.get(i) {
+        Some(b'"') => after_string(i),
+        Some(b'{' | b'[') => {
+            let mut depth = 0usize;
+            while i < b.len() {
+                i = stop(i, 1);
+                match b.get(i) {
+                    Some(b'"') => {
+                        i = after_string(i);
+                        continue;
+                    }
+                    Some(b'{' | b'[') => depth += 1,
+                    Some(_) => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return i + 1;
+                        }
+                    }
+                    None => break,
+                }
+                i += 1;
+            }
+            b.len()
+        }
+        _ => stop(i, 2),
+    }
+}
 
 /// One pass over JSON text that checks it (RFC 8259, as strict as serde_json: control
-/// characters in strings, escapes, number syntax, literals, commas, trailing bytes) and finds
-/// where members, names and values start and end, splitting what a [`Guide`] marks and
-/// skipping the rest without building or decoding anything.
+/// characters in strings, escapes and surrogate pairs, number syntax and range, literals,
+/// commas, trailing bytes) and finds where members, names and values start and end, splitting
+/// what a [`Guide`] marks and skipping the rest without building or decoding anything.
 ///
 /// Why not serde_json alone: it has no way to hand out positions but `RawValue`, whose
 /// per-value cost through serde's visitors was ~400 instructions per member (the transform
@@ -598,76 +812,21 @@ impl<'a> Scan<'a> {
         }
     }
 
-    /// Past the value at `i` in checked text.
-    fn skip(&mut self) -> &'a str {
-        let start = self.i;
-        let stop = |from: usize, class: u8| {
-            self.b[from..]
-                .iter()
-                .position(|&c| SKIP_STOP[c as usize] & class != 0)
-                .map_or(self.b.len(), |p| from + p)
-        };
-        match self.peek().unwrap_or(b',') {
-            b'"' => {
-                let _ = self.string();
-            }
-            b'{' | b'[' => {
-                let mut depth = 0usize;
-                let mut i = self.i;
-                while i < self.b.len() {
-                    i = stop(i, 1);
-                    match self.b.get(i) {
-                        Some(b'"') => {
-                            self.i = i;
-                            let _ = self.string();
-                            i = self.i;
-                            continue;
-                        }
-                        Some(b'{' | b'[') => depth += 1,
-                        Some(_) => {
-                            depth -= 1;
-                            if depth == 0 {
-                                i += 1;
-                                break;
-                            }
-                        }
-                        None => break,
-                    }
-                    i += 1;
-                }
-                self.i = i.min(self.b.len());
-            }
-            _ => self.i = stop(self.i, 2),
-        }
-        &self.text[start..self.i]
-    }
-
     /// The whole text as one document; `None` when the scan refuses it.
     fn document(mut self, guide: &Guide) -> Option<Node<'a>> {
-        self.ws();
+        self.i = ws(self.b, 0);
         let n = self.guided(guide)?;
-        self.ws();
-        (self.i == self.b.len()).then_some(n)
+        (ws(self.b, self.i) == self.b.len()).then_some(n)
     }
 
     fn peek(&self) -> Option<u8> {
         self.b.get(self.i).copied()
     }
 
-    fn ws(&mut self) {
-        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
-            self.i += 1;
-        }
-    }
-
-    fn eat(&mut self, c: u8) -> Option<()> {
-        (self.peek()? == c).then(|| self.i += 1)
-    }
-
+    /// Past `{` or `[`.
     fn enter(&mut self) -> Option<()> {
         self.depth += 1;
-        self.i += 1;
-        self.ws();
+        self.i = ws(self.b, self.i + 1);
         (self.depth <= MAX_DEPTH).then_some(())
     }
 
@@ -678,11 +837,10 @@ impl<'a> Scan<'a> {
 
     /// After a member or element: `true` past a comma, `false` at the closing `close`.
     fn more(&mut self, close: u8) -> Option<bool> {
-        self.ws();
+        self.i = ws(self.b, self.i);
         match self.peek()? {
             b',' => {
-                self.i += 1;
-                self.ws();
+                self.i = ws(self.b, self.i + 1);
                 Some(true)
             }
             c if c == close => Some(false),
@@ -690,159 +848,31 @@ impl<'a> Scan<'a> {
         }
     }
 
-    /// The string at `i` (its opening quote); whether it has escapes.
-    fn string(&mut self) -> Option<bool> {
-        self.i += 1;
-        let mut escaped = false;
-        loop {
-            let p = self
-                .b
-                .get(self.i..)?
-                .iter()
-                .position(|&c| STRING_STOP[c as usize])?;
-            self.i += p;
-            match self.b[self.i] {
-                b'"' => {
-                    self.i += 1;
-                    return Some(escaped);
-                }
-                b'\\' => {
-                    escaped = true;
-                    match *self.b.get(self.i + 1)? {
-                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.i += 2,
-                        b'u' => match self.hex(self.i + 2)? {
-                            // A surrogate pair, as serde_json wants it (a lone half is an
-                            // error there when the string is read).
-                            0xD800..=0xDBFF => {
-                                if self.b.get(self.i + 6..self.i + 8)? != b"\\u"
-                                    || !(0xDC00..=0xDFFF).contains(&self.hex(self.i + 8)?)
-                                {
-                                    return None;
-                                }
-                                self.i += 12;
-                            }
-                            0xDC00..=0xDFFF => return None,
-                            _ => self.i += 6,
-                        },
-                        _ => return None,
-                    }
-                }
-                _ => return None,
-            }
-        }
-    }
-
-    /// The four hex digits at `at`.
-    fn hex(&self, at: usize) -> Option<u32> {
-        let h = std::str::from_utf8(self.b.get(at..at + 4)?).ok()?;
-        if !h.bytes().all(|c| c.is_ascii_hexdigit()) {
-            return None;
-        }
-        u32::from_str_radix(h, 16).ok()
-    }
-
-    /// At least one digit.
-    fn digits(&mut self) -> Option<()> {
-        let n = self.b[self.i..]
-            .iter()
-            .position(|c| !c.is_ascii_digit())
-            .unwrap_or(self.b.len() - self.i);
-        self.i += n;
-        (n > 0).then_some(())
-    }
-
-    fn number(&mut self) -> Option<()> {
-        let start = self.i;
-        let _ = self.eat(b'-');
-        match self.peek()? {
-            b'0' => self.i += 1,
-            b'1'..=b'9' => self.digits()?,
-            _ => return None,
-        }
-        if self.eat(b'.').is_some() {
-            self.digits()?;
-        }
-        if let Some(b'e' | b'E') = self.peek() {
-            self.i += 1;
-            if let Some(b'+' | b'-') = self.peek() {
-                self.i += 1;
-            }
-            self.digits()?;
-            return self.in_range(start);
-        }
-        if self.i - start > 300 {
-            return self.in_range(start);
-        }
-        Some(())
-    }
-
-    /// serde_json refuses a number beyond f64's range (only an exponent or some 300 digits
-    /// get there).
-    fn in_range(&self, start: usize) -> Option<()> {
-        let n: f64 = self.text[start..self.i].parse().ok()?;
-        n.is_finite().then_some(())
-    }
-
-    fn literal(&mut self, lit: &[u8]) -> Option<()> {
-        (self.b.get(self.i..self.i + lit.len())? == lit).then(|| self.i += lit.len())
-    }
-
-    /// The value at `i`, checked and skipped, as text.
+    /// The value at `i`, checked (or skipped, in checked text), as text.
     fn value(&mut self) -> Option<&'a str> {
-        if self.checked {
-            return Some(self.skip());
-        }
         let start = self.i;
-        match self.peek()? {
-            b'"' => {
-                self.string()?;
-            }
-            b'{' => {
-                self.enter()?;
-                if self.peek()? != b'}' {
-                    loop {
-                        self.name()?;
-                        self.value()?;
-                        if !self.more(b'}')? {
-                            break;
-                        }
-                    }
-                }
-                self.leave();
-            }
-            b'[' => {
-                self.enter()?;
-                if self.peek()? != b']' {
-                    loop {
-                        self.value()?;
-                        if !self.more(b']')? {
-                            break;
-                        }
-                    }
-                }
-                self.leave();
-            }
-            b't' => self.literal(b"true")?,
-            b'f' => self.literal(b"false")?,
-            b'n' => self.literal(b"null")?,
-            _ => self.number()?,
-        }
-        Some(&self.text[start..self.i])
+        self.i = if self.checked {
+            skip_end(self.b, start)
+        } else {
+            value_end(self.b, start, self.depth)?
+        };
+        self.text.get(start..self.i)
     }
 
-    /// A member name and its colon; the name's text between the quotes and whether it has
+    /// A member name and its colon; the name's text with its quotes and whether it has
     /// escapes.
     fn name(&mut self) -> Option<(&'a str, bool)> {
         if self.peek()? != b'"' {
             return None;
         }
         let start = self.i;
-        let escaped = self.string()?;
-        let end = self.i;
-        self.ws();
-        self.eat(b':')?;
-        self.ws();
-        Some((&self.text[start..end], escaped))
+        let (end, escaped) = string_end(self.b, start)?;
+        let i = ws(self.b, end);
+        if self.b.get(i) != Some(&b':') {
+            return None;
+        }
+        self.i = ws(self.b, i + 1);
+        Some((self.text.get(start..end)?, escaped))
     }
 
     /// The value at `i`: what `guide` marks is split (and so is the value itself when it is
@@ -859,7 +889,7 @@ impl<'a> Scan<'a> {
                         let k = if escaped {
                             Cow::Owned(serde_json::from_str(quoted).ok()?)
                         } else {
-                            Cow::Borrowed(&quoted[1..quoted.len() - 1])
+                            Cow::Borrowed(quoted.get(1..quoted.len() - 1)?)
                         };
                         let node = match guide.keys.iter().find(|(n, _)| *n == k) {
                             Some((_, g)) => self.nested(g)?,

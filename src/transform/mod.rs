@@ -664,6 +664,16 @@ mod lazy_reader_is_as_strict_as_serde_json {
             "-12.5e-7",
             "[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]",
         ];
+        // Nesting at and beyond serde_json's limit: the same verdict.
+        for depth in [127, 128, 129, 200] {
+            let text = format!("{}{}", "[{\"a\":".repeat(depth / 2), "}]".repeat(depth / 2));
+            let text = text.replacen("}]", "1}]", 1);
+            assert_eq!(
+                serde_json::from_str::<Value>(&text).ok(),
+                Node::parse(&text).ok().map(|n| n.to_value()),
+                "depth {depth}"
+            );
+        }
         let tricky = b"{}[]\",:\\ \t\n-+.0123456789eEtrufalsnu\x00\x1f/bx";
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let mut checked = 0;
