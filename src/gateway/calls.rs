@@ -43,7 +43,17 @@ fn secret() -> &'static str {
 }
 
 fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    let mut out = String::with_capacity(b.len() * 2);
+    push_hex(&mut out, b);
+    out
+}
+
+fn push_hex(out: &mut String, b: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for x in b {
+        out.push(char::from(DIGITS[usize::from(x >> 4)]));
+        out.push(char::from(DIGITS[usize::from(x & 15)]));
+    }
 }
 
 fn unhex(s: &str) -> Option<String> {
@@ -234,17 +244,20 @@ fn head(call: &CallRequest, route: &str, consumer: Option<&str>) -> Vec<u8> {
         out.extend_from_slice(b"\r\n");
     }
     if let Some(b) = &call.body {
-        out.extend_from_slice(format!("content-length: {}\r\n", b.len()).as_bytes());
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(b.len().to_string().as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(
-        format!(
-            "{MARKER}: {}.{}.{}\r\n\r\n",
-            secret(),
-            hex(route.as_bytes()),
-            hex(consumer.unwrap_or("").as_bytes())
-        )
-        .as_bytes(),
-    );
+    let mut marker = String::with_capacity(80);
+    marker.push_str(MARKER.as_str());
+    marker.push_str(": ");
+    marker.push_str(secret());
+    marker.push('.');
+    push_hex(&mut marker, route.as_bytes());
+    marker.push('.');
+    push_hex(&mut marker, consumer.unwrap_or("").as_bytes());
+    marker.push_str("\r\n\r\n");
+    out.extend_from_slice(marker.as_bytes());
     out
 }
 
