@@ -32,6 +32,11 @@ pub struct Shape {
 impl Shape {
     /// Reads an answer in one pass, splitting only what the shaping goes through.
     pub fn read<'a>(&self, text: &'a str) -> Result<Node<'a>, serde_json::Error> {
+        Node::parse_guided(text, &self.guide())
+    }
+
+    /// What [`Shape::read`] splits: compiled once per call with the configuration.
+    pub fn guide(&self) -> Guide {
         let mut guide = Guide::default();
         let target: Vec<Seg> = self.target.iter().flat_map(|t| t.0.clone()).collect();
         let mut along = |rest: &[Seg]| {
@@ -56,7 +61,7 @@ impl Shape {
             each.extend_from_slice(parents);
             along(&each);
         }
-        Node::parse_guided(text, &guide)
+        guide
     }
 
     pub fn apply<'a>(&self, mut v: Node<'a>) -> Node<'a> {

@@ -57,6 +57,8 @@ pub struct CallSpec {
     pub optional: bool,
     pub fallback: Option<Value>,
     pub shape: merge::Shape,
+    /// What reading an answer splits (from `shape`).
+    pub guide: crate::transform::lazy::Guide,
     pub group: Option<String>,
     pub max_body: usize,
     pub cached: bool,
@@ -395,6 +397,13 @@ fn compile_call(
         host: None,
         max_body: env.max_body,
     };
+    let shape = merge::Shape {
+        target,
+        flatten: c.flatten,
+        allow,
+        deny,
+        mapping,
+    };
     Some(CallSpec {
         name: name.into(),
         cached: route.cache.is_some(),
@@ -409,13 +418,8 @@ fn compile_call(
         timeout: c.timeout.map(|t| t.0),
         optional: c.optional,
         fallback: c.fallback.as_ref().map(|f| f.body.clone()),
-        shape: merge::Shape {
-            target,
-            flatten: c.flatten,
-            allow,
-            deny,
-            mapping,
-        },
+        guide: shape.guide(),
+        shape,
         group: c.group.clone(),
         max_body: max_body as usize,
         referenced: false,

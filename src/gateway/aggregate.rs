@@ -388,7 +388,7 @@ async fn one(
         let node = if text.trim().is_empty() {
             Node::Val(Value::Null)
         } else {
-            c.shape.read(text).map_err(|_| Failure::InvalidJson)?
+            Node::parse_guided(text, &c.guide).map_err(|_| Failure::InvalidJson)?
         };
         // Later templates read values of this answer: keep it whole as well.
         let body = if c.referenced {
