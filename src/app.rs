@@ -114,8 +114,17 @@ pub fn run(conf_path: &str, flags: RunFlags) -> Result<(), String> {
             log::warn!("cannot write the pid file {f}: {e}");
         }
     }
+    let mut internal = internal_socket(&snapshot.load())?;
     for l in listeners {
-        add_listener(&mut server, l, &snapshot, access_log.clone(), spans.clone())?;
+        let uds = internal.take();
+        add_listener(
+            &mut server,
+            l,
+            &snapshot,
+            access_log.clone(),
+            spans.clone(),
+            uds,
+        )?;
     }
     if let Some(a) = admin {
         let mut svc = Service::new(
@@ -200,12 +209,31 @@ fn server_conf(snap: &Snapshot, daemon: bool) -> ServerConf {
     }
 }
 
+/// The internal socket (cached composites, see `gateway::internal`), its directory made.
+fn internal_socket(snap: &Snapshot) -> Result<Option<String>, String> {
+    let Some(path) = snap.internal_socket() else {
+        return Ok(None);
+    };
+    if let Some(dir) = std::path::Path::new(&path).parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                format!(
+                    "server.internal_sock: cannot create the directory {}: {e}",
+                    dir.display()
+                )
+            })?;
+        }
+    }
+    Ok(Some(path))
+}
+
 fn add_listener(
     server: &mut Server,
     l: ListenerPlan,
     snapshot: &Arc<ArcSwap<Snapshot>>,
     access_log: Option<AccessLog>,
     spans: Option<crate::observability::otlp::Exporter>,
+    internal: Option<String>,
 ) -> Result<(), String> {
     let gateway = Gateway {
         snapshot: snapshot.clone(),
@@ -241,6 +269,11 @@ fn add_listener(
             }
             svc.add_tls_with_settings(&l.addr, None, tls);
         }
+    }
+    if let Some(path) = internal {
+        use std::os::unix::fs::PermissionsExt;
+        svc.add_uds(&path, Some(std::fs::Permissions::from_mode(0o600)));
+        crate::gateway::internal::listen(&path);
     }
     server.add_service(svc);
     Ok(())

@@ -97,6 +97,7 @@ impl Reloader {
                     s.graceful_shutdown_timeout,
                     &s.pid_file,
                     &s.upgrade_sock,
+                    &s.internal_sock,
                     &s.error_log,
                     s.upstream_pool_size
                 )
@@ -104,6 +105,10 @@ impl Reloader {
         };
         if fixed(&old.config.server) != fixed(&compiled.config.server) {
             not_applied.push("server (threads, grace periods, files, pool size)");
+        }
+        if compiled.caches_composites && !crate::gateway::internal::listening() {
+            // Those composites are answered, uncached, until a restart or an upgrade.
+            not_applied.push("cache of composite routes (the internal socket opens at start)");
         }
         if format!("{:?}", old.config.admin) != format!("{:?}", compiled.config.admin) {
             not_applied.push("admin");

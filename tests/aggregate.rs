@@ -608,3 +608,232 @@ async fn each_call_is_a_client_span_of_the_composite() {
         assert_eq!(c["name"], "call svc");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_composite_is_cached_as_a_whole_through_its_response_plugins() {
+    let svc = services().await;
+    let gw = Gateway::start(&format!(
+        "cache: {{ memory: 16MiB }}\n{}",
+        config(
+            &svc,
+            r#"  - name: view
+    match: { path: "/view/{id}" }
+    plugins:
+      - cache: { ttl: 30s, x_cache: true }
+      - transform: { response: { json: [ { set: { path: shaped, value: true } } ] } }
+    aggregate:
+      calls:
+        order: { upstream: svc, path: "/orders/{id}", allow: [id, total] }
+        user: { upstream: svc, path: "/users/${calls.order.body.user_id}", group: customer, allow: [name] }
+  - name: partial
+    match: { path: /partial }
+    plugins: [ { cache: { ttl: 30s, x_cache: true } } ]
+    aggregate:
+      calls:
+        user: { upstream: svc, path: /users/1, allow: [name] }
+        down: { upstream: dead, path: /x, optional: true }
+"#,
+        )
+    ));
+    let hits = |prefix: &str| {
+        svc.timeline
+            .lock()
+            .iter()
+            .filter(|t| t.0.starts_with(prefix))
+            .count()
+    };
+    // 20 concurrent first requests: one composite runs, the others wait for its answer.
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let url = gw.url("/view/5");
+        tasks.push(tokio::spawn(async move {
+            let r = client().get(url).send().await.unwrap();
+            let h = r.headers().clone();
+            (r.status().as_u16(), h, r.json::<Value>().await.unwrap())
+        }));
+    }
+    for t in tasks {
+        let (s, h, v) = t.await.unwrap();
+        assert_eq!(s, 200);
+        assert_eq!(complete(&h), "?1");
+        assert_eq!(
+            v,
+            json!({ "id": "5", "total": 10, "customer": { "name": "Ann" }, "shaped": true })
+        );
+    }
+    assert_eq!((hits("/orders/"), hits("/users/")), (1, 1), "coalesced");
+    let (s, h, v) = get(&gw, "/view/5").await;
+    assert_eq!((s, h["x-cache"].to_str().unwrap()), (200, "HIT"));
+    assert_eq!(
+        v["shaped"], true,
+        "the route's response plugins run on a hit"
+    );
+    assert_eq!(
+        h["vary"], "accept-language",
+        "the client header calls carry"
+    );
+    assert_eq!((hits("/orders/"), hits("/users/")), (1, 1));
+    // Another URL is another entry; the route counts each request once.
+    let (_, h, _) = get(&gw, "/view/6").await;
+    assert_eq!(h["x-cache"], "MISS");
+    assert_eq!(hits("/orders/"), 2);
+    let m = gw.metrics();
+    assert!(
+        m.contains(r#"postern_cache_requests_total{result="hit",route="view"}"#),
+        "{m}"
+    );
+    assert_eq!(
+        crate::util::metric(
+            &m,
+            r#"postern_http_requests_total{route="view",status_class="2xx"}"#
+        ),
+        Some(22.0),
+        "{m}"
+    );
+    // A purge by URL drops the composite's entry.
+    let (status, v) = gw.admin_call("DELETE", "/cache?url=127.0.0.1/view/5", Some(ADMIN_TOKEN));
+    assert_eq!((status, v["purged"].as_u64()), (200, Some(1)), "{v}");
+    let (_, h, _) = get(&gw, "/view/5").await;
+    assert_eq!(h["x-cache"], "MISS");
+    assert_eq!(hits("/orders/"), 3);
+    // A partial answer (an optional call failed) is served but not stored.
+    for _ in 0..2 {
+        let (s, h, v) = get(&gw, "/partial").await;
+        assert_eq!(
+            (s, complete(&h), h["x-cache"].to_str().unwrap()),
+            (200, "?0", "MISS")
+        );
+        assert_eq!(v["name"], "Ann");
+    }
+    assert_eq!(hits("/users/1"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_internal_socket_answers_only_handed_over_requests() {
+    use std::io::{Read, Write};
+    let svc = services().await;
+    let gw = Gateway::start(&format!(
+        "cache: {{ memory: 16MiB }}\n{}",
+        config(
+            &svc,
+            "  - name: v\n    match: { path: /v }\n    plugins: [ { cache: { ttl: 30s } } ]\n    aggregate:\n      calls:\n        user: { upstream: svc, path: /users/1 }\n",
+        )
+    ));
+    let (s, _, v) = get(&gw, "/v").await;
+    assert_eq!((s, &v["name"]), (200, &json!("Ann")));
+    let path = gw.dir.path().join("internal.sock");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    for marker in ["", "postern-composite: 00.1\r\n"] {
+        let mut sock = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        write!(
+            sock,
+            "GET /v HTTP/1.1\r\nhost: x\r\n{marker}connection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        sock.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 404"), "{out}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_composite_is_refreshed_in_the_background_and_served_stale_on_error() {
+    use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering::SeqCst};
+    use std::sync::Arc;
+    let (n, fail) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicU16::new(0)));
+    let (n2, fail2) = (n.clone(), fail.clone());
+    let svc = FnServer::start(move |_| {
+        let status = fail2.load(SeqCst);
+        if status != 0 {
+            return (status, vec![], "{}".into());
+        }
+        let i = n2.fetch_add(1, SeqCst) + 1;
+        let json = ("content-type", "application/json".to_string());
+        (200, vec![json], json!({ "n": i }).to_string())
+    })
+    .await;
+    let gw = Gateway::start(&format!(
+        "cache: {{ memory: 16MiB }}\n{}",
+        config(
+            &svc,
+            "  - name: swr\n    match: { path: /swr }\n    plugins: [ { cache: { ttl: 1s, stale_while_revalidate: 60s, x_cache: true } } ]\n    aggregate:\n      calls:\n        v: { upstream: svc, path: /v }\n  - name: sie\n    match: { path: /sie }\n    plugins: [ { cache: { ttl: 1s, stale_if_error: 60s, x_cache: true } } ]\n    aggregate:\n      calls:\n        v: { upstream: svc, path: /v }\n",
+        )
+    ));
+    let (_, _, v) = get(&gw, "/swr").await;
+    assert_eq!(v["n"], 1);
+    // Once stale, the stored answer is served at once while the composite runs again in the
+    // background (a subrequest through the internal socket).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while n.load(SeqCst) < 2 {
+        let (s, _, v) = get(&gw, "/swr").await;
+        assert_eq!((s, v["n"].as_u64()), (200, Some(1)));
+        assert!(std::time::Instant::now() < deadline, "never revalidated");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, _, v) = get(&gw, "/swr").await;
+        if v["n"] == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the refreshed answer never came: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // stale-if-error: the composite fails (its required call gets 503) once the entry expired;
+    // the stored answer stands in.
+    let (s, _, v) = get(&gw, "/sie").await;
+    let stored = v["n"].as_u64();
+    assert!(s == 200 && stored.is_some(), "{v}");
+    fail.store(503, SeqCst);
+    let hits = svc.hits();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while svc.hits() == hits {
+        let (s, _, v) = get(&gw, "/sie").await;
+        assert_eq!((s, v["n"].as_u64()), (200, stored));
+        assert!(std::time::Instant::now() < deadline, "never expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (s, h, v) = get(&gw, "/sie").await;
+    assert_eq!((s, v["n"].as_u64()), (200, stored), "{h:?}");
+    // Without a stored answer the composite's own error goes to the client.
+    let (s, _, v) = get(&gw, "/sie?other").await;
+    assert_eq!(
+        (s, v["errors"][0]["call"].as_str()),
+        (502, Some("v")),
+        "{v}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_composite_cache_added_by_a_reload_waits_for_a_restart() {
+    let svc = services().await;
+    let route = |plugins: &str| {
+        config(
+            &svc,
+            &format!("  - name: v\n    match: {{ path: /v }}\n{plugins}    aggregate:\n      calls:\n        user: {{ upstream: svc, path: /users/1 }}\n"),
+        )
+    };
+    let gw = Gateway::start(&route(""));
+    gw.rewrite(&format!(
+        "cache: {{ memory: 16MiB }}\n{}",
+        route("    plugins: [ { cache: { ttl: 30s, x_cache: true } } ]\n")
+    ));
+    let (status, v) = gw.admin_call("POST", "/reload", Some(ADMIN_TOKEN));
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        v["not_applied"].to_string().contains("composite"),
+        "the reload says the cache waits for a restart: {v}"
+    );
+    // Answered, uncached, meanwhile.
+    for _ in 0..2 {
+        let (s, h, v) = get(&gw, "/v").await;
+        assert_eq!((s, &v["name"]), (200, &json!("Ann")));
+        assert!(h.get("x-cache").is_none());
+    }
+    assert!(!gw.dir.path().join("internal.sock").exists());
+}

@@ -8,11 +8,21 @@ use std::process::{Command, Stdio};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zero_loss_binary_upgrade() {
     let up = Upstream::start("u").await;
+    // A cached composite: its misses are answered on the internal socket, handed over too.
     let body = format!(
-        "upstreams:\n{}routes:\n  - {{ match: {{ path: /* }}, upstream: u }}\n",
+        "cache: {{ memory: 16MiB }}\nupstreams:\n{}routes:\n  - {{ match: {{ path: /* }}, upstream: u }}\n  - name: c\n    match: {{ path: \"/c/{{id}}\" }}\n    plugins: [ {{ cache: {{ ttl: 30s }} }} ]\n    aggregate: {{ calls: {{ a: {{ upstream: u, path: \"/a/{{id}}\", group: a }} }} }}\n",
         upstream_yaml("u", &[up.addr], "")
     );
     let mut gw = Gateway::start(&body);
+    let composite = |gw: &Gateway, id: u32| {
+        let url = gw.url(&format!("/c/{id}"));
+        async move {
+            let r = crate::util::client().get(url).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (s, text) = composite(&gw, 1).await;
+    assert!(s == 200 && text.contains("/a/1"), "{s} {text}");
     let mut load = crate::util::keep_alive_load(&gw.url("/x"), 4, 2000, "x-request-id");
     // The new process waits for the sockets on the upgrade socket; then the old one hands them
     // over on SIGQUIT and drains for grace_period (1 s in the harness).
@@ -42,6 +52,11 @@ async fn zero_loss_binary_upgrade() {
     assert!(
         next.0.try_wait().unwrap().is_none(),
         "the new process keeps serving"
+    );
+    let (s, text) = composite(&_gw, 2).await;
+    assert!(
+        s == 200 && text.contains("/a/2"),
+        "a miss after the upgrade: {s} {text}"
     );
 }
 

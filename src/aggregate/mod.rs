@@ -37,6 +37,13 @@ pub struct Composite {
     pub reads_body: bool,
     /// Request header fields templates read.
     pub template_headers: Vec<HeaderName>,
+    /// Some template reads the consumer, its groups or a claim: the answer is the caller's.
+    pub reads_identity: bool,
+    /// Query parameters templates read.
+    pub reads_query: Vec<String>,
+    /// The request fields the answer depends on besides its URL (the client headers calls
+    /// carry and the ones templates read): the answer's `Vary`.
+    pub vary: Option<http::HeaderValue>,
 }
 
 /// One compiled call.
@@ -146,21 +153,31 @@ pub fn compile(a: &schema::Aggregate, env: &Env, issues: &mut Vec<Issue>) -> Opt
     let deadline = a.deadline.map_or(DEFAULT_DEADLINE, |d| d.0);
     let mut calls = Vec::new();
     let mut template_headers = Vec::new();
+    let mut reads_identity = false;
+    let mut reads_query = Vec::new();
+    let mut vary: Vec<HeaderName> = Vec::new();
     for (name, c) in &a.calls {
         let cat = format!("{at}.calls.{name}");
         if let Some(call) = compile_call(name, c, &cat, &names, &params, &default_pass, env, issues)
         {
-            call.path
-                .headers()
-                .for_each(|h| template_headers.push(h.clone()));
+            let mut requests: Vec<&crate::transform::template::Template> =
+                call.path.requests().collect();
             for (_, t) in &call.headers {
-                t.headers().for_each(|h| template_headers.push(h.clone()));
+                requests.extend(t.requests());
             }
             if let Some(b) = &call.body {
-                let mut hs = Vec::new();
-                b.headers(&mut hs);
-                template_headers.extend(hs.into_iter().cloned());
+                b.requests(&mut requests);
             }
+            use crate::transform::template::Source as S;
+            for src in requests.iter().flat_map(|t| t.sources()) {
+                match src {
+                    S::Header(h) => template_headers.push(h.clone()),
+                    S::Query(q) => reads_query.push(q.clone()),
+                    S::Consumer | S::ConsumerGroups | S::Claim(_) => reads_identity = true,
+                    _ => {}
+                }
+            }
+            vary.extend(call.pass_headers.iter().cloned());
             if call.timeout.is_some_and(|t| t > deadline) {
                 issues.push(Issue::new(
                     format!("{cat}.timeout"),
@@ -189,6 +206,17 @@ pub fn compile(a: &schema::Aggregate, env: &Env, issues: &mut Vec<Issue>) -> Opt
     }
     template_headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
     template_headers.dedup();
+    reads_query.sort();
+    reads_query.dedup();
+    vary.extend(template_headers.iter().cloned());
+    vary.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    vary.dedup();
+    let vary = (!vary.is_empty())
+        .then(|| {
+            let names: Vec<&str> = vary.iter().map(HeaderName::as_str).collect();
+            http::HeaderValue::from_str(&names.join(", ")).ok()
+        })
+        .flatten();
     Some(Composite {
         deadline,
         reads_body: calls
@@ -197,6 +225,9 @@ pub fn compile(a: &schema::Aggregate, env: &Env, issues: &mut Vec<Issue>) -> Opt
         calls,
         include_errors: a.include_errors,
         template_headers,
+        reads_identity,
+        reads_query,
+        vary,
     })
 }
 

@@ -139,9 +139,14 @@ impl Text {
 
     /// Request headers the text reads (captured when the request arrives).
     pub fn headers(&self) -> impl Iterator<Item = &HeaderName> {
-        self.parts.iter().flat_map(|p| match p {
-            Part::Var(Source::Request(t), _) => t.headers().collect::<Vec<_>>(),
-            _ => Vec::new(),
+        self.requests().flat_map(Template::headers)
+    }
+
+    /// The request templates of the text (`${claim.sub}`, `${query.q}`, ...).
+    pub fn requests(&self) -> impl Iterator<Item = &Template> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Var(Source::Request(t), _) => Some(t),
+            _ => None,
         })
     }
 
@@ -223,12 +228,13 @@ impl Body {
         }
     }
 
-    pub fn headers<'a>(&'a self, out: &mut Vec<&'a HeaderName>) {
+    /// The request templates of the body's strings.
+    pub fn requests<'a>(&'a self, out: &mut Vec<&'a Template>) {
         match self {
             Body::Lit(_) => {}
-            Body::Text(t) => out.extend(t.headers()),
-            Body::Array(a) => a.iter().for_each(|b| b.headers(out)),
-            Body::Object(o) => o.iter().for_each(|(_, b)| b.headers(out)),
+            Body::Text(t) => out.extend(t.requests()),
+            Body::Array(a) => a.iter().for_each(|b| b.requests(out)),
+            Body::Object(o) => o.iter().for_each(|(_, b)| b.requests(out)),
         }
     }
 

@@ -90,10 +90,25 @@ pub(super) async fn serve(session: &mut Session, ctx: &mut Ctx) -> pingora::Resu
             .iter()
             .zip(&states)
             .any(|(c, s)| !c.optional && *s == State::Failed(Failure::Deadline));
-        return Err(ctx.fail(GatewayError::Composite { timed_out, errors }));
+        let failure = GatewayError::Composite { timed_out, errors };
+        report_inner(ctx, Some(failure.clone()));
+        return Err(ctx.fail(failure));
     }
+    report_inner(ctx, None);
     let body = merged(&comp, &states, shaped, &errors);
-    respond(session, ctx, body, complete).await.map(|()| true)
+    respond(session, ctx, &comp, body, complete)
+        .await
+        .map(|()| true)
+}
+
+/// The inner request of a cached composite tells the outer one how it went, before it answers.
+fn report_inner(ctx: &mut Ctx, failure: Option<GatewayError>) {
+    if let Some(slot) = &ctx.inner {
+        *slot.lock() = Some(super::internal::InnerReport {
+            failure,
+            spans: std::mem::take(&mut ctx.timing.call_spans),
+        });
+    }
 }
 
 /// The shaped answers merged, with `_errors` when asked for and some call failed.
@@ -124,25 +139,39 @@ fn merged(
     ))
 }
 
+/// Writes the merged answer: through the route's response plugins, or as it is for the outer
+/// request of a cached composite (which runs them).
 async fn respond(
     session: &mut Session,
     ctx: &mut Ctx,
+    comp: &Composite,
     body: Bytes,
     complete: bool,
 ) -> pingora::Result<()> {
     let route = ctx.route()?;
-    let mut h = ResponseHeader::build(200, Some(4))?;
+    let mut h = ResponseHeader::build(200, Some(5))?;
     h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     h.insert_header(&COMPLETE, if complete { "?1" } else { "?0" })?;
+    if let Some(v) = &comp.vary {
+        h.insert_header(http::header::VARY, v)?;
+    }
     if let Some(id) = ctx.req.request_id.header_value() {
         h.insert_header(super::forward::REQUEST_ID, id)?;
     }
     ctx.req.status = Some(200);
+    let head = session.req_header().method == http::Method::HEAD;
+    if ctx.inner.is_some() {
+        h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+        session.write_response_header(Box::new(h), head).await?;
+        if !head {
+            session.write_response_body(Some(body), true).await?;
+        }
+        return Ok(());
+    }
     route
         .chain
         .on_response(&mut h, &mut ctx.req)
         .map_err(|e| ctx.fail(e))?;
-    let head = session.req_header().method == http::Method::HEAD;
     let takers =
         super::body::response_takers(route.chain.response_body(false), head, &mut h, &mut ctx.req);
     if head {
@@ -349,7 +378,7 @@ impl Run<'_> {
 }
 
 /// A CLIENT span of a call's try: its upstream and the status the call ended with.
-type CallSpan = (std::sync::Arc<str>, u16, super::ctx::ClientSpan);
+pub(super) type CallSpan = (std::sync::Arc<str>, u16, super::ctx::ClientSpan);
 
 /// One call, bounded by its timeout, its answer checked against the contract.
 async fn one(

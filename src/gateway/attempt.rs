@@ -21,6 +21,9 @@ use std::time::Instant;
 /// `failover` upstream when its own cannot take the request (breaker open, no healthy target).
 pub(super) async fn peer(session: &mut Session, ctx: &mut Ctx) -> pingora::Result<Box<HttpPeer>> {
     let route = ctx.route()?;
+    if route.composite().is_some() {
+        return super::internal::peer(session, ctx);
+    }
     if let (Some(split), None) = (&route.split, ctx.attempt.split) {
         let c = split.choose(session.req_header());
         ctx.attempt.split = Some(c.index);
@@ -179,6 +182,10 @@ pub(super) fn proxy_failed(
     mut e: Box<Error>,
     reused: bool,
 ) -> Box<Error> {
+    if ctx.ticket.is_some() {
+        super::internal::proxy_failed(ctx, &mut e, reused);
+        return e;
+    }
     let group = ctx.group().cloned();
     let (Some(group), Some(t)) = (group, ctx.attempt.target.clone()) else {
         return e;
@@ -228,6 +235,9 @@ pub(super) fn upstream_request(
     ctx: &mut Ctx,
 ) -> pingora::Result<()> {
     let route = ctx.route()?;
+    if route.composite().is_some() {
+        return super::internal::mark(up, ctx);
+    }
     if let Some(p) = forward::upstream_path(&route, session.req_header().uri.path(), &ctx.captures)
     {
         forward::set_path(up, &p);
@@ -273,6 +283,11 @@ pub(super) fn upstream_response(
     }
     if status == 304 && session.cache.maybe_cache_meta().is_some() {
         ctx.cache.not_modified = Some(Box::new(resp.headers.clone()));
+    }
+    if ctx.ticket.is_some() {
+        if let Some(e) = super::internal::failed_answer(session, resp) {
+            return Err(e);
+        }
     }
     super::response::start_body(session, resp, ctx, true)?;
     let group = ctx.group();

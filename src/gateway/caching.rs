@@ -33,6 +33,15 @@ pub(super) fn storable(resp: &ResponseHeader, ctx: &mut Ctx) -> RespCacheable {
     let Some(policy) = ctx.route.as_ref().and_then(|r| r.cache.as_ref()) else {
         return RespCacheable::Uncacheable(NoCacheReason::NeverEnabled);
     };
+    if ctx.ticket.is_some()
+        && resp
+            .headers
+            .get("postern-complete")
+            .is_some_and(|v| v.as_bytes() != b"?1")
+    {
+        // A partial composite (an optional call failed) is not kept for everyone.
+        return RespCacheable::Uncacheable(NoCacheReason::Custom("partial composite"));
+    }
     let auth = ctx.cache.had_authorization;
     match ctx.cache.not_modified.take() {
         Some(fields) => {

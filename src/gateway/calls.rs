@@ -34,7 +34,7 @@ use std::task::{Context, Poll};
 /// The marker field of a call's request head.
 static MARKER: HeaderName = HeaderName::from_static("postern-call");
 
-fn secret() -> &'static str {
+pub(super) fn secret() -> &'static str {
     static SECRET: OnceLock<String> = OnceLock::new();
     SECRET.get_or_init(|| {
         let bytes: [u8; 16] = rand::random();

@@ -40,6 +40,10 @@ pub struct Ctx {
     pub(super) fallback: Option<&'static str>,
     /// A main request answered through a subrequest: its report.
     pub(super) deferred: Option<super::deferred::Slot>,
+    /// A cached composite answered through the internal socket: its handoff.
+    pub(super) ticket: Option<super::internal::Ticket>,
+    /// The inner request of a cached composite: where it reports (it records nothing itself).
+    pub(super) inner: Option<super::internal::InnerSlot>,
     _counted: InFlight,
 }
 
@@ -141,6 +145,8 @@ impl Ctx {
             sub: None,
             key_host: None,
             deferred: None,
+            ticket: None,
+            inner: None,
             fallback: None,
             mirror: None,
             _counted: InFlight::new(),

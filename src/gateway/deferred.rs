@@ -40,6 +40,8 @@ pub(super) struct Report {
     pub call_failure: Option<super::calls::Failure>,
     /// The CLIENT spans of its tries (sampled traces with span export).
     pub spans: Vec<super::ctx::ClientSpan>,
+    /// A cached composite's calls (their CLIENT spans).
+    pub call_spans: Vec<super::aggregate::CallSpan>,
 }
 
 pub(super) type Slot = Arc<Mutex<Option<Report>>>;
@@ -101,6 +103,7 @@ pub(super) fn report(ctx: &mut Ctx, slot: &Slot, e: Option<&pingora::Error>) {
     *slot.lock() = Some(Report {
         call_failure,
         spans: std::mem::take(&mut ctx.timing.client_spans),
+        call_spans: std::mem::take(&mut ctx.timing.call_spans),
         target: ctx.attempt.target.clone(),
         tries: ctx.attempt.tries,
         tried: std::mem::take(&mut ctx.attempt.tried),
@@ -119,6 +122,9 @@ pub(super) fn merge_report(ctx: &mut Ctx) {
     ctx.attempt.target = r.target;
     ctx.attempt.tries = r.tries;
     ctx.attempt.tried = r.tried;
+    if !r.call_spans.is_empty() {
+        ctx.timing.call_spans = r.call_spans;
+    }
     ctx.attempt.secs = r.secs;
     ctx.cache.status = ctx.cache.status.or(r.cache_status);
     if ctx.failure.is_none() {

@@ -13,6 +13,7 @@ mod ctx;
 mod deferred;
 pub mod forward;
 pub mod head_deadline;
+pub mod internal;
 mod records;
 mod request;
 mod response;
@@ -75,6 +76,9 @@ impl ProxyHttp for Gateway {
         {
             return Ok(());
         }
+        if internal::on_socket(session) {
+            return internal::adopt(session, ctx).map_err(|e| ctx.fail(e));
+        }
         request::arrive(self, session, ctx).map_err(|e| ctx.fail(e))
     }
 
@@ -85,6 +89,9 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
+        if ctx.inner.is_some() {
+            return aggregate::serve(session, ctx).await;
+        }
         if ctx.sub.is_some() {
             return Ok(false);
         }
@@ -96,7 +103,14 @@ impl ProxyHttp for Gateway {
             .await
         {
             Ok(Flow::Continue) if route.composite().is_some() => {
-                aggregate::serve(session, ctx).await
+                if !internal::applies(&route) {
+                    aggregate::serve(session, ctx).await
+                } else if deferred::applies(session, ctx) {
+                    deferred::serve(session, ctx).await
+                } else {
+                    // Through the cache; a miss is answered by the internal socket.
+                    Ok(false)
+                }
             }
             Ok(Flow::Continue) if deferred::applies(session, ctx) => {
                 request::admit(session, ctx, true).await?;

@@ -17,6 +17,11 @@ use std::net::SocketAddr;
 /// methods).
 pub(super) fn finish(gw: &Gateway, session: &Session, ctx: &mut Ctx, e: Option<&Error>) {
     ctx.attempt.inflight = None;
+    if ctx.inner.is_some() {
+        // The inner request of a cached composite: the outer one records it.
+        return;
+    }
+    super::internal::merge_report(ctx);
     if let Some(slot) = ctx.sub.take() {
         super::deferred::report(ctx, &slot, e);
         return;

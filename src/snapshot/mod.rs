@@ -91,6 +91,12 @@ impl Route {
             Target::Upstream(_) => None,
         }
     }
+
+    /// A composite route whose answer is cached as a whole (answered through the internal
+    /// socket, see `gateway::internal`).
+    pub fn caches_composite(&self) -> bool {
+        self.cache.is_some() && self.composite().is_some()
+    }
 }
 
 /// Limits applied to every downstream request.
@@ -123,9 +129,29 @@ pub struct Snapshot {
     /// Some route's response is deferred or some route is a composite (both served through
     /// subrequests): only then may requests spawn subrequests (Pingora's spawner costs a reference count per request).
     pub defers: bool,
+    /// Some composite route caches its answer: it needs the internal socket.
+    pub caches_composites: bool,
     /// `server.errors`, compiled (for requests without a route).
     pub errors: Arc<ErrorPages>,
     pub config: Config,
+}
+
+impl Snapshot {
+    /// The internal socket to open at start: `server.internal_sock` when set, else next to
+    /// `upgrade_sock` when some composite route caches its answer.
+    pub fn internal_socket(&self) -> Option<String> {
+        let s = &self.config.server;
+        match &s.internal_sock {
+            Some(p) => Some(p.clone()),
+            None if self.caches_composites => {
+                let dir = std::path::Path::new(&s.upgrade_sock)
+                    .parent()
+                    .unwrap_or(std::path::Path::new("."));
+                Some(dir.join("internal.sock").to_string_lossy().into_owned())
+            }
+            None => None,
+        }
+    }
 }
 
 /// What compiling a route needs besides the route itself.
@@ -339,6 +365,7 @@ pub fn compile(
             defers: routes
                 .iter()
                 .any(|r| r.chain.defers() || r.composite().is_some()),
+            caches_composites: routes.iter().any(|r| r.caches_composite()),
             routes,
             upstreams,
             limits,

@@ -126,17 +126,14 @@ pub(super) fn compile_route(
         }
         _ => None,
     };
-    if let (Some(_), Some(j)) = (
-        &r.aggregate,
-        plugins.iter().position(|p| p.cache_policy().is_some()),
+    if let (Some(Target::Aggregate(comp)), Some((j, policy))) = (
+        &target,
+        plugins
+            .iter()
+            .enumerate()
+            .find_map(|(j, p)| Some((j, p.cache_policy()?))),
     ) {
-        issues.push(
-            Issue::new(
-                format!("{path}.plugins[{j}]"),
-                "a composite's answer is not cached as a whole; cache its calls instead",
-            )
-            .hint("move the settings to `cache:` of the calls under `aggregate.calls`"),
-        );
+        check_composite_cache(&format!("{path}.plugins[{j}].cache"), comp, &policy, issues);
     }
     let fallback = match (&r.fallback, &r.aggregate) {
         (Some(_), Some(_)) => {
@@ -311,4 +308,51 @@ pub fn compile_template(t: &str, names: &[Arc<str>], prefix: bool) -> Result<Vec
         return Err(format!("unbalanced }} in \"{t}\""));
     }
     Ok(parts)
+}
+
+/// A composite's answer cached as a whole: it carries no freshness of its own, and every
+/// request value its calls read must be part of the cache key (request headers are: the answer
+/// names them in `Vary`).
+fn check_composite_cache(
+    at: &str,
+    comp: &crate::aggregate::Composite,
+    policy: &crate::cache::CachePolicy,
+    issues: &mut Vec<Issue>,
+) {
+    if policy.ttl.is_none() && policy.force_ttl.is_none() {
+        issues.push(
+            Issue::new(
+                at.to_string(),
+                "a composite's answer has no Cache-Control of its own, so nothing would be stored",
+            )
+            .hint("set `ttl` (or `force_ttl`)"),
+        );
+    }
+    if comp.reads_identity && !policy.consumer_in_key {
+        issues.push(
+            Issue::new(
+                format!("{at}.key.consumer"),
+                "the calls read the consumer or its claims, so one caller's answer would be served to another",
+            )
+            .hint("set `key: { consumer: true }`"),
+        );
+    }
+    for q in &comp.reads_query {
+        let keyed = match &policy.query {
+            crate::cache::QueryKey::All => true,
+            crate::cache::QueryKey::None => false,
+            crate::cache::QueryKey::Only(names) => names.contains(q),
+        };
+        if !keyed {
+            issues.push(
+                Issue::new(
+                    format!("{at}.key.query"),
+                    format!(
+                        "the calls read the query parameter `{q}`, which the cache key leaves out"
+                    ),
+                )
+                .hint("key the query with `all` or list the parameter"),
+            );
+        }
+    }
 }

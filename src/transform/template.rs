@@ -108,6 +108,14 @@ impl Template {
         Ok(Some(Template { parts, typed }))
     }
 
+    /// What the template reads.
+    pub fn sources(&self) -> impl Iterator<Item = &Source> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Var(s) => Some(s),
+            Part::Lit(_) => None,
+        })
+    }
+
     /// Header names the template reads (to capture them when the request arrives).
     pub fn headers(&self) -> impl Iterator<Item = &HeaderName> {
         self.parts.iter().filter_map(|p| match p {

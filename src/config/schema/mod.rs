@@ -115,6 +115,12 @@ pub struct Server {
     /// Unix socket over which listening sockets are handed to a new process (`-u`).
     #[serde(default = "d::upgrade_sock")]
     pub upgrade_sock: String,
+    /// Unix socket on which the gateway answers its own requests for the composites of routes
+    /// that cache them (a composite's answer is stored when it comes from an upstream). Opened
+    /// at start when a composite route lists `cache`, or when this is set; default:
+    /// `internal.sock` in the directory of `upgrade_sock`. Mode 0600.
+    #[serde(default)]
+    pub internal_sock: Option<String>,
     /// File that receives the error log in daemon mode; stderr otherwise.
     #[serde(default)]
     pub error_log: Option<String>,
@@ -246,6 +252,7 @@ impl Default for Server {
             graceful_shutdown_timeout: d::graceful_shutdown_timeout(),
             pid_file: d::pid_file(),
             upgrade_sock: d::upgrade_sock(),
+            internal_sock: None,
             error_log: None,
             max_request_body: d::max_request_body(),
             keepalive_timeout: d::keepalive_timeout(),
