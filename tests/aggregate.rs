@@ -625,6 +625,14 @@ async fn a_composite_is_cached_as_a_whole_through_its_response_plugins() {
       calls:
         order: { upstream: svc, path: "/orders/{id}", allow: [id, total] }
         user: { upstream: svc, path: "/users/${calls.order.body.user_id}", group: customer, allow: [name] }
+  - name: deferred
+    match: { path: /deferred }
+    plugins:
+      - cache: { ttl: 30s, x_cache: true }
+      - transform: { response: { json: [ { set: { path: s, value: 1 } } ] }, on_error: error }
+    aggregate:
+      calls:
+        user: { upstream: svc, path: /users/2, allow: [name] }
   - name: partial
     match: { path: /partial }
     plugins: [ { cache: { ttl: 30s, x_cache: true } } ]
@@ -696,6 +704,17 @@ async fn a_composite_is_cached_as_a_whole_through_its_response_plugins() {
     let (_, h, _) = get(&gw, "/view/5").await;
     assert_eq!(h["x-cache"], "MISS");
     assert_eq!(hits("/orders/"), 3);
+    // HEAD is answered (from the stored entry or a miss) without a body.
+    let r = client().head(gw.url("/view/5")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.bytes().await.unwrap().len(), 0);
+    // A route whose response plugin needs the whole answer (deferred) caches the same way.
+    for expect in ["MISS", "HIT"] {
+        let (s, h, v) = get(&gw, "/deferred").await;
+        assert_eq!((s, h["x-cache"].to_str().unwrap()), (200, expect));
+        assert_eq!(v, json!({ "name": "Ann", "s": 1 }));
+    }
+    assert_eq!(hits("/users/2"), 1);
     // A partial answer (an optional call failed) is served but not stored.
     for _ in 0..2 {
         let (s, h, v) = get(&gw, "/partial").await;
@@ -836,4 +855,38 @@ async fn a_composite_cache_added_by_a_reload_waits_for_a_restart() {
         assert!(h.get("x-cache").is_none());
     }
     assert!(!gw.dir.path().join("internal.sock").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_composite_behind_jwt_is_kept_per_consumer() {
+    let svc = services().await;
+    let gw = Gateway::start(&format!(
+        "cache: {{ memory: 16MiB }}\n{}",
+        config(
+            &svc,
+            &format!(
+                "  - name: mine\n    match: {{ path: /mine }}\n    plugins:\n      - jwt: {{ keys: [ {{ alg: HS256, secret: \"{SECRET}\" }} ], consumer_claim: sub }}\n      - cache: {{ ttl: 30s, key: {{ consumer: true }}, x_cache: true }}\n    aggregate:\n      calls:\n        points: {{ upstream: svc, path: \"/points/${{claim.sub}}\" }}\n"
+            ),
+        )
+    ));
+    let token = |sub: &str| {
+        encode(
+            &Header::new(Algorithm::HS256),
+            &json!({ "sub": sub, "exp": 4_000_000_000u64 }),
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    };
+    let mine = |sub: &'static str| {
+        let (url, t) = (gw.url("/mine"), token(sub));
+        async move {
+            let r = client().get(url).bearer_auth(t).send().await.unwrap();
+            let cache = r.headers()["x-cache"].to_str().unwrap().to_string();
+            (cache, r.json::<Value>().await.unwrap()["sub"].clone())
+        }
+    };
+    assert_eq!(mine("alice").await, ("MISS".into(), json!("alice")));
+    assert_eq!(mine("alice").await, ("HIT".into(), json!("alice")));
+    assert_eq!(mine("bob").await, ("MISS".into(), json!("bob")));
+    assert_eq!(mine("bob").await, ("HIT".into(), json!("bob")));
 }

@@ -42,7 +42,10 @@ pub(super) fn storable(resp: &ResponseHeader, ctx: &mut Ctx) -> RespCacheable {
         // A partial composite (an optional call failed) is not kept for everyone.
         return RespCacheable::Uncacheable(NoCacheReason::Custom("partial composite"));
     }
-    let auth = ctx.cache.had_authorization;
+    // RFC 9111 §3.5 keeps answers to requests with credentials out of a shared cache. A
+    // composite keyed by consumer is not shared: the gateway wrote it for this consumer, whose
+    // credentials the route's plugins check before every lookup.
+    let auth = ctx.cache.had_authorization && !(ctx.ticket.is_some() && policy.consumer_in_key);
     match ctx.cache.not_modified.take() {
         Some(fields) => {
             let merged = crate::cache::merge_not_modified(resp, &fields);
