@@ -150,16 +150,6 @@ pub(super) struct Answered {
     pub report: Option<Report>,
 }
 
-/// Aborts the call's subrequest when the composite stops waiting for it (deadline, timeout, a
-/// failed required call): the upstream connection is dropped, never pooled.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// Runs one call to its end (the caller bounds it in time).
 pub(super) async fn run(
     spawner: &SubrequestSpawner,
@@ -189,28 +179,44 @@ pub(super) async fn run(
         })
         .build();
     let (sub, mut handle) = spawner.create_subrequest(&parsed, sub_ctx);
-    let _running = AbortOnDrop(tokio::spawn(sub.run()));
-    if let Some(b) = call.body {
-        if handle.tx.send(HttpTask::Body(Some(b), true)).await.is_err() {
-            return Err(Failure::Upstream);
-        }
-    }
-    let mut header = None;
-    let mut body = BytesMut::new();
-    let mut failed = None;
-    while let Some(task) = handle.rx.recv().await {
-        match task {
-            HttpTask::Header(h, _) if !h.status.is_informational() => header = Some(h),
-            HttpTask::Body(Some(d), _) => {
-                if body.len() + d.len() > max_body {
-                    return Err(Failure::TooLarge);
-                }
-                body.extend_from_slice(&d);
+    let received = async move {
+        if let Some(b) = call.body {
+            if handle.tx.send(HttpTask::Body(Some(b), true)).await.is_err() {
+                return Err(Failure::Upstream);
             }
-            HttpTask::Failed(e) => failed = Some(failure_of(&e)),
-            _ => {}
         }
-    }
+        let mut header = None;
+        let mut body = BytesMut::new();
+        let mut failed = None;
+        while let Some(task) = handle.rx.recv().await {
+            match task {
+                HttpTask::Header(h, _) if !h.status.is_informational() => header = Some(h),
+                HttpTask::Body(Some(d), _) => {
+                    if body.len() + d.len() > max_body {
+                        return Err(Failure::TooLarge);
+                    }
+                    body.extend_from_slice(&d);
+                }
+                HttpTask::Failed(e) => failed = Some(failure_of(&e)),
+                _ => {}
+            }
+        }
+        Ok((header, body, failed))
+    };
+    // The subrequest runs inside this call's future, not as a task of its own: it goes on
+    // whenever the composite is polled instead of waiting for a turn of the scheduler (a
+    // spawned call started, on median, 0.4 ms late under load), and it is dropped (its
+    // upstream connection closed, never pooled) when the composite stops waiting for it.
+    let sub = sub.run();
+    tokio::pin!(sub, received);
+    let mut sub_done = false;
+    let (header, body, failed) = loop {
+        tokio::select! {
+            biased;
+            () = &mut sub, if !sub_done => sub_done = true,
+            r = &mut received => break r?,
+        }
+    };
     let report = report.lock().take();
     let reported = report.as_ref().and_then(|r| r.call_failure);
     match (header, failed.or(reported)) {
