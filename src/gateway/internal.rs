@@ -77,9 +77,12 @@ impl Drop for Ticket {
     }
 }
 
-/// Whether a composite route's request goes through the cache and the internal socket.
+/// Whether a composite route's request goes through the cache and the internal socket. Not
+/// once the process drains (upgrade or stop): its listeners, the internal socket among them,
+/// no longer accept (after an upgrade the new process does, without this one's handoffs), so
+/// composites are then answered directly, uncached.
 pub(super) fn applies(route: &Route) -> bool {
-    route.caches_composite() && listening()
+    route.caches_composite() && listening() && !super::draining()
 }
 
 /// `upstream_peer` of a cached composite: the internal socket (the handoff is made on the
