@@ -96,6 +96,13 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
+    /// Notes for the access log's `transform` that a body plugin skipped or failed on this
+    /// request's body, and counts it.
+    pub fn transform_failed(&mut self, phase: &str, reason: &'static str) {
+        self.transform = Some(reason);
+        crate::observability::metrics::transform_error(&self.route, phase, reason);
+    }
+
     pub fn param(&self, name: &str) -> Option<&str> {
         self.params
             .iter()

@@ -6,10 +6,12 @@
 //! unknown name, an unreadable file or a JSON template that does not render to JSON is an
 //! error of `postern check`.
 
-use crate::config::error::Issue;
-use crate::config::schema::{ErrorPageConfig, StatusSelector};
+use crate::common::defaults as d;
+use crate::common::issue::Issue;
 use bytes::Bytes;
 use http::HeaderValue;
+use schemars::JsonSchema;
+use serde::Deserialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Var {
@@ -352,4 +354,28 @@ mod tests {
         );
         assert!(pages("[ { status: [500], content_type: text/html } ]").is_err());
     }
+}
+
+/// An error page: the body of the errors with these statuses.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorPageConfig {
+    /// Statuses (404) and classes (`4xx`, `5xx`) this page answers.
+    pub status: Vec<StatusSelector>,
+    /// The page's `Content-Type`; JSON types escape values as JSON, HTML and XML as markup.
+    #[serde(default = "d::error_page_type")]
+    pub content_type: String,
+    /// The template, inline: `${status}`, `${title}`, `${detail}`, `${request_id}`, `${route}`.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// The template, read from this file when the configuration is loaded.
+    #[serde(default)]
+    pub body_file: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum StatusSelector {
+    Code(u16),
+    Class(String),
 }

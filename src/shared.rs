@@ -3,8 +3,8 @@
 //! change keeps its state.
 
 use crate::auth::jwks::RemoteJwks;
-use crate::config::schema::cluster::RedisConfig;
 use crate::ratelimit::Store;
+use crate::redis::config::RedisConfig;
 use crate::redis::Redis;
 use crate::upstream::target::Registry;
 use parking_lot::Mutex;

@@ -2,9 +2,11 @@
 //! by default, the DNS names of its subjectAltName; `*.example.com` names match one label. A
 //! client without SNI, or with an unknown name, gets the first certificate.
 
-use crate::config::schema::CertKey;
+use crate::common::defaults as d;
 use pingora::tls::sign::CertifiedKey;
 use pingora::tls::{ClientHello, ResolvesServerCert};
+use schemars::JsonSchema;
+use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -204,4 +206,42 @@ impl pingora::listeners::TlsAccept for ClientCertCallbacks {
         let facts = client_cert_facts(der)?;
         Some(Arc::new(Arc::new(facts)))
     }
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    /// Certificates; the one whose names match the client's SNI is served, the first otherwise.
+    pub certificates: Vec<CertKey>,
+    /// Offer HTTP/2 by ALPN.
+    #[serde(default = "d::yes")]
+    pub http2: bool,
+    /// Client certificates (mutual TLS): `none`, `optional` (verified when presented) or
+    /// `required` (the handshake fails without a valid one).
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    /// PEM bundle of the CAs that issue client certificates.
+    #[serde(default)]
+    pub client_ca: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, serde::Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    #[default]
+    None,
+    Optional,
+    Required,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CertKey {
+    /// PEM certificate chain.
+    pub cert: String,
+    /// PEM private key.
+    pub key: String,
+    /// Server names served with this certificate; read from the certificate's SANs when absent.
+    #[serde(default)]
+    pub names: Vec<String>,
 }

@@ -164,7 +164,7 @@ impl RemoteJwks {
         min_refetch: Duration,
         fallback: Vec<Algorithm>,
     ) -> Result<RemoteJwks, String> {
-        crate::auth::http_client_ready();
+        crate::common::http_client_ready();
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .build()

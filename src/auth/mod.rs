@@ -2,12 +2,13 @@
 //! API-key digest and by Basic user name), password hashes, JWKS key sets, and where a token is
 //! read from. Plugins resolve a request to a [`Consumer`] and record it in the request context.
 
+pub mod config;
 pub mod crypto;
 pub mod jwks;
 pub mod password;
 
-use crate::config::error::Issue;
-use crate::config::schema::consumer::ConsumerConfig;
+use crate::auth::config::ConsumerConfig;
+use crate::common::issue::Issue;
 use crate::context::Consumer;
 use password::PasswordHash;
 use sha2::{Digest, Sha256};
@@ -258,45 +259,6 @@ pub fn failure(
     r
 }
 
-/// A cookie's value from the request.
-pub fn cookie<'a>(req: &'a pingora::http::RequestHeader, name: &str) -> Option<&'a str> {
-    req.headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|h| h.to_str().ok())
-        .flat_map(|h| h.split(';'))
-        .find_map(|c| {
-            let (k, v) = c.trim().split_once('=')?;
-            (k == name).then_some(v)
-        })
-}
-
-/// A query parameter's raw value from the request.
-pub fn query<'a>(req: &'a pingora::http::RequestHeader, name: &str) -> Option<&'a str> {
-    req.uri.query()?.split('&').find_map(|p| {
-        let (k, v) = p.split_once('=').unwrap_or((p, ""));
-        (k == name).then_some(v)
-    })
-}
-
-/// Removes a cookie from the `Cookie` header(s) sent upstream.
-pub fn remove_cookie(req: &mut pingora::http::RequestHeader, name: &str) {
-    let kept: Vec<String> = req
-        .headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|h| h.to_str().ok())
-        .flat_map(|h| h.split(';'))
-        .map(str::trim)
-        .filter(|c| !c.is_empty() && c.split_once('=').map_or(*c, |(k, _)| k) != name)
-        .map(String::from)
-        .collect();
-    req.remove_header(&http::header::COOKIE);
-    if !kept.is_empty() {
-        let _ = req.insert_header(http::header::COOKIE, kept.join("; "));
-    }
-}
-
 /// Removes a query parameter from the request target sent upstream.
 pub fn remove_query(req: &mut pingora::http::RequestHeader, name: &str) {
     let Some(q) = req.uri.query() else { return };
@@ -315,10 +277,29 @@ pub fn remove_query(req: &mut pingora::http::RequestHeader, name: &str) {
     }
 }
 
-/// Installs the process-wide rustls crypto provider used by outgoing HTTPS calls (JWKS,
-/// introspection, forward auth); harmless when one is installed already.
-pub fn http_client_ready() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+/// Failure counters of one authentication or authorization plugin on one route, one per reason.
+#[derive(Clone, Default)]
+pub struct AuthMetrics(Option<Vec<(AuthFail, prometheus::IntCounter)>>);
+
+impl AuthMetrics {
+    pub fn new(route: &str, plugin: &str) -> AuthMetrics {
+        let counters: Option<Vec<_>> = AuthFail::ALL
+            .iter()
+            .map(|f| {
+                crate::observability::metrics::auth_failure_counter(route, plugin, f.reason())
+                    .map(|c| (*f, c))
+            })
+            .collect();
+        AuthMetrics(counters)
+    }
+
+    pub fn failed(&self, why: AuthFail) {
+        if let Some(v) = &self.0 {
+            if let Some((_, c)) = v.iter().find(|(f, _)| *f == why) {
+                c.inc();
+            }
+        }
+    }
 }
 
 /// IPv4-mapped IPv6 addresses (`::ffff:10.0.0.1`, what a dual-stack socket reports) as IPv4,
@@ -420,7 +401,7 @@ pub fn service_client(
     if timeout.is_zero() {
         issues.push(Issue::new(format!("{path}.timeout"), "must be above 0"));
     }
-    http_client_ready();
+    crate::common::http_client_ready();
     reqwest::Client::builder()
         .timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())

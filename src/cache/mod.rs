@@ -219,7 +219,7 @@ pub fn bypassed(policy: &CachePolicy, req: &RequestHeader) -> bool {
         || policy
             .bypass_cookies
             .iter()
-            .any(|c| crate::auth::cookie(req, c).is_some())
+            .any(|c| crate::http::cookie(req, c).is_some())
 }
 
 /// Turns the cache on for a request of a cached route (GET and HEAD only).

@@ -11,7 +11,7 @@
 //! survive), `$$` is a literal `$`, and comments are not expanded. Written here rather than with
 //! `shellexpand` because that crate also expands bare `$NAME`.
 
-use super::error::Issue;
+use crate::common::issue::Issue;
 
 pub fn expand(src: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, Vec<Issue>> {
     let mut out = String::with_capacity(src.len());

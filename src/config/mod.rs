@@ -2,17 +2,12 @@
 //! cross-references. `snapshot::compile` turns the result into the runtime state; `load_and_compile`
 //! there is what `postern check` runs.
 
-pub mod defaults;
 mod env;
-pub mod error;
-pub mod lines;
 mod parse;
 pub mod schema;
-pub mod types;
 mod validate;
 
-pub use error::{ConfigError, Issue, Issues};
-pub use lines::LineIndex;
+pub use crate::common::{ConfigError, Issue, Issues, LineIndex};
 pub use schema::Config;
 
 /// A parsed config with what is needed to point errors at lines.

@@ -7,9 +7,9 @@
 //! cannot be stepped over (a missing required field). Paths are turned into lines by the
 //! [`LineIndex`] of the source.
 
-use super::error::Issue;
-use super::lines::LineIndex;
 use super::schema::Config;
+use crate::common::issue::Issue;
+use crate::common::lines::LineIndex;
 use serde_path_to_error::Segment;
 use yaml_serde::Value;
 

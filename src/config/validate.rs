@@ -1,8 +1,8 @@
 //! Cross-reference and value checks that serde cannot express. Syntax of route patterns, regexes
 //! and certificates is checked when the snapshot is compiled (`snapshot::compile`).
 
-use super::error::{known_list, Issue, Issues};
 use super::schema::{Balance, Config, Upstream};
+use crate::common::issue::{known_list, Issue, Issues};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -335,7 +335,7 @@ fn check_upstream(name: &str, up: &Upstream, out: &mut Issues) {
             );
         }
     }
-    if up.retry.max_body.0 > super::defaults::RETRY_BUFFER {
+    if up.retry.max_body.0 > crate::common::defaults::RETRY_BUFFER {
         out.err(
             format!("{path}.retry.max_body"),
             format!(

@@ -146,7 +146,7 @@ impl BodyStage {
         max: usize,
         ctx: &mut RequestCtx,
     ) -> Result<(), GatewayError> {
-        crate::observability::metrics::transform_error(ctx, self.side.name(), "oversize");
+        ctx.transform_failed(self.side.name(), "oversize");
         if self.side == Side::Request {
             return Err(GatewayError::PayloadTooLarge);
         }
@@ -184,7 +184,7 @@ pub(super) fn response_takers(
     }
     if encoded {
         if !head_request {
-            crate::observability::metrics::transform_error(ctx, "response", "encoded");
+            ctx.transform_failed("response", "encoded");
         }
         return Vec::new();
     }

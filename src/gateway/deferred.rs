@@ -267,16 +267,12 @@ impl<'a> Output<'a> {
         let oversize = BodyStage::oversize_of(&takers);
         let known_over = body::content_length(&h).is_some_and(|l| l > limit);
         if known_over && oversize == Oversize::Error {
-            crate::observability::metrics::transform_error(&mut ctx.req, "response", "oversize");
+            ctx.req.transform_failed("response", "oversize");
             return Err(ctx.fail(GatewayError::BadGateway));
         }
         if takers.is_empty() || known_over || end {
             if known_over {
-                crate::observability::metrics::transform_error(
-                    &mut ctx.req,
-                    "response",
-                    "oversize",
-                );
+                ctx.req.transform_failed("response", "oversize");
             }
             return self.write_header(h, end, session, ctx).await;
         }
@@ -348,7 +344,7 @@ impl<'a> Output<'a> {
         session: &mut Session,
         ctx: &mut Ctx,
     ) -> pingora::Result<()> {
-        crate::observability::metrics::transform_error(&mut ctx.req, "response", "oversize");
+        ctx.req.transform_failed("response", "oversize");
         let State::Collecting { header, buf, .. } = std::mem::replace(&mut self.state, State::Done)
         else {
             return Ok(());

@@ -105,7 +105,7 @@ pub(super) fn start_body(
     };
     if let (Some(max), Some(len)) = (stage.limit(), body::content_length(resp)) {
         if len > max {
-            crate::observability::metrics::transform_error(&mut ctx.req, "response", "oversize");
+            ctx.req.transform_failed("response", "oversize");
             return match stage.oversize() {
                 Oversize::Pass => Ok(()),
                 Oversize::Error => Err(ctx.fail(GatewayError::BadGateway)),

@@ -6,7 +6,7 @@
 //! goes away are written by its drop.
 
 use super::metrics::METRICS;
-use crate::config::schema::AccessLogConfig;
+use crate::observability::config::AccessLogConfig;
 use parking_lot::Mutex;
 use std::cell::RefCell;
 use std::io::Write;

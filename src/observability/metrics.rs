@@ -249,33 +249,12 @@ impl LimitMetrics {
     }
 }
 
-/// Failure counters of one authentication or authorization plugin on one route, one per reason.
-#[derive(Clone, Default)]
-pub struct AuthMetrics(Option<Vec<(crate::auth::AuthFail, IntCounter)>>);
-
-impl AuthMetrics {
-    pub fn new(route: &str, plugin: &str) -> AuthMetrics {
-        AuthMetrics(METRICS.as_ref().map(|m| {
-            crate::auth::AuthFail::ALL
-                .iter()
-                .map(|f| {
-                    (
-                        *f,
-                        m.auth_failures
-                            .with_label_values(&[route, plugin, f.reason()]),
-                    )
-                })
-                .collect()
-        }))
-    }
-
-    pub fn failed(&self, why: crate::auth::AuthFail) {
-        if let Some(v) = &self.0 {
-            if let Some((_, c)) = v.iter().find(|(f, _)| *f == why) {
-                c.inc();
-            }
-        }
-    }
+/// The failure counter of one authentication or authorization plugin on one route, for one
+/// reason (`auth::AuthMetrics` binds one per reason); `None` without metrics.
+pub fn auth_failure_counter(route: &str, plugin: &str, reason: &str) -> Option<IntCounter> {
+    METRICS
+        .as_ref()
+        .map(|m| m.auth_failures.with_label_values(&[route, plugin, reason]))
 }
 
 /// Counts a cache eviction.
@@ -285,13 +264,12 @@ pub fn cache_evicted() {
     }
 }
 
-/// Counts a body a body plugin left untransformed or failed on (rare: labels bound per call).
-/// Counts a body a plugin skipped or failed on, and notes why for the access log's `transform`.
-pub fn transform_error(ctx: &mut crate::context::RequestCtx, phase: &str, reason: &'static str) {
-    ctx.transform = Some(reason);
+/// Counts a body a plugin skipped or failed on (rare: labels bound per call); the request's
+/// own note for the access log is `RequestCtx::transform_failed`.
+pub fn transform_error(route: &str, phase: &str, reason: &'static str) {
     if let Some(m) = METRICS.as_ref() {
         m.transform_errors
-            .with_label_values(&[&ctx.route, phase, reason])
+            .with_label_values(&[route, phase, reason])
             .inc();
     }
 }

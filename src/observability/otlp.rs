@@ -102,7 +102,7 @@ pub fn channel(
     timeout: Duration,
     service: &str,
 ) -> Result<(Exporter, Sender), String> {
-    crate::auth::http_client_ready();
+    crate::common::http_client_ready();
     let client = reqwest::Client::builder()
         .timeout(timeout)
         .build()

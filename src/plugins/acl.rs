@@ -10,10 +10,10 @@
 
 use super::{BuildCtx, Flow, Plugin};
 use crate::auth::{failure, AuthFail};
-use crate::config::error::Issue;
+use crate::common::issue::Issue;
 use crate::context::RequestCtx;
 use crate::error::GatewayError;
-use crate::observability::metrics::AuthMetrics;
+use crate::auth::AuthMetrics;
 use async_trait::async_trait;
 use pingora::http::RequestHeader;
 use schemars::JsonSchema;
@@ -37,6 +37,13 @@ pub struct Acl {
     metrics: AuthMetrics,
 }
 
+impl super::Build for Config {
+    fn build(&self, b: &BuildCtx) -> Result<super::Built, Vec<Issue>> {
+        use super::Built;
+        Ok(Built::plugin(Acl::new(self, b)?))
+    }
+}
+
 impl Acl {
     pub fn new(c: &Config, b: &BuildCtx) -> Result<Acl, Vec<Issue>> {
         if c.allow_consumers.is_empty()
@@ -58,10 +65,6 @@ impl Acl {
 
 #[async_trait]
 impl Plugin for Acl {
-    fn name(&self) -> &'static str {
-        "acl"
-    }
-
     async fn on_request(
         &self,
         _req: &mut RequestHeader,

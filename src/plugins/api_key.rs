@@ -11,10 +11,10 @@
 
 use super::{BuildCtx, Flow, Plugin};
 use crate::auth::{failure, AuthFail, Consumers};
-use crate::config::error::Issue;
+use crate::common::issue::Issue;
 use crate::context::RequestCtx;
 use crate::error::GatewayError;
-use crate::observability::metrics::AuthMetrics;
+use crate::auth::AuthMetrics;
 use async_trait::async_trait;
 use http::HeaderName;
 use pingora::http::RequestHeader;
@@ -48,6 +48,13 @@ pub struct ApiKey {
     metrics: AuthMetrics,
 }
 
+impl super::Build for Config {
+    fn build(&self, b: &BuildCtx) -> Result<super::Built, Vec<Issue>> {
+        use super::Built;
+        Ok(Built::plugin(ApiKey::new(self, b)?))
+    }
+}
+
 impl ApiKey {
     pub fn new(c: &Config, b: &BuildCtx) -> Result<ApiKey, Vec<Issue>> {
         let header = HeaderName::from_bytes(c.header.as_bytes()).map_err(|_| {
@@ -68,10 +75,6 @@ impl ApiKey {
 
 #[async_trait]
 impl Plugin for ApiKey {
-    fn name(&self) -> &'static str {
-        "api_key"
-    }
-
     async fn on_request(
         &self,
         req: &mut RequestHeader,
@@ -80,7 +83,7 @@ impl Plugin for ApiKey {
         let from_header = req.headers.get(&self.header).map(|v| v.as_bytes().to_vec());
         let key = from_header.or_else(|| {
             let q = self.query.as_deref()?;
-            crate::auth::query(req, q).map(|v| v.as_bytes().to_vec())
+            crate::http::query(req, q).map(|v| v.as_bytes().to_vec())
         });
         let Some(key) = key.filter(|k| !k.is_empty()) else {
             self.metrics.failed(AuthFail::Missing);

@@ -14,7 +14,7 @@
 
 use super::{build, BuildCtx, Flow, Plugin, PluginSpec};
 use crate::auth::{AuthFail, LastFail};
-use crate::config::error::Issue;
+use crate::common::issue::Issue;
 use crate::context::RequestCtx;
 use crate::error::GatewayError;
 use async_trait::async_trait;
@@ -43,6 +43,13 @@ const MECHANISMS: &[&str] = &[
     "mtls",
 ];
 
+impl super::Build for Config {
+    fn build(&self, b: &BuildCtx) -> Result<super::Built, Vec<Issue>> {
+        use super::Built;
+        Ok(Built::plugin(AnyAuth::new(self, b)?))
+    }
+}
+
 impl AnyAuth {
     pub fn new(c: &Config, b: &BuildCtx) -> Result<AnyAuth, Vec<Issue>> {
         let mut issues = Vec::new();
@@ -58,16 +65,19 @@ impl AnyAuth {
                 path: format!("{}.any[{i}]", b.path),
                 ..*b
             };
-            match build(spec, &child) {
-                Ok(p) if MECHANISMS.contains(&p.name()) => any.push(p),
-                Ok(p) => issues.push(Issue::new(
+            if !MECHANISMS.contains(&spec.name()) {
+                issues.push(Issue::new(
                     child.path,
                     format!(
                         "`{}` is not an authentication mechanism; use {}",
-                        p.name(),
+                        spec.name(),
                         MECHANISMS.join(", ")
                     ),
-                )),
+                ));
+                continue;
+            }
+            match build(spec, &child) {
+                Ok(built) => any.extend(built.into_plugin()),
                 Err(mut e) => issues.append(&mut e),
             }
         }
@@ -80,10 +90,6 @@ impl AnyAuth {
 
 #[async_trait]
 impl Plugin for AnyAuth {
-    fn name(&self) -> &'static str {
-        "auth"
-    }
-
     fn start(&self) {
         self.any.iter().for_each(|p| p.start());
     }

@@ -12,11 +12,11 @@
 
 use super::{BuildCtx, Flow, Plugin};
 use crate::auth::{failure, sha256, AuthFail, Consumers};
-use crate::config::error::Issue;
-use crate::config::types::Dur;
+use crate::common::issue::Issue;
+use crate::common::types::Dur;
 use crate::context::RequestCtx;
 use crate::error::GatewayError;
-use crate::observability::metrics::AuthMetrics;
+use crate::auth::AuthMetrics;
 use async_trait::async_trait;
 use base64::Engine;
 use parking_lot::Mutex;
@@ -58,6 +58,13 @@ pub struct BasicAuth {
     consumers: Arc<Consumers>,
     verified: Mutex<HashMap<[u8; 32], Instant>>,
     metrics: AuthMetrics,
+}
+
+impl super::Build for Config {
+    fn build(&self, b: &BuildCtx) -> Result<super::Built, Vec<Issue>> {
+        use super::Built;
+        Ok(Built::plugin(BasicAuth::new(self, b)?))
+    }
 }
 
 impl BasicAuth {
@@ -132,10 +139,6 @@ fn credentials(req: &RequestHeader) -> Option<(String, String)> {
 
 #[async_trait]
 impl Plugin for BasicAuth {
-    fn name(&self) -> &'static str {
-        "basic_auth"
-    }
-
     async fn on_request(
         &self,
         req: &mut RequestHeader,

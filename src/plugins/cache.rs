@@ -20,8 +20,8 @@
 
 use super::{header_names, BuildCtx, Flow, Plugin, Reply};
 use crate::cache::{CachePolicy, QueryKey};
-use crate::config::error::Issue;
-use crate::config::types::Dur;
+use crate::common::issue::Issue;
+use crate::common::types::Dur;
 use crate::context::RequestCtx;
 use crate::error::GatewayError;
 use pingora::http::RequestHeader;
@@ -144,6 +144,17 @@ pub struct Cache {
     purge: Option<(Vec<ipnet::IpNet>, Option<String>)>,
 }
 
+impl super::Build for Config {
+    fn build(&self, b: &BuildCtx) -> Result<super::Built, Vec<Issue>> {
+        use super::Built;
+        let c = Cache::new(self, b)?;
+        Ok(Built::Cache {
+            policy: c.policy.clone(),
+            purge: Arc::new(c),
+        })
+    }
+}
+
 impl Cache {
     pub fn new(c: &Config, b: &BuildCtx) -> Result<Cache, Vec<Issue>> {
         let path = &b.path;
@@ -237,10 +248,6 @@ impl Cache {
 
 #[async_trait::async_trait]
 impl Plugin for Cache {
-    fn name(&self) -> &'static str {
-        "cache"
-    }
-
     /// `PURGE` of a URL (every variant, on every node with `cluster.redis`).
     async fn on_request(
         &self,
@@ -289,9 +296,5 @@ impl Plugin for Cache {
             )],
             body: bytes::Bytes::from(body),
         }))
-    }
-
-    fn cache_policy(&self) -> Option<Arc<CachePolicy>> {
-        Some(self.policy.clone())
     }
 }

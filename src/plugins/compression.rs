@@ -17,10 +17,9 @@
 //! is added to every response whose type and size would be compressed, whatever this client
 //! accepts. Request bodies with `Content-Encoding` pass through untouched.
 
-use super::{BuildCtx, Phases, Plugin};
-use crate::config::error::Issue;
-use crate::config::types::Size;
-use async_trait::async_trait;
+use super::BuildCtx;
+use crate::common::issue::Issue;
+use crate::common::types::Size;
 use http::header;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::compression::{Algorithm, Encode};
@@ -333,31 +332,14 @@ pub fn vary(resp: &mut ResponseHeader) {
     }
 }
 
-pub struct Compression {
-    policy: Arc<CompressionPolicy>,
-}
-
-impl Compression {
-    pub fn new(c: &Config, b: &BuildCtx) -> Result<Compression, Vec<Issue>> {
-        Ok(Compression {
-            policy: Arc::new(CompressionPolicy::compile(c, &b.path)?),
-        })
-    }
-}
-
-#[async_trait]
-impl Plugin for Compression {
-    fn name(&self) -> &'static str {
-        "compression"
-    }
-
-    /// The gateway compresses last, after every body plugin: no hook of its own.
-    fn phases(&self) -> Phases {
-        Phases::NONE
-    }
-
-    fn compression_policy(&self) -> Option<Arc<CompressionPolicy>> {
-        Some(self.policy.clone())
+/// `compression` configures the gateway (it compresses last, after every body plugin): it
+/// builds a policy, not a plugin.
+impl super::Build for Config {
+    fn build(&self, b: &BuildCtx) -> Result<super::Built, Vec<Issue>> {
+        use super::Built;
+        Ok(Built::Compression(Arc::new(CompressionPolicy::compile(
+            self, &b.path,
+        )?)))
     }
 }
 

@@ -9,7 +9,7 @@
 
 use super::key::{self, Key, KeyConfig, MissingKey};
 use super::{retry_after, BuildCtx, Flow, Plugin};
-use crate::config::error::Issue;
+use crate::common::issue::Issue;
 use crate::context::RequestCtx;
 use crate::error::GatewayError;
 use crate::observability::metrics::LimitMetrics;
@@ -54,6 +54,13 @@ pub struct ConcurrencyLimit {
 #[derive(Clone, Default)]
 struct Permits(Vec<Arc<Permit>>);
 
+impl super::Build for Config {
+    fn build(&self, b: &BuildCtx) -> Result<super::Built, Vec<Issue>> {
+        use super::Built;
+        Ok(Built::plugin(ConcurrencyLimit::new(self, b)?))
+    }
+}
+
 impl ConcurrencyLimit {
     pub fn new(c: &Config, b: &BuildCtx) -> Result<ConcurrencyLimit, Vec<Issue>> {
         let path = &b.path;
@@ -87,10 +94,6 @@ impl ConcurrencyLimit {
 
 #[async_trait]
 impl Plugin for ConcurrencyLimit {
-    fn name(&self) -> &'static str {
-        "concurrency_limit"
-    }
-
     async fn on_request(
         &self,
         req: &mut RequestHeader,

@@ -14,8 +14,8 @@
 //! ```
 
 use super::{BuildCtx, Flow, Phases, Plugin, Reply};
-use crate::config::error::Issue;
-use crate::config::types::Dur;
+use crate::common::issue::Issue;
+use crate::common::types::Dur;
 use crate::context::RequestCtx;
 use crate::error::GatewayError;
 use async_trait::async_trait;
@@ -119,6 +119,13 @@ pub struct Cors {
 /// The decision for an actual request: the value of `Access-Control-Allow-Origin`, or none.
 #[derive(Clone)]
 struct Allowed(Option<HeaderValue>);
+
+impl super::Build for Config {
+    fn build(&self, b: &BuildCtx) -> Result<super::Built, Vec<Issue>> {
+        use super::Built;
+        Ok(Built::plugin(Cors::new(self, b)?))
+    }
+}
 
 impl Cors {
     pub fn new(c: &Config, b: &BuildCtx) -> Result<Cors, Vec<Issue>> {
@@ -276,10 +283,6 @@ impl Cors {
 
 #[async_trait]
 impl Plugin for Cors {
-    fn name(&self) -> &'static str {
-        "cors"
-    }
-
     fn phases(&self) -> Phases {
         Phases::REQUEST.and(Phases::RESPONSE)
     }

@@ -12,8 +12,8 @@
 //! ```
 
 use super::{BuildCtx, Flow, Plugin, Reply};
-use crate::config::error::Issue;
-use crate::config::types::Dur;
+use crate::common::issue::Issue;
+use crate::common::types::Dur;
 use crate::context::RequestCtx;
 use crate::error::GatewayError;
 use async_trait::async_trait;
@@ -69,6 +69,13 @@ pub struct Fault {
     when_header: Option<HeaderName>,
     rng: Option<Mutex<rand::rngs::StdRng>>,
     route: String,
+}
+
+impl super::Build for Config {
+    fn build(&self, b: &BuildCtx) -> Result<super::Built, Vec<Issue>> {
+        use super::Built;
+        Ok(Built::plugin(Fault::new(self, b)?))
+    }
 }
 
 impl Fault {
@@ -148,10 +155,6 @@ impl Fault {
 
 #[async_trait]
 impl Plugin for Fault {
-    fn name(&self) -> &'static str {
-        "fault"
-    }
-
     fn phases(&self) -> super::Phases {
         super::Phases::REQUEST
     }

@@ -18,12 +18,12 @@
 
 use super::{header_names, BuildCtx, Flow, Plugin, Reply};
 use crate::auth::sha256;
-use crate::config::error::Issue;
-use crate::config::schema::OnError;
-use crate::config::types::Dur;
+use crate::common::issue::Issue;
+use crate::common::types::OnError;
+use crate::common::types::Dur;
 use crate::context::{Consumer, RequestCtx};
 use crate::error::GatewayError;
-use crate::observability::metrics::AuthMetrics;
+use crate::auth::AuthMetrics;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
@@ -109,6 +109,13 @@ const PASS_BACK: &[&str] = &[
     "set-cookie",
     "cache-control",
 ];
+
+impl super::Build for Config {
+    fn build(&self, b: &BuildCtx) -> Result<super::Built, Vec<Issue>> {
+        use super::Built;
+        Ok(Built::plugin(ForwardAuth::new(self, b)?))
+    }
+}
 
 impl ForwardAuth {
     pub fn new(c: &Config, b: &BuildCtx) -> Result<ForwardAuth, Vec<Issue>> {
@@ -253,10 +260,6 @@ async fn read_limited(mut resp: reqwest::Response) -> Bytes {
 
 #[async_trait]
 impl Plugin for ForwardAuth {
-    fn name(&self) -> &'static str {
-        "forward_auth"
-    }
-
     async fn on_request(
         &self,
         req: &mut RequestHeader,

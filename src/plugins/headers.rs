@@ -10,8 +10,8 @@
 //! `set` replaces every existing value, `add` appends one, `remove` deletes all values; they are
 //! applied in that order: remove, set, add.
 
-use super::Plugin;
-use crate::config::error::Issue;
+use super::{BuildCtx, Plugin};
+use crate::common::issue::Issue;
 use crate::context::RequestCtx;
 use crate::error::GatewayError;
 use http::{HeaderName, HeaderValue};
@@ -109,6 +109,13 @@ pub struct Headers {
     response: Compiled,
 }
 
+impl super::Build for Config {
+    fn build(&self, b: &BuildCtx) -> Result<super::Built, Vec<Issue>> {
+        use super::Built;
+        Ok(Built::plugin(Headers::new(self, &b.path)?))
+    }
+}
+
 impl Headers {
     pub fn new(c: &Config, path: &str) -> Result<Headers, Vec<Issue>> {
         let mut issues = Vec::new();
@@ -138,10 +145,6 @@ macro_rules! apply {
 
 #[async_trait::async_trait]
 impl Plugin for Headers {
-    fn name(&self) -> &'static str {
-        "headers"
-    }
-
     fn phases(&self) -> super::Phases {
         super::Phases::UPSTREAM_REQUEST.and(super::Phases::RESPONSE)
     }

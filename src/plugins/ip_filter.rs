@@ -10,10 +10,10 @@
 
 use super::{BuildCtx, Flow, Plugin};
 use crate::auth::{failure, AuthFail};
-use crate::config::error::Issue;
+use crate::common::issue::Issue;
 use crate::context::RequestCtx;
 use crate::error::GatewayError;
-use crate::observability::metrics::AuthMetrics;
+use crate::auth::AuthMetrics;
 use async_trait::async_trait;
 use ipnet::IpNet;
 use pingora::http::RequestHeader;
@@ -42,6 +42,13 @@ pub fn parse_net(s: &str) -> Result<IpNet, String> {
     s.parse::<IpNet>()
         .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
         .map_err(|_| format!("invalid address or CIDR block \"{s}\""))
+}
+
+impl super::Build for Config {
+    fn build(&self, b: &BuildCtx) -> Result<super::Built, Vec<Issue>> {
+        use super::Built;
+        Ok(Built::plugin(IpFilter::new(self, b)?))
+    }
 }
 
 impl IpFilter {
@@ -75,10 +82,6 @@ impl IpFilter {
 
 #[async_trait]
 impl Plugin for IpFilter {
-    fn name(&self) -> &'static str {
-        "ip_filter"
-    }
-
     async fn on_request(
         &self,
         _req: &mut RequestHeader,

@@ -20,11 +20,11 @@
 use super::{BuildCtx, Flow, Plugin};
 use crate::auth::jwks::{self, family, KeySet, RemoteJwks, VerifyKey};
 use crate::auth::{failure, AuthFail, Consumers};
-use crate::config::error::Issue;
-use crate::config::types::{Dur, Size};
+use crate::common::issue::Issue;
+use crate::common::types::{Dur, Size};
 use crate::context::{Consumer, RequestCtx};
 use crate::error::GatewayError;
-use crate::observability::metrics::AuthMetrics;
+use crate::auth::AuthMetrics;
 use async_trait::async_trait;
 use http::HeaderName;
 use jsonwebtoken::errors::ErrorKind;
@@ -283,6 +283,13 @@ fn inline_key(k: &KeyConfig, fallback: &[Algorithm]) -> Result<VerifyKey, String
     })
 }
 
+impl super::Build for Config {
+    fn build(&self, b: &BuildCtx) -> Result<super::Built, Vec<Issue>> {
+        use super::Built;
+        Ok(Built::plugin(Jwt::new(self, b)?))
+    }
+}
+
 impl Jwt {
     pub fn new(c: &Config, b: &BuildCtx) -> Result<Jwt, Vec<Issue>> {
         crate::auth::crypto::install();
@@ -427,8 +434,8 @@ impl Jwt {
                     Some(v)
                 }
             }
-            Source::Cookie(name) => crate::auth::cookie(req, name),
-            Source::Query(name) => crate::auth::query(req, name),
+            Source::Cookie(name) => crate::http::cookie(req, name),
+            Source::Query(name) => crate::http::query(req, name),
         }
     }
 
@@ -485,10 +492,6 @@ impl Jwt {
 
 #[async_trait]
 impl Plugin for Jwt {
-    fn name(&self) -> &'static str {
-        "jwt"
-    }
-
     fn start(&self) {
         if let Some(r) = &self.remote {
             r.start();
@@ -635,7 +638,7 @@ impl Jwt {
                 Source::Header(n, _) => {
                     req.remove_header(n);
                 }
-                Source::Cookie(name) => crate::auth::remove_cookie(req, name),
+                Source::Cookie(name) => crate::http::remove_cookie(req, name),
                 Source::Query(name) => crate::auth::remove_query(req, name),
             }
         }

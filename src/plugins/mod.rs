@@ -2,30 +2,14 @@
 //! hooks run in list order, response-side hooks in reverse order (the onion model of Envoy and
 //! axum). Plugins never touch the socket: they return a [`Flow`], and the gateway writes replies.
 //!
-//! Adding a plugin: a new file with a typed `Config` and its hooks listed in `Plugin::phases`,
-//! a [`PluginSpec`] variant and one match arm in [`build`]. `gateway.rs` does not change.
+//! Adding a plugin: a new file with a typed `Config` that implements [`Build`] and a type
+//! that implements [`Plugin`] (its hooks listed in `Plugin::phases`), and one line in the
+//! table at the end of this file. Nothing else changes: the YAML, the JSON Schema, `postern
+//! check` and the phase lists follow from the table.
 
-pub mod acl;
-pub mod api_key;
-pub mod auth;
-pub mod basic_auth;
-pub mod cache;
-pub mod compression;
-pub mod concurrency_limit;
-pub mod cors;
-pub mod fault;
-pub mod forward_auth;
-pub mod headers;
-pub mod ip_filter;
-pub mod jwt;
 pub mod key;
-pub mod mtls;
-pub mod oauth2_introspection;
-pub mod rate_limit;
-pub mod time_window;
-pub mod transform;
 
-use crate::config::error::Issue;
+use crate::common::issue::Issue;
 use crate::context::RequestCtx;
 use crate::error::GatewayError;
 use async_trait::async_trait;
@@ -43,8 +27,6 @@ pub use crate::reply::{Flow, Reply};
 pub struct Phases(u8);
 
 impl Phases {
-    /// No hook (a plugin that only configures the gateway, such as `compression`).
-    pub const NONE: Phases = Phases(0);
     pub const REQUEST: Phases = Phases(1);
     pub const UPSTREAM_REQUEST: Phases = Phases(1 << 1);
     pub const RESPONSE: Phases = Phases(1 << 2);
@@ -89,8 +71,6 @@ pub enum Oversize {
 /// [`Plugin::phases`].
 #[async_trait]
 pub trait Plugin: Send + Sync + 'static {
-    fn name(&self) -> &'static str;
-
     /// The hooks this plugin implements (default: `on_request` only).
     fn phases(&self) -> Phases {
         Phases::REQUEST
@@ -192,16 +172,6 @@ pub trait Plugin: Send + Sync + 'static {
         Oversize::Pass
     }
 
-    /// The route's HTTP cache policy, for the `cache` plugin.
-    fn cache_policy(&self) -> Option<Arc<crate::cache::CachePolicy>> {
-        None
-    }
-
-    /// The route's response compression, for the `compression` plugin.
-    fn compression_policy(&self) -> Option<Arc<compression::CompressionPolicy>> {
-        None
-    }
-
     /// Starts background work (key refresh, connections). Called for every snapshot put in
     /// service, inside the runtime; must be idempotent.
     fn start(&self) {}
@@ -227,10 +197,32 @@ pub struct Chain {
     response_body_served: Box<[Arc<dyn Plugin>]>,
     /// A served-stage body plugin needs the whole response first.
     defers: bool,
+    /// The route's HTTP cache (its `cache` entry).
+    cache: Option<Arc<crate::cache::CachePolicy>>,
+    /// The route's response compression (its `compression` entry).
+    compression: Option<Arc<compression::CompressionPolicy>>,
 }
 
 impl Chain {
-    pub fn new(plugins: Vec<Arc<dyn Plugin>>) -> Chain {
+    /// The chain of a route's built entries, in configuration order.
+    pub fn new(entries: Vec<Built>) -> Chain {
+        let mut plugins: Vec<Arc<dyn Plugin>> = Vec::with_capacity(entries.len());
+        let (mut cache, mut compression, mut cache_at) = (None, None, None);
+        for e in entries {
+            match e {
+                Built::Plugin(p) => plugins.push(p),
+                Built::Cache { policy, purge } => {
+                    if cache.is_none() {
+                        cache = Some(policy);
+                        cache_at = Some(plugins.len());
+                    }
+                    plugins.push(purge);
+                }
+                Built::Compression(c) => {
+                    compression.get_or_insert(c);
+                }
+            }
+        }
         let with = |p: Phases, reverse: bool| -> Box<[Arc<dyn Plugin>]> {
             let mut v: Vec<_> = plugins
                 .iter()
@@ -242,7 +234,6 @@ impl Chain {
             }
             v.into()
         };
-        let cache_at = plugins.iter().position(|p| p.cache_policy().is_some());
         let body = |stored: bool| -> Box<[Arc<dyn Plugin>]> {
             let mut v: Vec<_> = plugins
                 .iter()
@@ -267,6 +258,8 @@ impl Chain {
             response: with(Phases::RESPONSE, true),
             log: with(Phases::LOG, true),
             all: plugins.into(),
+            cache,
+            compression,
         }
     }
 
@@ -339,14 +332,14 @@ impl Chain {
         self.all.iter().for_each(|p| p.start());
     }
 
-    /// The cache policy of the route, if one of its plugins is `cache`.
+    /// The cache policy of the route, if one of its entries is `cache`.
     pub fn cache_policy(&self) -> Option<Arc<crate::cache::CachePolicy>> {
-        self.all.iter().find_map(|p| p.cache_policy())
+        self.cache.clone()
     }
 
-    /// The compression settings of the route, if one of its plugins is `compression`.
+    /// The compression settings of the route, if one of its entries is `compression`.
     pub fn compression_policy(&self) -> Option<Arc<compression::CompressionPolicy>> {
-        self.all.iter().find_map(|p| p.compression_policy())
+        self.compression.clone()
     }
 }
 
@@ -388,79 +381,143 @@ pub struct BuildCtx<'a> {
     /// The compiled `consumers` section.
     pub consumers: &'a Arc<crate::auth::Consumers>,
     /// The cluster store and its default failure policy, when `cluster.redis` is configured.
-    pub redis: Option<(
-        &'a Arc<crate::redis::Redis>,
-        crate::config::schema::cluster::OnError,
-    )>,
+    pub redis: Option<(&'a Arc<crate::redis::Redis>, crate::common::types::OnError)>,
     /// The route's request body limit (`max_request_body`): the most a body plugin may buffer.
     pub max_request_body: u64,
 }
 
-/// Typed plugin configuration: `- headers: { … }` in YAML, a map with exactly one key naming the
-/// plugin. (yaml_serde writes externally tagged enums as YAML tags, so the map form is decoded by
-/// hand here; errors inside a plugin's config keep their path and line.)
-#[derive(Debug, Clone, JsonSchema, serde::Serialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum PluginSpec {
-    /// Add, set or remove request and response headers.
-    Headers(headers::Config),
-    /// Requests per key and window (GCRA), local or cluster-wide.
-    RateLimit(rate_limit::Config),
-    /// Requests in flight per key.
-    ConcurrencyLimit(concurrency_limit::Config),
-    /// JSON Web Token verification (keys inline, from a JWKS file or URL).
-    Jwt(Box<jwt::Config>),
-    /// API keys of consumers, in a header or query parameter.
-    ApiKey(api_key::Config),
-    /// HTTP Basic credentials of consumers (argon2id or bcrypt hashes).
-    BasicAuth(basic_auth::Config),
-    /// Any one of several authentication mechanisms.
-    Auth(auth::Config),
-    /// Allow or deny by consumer name or group.
-    Acl(acl::Config),
-    /// Allow or deny by client address.
-    IpFilter(ip_filter::Config),
-    /// Opaque tokens checked with an RFC 7662 introspection endpoint.
-    Oauth2Introspection(oauth2_introspection::Config),
-    /// A verified client certificate (mTLS), resolved to a consumer.
-    Mtls(mtls::Config),
-    /// Ask an external authorization service.
-    ForwardAuth(forward_auth::Config),
-    /// Store responses in the shared HTTP cache.
-    Cache(cache::Config),
-    /// Change request and response bodies (JSON fields), query strings, methods and statuses.
-    Transform(Box<transform::Config>),
-    /// Cross-Origin Resource Sharing: preflight answers and CORS response fields.
-    Cors(cors::Config),
-    /// Response compression (gzip, brotli, zstd) negotiated from `Accept-Encoding`.
-    Compression(compression::Config),
-    /// Allow or deny by weekday and time of day in a time zone.
-    TimeWindow(time_window::Config),
-    /// Inject delays and errors into a share of requests (failure rehearsal).
-    Fault(fault::Config),
+/// What one entry of a route's `plugins:` list builds.
+pub enum Built {
+    /// A plugin with hooks, run in its place in the chain.
+    Plugin(Arc<dyn Plugin>),
+    /// The route's HTTP cache: a policy the gateway's cache phases follow, and the plugin that
+    /// answers `PURGE` in the entry's place (its position also splits the response-body
+    /// plugins into those whose output is stored and those that run on every answer).
+    Cache {
+        policy: Arc<crate::cache::CachePolicy>,
+        purge: Arc<dyn Plugin>,
+    },
+    /// Not a plugin: how the gateway compresses the route's answers.
+    Compression(Arc<compression::CompressionPolicy>),
 }
 
-/// Names accepted as plugin keys, for error messages.
-pub const PLUGIN_NAMES: &[&str] = &[
-    "headers",
-    "rate_limit",
-    "concurrency_limit",
-    "jwt",
-    "api_key",
-    "basic_auth",
-    "auth",
-    "acl",
-    "ip_filter",
-    "time_window",
-    "transform",
-    "cors",
-    "compression",
-    "forward_auth",
-    "oauth2_introspection",
-    "mtls",
-    "cache",
-    "fault",
-];
+impl Built {
+    pub fn plugin(p: impl Plugin) -> Built {
+        Built::Plugin(Arc::new(p))
+    }
+
+    /// The plugin, when the entry built one with hooks of its own.
+    pub fn into_plugin(self) -> Option<Arc<dyn Plugin>> {
+        match self {
+            Built::Plugin(p) => Some(p),
+            Built::Cache { .. } | Built::Compression(_) => None,
+        }
+    }
+
+    /// Whether this entry's output would be what the cache stores (see [`Built::Cache`]).
+    pub fn defers_response(&self) -> bool {
+        matches!(self, Built::Plugin(p) if p.defers_response())
+    }
+}
+
+/// A plugin's typed configuration, and how it is built once it parsed; `b.path` is the
+/// entry's config path (`routes[0].plugins[1].jwt`) for the issues it reports.
+pub trait Build {
+    fn build(&self, b: &BuildCtx) -> Result<Built, Vec<Issue>>;
+}
+
+impl<T: Build> Build for Box<T> {
+    fn build(&self, b: &BuildCtx) -> Result<Built, Vec<Issue>> {
+        (**self).build(b)
+    }
+}
+
+/// The plugin table, from which follow the modules, the [`PluginSpec`] enum with its JSON
+/// Schema, the one-key-map YAML decoding, [`PLUGIN_NAMES`], [`PluginSpec::name`] and
+/// [`build`]. yaml_serde writes externally tagged enums as YAML tags, so the map form
+/// (`- headers: { … }`) is decoded by hand; errors inside a plugin's config keep their path
+/// and line.
+macro_rules! plugin_table {
+    ($( $(#[doc = $doc:literal])* $name:ident: $variant:ident($ty:ty), )*) => {
+        $( pub mod $name; )*
+
+        /// Typed plugin configuration: `- headers: { … }` in YAML, a map with exactly one key
+        /// naming the plugin (the variant's name in snake case, which is also its module's).
+        #[derive(Debug, Clone, JsonSchema, serde::Serialize)]
+        #[serde(rename_all = "snake_case", deny_unknown_fields)]
+        pub enum PluginSpec {
+            $( $(#[doc = $doc])* $variant($ty), )*
+        }
+
+        /// Names accepted as plugin keys, in table order.
+        pub const PLUGIN_NAMES: &[&str] = &[$(stringify!($name)),*];
+
+        impl PluginSpec {
+            /// The entry's YAML key.
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $( PluginSpec::$variant(_) => stringify!($name), )*
+                }
+            }
+
+            fn config(&self) -> &dyn Build {
+                match self {
+                    $( PluginSpec::$variant(c) => c, )*
+                }
+            }
+
+            /// The value of a `name: { … }` entry; `None` for a name not in the table.
+            fn decode<'de, A: serde::de::MapAccess<'de>>(
+                name: &str,
+                map: &mut A,
+            ) -> Result<Option<PluginSpec>, A::Error> {
+                Ok(Some(match name {
+                    $( stringify!($name) => PluginSpec::$variant(map.next_value()?), )*
+                    _ => return Ok(None),
+                }))
+            }
+        }
+    };
+}
+
+plugin_table! {
+    /// Add, set or remove request and response headers.
+    headers: Headers(headers::Config),
+    /// Requests per key and window (GCRA), local or cluster-wide.
+    rate_limit: RateLimit(rate_limit::Config),
+    /// Requests in flight per key.
+    concurrency_limit: ConcurrencyLimit(concurrency_limit::Config),
+    /// JSON Web Token verification (keys inline, from a JWKS file or URL).
+    jwt: Jwt(Box<jwt::Config>),
+    /// API keys of consumers, in a header or query parameter.
+    api_key: ApiKey(api_key::Config),
+    /// HTTP Basic credentials of consumers (argon2id or bcrypt hashes).
+    basic_auth: BasicAuth(basic_auth::Config),
+    /// Any one of several authentication mechanisms.
+    auth: Auth(auth::Config),
+    /// Allow or deny by consumer name or group.
+    acl: Acl(acl::Config),
+    /// Allow or deny by client address.
+    ip_filter: IpFilter(ip_filter::Config),
+    /// Allow or deny by weekday and time of day in a time zone.
+    time_window: TimeWindow(time_window::Config),
+    /// Change request and response bodies (JSON fields), query strings, methods and statuses.
+    transform: Transform(Box<transform::Config>),
+    /// Cross-Origin Resource Sharing: preflight answers and CORS response fields.
+    cors: Cors(cors::Config),
+    /// Response compression (gzip, brotli, zstd) negotiated from `Accept-Encoding`.
+    compression: Compression(compression::Config),
+    /// Ask an external authorization service.
+    forward_auth: ForwardAuth(forward_auth::Config),
+    /// Opaque tokens checked with an RFC 7662 introspection endpoint.
+    oauth2_introspection: Oauth2Introspection(oauth2_introspection::Config),
+    /// A verified client certificate (mTLS), resolved to a consumer.
+    mtls: Mtls(mtls::Config),
+    /// Store responses in the shared HTTP cache.
+    cache: Cache(cache::Config),
+    /// Inject delays and errors into a share of requests (failure rehearsal).
+    fault: Fault(fault::Config),
+}
 
 impl<'de> Deserialize<'de> for PluginSpec {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -482,26 +539,8 @@ impl<'de> Deserialize<'de> for PluginSpec {
                 let Some(name) = map.next_key::<String>()? else {
                     return Err(A::Error::custom("empty plugin entry"));
                 };
-                let spec = match name.as_str() {
-                    "headers" => PluginSpec::Headers(map.next_value()?),
-                    "rate_limit" => PluginSpec::RateLimit(map.next_value()?),
-                    "concurrency_limit" => PluginSpec::ConcurrencyLimit(map.next_value()?),
-                    "jwt" => PluginSpec::Jwt(map.next_value()?),
-                    "api_key" => PluginSpec::ApiKey(map.next_value()?),
-                    "basic_auth" => PluginSpec::BasicAuth(map.next_value()?),
-                    "auth" => PluginSpec::Auth(map.next_value()?),
-                    "acl" => PluginSpec::Acl(map.next_value()?),
-                    "ip_filter" => PluginSpec::IpFilter(map.next_value()?),
-                    "time_window" => PluginSpec::TimeWindow(map.next_value()?),
-                    "forward_auth" => PluginSpec::ForwardAuth(map.next_value()?),
-                    "mtls" => PluginSpec::Mtls(map.next_value()?),
-                    "cache" => PluginSpec::Cache(map.next_value()?),
-                    "fault" => PluginSpec::Fault(map.next_value()?),
-                    "transform" => PluginSpec::Transform(map.next_value()?),
-                    "cors" => PluginSpec::Cors(map.next_value()?),
-                    "compression" => PluginSpec::Compression(map.next_value()?),
-                    "oauth2_introspection" => PluginSpec::Oauth2Introspection(map.next_value()?),
-                    other => return Err(A::Error::unknown_variant(other, PLUGIN_NAMES)),
+                let Some(spec) = PluginSpec::decode(&name, &mut map)? else {
+                    return Err(A::Error::unknown_variant(&name, PLUGIN_NAMES));
                 };
                 if map.next_key::<String>()?.is_some() {
                     return Err(A::Error::custom(
@@ -515,40 +554,41 @@ impl<'de> Deserialize<'de> for PluginSpec {
     }
 }
 
-/// Builds a plugin from its config; `b.path` names it in errors (`routes[0].plugins[1]`).
-pub fn build(spec: &PluginSpec, b: &BuildCtx) -> Result<Arc<dyn Plugin>, Vec<Issue>> {
-    let at = |name: &str| BuildCtx {
-        path: format!("{}.{name}", b.path),
+/// Builds a plugin entry from its config; `b.path` names the entry (`routes[0].plugins[1]`),
+/// the plugin sees its own key appended (`routes[0].plugins[1].jwt`).
+pub fn build(spec: &PluginSpec, b: &BuildCtx) -> Result<Built, Vec<Issue>> {
+    let at = BuildCtx {
+        path: format!("{}.{}", b.path, spec.name()),
         ..*b
     };
-    Ok(match spec {
-        PluginSpec::Headers(c) => Arc::new(headers::Headers::new(c, &at("headers").path)?),
-        PluginSpec::RateLimit(c) => Arc::new(rate_limit::RateLimit::new(c, &at("rate_limit"))?),
-        PluginSpec::ConcurrencyLimit(c) => Arc::new(concurrency_limit::ConcurrencyLimit::new(
-            c,
-            &at("concurrency_limit"),
-        )?),
-        PluginSpec::Jwt(c) => Arc::new(jwt::Jwt::new(c, &at("jwt"))?),
-        PluginSpec::ApiKey(c) => Arc::new(api_key::ApiKey::new(c, &at("api_key"))?),
-        PluginSpec::BasicAuth(c) => Arc::new(basic_auth::BasicAuth::new(c, &at("basic_auth"))?),
-        PluginSpec::Auth(c) => Arc::new(auth::AnyAuth::new(c, &at("auth"))?),
-        PluginSpec::Acl(c) => Arc::new(acl::Acl::new(c, &at("acl"))?),
-        PluginSpec::IpFilter(c) => Arc::new(ip_filter::IpFilter::new(c, &at("ip_filter"))?),
-        PluginSpec::Oauth2Introspection(c) => Arc::new(oauth2_introspection::Introspection::new(
-            c,
-            &at("oauth2_introspection"),
-        )?),
-        PluginSpec::Mtls(c) => Arc::new(mtls::Mtls::new(c, &at("mtls"))?),
-        PluginSpec::Cache(c) => Arc::new(cache::Cache::new(c, &at("cache"))?),
-        PluginSpec::ForwardAuth(c) => {
-            Arc::new(forward_auth::ForwardAuth::new(c, &at("forward_auth"))?)
+    spec.config().build(&at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The enum's serde names (snake case of the variant) are the table's names, so the JSON
+    /// Schema and the decoder agree.
+    #[test]
+    fn schema_names_are_the_table_names() {
+        let schema = serde_json::to_value(schemars::schema_for!(PluginSpec)).unwrap();
+        let text = schema.to_string();
+        for name in PLUGIN_NAMES {
+            assert!(
+                text.contains(&format!("\"{name}\"")),
+                "{name} missing from the schema"
+            );
         }
-        PluginSpec::TimeWindow(c) => Arc::new(time_window::TimeWindow::new(c, &at("time_window"))?),
-        PluginSpec::Transform(c) => Arc::new(transform::Transform::new(c, &at("transform"))?),
-        PluginSpec::Cors(c) => Arc::new(cors::Cors::new(c, &at("cors"))?),
-        PluginSpec::Compression(c) => {
-            Arc::new(compression::Compression::new(c, &at("compression"))?)
-        }
-        PluginSpec::Fault(c) => Arc::new(fault::Fault::new(c, &at("fault"))?),
-    })
+        let variants = schema["oneOf"].as_array().map_or(0, Vec::len);
+        assert_eq!(variants, PLUGIN_NAMES.len());
+    }
+
+    #[test]
+    fn an_unknown_or_doubled_entry_is_refused() {
+        let e = yaml_serde::from_str::<PluginSpec>("compresion: {}").unwrap_err();
+        assert!(e.to_string().contains("compression"), "{e}");
+        let e = yaml_serde::from_str::<PluginSpec>("headers: {}\ncors: {}").unwrap_err();
+        assert!(e.to_string().contains("one plugin per list item"), "{e}");
+    }
 }

@@ -17,10 +17,10 @@
 
 use super::{BuildCtx, Flow, Plugin};
 use crate::auth::{AuthFail, Consumers};
-use crate::config::error::Issue;
+use crate::common::issue::Issue;
 use crate::context::{Consumer, RequestCtx};
 use crate::error::GatewayError;
-use crate::observability::metrics::AuthMetrics;
+use crate::auth::AuthMetrics;
 use async_trait::async_trait;
 use http::{HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
@@ -58,6 +58,13 @@ pub struct Mtls {
     sha256: Option<HeaderName>,
     consumers: Arc<Consumers>,
     metrics: AuthMetrics,
+}
+
+impl super::Build for Config {
+    fn build(&self, b: &BuildCtx) -> Result<super::Built, Vec<Issue>> {
+        use super::Built;
+        Ok(Built::plugin(Mtls::new(self, b)?))
+    }
 }
 
 impl Mtls {
@@ -105,10 +112,6 @@ fn set(req: &mut RequestHeader, name: &Option<HeaderName>, value: Option<String>
 
 #[async_trait]
 impl Plugin for Mtls {
-    fn name(&self) -> &'static str {
-        "mtls"
-    }
-
     async fn on_request(
         &self,
         req: &mut RequestHeader,

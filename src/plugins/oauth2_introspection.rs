@@ -16,11 +16,11 @@
 
 use super::{BuildCtx, Flow, Plugin};
 use crate::auth::{failure, sha256, AuthFail, Consumers};
-use crate::config::error::Issue;
-use crate::config::types::Dur;
+use crate::common::issue::Issue;
+use crate::common::types::Dur;
 use crate::context::{Consumer, RequestCtx};
 use crate::error::GatewayError;
-use crate::observability::metrics::AuthMetrics;
+use crate::auth::AuthMetrics;
 use async_trait::async_trait;
 use http::HeaderName;
 use parking_lot::Mutex;
@@ -103,6 +103,13 @@ pub struct Introspection {
     cache: Mutex<HashMap<[u8; 32], (Instant, Answer)>>,
     consumers: Arc<Consumers>,
     metrics: AuthMetrics,
+}
+
+impl super::Build for Config {
+    fn build(&self, b: &BuildCtx) -> Result<super::Built, Vec<Issue>> {
+        use super::Built;
+        Ok(Built::plugin(Introspection::new(self, b)?))
+    }
 }
 
 impl Introspection {
@@ -203,10 +210,6 @@ fn bearer(req: &RequestHeader) -> Option<String> {
 
 #[async_trait]
 impl Plugin for Introspection {
-    fn name(&self) -> &'static str {
-        "oauth2_introspection"
-    }
-
     async fn on_request(
         &self,
         req: &mut RequestHeader,

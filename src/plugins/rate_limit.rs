@@ -23,9 +23,9 @@
 
 use super::key::{self, Key, KeyConfig, MissingKey};
 use super::{retry_after, BuildCtx, Flow, Plugin};
-use crate::config::error::Issue;
-use crate::config::schema::OnError;
-use crate::config::types::Dur;
+use crate::common::issue::Issue;
+use crate::common::types::OnError;
+use crate::common::types::Dur;
 use crate::context::RequestCtx;
 use crate::error::GatewayError;
 use crate::observability::metrics::LimitMetrics;
@@ -151,6 +151,13 @@ static X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
 fn ceil_secs(d: Duration) -> u64 {
     d.as_nanos().div_ceil(1_000_000_000) as u64
+}
+
+impl super::Build for Config {
+    fn build(&self, b: &BuildCtx) -> Result<super::Built, Vec<Issue>> {
+        use super::Built;
+        Ok(Built::plugin(RateLimit::new(self, b)?))
+    }
 }
 
 impl RateLimit {
@@ -335,10 +342,6 @@ impl RateLimit {
 
 #[async_trait]
 impl Plugin for RateLimit {
-    fn name(&self) -> &'static str {
-        "rate_limit"
-    }
-
     fn phases(&self) -> super::Phases {
         super::Phases::REQUEST.and(super::Phases::RESPONSE)
     }

@@ -14,10 +14,10 @@
 
 use super::{BuildCtx, Flow, Plugin};
 use crate::auth::{failure, AuthFail};
-use crate::config::error::Issue;
+use crate::common::issue::Issue;
 use crate::context::RequestCtx;
 use crate::error::GatewayError;
-use crate::observability::metrics::AuthMetrics;
+use crate::auth::AuthMetrics;
 use async_trait::async_trait;
 use jiff::civil::{Time, Weekday};
 use jiff::tz::TimeZone;
@@ -123,6 +123,13 @@ fn compile(list: &[RangeConfig], path: &str, issues: &mut Vec<Issue>) -> Vec<Ran
     out
 }
 
+impl super::Build for Config {
+    fn build(&self, b: &BuildCtx) -> Result<super::Built, Vec<Issue>> {
+        use super::Built;
+        Ok(Built::plugin(TimeWindow::new(self, b)?))
+    }
+}
+
 impl TimeWindow {
     pub fn new(c: &Config, b: &BuildCtx) -> Result<TimeWindow, Vec<Issue>> {
         let mut issues = Vec::new();
@@ -172,10 +179,6 @@ impl TimeWindow {
 
 #[async_trait]
 impl Plugin for TimeWindow {
-    fn name(&self) -> &'static str {
-        "time_window"
-    }
-
     async fn on_request(
         &self,
         _req: &mut RequestHeader,

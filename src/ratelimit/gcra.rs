@@ -8,10 +8,11 @@
 //! identical to a fresh key) are dropped first, then the keys closest to idle.
 
 use super::{Outcome, Quota};
+pub(crate) use crate::common::Clock;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub(crate) const SHARDS: usize = 64;
 
@@ -52,19 +53,6 @@ impl<T> std::ops::Deref for Padded<T> {
 /// (top 7 bits) use, so every shard still spreads its keys evenly.
 pub(crate) fn shard_of(hash: u64) -> usize {
     ((hash >> 32) as usize) & (SHARDS - 1)
-}
-
-/// Nanoseconds on a monotonic clock private to one limiter. Starts far from zero so that a
-/// stored time of 0 always means "in the past".
-pub(crate) struct Clock(Instant);
-
-impl Clock {
-    pub fn new() -> Clock {
-        Clock(Instant::now())
-    }
-    pub fn now(&self) -> u64 {
-        self.0.elapsed().as_nanos() as u64 + 1_000_000_000
-    }
 }
 
 /// GCRA constants of one limit, in nanoseconds.

@@ -2,6 +2,7 @@
 //! swapped atomically (`ArcSwap`); each request pins the snapshot it started with, so a reload
 //! never changes a request half-way. Target health lives in a [`Registry`] outside snapshots.
 
+pub mod composite;
 mod route;
 
 use route::compile_route;
@@ -12,7 +13,7 @@ use crate::config::{self as cfg, ConfigError, Issue, Loaded};
 use crate::error_pages::ErrorPages;
 use crate::observability::metrics::RouteMetrics;
 use crate::plugins::compression::CompressionPolicy;
-use crate::plugins::{self, Chain};
+use crate::plugins::{self, Built, Chain};
 use crate::redis::Redis;
 use crate::router::matcher::ValueMatch;
 use crate::router::pattern::Pattern;
@@ -41,7 +42,7 @@ pub enum Target {
     /// An upstream group (balancing, health, retries).
     Upstream(Arc<UpstreamGroup>),
     /// A composite endpoint: several calls to upstreams, merged.
-    Aggregate(Arc<crate::aggregate::Composite>),
+    Aggregate(Arc<crate::snapshot::composite::Composite>),
 }
 
 pub struct Route {
@@ -85,7 +86,7 @@ impl Route {
     }
 
     /// The composite, for a route whose target is `aggregate`.
-    pub fn composite(&self) -> Option<&Arc<crate::aggregate::Composite>> {
+    pub fn composite(&self) -> Option<&Arc<crate::snapshot::composite::Composite>> {
         match &self.target {
             Target::Aggregate(c) => Some(c),
             Target::Upstream(_) => None,

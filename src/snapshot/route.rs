@@ -49,14 +49,19 @@ pub(super) fn compile_route(
     }
     // A plugin that needs the whole response reads each request (its query, its Accept): listed
     // before `cache`, its output would be stored and served to other requests.
-    if let Some(c) = plugins.iter().position(|p| p.cache_policy().is_some()) {
+    let all_built = plugins.len() == r.plugins.len();
+    if let Some(c) = plugins
+        .iter()
+        .position(|p| matches!(p, Built::Cache { .. }))
+        .filter(|_| all_built)
+    {
         for (j, p) in plugins.iter().enumerate().take(c) {
             if p.defers_response() {
                 issues.push(Issue::new(
                     format!("{path}.plugins[{j}]"),
                     format!(
                         "`{}` with shape, convert or an `error` mode works on each request's answer: list it after `cache` (the cache then stores the upstream's answer)",
-                        p.name()
+                        r.plugins[j].name()
                     ),
                 ));
             }
@@ -114,7 +119,7 @@ pub(super) fn compile_route(
                 };
                 plugins::build(&plugins::PluginSpec::Cache(c.clone()), &b)
             };
-            let aenv = crate::aggregate::Env {
+            let aenv = super::composite::Env {
                 path: &path,
                 route: &name,
                 params: &param_names,
@@ -122,16 +127,16 @@ pub(super) fn compile_route(
                 cache: &cache,
                 max_body: max_request_body,
             };
-            crate::aggregate::compile(a, &aenv, issues).map(|c| Target::Aggregate(Arc::new(c)))
+            super::composite::compile(a, &aenv, issues).map(|c| Target::Aggregate(Arc::new(c)))
         }
         _ => None,
     };
     if let (Some(Target::Aggregate(comp)), Some((j, policy))) = (
         &target,
-        plugins
-            .iter()
-            .enumerate()
-            .find_map(|(j, p)| Some((j, p.cache_policy()?))),
+        plugins.iter().enumerate().find_map(|(j, p)| match p {
+            Built::Cache { policy, .. } => Some((j, policy.clone())),
+            _ => None,
+        }),
     ) {
         check_composite_cache(&format!("{path}.plugins[{j}].cache"), comp, &policy, issues);
     }
@@ -315,7 +320,7 @@ pub fn compile_template(t: &str, names: &[Arc<str>], prefix: bool) -> Result<Vec
 /// names them in `Vary`).
 fn check_composite_cache(
     at: &str,
-    comp: &crate::aggregate::Composite,
+    comp: &crate::snapshot::composite::Composite,
     policy: &crate::cache::CachePolicy,
     issues: &mut Vec<Issue>,
 ) {

@@ -3,7 +3,7 @@
 //! changes build a new one.
 
 use super::target::TargetState;
-use crate::config::schema::Balance;
+use crate::upstream::config::Balance;
 use pingora_ketama::{Bucket, Continuum};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};

@@ -12,8 +12,8 @@
 //! [`super::target::now_ms`]) so that tests drive it with a clock of their own.
 
 use super::window::Window;
-use crate::config::schema::{CircuitBreaker, FailureKind, FailureOn};
 use crate::observability::metrics::BreakerMetrics;
+use crate::upstream::config::{CircuitBreaker, FailureKind, FailureOn};
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;

@@ -4,7 +4,7 @@
 //! small constant instead of `attempts` times it. Local to the node, like the breaker.
 
 use super::window::Window;
-use crate::config::schema::RetryBudget;
+use crate::upstream::config::RetryBudget;
 
 pub struct Budget {
     ratio: f64,

@@ -4,10 +4,10 @@
 //! On a cached route, `stale-if-error` comes first: Pingora serves a stale entry before the
 //! request fails, and only a request without one reaches the fallback.
 
-use crate::config::error::Issue;
-use crate::config::schema::{FallbackKind, FallbackOn, RouteFallback};
+use crate::common::issue::Issue;
 use crate::error::GatewayError;
 use crate::reply::Reply;
+use crate::upstream::config::{FallbackKind, FallbackOn, RouteFallback};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use pingora::{Error, ErrorSource, ErrorType};

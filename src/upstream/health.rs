@@ -3,7 +3,7 @@
 
 use super::target::TargetState;
 use super::UpstreamGroup;
-use crate::config::schema::{ActiveHealth, CheckKind};
+use crate::upstream::config::{ActiveHealth, CheckKind};
 use pingora::http::RequestHeader;
 use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::Backend;

@@ -5,8 +5,8 @@
 //! counted, so a hanging shadow cannot pile up work.
 
 use super::UpstreamGroup;
-use crate::config::error::Issue;
-use crate::config::schema::MirrorConfig;
+use crate::common::issue::Issue;
+use crate::upstream::config::MirrorConfig;
 use bytes::BytesMut;
 use pingora::http::RequestHeader;
 use std::net::IpAddr;
@@ -51,7 +51,7 @@ impl Mirror {
                 "must be at least 1",
             ));
         }
-        crate::auth::http_client_ready();
+        crate::common::http_client_ready();
         let t = &group.peer.timeouts;
         let client = reqwest::Client::builder()
             .connect_timeout(t.connect.0)

@@ -3,6 +3,7 @@
 pub mod balancer;
 pub mod breaker;
 pub mod budget;
+pub mod config;
 pub mod fallback;
 pub mod health;
 pub mod mirror;
@@ -11,10 +12,10 @@ pub mod split;
 pub mod target;
 pub mod window;
 
-use crate::config::error::Issue;
-use crate::config::schema::{self, Balance, HashFallback, Protocol};
+use crate::common::issue::Issue;
 use crate::error::GatewayError;
 use crate::observability::metrics::UpstreamMetrics;
+use crate::upstream::config::{self as schema, Balance, HashFallback, Protocol};
 use arc_swap::ArcSwap;
 use balancer::Pool;
 use pingora::http::RequestHeader;

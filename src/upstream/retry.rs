@@ -1,7 +1,7 @@
 //! Retry decisions, called only from `fail_to_connect` (nothing was sent: always safe) and
 //! `error_while_proxy` (the request may have reached the target: only idempotent methods).
 
-use crate::config::schema::{Backoff, Retry, RetryKind, RetryOn};
+use crate::upstream::config::{Backoff, Retry, RetryKind, RetryOn};
 use pingora::http::RequestHeader;
 use pingora::{Error, ErrorType, RetryType};
 use std::time::Duration;

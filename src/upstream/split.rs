@@ -95,7 +95,7 @@ impl Split {
                 }
             }
             Some(Sticky::Cookie(name)) => {
-                let given = cookie(req, name)
+                let given = crate::http::cookie(req, name)
                     .and_then(|v| self.choices.iter().position(|(g, _)| *g.name == *v));
                 match given {
                     Some(index) => Choice {
@@ -119,18 +119,6 @@ impl Split {
         let up = &self.choices.get(index)?.0.name;
         Some(format!("{name}={up}; Path=/; HttpOnly; SameSite=Lax"))
     }
-}
-
-fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
-    req.headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|h| h.to_str().ok())
-        .flat_map(|h| h.split(';'))
-        .find_map(|c| {
-            let (k, v) = c.trim().split_once('=')?;
-            (k == name).then_some(v)
-        })
 }
 
 #[cfg(test)]

@@ -172,7 +172,7 @@ impl Registry {
     pub fn breaker(
         &self,
         upstream: &str,
-        c: &crate::config::schema::CircuitBreaker,
+        c: &crate::upstream::config::CircuitBreaker,
     ) -> Arc<super::breaker::Breaker> {
         let id = format!("{upstream}\n{c:?}");
         let mut m = self.breakers.lock();

@@ -2,21 +2,21 @@
 //! defaults live in `defaults.rs`. The request path never sees these types: `snapshot` compiles
 //! them into runtime structures.
 
-use super::defaults as d;
-use super::types::{Dur, Size};
+use crate::common::defaults as d;
+use crate::common::types::{Dur, Size};
 use crate::plugins::PluginSpec;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
-mod aggregate;
-pub mod cluster;
-pub mod consumer;
-mod upstream;
-pub use aggregate::{Aggregate, Call, Fallback};
-pub use cluster::{OnError, RedisConfig};
-pub use consumer::*;
-pub use upstream::*;
+pub use crate::aggregate::config::{Aggregate, Call, Fallback};
+pub use crate::auth::config::*;
+pub use crate::common::types::OnError;
+pub use crate::error_pages::{ErrorPageConfig, StatusSelector};
+pub use crate::observability::config::*;
+pub use crate::redis::config::RedisConfig;
+pub use crate::tls::{CertKey, ClientAuth, ListenerTls};
+pub use crate::upstream::config::*;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
@@ -293,44 +293,6 @@ pub struct Listener {
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct ListenerTls {
-    /// Certificates; the one whose names match the client's SNI is served, the first otherwise.
-    pub certificates: Vec<CertKey>,
-    /// Offer HTTP/2 by ALPN.
-    #[serde(default = "d::yes")]
-    pub http2: bool,
-    /// Client certificates (mutual TLS): `none`, `optional` (verified when presented) or
-    /// `required` (the handshake fails without a valid one).
-    #[serde(default)]
-    pub client_auth: ClientAuth,
-    /// PEM bundle of the CAs that issue client certificates.
-    #[serde(default)]
-    pub client_ca: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, Default, Deserialize, serde::Serialize, JsonSchema, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum ClientAuth {
-    #[default]
-    None,
-    Optional,
-    Required,
-}
-
-#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CertKey {
-    /// PEM certificate chain.
-    pub cert: String,
-    /// PEM private key.
-    pub key: String,
-    /// Server names served with this certificate; read from the certificate's SANs when absent.
-    #[serde(default)]
-    pub names: Vec<String>,
-}
-
-#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
 pub struct Admin {
     /// Address of the admin listener, loopback by default.
     #[serde(default = "d::admin_addr")]
@@ -338,100 +300,6 @@ pub struct Admin {
     /// Bearer token required by write endpoints (empty: writes disabled).
     #[serde(default)]
     pub token: String,
-}
-
-#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Observability {
-    /// One JSON line per request; off when absent.
-    #[serde(default)]
-    pub access_log: Option<AccessLogConfig>,
-    #[serde(default)]
-    pub metrics: MetricsConfig,
-    #[serde(default)]
-    pub tracing: TracingConfig,
-}
-
-#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TracingConfig {
-    /// Continue or start a W3C trace and send `traceparent` (a new span id per upstream call).
-    #[serde(default)]
-    pub propagate: bool,
-    /// Export spans over OTLP/HTTP (implies `propagate`).
-    #[serde(default)]
-    pub otlp: Option<OtlpConfig>,
-}
-
-#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct OtlpConfig {
-    /// The collector's traces URL, e.g. `http://127.0.0.1:4318/v1/traces`.
-    pub endpoint: String,
-    /// Share of the traces started here that are recorded (0.0 to 1.0); a caller's sampled
-    /// flag is always followed.
-    #[serde(default = "d::sample_ratio")]
-    pub sample_ratio: f64,
-    /// Limit on one export request.
-    #[serde(default = "d::otlp_timeout")]
-    pub timeout: Dur,
-    #[serde(default = "d::service_name")]
-    pub service_name: String,
-}
-
-#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct AccessLogConfig {
-    /// `stdout` or a file path (appended; reopened on SIGUSR1).
-    #[serde(default = "d::access_log_path")]
-    pub path: String,
-    /// Query parameters whose values are written as REDACTED.
-    #[serde(default = "d::redact_query")]
-    pub redact_query: Vec<String>,
-    /// Fields written, in this order (all when empty); see `ACCESS_LOG_FIELDS`.
-    #[serde(default)]
-    pub fields: Vec<String>,
-}
-
-/// Every access-log field, in the default order.
-pub const ACCESS_LOG_FIELDS: &[&str] = &[
-    "time",
-    "request_id",
-    "trace_id",
-    "client",
-    "consumer",
-    "method",
-    "host",
-    "path",
-    "protocol",
-    "route",
-    "upstream",
-    "target",
-    "status",
-    "bytes_in",
-    "bytes_out",
-    "duration_ms",
-    "upstream_ms",
-    "tries",
-    "cache",
-    "auth_failure",
-    "transform",
-    "error",
-];
-
-#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct MetricsConfig {
-    /// Record metrics and serve them at `GET /metrics` (Prometheus text format) on the admin
-    /// listener. `false` records nothing on the request path. Read at start only.
-    #[serde(default = "d::yes")]
-    pub enabled: bool,
-}
-
-impl Default for MetricsConfig {
-    fn default() -> Self {
-        MetricsConfig { enabled: true }
-    }
 }
 
 /// A route: what to match and where to send it.
@@ -487,108 +355,6 @@ pub struct Route {
     /// `Postern-Fallback: ?1`).
     #[serde(default)]
     pub fallback: Option<RouteFallback>,
-}
-
-/// Traffic mirroring of a route.
-#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct MirrorConfig {
-    /// The shadow upstream (its balancing, health and timeouts apply).
-    pub upstream: String,
-    /// Share of requests copied, in (0, 100].
-    #[serde(default = "d::mirror_percent")]
-    pub percent: f64,
-    /// Requests with a larger body are not copied.
-    #[serde(default = "d::mirror_max_body")]
-    pub max_body: Size,
-    /// Copies running at once; above it, copies are dropped (and counted).
-    #[serde(default = "d::mirror_in_flight")]
-    pub max_in_flight: usize,
-}
-
-/// One upstream of a route's traffic split.
-#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SplitTarget {
-    pub name: String,
-    /// Share of requests, relative to the other entries' weights.
-    pub weight: u32,
-}
-
-/// An error page: the body of the errors with these statuses.
-#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ErrorPageConfig {
-    /// Statuses (404) and classes (`4xx`, `5xx`) this page answers.
-    pub status: Vec<StatusSelector>,
-    /// The page's `Content-Type`; JSON types escape values as JSON, HTML and XML as markup.
-    #[serde(default = "d::error_page_type")]
-    pub content_type: String,
-    /// The template, inline: `${status}`, `${title}`, `${detail}`, `${request_id}`, `${route}`.
-    #[serde(default)]
-    pub body: Option<String>,
-    /// The template, read from this file when the configuration is loaded.
-    #[serde(default)]
-    pub body_file: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize, JsonSchema)]
-#[serde(untagged)]
-pub enum StatusSelector {
-    Code(u16),
-    Class(String),
-}
-
-/// A route's static fallback answer.
-#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RouteFallback {
-    /// When to answer with it: circuit_open, no_healthy_target, connect_error, timeout,
-    /// upstream_error (reset or malformed answer), 5xx (the upstream answered 5xx), or statuses.
-    #[serde(default = "fallback_on")]
-    pub on: Vec<FallbackOn>,
-    #[serde(default = "d::fallback_status")]
-    pub status: u16,
-    /// Response header fields; `content-type` defaults to JSON when the body is JSON, else
-    /// text/plain.
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    /// The body, inline.
-    #[serde(default)]
-    pub body: Option<String>,
-    /// The body, read from this file when the configuration is loaded.
-    #[serde(default)]
-    pub body_file: Option<String>,
-}
-
-fn fallback_on() -> Vec<FallbackOn> {
-    use FallbackKind::*;
-    [CircuitOpen, NoHealthyTarget, ConnectError, Timeout]
-        .map(FallbackOn::Kind)
-        .to_vec()
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, JsonSchema)]
-#[serde(untagged)]
-pub enum FallbackOn {
-    Status(u16),
-    Kind(FallbackKind),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, JsonSchema)]
-pub enum FallbackKind {
-    #[serde(rename = "circuit_open")]
-    CircuitOpen,
-    #[serde(rename = "no_healthy_target")]
-    NoHealthyTarget,
-    #[serde(rename = "connect_error")]
-    ConnectError,
-    #[serde(rename = "timeout")]
-    Timeout,
-    #[serde(rename = "upstream_error")]
-    UpstreamError,
-    #[serde(rename = "5xx")]
-    ServerError,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize, JsonSchema)]

@@ -1,7 +1,7 @@
 //! The `transform` plugin's configuration as a route writes it (compiled by
 //! [`super::Transform`]).
 
-use crate::config::types::Size;
+use crate::common::types::Size;
 use crate::plugins::Oversize;
 use crate::transform::shape::ShapeConfig;
 use crate::transform::xml::XmlOptions;

@@ -29,7 +29,7 @@ mod config;
 pub use config::{Config, Convert, QueryConfig, RequestConfig, ResponseConfig};
 
 use super::{BodyMode, BuildCtx, Flow, Oversize, Phases, Plugin};
-use crate::config::error::Issue;
+use crate::common::issue::Issue;
 use crate::context::RequestCtx;
 use crate::error::GatewayError;
 use crate::transform::shape::{Shape, ShapeError, ShapeRequest};
@@ -67,6 +67,13 @@ pub struct Transform {
     /// Some body operation reads the request through a template: capture its inputs.
     keeps_inputs: bool,
     route: String,
+}
+
+impl super::Build for Config {
+    fn build(&self, b: &BuildCtx) -> Result<super::Built, Vec<Issue>> {
+        use super::Built;
+        Ok(Built::plugin(Transform::new(self, b)?))
+    }
 }
 
 impl Transform {
@@ -444,7 +451,7 @@ impl Transform {
         reason: &'static str,
         why: &str,
     ) -> Result<Option<Bytes>, GatewayError> {
-        crate::observability::metrics::transform_error(ctx, "response", reason);
+        ctx.transform_failed( "response", reason);
         log::debug!("route {}: response body not transformed: {why}", self.route);
         match self.on_error {
             Oversize::Pass => Ok(None),
@@ -486,10 +493,6 @@ impl Transform {
 
 #[async_trait]
 impl Plugin for Transform {
-    fn name(&self) -> &'static str {
-        "transform"
-    }
-
     fn phases(&self) -> Phases {
         let mut p = Phases::REQUEST;
         if !self.request_json.is_empty() || self.request_convert.is_some() {

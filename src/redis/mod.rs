@@ -4,8 +4,10 @@
 //! (`cluster.redis.timeout`); after a failure Redis is left alone for [`RECHECK`] and calls
 //! fail at once; outages and recoveries are logged once each and counted in metrics.
 
+pub mod config;
+
+use crate::common::Clock;
 use crate::observability::metrics::redis_state;
-use crate::ratelimit::gcra::Clock;
 use arc_swap::ArcSwapOption;
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;

@@ -1,10 +1,11 @@
 //! The `upstreams` section: targets, balancing, health checks, timeouts, retries and TLS to
 //! the upstream.
 
-use crate::config::defaults as d;
-use crate::config::types::{Dur, Size};
+use crate::common::defaults as d;
+use crate::common::types::{Dur, Size};
 use schemars::JsonSchema;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 
 /// A named pool of targets.
 #[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
@@ -350,4 +351,82 @@ pub struct UpstreamTls {
     /// Verify the target's certificate and name.
     #[serde(default = "d::yes")]
     pub verify: bool,
+}
+
+/// Traffic mirroring of a route.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorConfig {
+    /// The shadow upstream (its balancing, health and timeouts apply).
+    pub upstream: String,
+    /// Share of requests copied, in (0, 100].
+    #[serde(default = "d::mirror_percent")]
+    pub percent: f64,
+    /// Requests with a larger body are not copied.
+    #[serde(default = "d::mirror_max_body")]
+    pub max_body: Size,
+    /// Copies running at once; above it, copies are dropped (and counted).
+    #[serde(default = "d::mirror_in_flight")]
+    pub max_in_flight: usize,
+}
+
+/// One upstream of a route's traffic split.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SplitTarget {
+    pub name: String,
+    /// Share of requests, relative to the other entries' weights.
+    pub weight: u32,
+}
+
+/// A route's static fallback answer.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFallback {
+    /// When to answer with it: circuit_open, no_healthy_target, connect_error, timeout,
+    /// upstream_error (reset or malformed answer), 5xx (the upstream answered 5xx), or statuses.
+    #[serde(default = "fallback_on")]
+    pub on: Vec<FallbackOn>,
+    #[serde(default = "d::fallback_status")]
+    pub status: u16,
+    /// Response header fields; `content-type` defaults to JSON when the body is JSON, else
+    /// text/plain.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// The body, inline.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// The body, read from this file when the configuration is loaded.
+    #[serde(default)]
+    pub body_file: Option<String>,
+}
+
+fn fallback_on() -> Vec<FallbackOn> {
+    use FallbackKind::*;
+    [CircuitOpen, NoHealthyTarget, ConnectError, Timeout]
+        .map(FallbackOn::Kind)
+        .to_vec()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum FallbackOn {
+    Status(u16),
+    Kind(FallbackKind),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, JsonSchema)]
+pub enum FallbackKind {
+    #[serde(rename = "circuit_open")]
+    CircuitOpen,
+    #[serde(rename = "no_healthy_target")]
+    NoHealthyTarget,
+    #[serde(rename = "connect_error")]
+    ConnectError,
+    #[serde(rename = "timeout")]
+    Timeout,
+    #[serde(rename = "upstream_error")]
+    UpstreamError,
+    #[serde(rename = "5xx")]
+    ServerError,
 }

@@ -1,7 +1,7 @@
 //! The Redis settings of `cluster.redis`. A leaf module (no project imports but value types),
 //! so that the Redis client can read it without depending on the whole schema.
 
-use crate::config::types::Dur;
+use crate::common::types::{Dur, OnError};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -30,15 +30,4 @@ pub struct RedisConfig {
     /// Prefix of every key Postern writes.
     #[serde(default = "redis_prefix")]
     pub key_prefix: String,
-}
-
-/// What a cluster-wide rule does when its store does not answer.
-#[derive(Debug, Clone, Copy, Default, Deserialize, serde::Serialize, JsonSchema, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum OnError {
-    /// Let the request through, limited by the same rule enforced on this node alone.
-    #[default]
-    Allow,
-    /// Answer 503.
-    Deny,
 }

@@ -144,3 +144,14 @@ mod tests {
         assert!(parse_size("99999999999999999999GiB").is_err());
     }
 }
+
+/// What a cluster-wide rule does when its store does not answer.
+#[derive(Debug, Clone, Copy, Default, Deserialize, serde::Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    /// Let the request through, limited by the same rule enforced on this node alone.
+    #[default]
+    Allow,
+    /// Answer 503.
+    Deny,
+}

@@ -1,6 +1,6 @@
 //! `aggregate:` on a route: a composite endpoint that answers from several upstream calls.
 
-use crate::config::types::{Dur, Size};
+use crate::common::types::{Dur, Size};
 use crate::plugins::cache;
 use indexmap::IndexMap;
 use schemars::JsonSchema;
