@@ -74,7 +74,14 @@ pub fn run(conf_path: &str, flags: RunFlags) -> Result<(), String> {
         None => (None, None),
     };
     let snapshot = Arc::new(ArcSwap::from_pointee(snap));
-    let reloader = Arc::new(Reloader::new(conf_path, snapshot.clone(), shared));
+    // What every listener's gateway shares: drain state, requests in flight, handoffs.
+    let state = crate::gateway::state::ServerState::new();
+    let reloader = Arc::new(Reloader::new(
+        conf_path,
+        snapshot.clone(),
+        shared,
+        state.clone(),
+    ));
     let opt = Opt {
         upgrade: flags.upgrade,
         daemon: flags.daemon,
@@ -121,6 +128,7 @@ pub fn run(conf_path: &str, flags: RunFlags) -> Result<(), String> {
             &mut server,
             l,
             &snapshot,
+            &state,
             access_log.clone(),
             spans.clone(),
             uds,
@@ -159,6 +167,7 @@ pub fn run(conf_path: &str, flags: RunFlags) -> Result<(), String> {
     server.add_service(background_service(
         "drain",
         DrainWatch {
+            state,
             phases: parking_lot::Mutex::new(Some(phases)),
             access_log: access_log.clone(),
         },
@@ -231,6 +240,7 @@ fn add_listener(
     server: &mut Server,
     l: ListenerPlan,
     snapshot: &Arc<ArcSwap<Snapshot>>,
+    state: &Arc<crate::gateway::state::ServerState>,
     access_log: Option<AccessLog>,
     spans: Option<crate::observability::otlp::Exporter>,
     internal: Option<String>,
@@ -243,6 +253,7 @@ fn add_listener(
             || spans.is_some(),
         access_log,
         spans,
+        state: state.clone(),
     };
     let mut options = HttpServerOptions::default();
     options.h2c = l.h2c;
@@ -273,7 +284,7 @@ fn add_listener(
     if let Some(path) = internal {
         use std::os::unix::fs::PermissionsExt;
         svc.add_uds(&path, Some(std::fs::Permissions::from_mode(0o600)));
-        crate::gateway::internal::listen(&path);
+        state.listen_internal(&path);
     }
     server.add_service(svc);
     Ok(())
@@ -395,6 +406,7 @@ impl BackgroundService for LogWriter {
 /// or an upgrade even when nothing is left to serve. Once its listeners stopped accepting and no
 /// request is in flight, the access log is flushed and the process exits.
 struct DrainWatch {
+    state: Arc<crate::gateway::state::ServerState>,
     phases: parking_lot::Mutex<Option<tokio::sync::broadcast::Receiver<ExecutionPhase>>>,
     access_log: Option<AccessLog>,
 }
@@ -409,12 +421,12 @@ impl BackgroundService for DrainWatch {
         loop {
             tokio::select! {
                 _ = shutdown.changed(), if !stopping => {
-                    crate::gateway::start_draining();
+                    self.state.start_draining();
                     stopping = true;
                 }
                 phase = phases.recv() => match phase {
                     Ok(ExecutionPhase::GracefulUpgradeTransferringFds | ExecutionPhase::GracefulTerminate | ExecutionPhase::ShutdownStarted) => {
-                        crate::gateway::start_draining();
+                        self.state.start_draining();
                     }
                     Ok(ExecutionPhase::ShutdownGracePeriod) => self.exit_when_idle().await,
                     Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
@@ -431,7 +443,7 @@ impl DrainWatch {
     async fn exit_when_idle(&self) {
         let mut idle_checks = 0;
         loop {
-            idle_checks = if crate::gateway::in_flight() == 0 {
+            idle_checks = if self.state.in_flight() == 0 {
                 idle_checks + 1
             } else {
                 0

@@ -24,6 +24,8 @@ pub struct Reloader {
     pub generation: AtomicU64,
     /// Serializes reloads (two at once would race on the swap order).
     lock: tokio::sync::Mutex<()>,
+    /// The server's gateway state (whether the internal socket is open).
+    state: Arc<crate::gateway::state::ServerState>,
 }
 
 /// What a successful reload did.
@@ -44,8 +46,14 @@ impl Outcome {
 }
 
 impl Reloader {
-    pub fn new(path: &str, snapshot: Arc<ArcSwap<Snapshot>>, shared: Arc<Shared>) -> Reloader {
+    pub fn new(
+        path: &str,
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        shared: Arc<Shared>,
+        state: Arc<crate::gateway::state::ServerState>,
+    ) -> Reloader {
         Reloader {
+            state,
             path: path.to_string(),
             snapshot,
             shared,
@@ -106,7 +114,7 @@ impl Reloader {
         if fixed(&old.config.server) != fixed(&compiled.config.server) {
             not_applied.push("server (threads, grace periods, files, pool size)");
         }
-        if compiled.caches_composites && !crate::gateway::internal::listening() {
+        if compiled.caches_composites && self.state.internal_socket().is_none() {
             // Those composites are answered, uncached, until a restart or an upgrade.
             not_applied.push("cache of composite routes (the internal socket opens at start)");
         }

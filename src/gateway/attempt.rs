@@ -182,7 +182,7 @@ pub(super) fn proxy_failed(
     mut e: Box<Error>,
     reused: bool,
 ) -> Box<Error> {
-    if ctx.ticket.is_some() {
+    if ctx.attempt.handoff.is_some() {
         super::internal::proxy_failed(ctx, &mut e, reused);
         return e;
     }
@@ -284,7 +284,7 @@ pub(super) fn upstream_response(
     if status == 304 && session.cache.maybe_cache_meta().is_some() {
         ctx.cache.not_modified = Some(Box::new(resp.headers.clone()));
     }
-    if ctx.ticket.is_some() {
+    if ctx.attempt.handoff.is_some() {
         if let Some(e) = super::internal::failed_answer(session, resp) {
             return Err(e);
         }

@@ -23,7 +23,7 @@ pub(super) fn key(session: &Session, ctx: &mut Ctx) -> pingora::Result<CacheKey>
     Ok(crate::cache::key(
         &policy,
         session.req_header(),
-        ctx.key_host.as_deref().or(ctx.host()),
+        ctx.mode.key_host().or(ctx.host()),
         ctx.req.consumer.as_deref().map(|c| c.name.as_str()),
     ))
 }
@@ -33,7 +33,7 @@ pub(super) fn storable(resp: &ResponseHeader, ctx: &mut Ctx) -> RespCacheable {
     let Some(policy) = ctx.route.as_ref().and_then(|r| r.cache.as_ref()) else {
         return RespCacheable::Uncacheable(NoCacheReason::NeverEnabled);
     };
-    if ctx.ticket.is_some()
+    if ctx.attempt.handoff.is_some()
         && resp
             .headers
             .get("postern-complete")
@@ -45,7 +45,8 @@ pub(super) fn storable(resp: &ResponseHeader, ctx: &mut Ctx) -> RespCacheable {
     // RFC 9111 §3.5 keeps answers to requests with credentials out of a shared cache. A
     // composite keyed by consumer is not shared: the gateway wrote it for this consumer, whose
     // credentials the route's plugins check before every lookup.
-    let auth = ctx.cache.had_authorization && !(ctx.ticket.is_some() && policy.consumer_in_key);
+    let auth =
+        ctx.cache.had_authorization && !(ctx.attempt.handoff.is_some() && policy.consumer_in_key);
     match ctx.cache.not_modified.take() {
         Some(fields) => {
             let merged = crate::cache::merge_not_modified(resp, &fields);

@@ -1,16 +1,16 @@
 //! Pingora's per-request context: the plugin view ([`RequestCtx`]) plus what only the gateway
 //! touches, grouped by concern (the upstream attempt, timings and spans, the cache).
 
+use super::mode::{ClientSpan, Mode};
+use super::state::{Counted, ServerState, Ticket};
 use crate::context::RequestCtx;
 use crate::error::GatewayError;
-use crate::observability::metrics::METRICS;
 use crate::router::Captures;
 use crate::snapshot::{Route, Snapshot};
 use crate::upstream::target::{InflightGuard, TargetState};
 use http::HeaderValue;
 use pingora::Error;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -29,22 +29,15 @@ pub struct Ctx {
     /// Request body bytes read so far (for the route's `max_request_body`).
     pub(super) body_bytes: u64,
     pub(super) bodies: Bodies,
-    /// A deferred response's subrequest: where it reports back to the main request.
-    pub(super) sub: Option<super::deferred::Slot>,
-    /// A composite's call: the cache files its answers under the upstream's name instead of
-    /// the client's Host.
-    pub(super) key_host: Option<Arc<str>>,
+    /// What this request is: a client's, a subrequest of one, or a cached composite's inner
+    /// request.
+    pub(super) mode: Mode,
     /// The copy of this request for the route's mirror, while its body streams.
     pub(super) mirror: Option<Box<crate::upstream::mirror::Capture>>,
     /// Why the route's static fallback answered instead of the upstream (access log).
     pub(super) fallback: Option<&'static str>,
-    /// A main request answered through a subrequest: its report.
-    pub(super) deferred: Option<super::deferred::Slot>,
-    /// A cached composite answered through the internal socket: its handoff.
-    pub(super) ticket: Option<super::internal::Ticket>,
-    /// The inner request of a cached composite: where it reports (it records nothing itself).
-    pub(super) inner: Option<super::internal::InnerSlot>,
-    _counted: InFlight,
+    /// The server's shared state; counts this request as in flight while the context lives.
+    pub(super) server: Counted,
 }
 
 /// Body plugins at work on this exchange (all `None` on routes without body plugins).
@@ -97,10 +90,10 @@ pub(super) struct Attempt {
     /// The current try's outcome was already counted (a status turned into a retry or a
     /// fallback): `error_while_proxy` must not count it again.
     pub counted: bool,
+    /// The tries go to the internal socket (a cached composite's miss): the handoff the inner
+    /// request takes over, kept for a retry on another connection.
+    pub handoff: Option<Ticket>,
 }
-
-/// One upstream call of a sampled trace: span id, target, start and end (Unix ns).
-pub(super) type ClientSpan = ([u8; 8], Option<SocketAddr>, u64, Option<u64>);
 
 #[derive(Default)]
 pub(super) struct Timing {
@@ -126,7 +119,7 @@ pub(super) struct CacheState {
 }
 
 impl Ctx {
-    pub(super) fn new(snap: Arc<Snapshot>, timed: bool) -> Ctx {
+    pub(super) fn new(snap: Arc<Snapshot>, timed: bool, server: &Arc<ServerState>) -> Ctx {
         Ctx {
             req: RequestCtx::default(),
             snap,
@@ -142,14 +135,10 @@ impl Ctx {
             failure: None,
             body_bytes: 0,
             bodies: Bodies::default(),
-            sub: None,
-            key_host: None,
-            deferred: None,
-            ticket: None,
-            inner: None,
+            mode: Mode::Client,
             fallback: None,
             mirror: None,
-            _counted: InFlight::new(),
+            server: Counted::new(server),
         }
     }
 
@@ -180,36 +169,6 @@ impl Ctx {
         match &self.route {
             Some(r) => Ok(r.clone()),
             None => Err(self.fail(GatewayError::Internal)),
-        }
-    }
-}
-
-/// Requests whose context is alive, in this process (for the exit once a stop is idle).
-static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
-
-/// Requests being served now.
-pub fn in_flight() -> usize {
-    IN_FLIGHT.load(Ordering::SeqCst)
-}
-
-/// Counts a request (and in `postern_http_requests_in_flight`) for as long as its context lives.
-struct InFlight;
-
-impl InFlight {
-    fn new() -> InFlight {
-        IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
-        if let Some(m) = METRICS.as_ref() {
-            m.in_flight.inc();
-        }
-        InFlight
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
-        if let Some(m) = METRICS.as_ref() {
-            m.in_flight.dec();
         }
     }
 }

@@ -3,23 +3,24 @@
 //! cache phases in `caching`, the response side in `response`, the report of a finished request
 //! in `records`, and every error response in `error::respond`.
 
-mod aggregate;
 mod attempt;
 mod body;
 mod caching;
-mod calls;
 pub mod checks;
 mod ctx;
-mod deferred;
 pub mod forward;
 pub mod head_deadline;
-pub mod internal;
+mod mode;
 mod records;
 mod request;
 mod response;
 mod routing;
+pub mod state;
+mod subrequest;
 
-pub use ctx::{in_flight, Ctx};
+use subrequest::{calls, composite, deferred, internal};
+
+pub use ctx::Ctx;
 
 use crate::observability::access_log::AccessLog;
 use crate::reply::Flow;
@@ -33,19 +34,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::Error;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-
-static DRAINING: AtomicBool = AtomicBool::new(false);
-
-/// From now on every response closes its client connection (graceful upgrade or stop).
-pub fn start_draining() {
-    DRAINING.store(true, Ordering::Relaxed);
-}
-
-fn draining() -> bool {
-    DRAINING.load(Ordering::Relaxed)
-}
 
 /// One proxy service (one listener) of the gateway.
 pub struct Gateway {
@@ -56,6 +45,8 @@ pub struct Gateway {
     pub spans: Option<crate::observability::otlp::Exporter>,
     /// Something reads request durations (metrics, access log or spans).
     pub timed: bool,
+    /// What every proxy service of this server shares (owned by the server).
+    pub state: Arc<state::ServerState>,
 }
 
 #[async_trait]
@@ -63,7 +54,7 @@ impl ProxyHttp for Gateway {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx::new(self.snapshot.load_full(), self.timed)
+        Ctx::new(self.snapshot.load_full(), self.timed, &self.state)
     }
 
     async fn early_request_filter(
@@ -89,10 +80,10 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
-        if ctx.inner.is_some() {
-            return aggregate::serve(session, ctx).await;
+        if ctx.mode.is_inner() {
+            return composite::serve(session, ctx).await;
         }
-        if ctx.sub.is_some() {
+        if ctx.mode.is_subrequest() {
             return Ok(false);
         }
         routing::route_request(session, ctx).map_err(|e| ctx.fail(e))?;
@@ -103,8 +94,8 @@ impl ProxyHttp for Gateway {
             .await
         {
             Ok(Flow::Continue) if route.composite().is_some() => {
-                if !internal::applies(&route) {
-                    aggregate::serve(session, ctx).await
+                if !internal::applies(ctx, &route) {
+                    composite::serve(session, ctx).await
                 } else if deferred::applies(session, ctx) {
                     deferred::serve(session, ctx).await
                 } else {

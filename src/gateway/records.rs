@@ -17,12 +17,12 @@ use std::net::SocketAddr;
 /// methods).
 pub(super) fn finish(gw: &Gateway, session: &Session, ctx: &mut Ctx, e: Option<&Error>) {
     ctx.attempt.inflight = None;
-    if ctx.inner.is_some() {
+    if ctx.mode.is_inner() {
         // The inner request of a cached composite: the outer one records it.
         return;
     }
     super::internal::merge_report(ctx);
-    if let Some(slot) = ctx.sub.take() {
+    if let Some(slot) = ctx.mode.report().cloned() {
         super::deferred::report(ctx, &slot, e);
         return;
     }

@@ -2,7 +2,7 @@
 //! on it once its route's plugins let it through.
 
 use super::ctx::Ctx;
-use super::{checks, draining, forward, Gateway};
+use super::{checks, forward, Gateway};
 use crate::context::{ClientCert, ConnInfo};
 use crate::error::GatewayError;
 use crate::observability::trace::TraceContext;
@@ -51,7 +51,7 @@ pub(super) fn arrive(
 /// closed the ones the client or HTTP/1.0 asked to close, and sets the client I/O timeouts.
 fn set_connection_limits(session: &mut Session, ctx: &Ctx) {
     let limits = &ctx.snap.limits;
-    if draining() {
+    if ctx.server.draining() {
         session.set_keepalive(None);
     } else if session.get_keepalive().is_some() {
         session.set_keepalive(Some(limits.keepalive.as_secs().max(1)));

@@ -2,7 +2,7 @@
 //! plugin's reply).
 
 use super::ctx::Ctx;
-use super::{body, draining, forward};
+use super::{body, forward};
 use crate::error::GatewayError;
 use crate::plugins::Oversize;
 use crate::reply::Reply;
@@ -17,7 +17,7 @@ pub(super) fn header(
     ctx: &mut Ctx,
 ) -> pingora::Result<()> {
     forward::clean_response(resp);
-    if draining() {
+    if ctx.server.draining() {
         session.set_keepalive(None);
     }
     if let Some(id) = ctx.req.request_id.header_value() {
@@ -42,7 +42,7 @@ pub(super) fn header(
         .on_response(resp, &mut ctx.req)
         .map_err(|e| ctx.fail(e))?;
     start_body(session, resp, ctx, false)?;
-    if route.compression.is_some() && ctx.sub.is_none() {
+    if route.compression.is_some() && !ctx.mode.is_subrequest() {
         start_compression(session.req_header(), resp, ctx);
     }
     Ok(())
@@ -88,7 +88,7 @@ pub(super) fn start_body(
 ) -> pingora::Result<()> {
     // Most routes have no body plugin: decided without touching the route's refcount. A
     // deferred response's served stage runs in the main request (`deferred`).
-    if (!stored && ctx.sub.is_some())
+    if (!stored && ctx.mode.is_subrequest())
         || ctx
             .route
             .as_ref()
@@ -187,7 +187,7 @@ pub(super) async fn fallback(
     e: &pingora::Error,
 ) -> Option<pingora::proxy::FailToProxy> {
     use crate::upstream::fallback::Reason;
-    if ctx.sub.is_some() || session.response_written().is_some() {
+    if ctx.mode.is_subrequest() || session.response_written().is_some() {
         return None;
     }
     let route = ctx.route.clone()?;

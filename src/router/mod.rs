@@ -167,6 +167,11 @@ impl<T> Router<T> {
         self.entries.is_empty()
     }
 
+    /// Every route, in insertion order.
+    pub fn values(&self) -> impl Iterator<Item = &T> {
+        self.entries.iter().map(|e| &e.value)
+    }
+
     /// Finds the most specific route for `req`.
     pub fn find(&self, req: &RequestView<'_>) -> Option<Found<'_, T>> {
         let mut buf = [0u8; 255];

@@ -434,6 +434,30 @@ fn compile_listeners(c: &Config, issues: &mut Vec<Issue>) -> Vec<ListenerPlan> {
     out
 }
 
+/// Snapshots compiled from YAML text, for unit tests of what uses them.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// The snapshot of a configuration; panics on an invalid one.
+    pub fn snapshot(yaml: &str) -> Snapshot {
+        let loaded = cfg::load_str(yaml, "test.yaml").unwrap_or_else(|e| panic!("{e}"));
+        compile(loaded, &Shared::new())
+            .unwrap_or_else(|e| panic!("{e}"))
+            .0
+    }
+
+    /// The route named `name` of a configuration.
+    pub fn route(yaml: &str, name: &str) -> Arc<Route> {
+        snapshot(yaml)
+            .router
+            .values()
+            .find(|r| &*r.name == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no route {name}"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

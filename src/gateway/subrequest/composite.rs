@@ -7,11 +7,12 @@
 //! running; a failed optional call is left out (or replaced by its fallback) and the answer is
 //! 200 with `Postern-Complete: ?0` (`?1` when every call succeeded).
 
-use super::calls::{self, CallRequest, Failure};
-use super::ctx::Ctx;
+use super::calls::{self, CallRequest};
 use crate::aggregate::merge::{self, Shaped};
 use crate::aggregate::template::{Answer, Scope};
 use crate::error::{CallError, GatewayError};
+use crate::gateway::ctx::Ctx;
+use crate::gateway::mode::{CallSpan, Failure, Mode};
 use crate::snapshot::composite::{CallSpec, Composite};
 use crate::transform::lazy::Node;
 use crate::transform::template::Inputs;
@@ -35,7 +36,7 @@ enum State {
 }
 
 /// Serves a composite route's request; `Ok(true)`: the response was written.
-pub(super) async fn serve(session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
+pub(crate) async fn serve(session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
     let route = ctx.route()?;
     let Some(comp) = route.composite().cloned() else {
         return Err(ctx.fail(GatewayError::Internal));
@@ -54,6 +55,7 @@ pub(super) async fn serve(session: &mut Session, ctx: &mut Ctx) -> pingora::Resu
         return Err(ctx.fail(GatewayError::Internal));
     };
     let run = Run {
+        secret: ctx.server.secret(),
         comp: &comp,
         req: session.req_header(),
         base,
@@ -103,8 +105,8 @@ pub(super) async fn serve(session: &mut Session, ctx: &mut Ctx) -> pingora::Resu
 
 /// The inner request of a cached composite tells the outer one how it went, before it answers.
 fn report_inner(ctx: &mut Ctx, failure: Option<GatewayError>) {
-    if let Some(slot) = &ctx.inner {
-        *slot.lock() = Some(super::internal::InnerReport {
+    if let Mode::InnerComposite(slot) = &ctx.mode {
+        *slot.lock() = Some(crate::gateway::mode::InnerReport {
             failure,
             spans: std::mem::take(&mut ctx.timing.call_spans),
         });
@@ -156,11 +158,11 @@ async fn respond(
         h.insert_header(http::header::VARY, v)?;
     }
     if let Some(id) = ctx.req.request_id.header_value() {
-        h.insert_header(super::forward::REQUEST_ID, id)?;
+        h.insert_header(crate::gateway::forward::REQUEST_ID, id)?;
     }
     ctx.req.status = Some(200);
     let head = session.req_header().method == http::Method::HEAD;
-    if ctx.inner.is_some() {
+    if ctx.mode.is_inner() {
         h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
         session.write_response_header(Box::new(h), head).await?;
         if !head {
@@ -172,8 +174,12 @@ async fn respond(
         .chain
         .on_response(&mut h, &mut ctx.req)
         .map_err(|e| ctx.fail(e))?;
-    let takers =
-        super::body::response_takers(route.chain.response_body(false), head, &mut h, &mut ctx.req);
+    let takers = crate::gateway::body::response_takers(
+        route.chain.response_body(false),
+        head,
+        &mut h,
+        &mut ctx.req,
+    );
     if head {
         h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
         session.write_response_header(Box::new(h), true).await?;
@@ -211,7 +217,7 @@ fn base_headers(session: &Session, ctx: &Ctx) -> Vec<(HeaderName, HeaderValue)> 
     if let Some(h) = ctx.client_host.clone() {
         out.push((http::header::HOST, h));
     }
-    let fields = super::forward::forwarding_fields(
+    let fields = crate::gateway::forward::forwarding_fields(
         req,
         &ctx.req,
         ctx.client_host.as_ref(),
@@ -227,6 +233,8 @@ fn base_headers(session: &Session, ctx: &Ctx) -> Vec<(HeaderName, HeaderValue)> 
 
 /// One composite's run.
 struct Run<'a> {
+    /// The server's secret, for the calls' marker fields.
+    secret: &'a str,
     comp: &'a Composite,
     req: &'a pingora::http::RequestHeader,
     base: Vec<(HeaderName, HeaderValue)>,
@@ -273,7 +281,7 @@ impl Run<'_> {
                     match self.request(c, req, &answers) {
                         Ok(call) => {
                             states[i] = State::Running;
-                            running.push(one(spawner, c, call, req.clone(), i));
+                            running.push(one(spawner, self.secret, c, call, req.clone(), i));
                         }
                         Err(f) => states[i] = State::Failed(f),
                     }
@@ -377,19 +385,17 @@ impl Run<'_> {
     }
 }
 
-/// A CLIENT span of a call's try: its upstream and the status the call ended with.
-pub(super) type CallSpan = (std::sync::Arc<str>, u16, super::ctx::ClientSpan);
-
 /// One call, bounded by its timeout, its answer checked against the contract.
 async fn one(
     spawner: &pingora::proxy::SubrequestSpawner,
+    secret: &str,
     c: &CallSpec,
     call: CallRequest,
     req: crate::context::RequestCtx,
     i: usize,
 ) -> (usize, Result<(Answer, Shaped), Failure>, f64, Vec<CallSpan>) {
     let started = Instant::now();
-    let run = calls::run(spawner, call, req, c.route.clone(), c.max_body);
+    let run = calls::run(spawner, secret, call, req, c.route.clone(), c.max_body);
     let result = match c.timeout {
         Some(t) => tokio::time::timeout(t, run)
             .await

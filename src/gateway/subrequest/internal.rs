@@ -12,108 +12,49 @@
 //! runs the route's response plugins on it and records the request once, with the calls'
 //! spans the inner request reported. A request on the socket without a live token is a 404.
 
-use super::ctx::Ctx;
-use crate::context::RequestCtx;
 use crate::error::GatewayError;
-use crate::router::Captures;
+use crate::gateway::ctx::Ctx;
+use crate::gateway::mode::{InnerSlot, Mode};
+use crate::gateway::state::InnerHandoff;
 use crate::snapshot::Route;
-use http::{HeaderName, HeaderValue};
-use parking_lot::Mutex;
+use http::HeaderName;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
-use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::{Duration, SystemTime};
 
 /// The handoff token's field on the inner request.
 static MARKER: HeaderName = HeaderName::from_static("postern-composite");
 
-/// The socket's path, once the listener is added (at start).
-static SOCKET: OnceLock<String> = OnceLock::new();
-
-/// Handoffs of the outer requests being answered through the socket, by id.
-static HANDOFFS: LazyLock<Mutex<HashMap<u64, Arc<Handoff>>>> = LazyLock::new(Mutex::default);
-
-/// Records that this process listens on the internal socket at `path`.
-pub fn listen(path: &str) {
-    let _ = SOCKET.set(path.to_string());
-}
-
-/// Whether the internal socket is open (a composite route's `cache` added by a reload to a
-/// process started without it is not applied: those composites are answered uncached).
-pub fn listening() -> bool {
-    SOCKET.get().is_some()
-}
-
-/// What the inner request tells the outer one (before it writes its answer).
-#[derive(Default)]
-pub(super) struct InnerReport {
-    pub failure: Option<GatewayError>,
-    pub spans: Vec<super::aggregate::CallSpan>,
-}
-
-pub(super) type InnerSlot = Arc<Mutex<Option<InnerReport>>>;
-
-/// The outer request's state, for its inner request.
-struct Handoff {
-    header: RequestHeader,
-    req: RequestCtx,
-    route: Arc<Route>,
-    captures: Captures,
-    client_host: Option<HeaderValue>,
-    report: InnerSlot,
-}
-
-/// An outer request's handoff: removed from the table when the request ends.
-pub(super) struct Ticket {
-    id: u64,
-    report: InnerSlot,
-}
-
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        HANDOFFS.lock().remove(&self.id);
-    }
-}
-
 /// Whether a composite route's request goes through the cache and the internal socket. Not
 /// once the process drains (upgrade or stop): its listeners, the internal socket among them,
 /// no longer accept (after an upgrade the new process does, without this one's handoffs), so
 /// composites are then answered directly, uncached.
-pub(super) fn applies(route: &Route) -> bool {
-    route.caches_composite() && listening() && !super::draining()
+pub(crate) fn applies(ctx: &Ctx, route: &Route) -> bool {
+    route.caches_composite() && ctx.server.internal_socket().is_some() && !ctx.server.draining()
 }
 
 /// `upstream_peer` of a cached composite: the internal socket (the handoff is made on the
 /// first try and kept for the next ones).
-pub(super) fn peer(session: &Session, ctx: &mut Ctx) -> pingora::Result<Box<HttpPeer>> {
+pub(crate) fn peer(session: &Session, ctx: &mut Ctx) -> pingora::Result<Box<HttpPeer>> {
     let route = ctx.route()?;
-    let (Some(path), Some(comp)) = (SOCKET.get(), route.composite()) else {
+    let (Some(path), Some(comp)) = (ctx.server.internal_socket(), route.composite()) else {
         return Err(ctx.fail(GatewayError::Internal));
     };
-    if ctx.ticket.is_none() {
-        let report = InnerSlot::default();
-        let handoff = Handoff {
+    let path = path.to_string();
+    if ctx.attempt.handoff.is_none() {
+        let handoff = InnerHandoff {
             header: session.req_header().clone(),
             req: ctx.req.clone(),
             route: route.clone(),
             captures: ctx.captures.clone(),
             client_host: ctx.client_host.clone(),
-            report: report.clone(),
+            report: InnerSlot::default(),
         };
-        let id = loop {
-            let id: u64 = rand::random();
-            let mut table = HANDOFFS.lock();
-            if let std::collections::hash_map::Entry::Vacant(e) = table.entry(id) {
-                e.insert(Arc::new(handoff));
-                break id;
-            }
-        };
-        ctx.ticket = Some(Ticket { id, report });
+        ctx.attempt.handoff = Some(ctx.server.state().hand_off(handoff));
     }
     ctx.attempt.tries += 1;
-    let mut peer = HttpPeer::new_uds(path, false, String::new())?;
+    let mut peer = HttpPeer::new_uds(&path, false, String::new())?;
     let o = &mut peer.options;
     o.connection_timeout = Some(Duration::from_secs(1));
     // The inner request ends the composite at its deadline; this only bounds a stuck socket.
@@ -124,19 +65,18 @@ pub(super) fn peer(session: &Session, ctx: &mut Ctx) -> pingora::Result<Box<Http
 }
 
 /// `upstream_request_filter` of a cached composite: the handoff token.
-pub(super) fn mark(up: &mut RequestHeader, ctx: &Ctx) -> pingora::Result<()> {
-    let Some(t) = &ctx.ticket else {
+pub(crate) fn mark(up: &mut RequestHeader, ctx: &Ctx) -> pingora::Result<()> {
+    let Some(t) = &ctx.attempt.handoff else {
         return Ok(());
     };
-    let token = format!("{}.{:016x}", super::calls::secret(), t.id);
-    up.insert_header(MARKER.clone(), token)?;
+    up.insert_header(MARKER.clone(), t.token())?;
     Ok(())
 }
 
 /// `upstream_response_filter` of a cached composite: a failed composite (5xx) is turned into
 /// an error when the stored answer may be served instead (`stale_if_error`); otherwise its
 /// problem+json goes to the client.
-pub(super) fn failed_answer(
+pub(crate) fn failed_answer(
     session: &Session,
     resp: &ResponseHeader,
 ) -> Option<Box<pingora::Error>> {
@@ -159,7 +99,7 @@ pub(super) fn failed_answer(
 /// `error_while_proxy` of a cached composite: a pooled socket connection that was closed is
 /// tried again on another (twice at most); nothing else is retried (the inner request ran
 /// the calls with their own retries).
-pub(super) fn proxy_failed(ctx: &mut Ctx, e: &mut pingora::Error, reused: bool) {
+pub(crate) fn proxy_failed(ctx: &mut Ctx, e: &mut pingora::Error, reused: bool) {
     if crate::upstream::retry::is_stale_pooled(e, reused) && ctx.attempt.stale_tries < 2 {
         ctx.attempt.stale_tries += 1;
         e.set_retry(true);
@@ -167,40 +107,31 @@ pub(super) fn proxy_failed(ctx: &mut Ctx, e: &mut pingora::Error, reused: bool) 
 }
 
 /// Whether this request arrived on the internal socket.
-pub(super) fn on_socket(session: &Session) -> bool {
+pub(crate) fn on_socket(session: &Session) -> bool {
     session.server_addr().is_some_and(|a| a.as_unix().is_some())
 }
 
 /// `early_request_filter` of a request on the internal socket: takes over the outer request's
 /// state; a 404 without a live handoff token.
-pub(super) fn adopt(session: &mut Session, ctx: &mut Ctx) -> Result<(), GatewayError> {
+pub(crate) fn adopt(session: &mut Session, ctx: &mut Ctx) -> Result<(), GatewayError> {
     let token = session.req_header_mut().remove_header(&MARKER);
     let handoff = token
         .as_ref()
         .and_then(|v| v.to_str().ok())
-        .and_then(find)
+        .and_then(|t| ctx.server.handoff(t))
         .ok_or(GatewayError::NoRoute)?;
     *session.req_header_mut() = handoff.header.clone();
     ctx.req = handoff.req.clone();
     ctx.route = Some(handoff.route.clone());
     ctx.captures = handoff.captures.clone();
     ctx.client_host = handoff.client_host.clone();
-    ctx.inner = Some(handoff.report.clone());
+    ctx.mode = Mode::InnerComposite(handoff.report.clone());
     Ok(())
 }
 
-fn find(token: &str) -> Option<Arc<Handoff>> {
-    let (secret, id) = token.split_once('.')?;
-    if secret != super::calls::secret() {
-        return None;
-    }
-    let id = u64::from_str_radix(id, 16).ok()?;
-    HANDOFFS.lock().get(&id).cloned()
-}
-
 /// In the outer request's `logging`: what the inner request reported.
-pub(super) fn merge_report(ctx: &mut Ctx) {
-    let Some(t) = ctx.ticket.take() else {
+pub(crate) fn merge_report(ctx: &mut Ctx) {
+    let Some(t) = ctx.attempt.handoff.take() else {
         return;
     };
     let Some(r) = t.report.lock().take() else {

@@ -10,9 +10,10 @@
 //! the route and call, so that a background revalidation, which has no handoff, finds its call
 //! again; the marker is removed before anything is sent upstream.
 
-use super::ctx::Ctx;
-use super::deferred::{Report, Slot};
 use crate::context::{Consumer, RequestCtx};
+use crate::gateway::ctx::Ctx;
+use crate::gateway::mode::{Failure, Mode, Report, Slot};
+use crate::gateway::state::push_hex;
 use crate::snapshot::{Route, Snapshot};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -28,33 +29,11 @@ use pingora::protocols::{
 use pingora::proxy::subrequest::{BodyMode as SubBody, Ctx as SubCtx};
 use pingora::proxy::{Session, SubrequestSpawner};
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 /// The marker field of a call's request head.
 static MARKER: HeaderName = HeaderName::from_static("postern-call");
-
-pub(super) fn secret() -> &'static str {
-    static SECRET: OnceLock<String> = OnceLock::new();
-    SECRET.get_or_init(|| {
-        let bytes: [u8; 16] = rand::random();
-        hex(&bytes)
-    })
-}
-
-fn hex(b: &[u8]) -> String {
-    let mut out = String::with_capacity(b.len() * 2);
-    push_hex(&mut out, b);
-    out
-}
-
-fn push_hex(out: &mut String, b: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for x in b {
-        out.push(char::from(DIGITS[usize::from(x >> 4)]));
-        out.push(char::from(DIGITS[usize::from(x & 15)]));
-    }
-}
 
 fn unhex(s: &str) -> Option<String> {
     if s.len() % 2 != 0 {
@@ -68,7 +47,7 @@ fn unhex(s: &str) -> Option<String> {
 }
 
 /// A call as it is sent.
-pub(super) struct CallRequest {
+pub(crate) struct CallRequest {
     pub method: Method,
     pub path: String,
     pub headers: Vec<(HeaderName, HeaderValue)>,
@@ -76,62 +55,14 @@ pub(super) struct CallRequest {
 }
 
 /// The composite's state for one call's subrequest.
-pub(super) struct CallHandoff {
+pub(crate) struct CallHandoff {
     req: RequestCtx,
     route: Arc<Route>,
     report: Slot,
 }
 
-/// Why a call failed (the `reason` of the partial-failure contract).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Failure {
-    /// No connection could be made (refused, unreachable, TLS).
-    Connect,
-    /// The upstream did not answer in time (connect, read or the call's `timeout`).
-    Timeout,
-    /// Every target of the upstream is unhealthy.
-    Unavailable,
-    /// The upstream's circuit breaker is open.
-    CircuitOpen,
-    /// The connection broke or the upstream answered with a malformed response.
-    Upstream,
-    /// A status outside `expect`.
-    Status(u16),
-    /// The answer is not JSON.
-    InvalidJson,
-    /// The answer is larger than `max_body`.
-    TooLarge,
-    /// The composite's deadline passed first.
-    Deadline,
-    /// A required call failed first; this one was cancelled.
-    Cancelled,
-    /// A call this one reads failed.
-    Dependency,
-    /// A template of the call has no value.
-    Unresolved,
-}
-
-impl Failure {
-    pub fn reason(self) -> &'static str {
-        match self {
-            Failure::Connect => "connect_error",
-            Failure::Timeout => "timeout",
-            Failure::Unavailable => "no_healthy_target",
-            Failure::CircuitOpen => "circuit_open",
-            Failure::Upstream => "upstream_error",
-            Failure::Status(_) => "status",
-            Failure::InvalidJson => "invalid_json",
-            Failure::TooLarge => "too_large",
-            Failure::Deadline => "deadline",
-            Failure::Cancelled => "cancelled",
-            Failure::Dependency => "dependency_failed",
-            Failure::Unresolved => "unresolved_template",
-        }
-    }
-}
-
 /// What a call's subrequest reports about a failed try, from the error Pingora ended it with.
-pub(super) fn failure_of(e: &pingora::Error) -> Failure {
+pub(crate) fn failure_of(e: &pingora::Error) -> Failure {
     use pingora::ErrorType::*;
     match e.etype() {
         ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => Failure::Timeout,
@@ -144,22 +75,23 @@ pub(super) fn failure_of(e: &pingora::Error) -> Failure {
 }
 
 /// A finished call's answer.
-pub(super) struct Answered {
+pub(crate) struct Answered {
     pub header: Box<ResponseHeader>,
     pub body: Bytes,
     pub report: Option<Report>,
 }
 
 /// Runs one call to its end (the caller bounds it in time).
-pub(super) async fn run(
+pub(crate) async fn run(
     spawner: &SubrequestSpawner,
+    secret: &str,
     call: CallRequest,
     req: RequestCtx,
     route: Arc<Route>,
     max_body: usize,
 ) -> Result<Answered, Failure> {
     let consumer = req.consumer.as_ref().map(|c| c.name.clone());
-    let head = head(&call, &route.name, consumer.as_deref());
+    let head = head(&call, secret, &route.name, consumer.as_deref());
     let mut parsed = ServerSession::new_http1(Box::new(MemIo::new(head)));
     if !matches!(parsed.read_request().await, Ok(true)) {
         return Err(Failure::Unresolved);
@@ -237,7 +169,7 @@ pub(super) async fn run(
 }
 
 /// The call's request head.
-fn head(call: &CallRequest, route: &str, consumer: Option<&str>) -> Vec<u8> {
+fn head(call: &CallRequest, secret: &str, route: &str, consumer: Option<&str>) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(call.method.as_str().as_bytes());
     out.push(b' ');
@@ -257,7 +189,7 @@ fn head(call: &CallRequest, route: &str, consumer: Option<&str>) -> Vec<u8> {
     let mut marker = String::with_capacity(80);
     marker.push_str(MARKER.as_str());
     marker.push_str(": ");
-    marker.push_str(secret());
+    marker.push_str(secret);
     marker.push('.');
     push_hex(&mut marker, route.as_bytes());
     marker.push('.');
@@ -269,7 +201,7 @@ fn head(call: &CallRequest, route: &str, consumer: Option<&str>) -> Vec<u8> {
 
 /// In a subrequest's `early_request_filter`: takes over a call's state. `false` when this is
 /// not a call.
-pub(super) fn adopt(session: &mut Session, ctx: &mut Ctx) -> bool {
+pub(crate) fn adopt(session: &mut Session, ctx: &mut Ctx) -> bool {
     let handoff = session
         .subrequest_ctx
         .as_mut()
@@ -281,12 +213,13 @@ pub(super) fn adopt(session: &mut Session, ctx: &mut Ctx) -> bool {
         Some(h) => (h.req, h.route, h.report),
         None => {
             // A background revalidation of a call's cached answer.
-            let Some((route, consumer)) = marker.and_then(|m| find(&ctx.snap, m.to_str().ok()?))
+            let Some((route, consumer)) =
+                marker.and_then(|m| find(&ctx.snap, ctx.server.secret(), m.to_str().ok()?))
             else {
                 return false;
             };
             let req = RequestCtx {
-                request_id: super::forward::request_id(session.req_header()),
+                request_id: crate::gateway::forward::request_id(session.req_header()),
                 route: route.name.clone(),
                 consumer: consumer.map(|name| {
                     Arc::new(Consumer {
@@ -299,20 +232,22 @@ pub(super) fn adopt(session: &mut Session, ctx: &mut Ctx) -> bool {
             (req, route, Arc::new(Mutex::new(None)))
         }
     };
-    ctx.key_host = route.upstream().map(|g| g.name.clone());
+    ctx.mode = Mode::CompositeCall {
+        report,
+        key_host: route.upstream().map(|g| g.name.clone()),
+    };
     ctx.req = req;
     ctx.route = Some(route);
-    ctx.sub = Some(report);
     true
 }
 
 /// The call route a marker names, in the running configuration.
-fn find(snap: &Snapshot, marker: &str) -> Option<(Arc<Route>, Option<String>)> {
+fn find(snap: &Snapshot, secret: &str, marker: &str) -> Option<(Arc<Route>, Option<String>)> {
     let mut parts = marker.split('.');
     let (Some(s), Some(route), Some(consumer)) = (parts.next(), parts.next(), parts.next()) else {
         return None;
     };
-    if s != secret() {
+    if s != secret {
         return None;
     }
     let route = unhex(route)?;
@@ -414,7 +349,7 @@ mod tests {
     #[test]
     fn hex_round_trip() {
         assert_eq!(
-            unhex(&hex("order-view.user".as_bytes())).unwrap(),
+            unhex(&crate::gateway::state::hex("order-view.user".as_bytes())).unwrap(),
             "order-view.user"
         );
         assert!(unhex("zz").is_none());

@@ -9,45 +9,24 @@
 //! request plugins (they ran), and reports its upstream facts back for the one access-log
 //! line and the metrics, which only the main request records.
 
-use super::body::{self, BodyStage};
-use super::ctx::Ctx;
 use crate::context::RequestCtx;
 use crate::error::GatewayError;
+use crate::gateway::body::{self, BodyStage};
+use crate::gateway::ctx::Ctx;
+use crate::gateway::mode::{Failure, Mode, Report, Slot};
 use crate::plugins::{BodyMode, Oversize, Plugin};
 use crate::router::Captures;
 use crate::snapshot::Route;
 use bytes::{Bytes, BytesMut};
 use http::HeaderValue;
-use parking_lot::Mutex;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::HttpTask;
 use pingora::proxy::subrequest::{BodyMode as SubBody, Ctx as SubCtx};
 use pingora::proxy::Session;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-/// What the subrequest reports back to the main request.
-#[derive(Default)]
-pub(super) struct Report {
-    pub target: Option<Arc<crate::upstream::target::TargetState>>,
-    pub tries: u32,
-    pub tried: smallvec::SmallVec<[SocketAddr; 2]>,
-    pub secs: Option<f64>,
-    pub cache_status: Option<&'static str>,
-    pub failure: Option<GatewayError>,
-    pub transform: Option<&'static str>,
-    /// Why the subrequest failed, as a composite's call reports it.
-    pub call_failure: Option<super::calls::Failure>,
-    /// The CLIENT spans of its tries (sampled traces with span export).
-    pub spans: Vec<super::ctx::ClientSpan>,
-    /// A cached composite's calls (their CLIENT spans).
-    pub call_spans: Vec<super::aggregate::CallSpan>,
-}
-
-pub(super) type Slot = Arc<Mutex<Option<Report>>>;
-
 /// The main request's state, for its subrequest.
-pub(super) struct Handoff {
+pub(crate) struct Handoff {
     /// The request as the main request's plugins left it (Pingora builds a subrequest from the
     /// client's original bytes).
     header: Box<RequestHeader>,
@@ -60,7 +39,7 @@ pub(super) struct Handoff {
 }
 
 /// Whether this request is answered through a deferred response.
-pub(super) fn applies(session: &Session, ctx: &Ctx) -> bool {
+pub(crate) fn applies(session: &Session, ctx: &Ctx) -> bool {
     ctx.route.as_ref().is_some_and(|r| r.chain.defers())
         && session.subrequest_spawner.is_some()
         && !ctx.req.conn.http2
@@ -69,7 +48,7 @@ pub(super) fn applies(session: &Session, ctx: &Ctx) -> bool {
 
 /// In a subrequest's `early_request_filter`: takes over the main request's state. `false`
 /// when this is not a deferred subrequest (e.g. a background cache refresh).
-pub(super) fn adopt(session: &mut Session, ctx: &mut Ctx) -> bool {
+pub(crate) fn adopt(session: &mut Session, ctx: &mut Ctx) -> bool {
     let Some(h) = session
         .subrequest_ctx
         .as_mut()
@@ -85,13 +64,14 @@ pub(super) fn adopt(session: &mut Session, ctx: &mut Ctx) -> bool {
     ctx.captures = h.captures;
     ctx.client_host = h.client_host;
     ctx.bodies.request = h.request_stage;
-    ctx.sub = Some(h.report);
+    ctx.mode = Mode::DeferredBody(h.report);
     true
 }
 
 /// In a subrequest's `logging`: what the main request needs to record.
-pub(super) fn report(ctx: &mut Ctx, slot: &Slot, e: Option<&pingora::Error>) {
-    use super::calls::{failure_of, Failure};
+pub(crate) fn report(ctx: &mut Ctx, slot: &Slot, e: Option<&pingora::Error>) {
+    use super::calls::failure_of;
+    use crate::gateway::mode::Failure;
     let call_failure = match (&ctx.failure, e) {
         (Some(GatewayError::NoHealthyTarget), _) => Some(Failure::Unavailable),
         (Some(GatewayError::CircuitOpen { .. }), _) => Some(Failure::CircuitOpen),
@@ -115,8 +95,8 @@ pub(super) fn report(ctx: &mut Ctx, slot: &Slot, e: Option<&pingora::Error>) {
 }
 
 /// In the main request's `logging`: the subrequest's upstream facts.
-pub(super) fn merge_report(ctx: &mut Ctx) {
-    let Some(r) = ctx.deferred.as_ref().and_then(|s| s.lock().take()) else {
+pub(crate) fn merge_report(ctx: &mut Ctx) {
+    let Some(r) = ctx.mode.deferring().and_then(|s| s.lock().take()) else {
         return;
     };
     ctx.attempt.target = r.target;
@@ -134,7 +114,7 @@ pub(super) fn merge_report(ctx: &mut Ctx) {
 }
 
 /// Serves the request through a subrequest; `Ok(true)`: the response was written.
-pub(super) async fn serve(session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
+pub(crate) async fn serve(session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
     let route = ctx.route()?;
     let ready = ctx.bodies.request_ready.take();
     if let Some(r) = &ready {
@@ -153,7 +133,7 @@ pub(super) async fn serve(session: &mut Session, ctx: &mut Ctx) -> pingora::Resu
         request_stage: ctx.bodies.request.take(),
         report: slot.clone(),
     };
-    ctx.deferred = Some(slot);
+    ctx.mode = Mode::Deferring(slot);
     let sub_ctx = SubCtx::builder()
         .user_ctx(Box::new(Some(handoff)))
         .body_mode(if has_body {
@@ -293,7 +273,7 @@ impl<'a> Output<'a> {
         ctx: &mut Ctx,
     ) -> pingora::Result<()> {
         if !end {
-            super::response::start_compression(session.req_header(), &mut h, ctx);
+            crate::gateway::response::start_compression(session.req_header(), &mut h, ctx);
         }
         ctx.req.status = Some(h.status.as_u16());
         session.write_response_header(h, end).await?;
@@ -311,7 +291,7 @@ impl<'a> Output<'a> {
         match &mut self.state {
             State::Streaming => {
                 let mut data = data;
-                super::response::compress(ctx, &mut data, end);
+                crate::gateway::response::compress(ctx, &mut data, end);
                 session.write_response_body(data, end).await?;
                 if end {
                     self.state = State::Done;
@@ -358,7 +338,7 @@ impl<'a> Output<'a> {
         );
         self.write_header(header, false, session, ctx).await?;
         let mut data = Some(buf.freeze());
-        super::response::compress(ctx, &mut data, end);
+        crate::gateway::response::compress(ctx, &mut data, end);
         session.write_response_body(data, end).await?;
         self.state = if end { State::Done } else { State::Streaming };
         Ok(())
@@ -380,15 +360,13 @@ impl<'a> Output<'a> {
             }
             State::Waiting => {
                 // The subrequest failed: its reason, for the error or the route's fallback.
-                let failure = ctx.deferred.as_ref().and_then(|s| {
+                let failure = ctx.mode.deferring().and_then(|s| {
                     let r = s.lock();
                     let r = r.as_ref()?;
                     r.failure.clone().or(match r.call_failure? {
-                        super::calls::Failure::Timeout => Some(GatewayError::UpstreamTimeout),
-                        super::calls::Failure::Unavailable => Some(GatewayError::NoHealthyTarget),
-                        super::calls::Failure::CircuitOpen => {
-                            Some(GatewayError::CircuitOpen { retry_after: 1 })
-                        }
+                        Failure::Timeout => Some(GatewayError::UpstreamTimeout),
+                        Failure::Unavailable => Some(GatewayError::NoHealthyTarget),
+                        Failure::CircuitOpen => Some(GatewayError::CircuitOpen { retry_after: 1 }),
                         _ => None,
                     })
                 });
@@ -396,7 +374,7 @@ impl<'a> Output<'a> {
             }
             State::Streaming => {
                 let mut data = None;
-                super::response::compress(ctx, &mut data, true);
+                crate::gateway::response::compress(ctx, &mut data, true);
                 session.write_response_body(data, true).await?;
                 Ok(())
             }
@@ -407,7 +385,7 @@ impl<'a> Output<'a> {
 
 /// Writes a complete response after the body plugins that took it (`on_whole_response`), with
 /// an exact `Content-Length`, compressed when the route and the client say so.
-pub(super) async fn write_whole(
+pub(crate) async fn write_whole(
     session: &mut Session,
     ctx: &mut Ctx,
     mut header: Box<ResponseHeader>,
@@ -423,18 +401,18 @@ pub(super) async fn write_whole(
     }
     header.remove_header(&http::header::TRANSFER_ENCODING);
     header.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
-    super::response::start_compression(session.req_header(), &mut header, ctx);
+    crate::gateway::response::start_compression(session.req_header(), &mut header, ctx);
     ctx.req.status = Some(header.status.as_u16());
     session.write_response_header(header, false).await?;
     let mut data = Some(body);
-    super::response::compress(ctx, &mut data, true);
+    crate::gateway::response::compress(ctx, &mut data, true);
     session.write_response_body(data, true).await?;
     Ok(())
 }
 
 /// The buffer limit of whole-body plugins (1 MiB when only chunk plugins take the body).
 impl BodyStage {
-    pub(super) fn limit_of(takers: &[Arc<dyn Plugin>]) -> usize {
+    pub(crate) fn limit_of(takers: &[Arc<dyn Plugin>]) -> usize {
         takers
             .iter()
             .filter_map(|p| match p.body_mode() {
@@ -445,7 +423,7 @@ impl BodyStage {
             .unwrap_or(1 << 20)
     }
 
-    pub(super) fn oversize_of(takers: &[Arc<dyn Plugin>]) -> Oversize {
+    pub(crate) fn oversize_of(takers: &[Arc<dyn Plugin>]) -> Oversize {
         if takers.iter().any(|p| p.oversize() == Oversize::Error) {
             Oversize::Error
         } else {
