@@ -78,7 +78,7 @@ fn default_on_error() -> OnError {
 }
 
 #[derive(Clone)]
-enum Decision {
+pub(super) enum Decision {
     Allow {
         headers: Vec<(HeaderName, HeaderValue)>,
         consumer: Option<String>,
@@ -160,7 +160,7 @@ impl ForwardAuth {
         })
     }
 
-    fn cache_key(&self, req: &RequestHeader) -> [u8; 32] {
+    pub(super) fn cache_key(&self, req: &RequestHeader) -> [u8; 32] {
         let mut material = Vec::new();
         for n in &self.request_headers {
             for v in req.headers.get_all(n) {
@@ -201,41 +201,41 @@ impl ForwardAuth {
             }
         }
         let resp = call.send().await.map_err(|e| e.to_string())?;
-        let status = resp.status().as_u16();
-        if resp.status().is_success() {
+        let (status, headers) = (resp.status().as_u16(), resp.headers().clone());
+        let body = match (200..300).contains(&status) {
+            true => Bytes::new(),
+            false => read_limited(resp).await,
+        };
+        Ok(self.decide(status, &headers, body))
+    }
+
+    /// The decision an answer of the service gives: a 2xx lets the request through (with the
+    /// copied headers and the consumer it names), anything else is passed back to the client
+    /// (a status outside 3xx-5xx as 403), with only the headers a refusal needs.
+    pub(super) fn decide(&self, status: u16, answer: &http::HeaderMap, body: Bytes) -> Decision {
+        if (200..300).contains(&status) {
             let mut copy = Vec::new();
             for n in &self.response_headers {
-                for v in resp.headers().get_all(n.as_str()) {
-                    if let Ok(v) = HeaderValue::from_bytes(v.as_bytes()) {
-                        copy.push((n.clone(), v));
-                    }
-                }
+                copy.extend(answer.get_all(n).iter().map(|v| (n.clone(), v.clone())));
             }
             let consumer = self
                 .consumer_header
                 .as_ref()
-                .and_then(|n| resp.headers().get(n.as_str()))
+                .and_then(|n| answer.get(n))
                 .and_then(|v| v.to_str().ok())
                 .filter(|v| !v.is_empty())
                 .map(String::from);
-            return Ok(Decision::Allow {
+            return Decision::Allow {
                 headers: copy,
                 consumer,
-            });
+            };
         }
         let mut headers = Vec::new();
         for n in PASS_BACK {
-            for v in resp.headers().get_all(*n) {
-                if let (Ok(n), Ok(v)) = (
-                    HeaderName::from_bytes(n.as_bytes()),
-                    HeaderValue::from_bytes(v.as_bytes()),
-                ) {
-                    headers.push((n, v));
-                }
-            }
+            let n = HeaderName::from_static(n);
+            headers.extend(answer.get_all(&n).iter().map(|v| (n.clone(), v.clone())));
         }
-        let body = read_limited(resp).await;
-        Ok(Decision::Refuse(Reply {
+        Decision::Refuse(Reply {
             status: if (300..600).contains(&status) {
                 status
             } else {
@@ -243,7 +243,36 @@ impl ForwardAuth {
             },
             headers,
             body,
-        }))
+        })
+    }
+
+    /// Carries out a decision on the request.
+    pub(super) fn apply(&self, decision: Decision, req: &mut RequestHeader, ctx: &mut RequestCtx) -> Flow {
+        match decision {
+            Decision::Allow { headers, consumer } => {
+                // Client-sent copies of the copied headers could impersonate the answer.
+                for n in &self.response_headers {
+                    req.remove_header(n);
+                }
+                for (n, v) in headers {
+                    let _ = req.append_header(n, v);
+                }
+                if let Some(name) = consumer {
+                    ctx.consumer = Some(match self.consumers.by_name(&name) {
+                        Some(c) => c.clone(),
+                        None => Arc::new(Consumer {
+                            name,
+                            groups: Vec::new(),
+                        }),
+                    });
+                }
+                Flow::Continue
+            }
+            Decision::Refuse(reply) => {
+                self.metrics.failed(crate::auth::AuthFail::Denied);
+                Flow::Respond(reply)
+            }
+        }
     }
 }
 
@@ -318,30 +347,6 @@ impl Plugin for ForwardAuth {
                 }
             },
         };
-        match decision {
-            Decision::Allow { headers, consumer } => {
-                // Client-sent copies of the copied headers could impersonate the answer.
-                for n in &self.response_headers {
-                    req.remove_header(n);
-                }
-                for (n, v) in headers {
-                    let _ = req.append_header(n, v);
-                }
-                if let Some(name) = consumer {
-                    ctx.consumer = Some(match self.consumers.by_name(&name) {
-                        Some(c) => c.clone(),
-                        None => Arc::new(Consumer {
-                            name,
-                            groups: Vec::new(),
-                        }),
-                    });
-                }
-                Ok(Flow::Continue)
-            }
-            Decision::Refuse(reply) => {
-                self.metrics.failed(crate::auth::AuthFail::Denied);
-                Ok(Flow::Respond(reply))
-            }
-        }
+        Ok(self.apply(decision, req, ctx))
     }
 }

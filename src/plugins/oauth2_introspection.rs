@@ -81,7 +81,7 @@ fn default_consumer_claim() -> String {
 }
 
 #[derive(Clone)]
-enum Answer {
+pub(super) enum Answer {
     Active(Arc<Claims>),
     Inactive,
 }
@@ -165,18 +165,25 @@ impl Introspection {
             .json()
             .await
             .map_err(|e| format!("invalid answer: {e}"))?;
-        if claims.get("active") != Some(&serde_json::Value::Bool(true)) {
-            return Ok((Answer::Inactive, self.negative_ttl));
-        }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
+        Ok(self.answer(claims, now))
+    }
+
+    /// What an endpoint's answer means at `now` (Unix seconds), and how long it may be reused:
+    /// active until its `exp` (at most `max_ttl`); inactive, expired or without `active: true`
+    /// for `negative_ttl`.
+    pub(super) fn answer(&self, claims: Claims, now: u64) -> (Answer, Duration) {
+        if claims.get("active") != Some(&serde_json::Value::Bool(true)) {
+            return (Answer::Inactive, self.negative_ttl);
+        }
         let ttl = match claims.get("exp").and_then(serde_json::Value::as_u64) {
-            Some(exp) if exp <= now => return Ok((Answer::Inactive, self.negative_ttl)),
+            Some(exp) if exp <= now => return (Answer::Inactive, self.negative_ttl),
             Some(exp) => Duration::from_secs(exp - now).min(self.max_ttl),
             None => self.max_ttl,
         };
-        Ok((Answer::Active(Arc::new(claims)), ttl))
+        (Answer::Active(Arc::new(claims)), ttl)
     }
 
     fn scopes_ok(&self, claims: &Claims) -> bool {
@@ -260,6 +267,19 @@ impl Plugin for Introspection {
                 }
             },
         };
+        self.accept(answer, req, ctx)
+    }
+}
+
+impl Introspection {
+    /// Lets a request through on an active answer with the scopes asked for: the consumer it
+    /// names, its claims forwarded as headers.
+    pub(super) fn accept(
+        &self,
+        answer: Answer,
+        req: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<Flow, GatewayError> {
         let Answer::Active(claims) = answer else {
             return self.fail(ctx, AuthFail::Invalid);
         };
