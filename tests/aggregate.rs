@@ -3,7 +3,7 @@
 //! shaping, templated bodies, header propagation, per-call caching and hot reload.
 
 use crate::util::upstream::FnServer;
-use crate::util::{client, Gateway, ADMIN_TOKEN};
+use crate::util::{client, eventually, eventually_with, Gateway, Poll, ADMIN_TOKEN};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -406,19 +406,12 @@ async fn a_reload_changes_the_calls() {
     assert_eq!(v["one"]["name"], "Ann");
     gw.rewrite(&route("/orders/5"));
     gw.signal("HUP");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, _, v) = get(&gw, "/r").await;
-        if v["one"]["total"] == 10 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the reload did not take: {v}"
-        );
-        tokio::task::yield_now().await;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let gw = &gw;
+    eventually("the reload takes", || async move {
+        let (_, _, v) = get(gw, "/r").await;
+        (v["one"]["total"] == 10).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -500,29 +493,30 @@ async fn a_cached_call_is_served_stale_while_it_revalidates_and_when_its_upstrea
     assert_eq!(v["n"], 1);
     // Fresh for 1 s; then the first composite gets the stale answer at once and the entry is
     // refreshed in the background (found again through the call's marker).
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while n.load(SeqCst) < 2 {
-        let (s, _, v) = get(&gw, "/s").await;
-        assert_eq!((s, v["n"].as_u64()), (200, Some(1)));
-        assert!(std::time::Instant::now() < deadline, "never revalidated");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (gw_ref, n_ref) = (&gw, &n);
+    let poll = Poll::DEFAULT.every(Duration::from_millis(100));
+    eventually_with(poll, "a background revalidation", || async move {
+        if n_ref.load(SeqCst) >= 2 {
+            return Some(());
+        }
+        let (s, _, v) = get(gw_ref, "/s").await;
+        assert_eq!(
+            (s, v["n"].as_u64()),
+            (200, Some(1)),
+            "the stale answer meanwhile"
+        );
+        None
+    })
+    .await;
     gw.wait_metric(
         r#"postern_cache_requests_total{result="stale",route="s.v"}"#,
         1.0,
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, _, v) = get(&gw, "/s").await;
-        if v["n"] == 2 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the refreshed answer never came: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the refreshed answer", || async move {
+        let (_, _, v) = get(gw_ref, "/s").await;
+        (v["n"] == 2).then_some(())
+    })
+    .await;
     assert_eq!(
         n.load(SeqCst),
         2,
@@ -531,16 +525,17 @@ async fn a_cached_call_is_served_stale_while_it_revalidates_and_when_its_upstrea
     // The upstream fails: once the entry expired, the stale answer stands in (stale-if-error).
     fail.store(503, SeqCst);
     let hits = svc.hits();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while svc.hits() == hits {
-        let (s, h, v) = get(&gw, "/s").await;
+    let svc_ref = &svc;
+    let poll = Poll::DEFAULT.every(Duration::from_millis(100));
+    eventually_with(poll, "the entry expires", || async move {
+        if svc_ref.hits() != hits {
+            return Some(());
+        }
+        let (s, h, v) = get(gw_ref, "/s").await;
         assert_eq!((s, complete(&h), v["n"].as_u64()), (200, "?1", Some(2)));
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the entry never expired"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        None
+    })
+    .await;
     let (s, h, v) = get(&gw, "/s").await;
     assert_eq!((s, complete(&h), v["n"].as_u64()), (200, "?1", Some(2)));
 }
@@ -575,24 +570,15 @@ async fn each_call_is_a_client_span_of_the_composite() {
         })
         .collect();
     assert_ne!(sent[0], sent[1], "one span per call");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let spans: Vec<Value> = loop {
-        let all: Vec<Value> = received
-            .lock()
-            .iter()
-            .flat_map(|b| {
-                let v: Value = serde_json::from_str(b).unwrap();
-                v["resourceSpans"][0]["scopeSpans"][0]["spans"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-            })
-            .collect();
-        if all.len() >= 3 || std::time::Instant::now() > deadline {
-            break all;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let received_ref = &received;
+    let spans: Vec<Value> = crate::util::eventually(
+        "the server span and one client span per call are exported",
+        || async move {
+            let all = crate::util::exported_spans(received_ref);
+            (all.len() >= 3).then_some(all)
+        },
+    )
+    .await;
     assert_eq!(
         spans.len(),
         3,
@@ -779,25 +765,26 @@ async fn a_cached_composite_is_refreshed_in_the_background_and_served_stale_on_e
     assert_eq!(v["n"], 1);
     // Once stale, the stored answer is served at once while the composite runs again in the
     // background (a subrequest through the internal socket).
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while n.load(SeqCst) < 2 {
-        let (s, _, v) = get(&gw, "/swr").await;
-        assert_eq!((s, v["n"].as_u64()), (200, Some(1)));
-        assert!(std::time::Instant::now() < deadline, "never revalidated");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, _, v) = get(&gw, "/swr").await;
-        if v["n"] == 2 {
-            break;
+    let (gw_ref, n_ref) = (&gw, &n);
+    let poll = Poll::DEFAULT.every(Duration::from_millis(100));
+    eventually_with(poll, "a background revalidation", || async move {
+        if n_ref.load(SeqCst) >= 2 {
+            return Some(());
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the refreshed answer never came: {v}"
+        let (s, _, v) = get(gw_ref, "/swr").await;
+        assert_eq!(
+            (s, v["n"].as_u64()),
+            (200, Some(1)),
+            "the stale answer meanwhile"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        None
+    })
+    .await;
+    eventually("the refreshed answer", || async move {
+        let (_, _, v) = get(gw_ref, "/swr").await;
+        (v["n"] == 2).then_some(())
+    })
+    .await;
     // stale-if-error: the composite fails (its required call gets 503) once the entry expired;
     // the stored answer stands in.
     let (s, _, v) = get(&gw, "/sie").await;
@@ -805,13 +792,17 @@ async fn a_cached_composite_is_refreshed_in_the_background_and_served_stale_on_e
     assert!(s == 200 && stored.is_some(), "{v}");
     fail.store(503, SeqCst);
     let hits = svc.hits();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while svc.hits() == hits {
-        let (s, _, v) = get(&gw, "/sie").await;
+    let svc_ref = &svc;
+    let poll = Poll::DEFAULT.every(Duration::from_millis(100));
+    eventually_with(poll, "the entry expires", || async move {
+        if svc_ref.hits() != hits {
+            return Some(());
+        }
+        let (s, _, v) = get(gw_ref, "/sie").await;
         assert_eq!((s, v["n"].as_u64()), (200, stored));
-        assert!(std::time::Instant::now() < deadline, "never expired");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        None
+    })
+    .await;
     let (s, h, v) = get(&gw, "/sie").await;
     assert_eq!((s, v["n"].as_u64()), (200, stored), "{h:?}");
     // Without a stored answer the composite's own error goes to the client.

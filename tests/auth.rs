@@ -3,7 +3,7 @@
 //! combinator, ACLs, IP filters behind trusted proxies, and consumers used by rate limits.
 
 use crate::util::upstream::{DocServer, Upstream};
-use crate::util::{client, metric, upstream_yaml, Gateway};
+use crate::util::{client, eventually_with, metric, upstream_yaml, Gateway, Poll};
 use base64::Engine;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
@@ -439,28 +439,25 @@ async fn jwks_url_rotation_outage_and_refetch_rate_limit() {
     jwks.set(200, &json!({ "keys": [jwk2] }).to_string());
     wait_for_fetch(&jwks).await;
     // The fetch is counted when it starts; the new set may land a moment later.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while call(
-        &c,
-        &gw.url("/jwks/a"),
-        &[("authorization", &auth(k1_token.clone()))],
-    )
-    .await
-    .0 != 401
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "retired key still accepted"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let (c, gw, k1) = (&c, &gw, &k1_token);
+    let poll = Poll::within(std::time::Duration::from_secs(20));
+    eventually_with(poll, "the retired key is refused", || async move {
+        let s = call(
+            c,
+            &gw.url("/jwks/a"),
+            &[("authorization", &auth(k1.clone()))],
+        )
+        .await;
+        (s.0 == 401).then_some(())
+    })
+    .await;
 
     // The endpoint fails: after failed refreshes, the last good set still works.
     jwks.set(500, "oops");
     wait_for_fetch(&jwks).await;
     wait_for_fetch(&jwks).await;
     let (s, _, _) = call(
-        &c,
+        c,
         &gw.url("/jwks/a"),
         &[("authorization", &auth(es256_token(&pem2, "k2", "frank")))],
     )
@@ -471,11 +468,12 @@ async fn jwks_url_rotation_outage_and_refetch_rate_limit() {
 /// Waits until the JWKS server got one more request (a periodic refresh).
 async fn wait_for_fetch(jwks: &DocServer) {
     let before = jwks.hits();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while jwks.hits() == before {
-        assert!(std::time::Instant::now() < deadline, "no periodic refresh");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let jwks = &jwks;
+    let poll = Poll::within(std::time::Duration::from_secs(20));
+    eventually_with(poll, "a periodic JWKS refresh", || async move {
+        (jwks.hits() != before).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,12 +3,12 @@
 //! invalidation by unsafe methods, and the memory bound.
 
 use crate::util::upstream::{FnServer, Seen};
-use crate::util::{client, metric, Gateway, ADMIN_TOKEN};
+use crate::util::{client, eventually, eventually_with, metric, Gateway, Poll, ADMIN_TOKEN};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU16, Ordering::SeqCst};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 type Hits = Arc<Mutex<HashMap<String, usize>>>;
 
@@ -240,39 +240,32 @@ async fn stale_while_revalidate_and_stale_if_error() {
     get(&c, &gw.url("/c/sie/1"), &[]).await;
     get(&c, &gw.url("/c/mustrev/1"), &[]).await;
     // Both entries are fresh for 1 s; wait until the cache itself says they expired.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let (status, body) = loop {
-        let (_, hd, b) = get(&c, &gw.url("/c/swr/1"), &[]).await;
-        if hd["x-cache"] == "STALE" {
-            break (hd["cache-status"].clone(), b);
-        }
-        assert!(Instant::now() < deadline, "never served stale");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let (c_ref, gw_ref, h_ref) = (&c, &gw, &h);
+    let slow = Poll::DEFAULT.every(Duration::from_millis(100));
+    let (status, body) = eventually_with(slow, "a stale answer", || async move {
+        let (_, hd, b) = get(c_ref, &gw_ref.url("/c/swr/1"), &[]).await;
+        (hd["x-cache"] == "STALE").then(|| (hd["cache-status"].clone(), b))
+    })
+    .await;
     assert!(status.starts_with("postern; hit; ttl=-"), "{status}");
     assert_eq!(body, "/c/swr/1 #1", "the stale copy is served at once");
     // ... and refreshed in the background.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while hits(&h, "/c/swr/1") < 2 {
-        assert!(Instant::now() < deadline, "no background refresh");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("a background refresh", || async move {
+        (hits(h_ref, "/c/swr/1") >= 2).then_some(())
+    })
+    .await;
 
     fail.store(503, SeqCst);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (s, hd, b) = get(&c, &gw.url("/c/sie/1"), &[]).await;
-        if hits(&h, "/c/sie/1") >= 2 {
-            assert_eq!(
-                (s, b.as_str()),
-                (200, "/c/sie/1 #1"),
-                "stale-if-error: {hd:?}"
-            );
-            break;
-        }
-        assert!(Instant::now() < deadline, "the entry never expired");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (s, hd, b) = eventually_with(slow, "the entry expires", || async move {
+        let answer = get(c_ref, &gw_ref.url("/c/sie/1"), &[]).await;
+        (hits(h_ref, "/c/sie/1") >= 2).then_some(answer)
+    })
+    .await;
+    assert_eq!(
+        (s, b.as_str()),
+        (200, "/c/sie/1 #1"),
+        "stale-if-error: {hd:?}"
+    );
     // must-revalidate forbids the stale copy even when the origin fails.
     let (s, _, _) = get(&c, &gw.url("/c/mustrev/1"), &[]).await;
     assert_eq!(s, 503, "the origin's failure, not a stale copy");
@@ -344,10 +337,11 @@ async fn purges_by_url_prefix_tag_and_unsafe_methods() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while get(&c, &gw.url("/c/other/x"), &[]).await.1["x-cache"] != "MISS" {
-        assert!(Instant::now() < deadline, "POST did not invalidate");
-    }
+    let (c, gw) = (&c, &gw);
+    eventually("the POST invalidates the entry", || async move {
+        (get(c, &gw.url("/c/other/x"), &[]).await.1["x-cache"] == "MISS").then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -398,11 +392,12 @@ async fn purges_reach_every_node_through_redis_and_the_purge_method() {
     // A tag purge on node A empties node B too (the subscription may need a moment).
     let (s, _) = a.admin_call("DELETE", "/cache?tag=catalog", Some(ADMIN_TOKEN));
     assert_eq!(s, 200);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while get(&c, &b.url("/c/tagged/9"), &[]).await.1["x-cache"] != "MISS" {
-        assert!(Instant::now() < deadline, "the purge never reached node B");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (c_ref, b_ref) = (&c, &b);
+    let poll = Poll::DEFAULT.every(Duration::from_millis(50));
+    eventually_with(poll, "the tag purge reaches node B", || async move {
+        (get(c_ref, &b_ref.url("/c/tagged/9"), &[]).await.1["x-cache"] == "MISS").then_some(())
+    })
+    .await;
     // PURGE on a route: refused from an address outside `allow` without the token.
     let purge = |gw: &Gateway, token: Option<&str>| {
         let mut r = c.request(
@@ -424,11 +419,10 @@ async fn purges_reach_every_node_through_redis_and_the_purge_method() {
         get(&c, &a.url("/c/fresh/shared"), &[]).await.1["x-cache"],
         "MISS"
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while get(&c, &b.url("/c/fresh/shared"), &[]).await.1["x-cache"] != "MISS" {
-        assert!(Instant::now() < deadline, "the PURGE never reached node B");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually_with(poll, "the PURGE reaches node B", || async move {
+        (get(c_ref, &b_ref.url("/c/fresh/shared"), &[]).await.1["x-cache"] == "MISS").then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -513,11 +507,11 @@ async fn disk_tier_survives_a_restart_and_rejects_a_damaged_file() {
         let gw = Gateway::start(&config(&o, &section));
         get(&c, &gw.url("/c/fresh/kept"), &[]).await;
         get(&c, &gw.url("/c/fresh/damaged"), &[]).await;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while cache_files(disk.path()).len() < 2 {
-            assert!(Instant::now() < deadline, "entries never reached the disk");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let dir = disk.path();
+        eventually("the entries reach the disk", || async move {
+            (cache_files(dir).len() >= 2).then_some(())
+        })
+        .await;
     }
     // Damage one file: a flipped byte fails its checksum.
     let files = cache_files(disk.path());
@@ -562,16 +556,14 @@ async fn stale_if_error_after_retries_and_never_for_no_cache() {
     assert_eq!(get(&c, &gw.url("/c/sie"), &[]).await.0, 200);
     assert_eq!(get(&c, &gw.url("/c/nocache"), &[]).await.0, 200);
     o.kill();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (s, hd, b) = get(&c, &gw.url("/c/sie"), &[]).await;
-        if hd.get("x-cache").map(String::as_str) != Some("HIT") {
-            assert_eq!((s, b.as_str()), (200, "/c/sie"), "the stale copy: {hd:?}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "the entry never expired");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (c_ref, gw_ref) = (&c, &gw);
+    let slow = Poll::DEFAULT.every(Duration::from_millis(100));
+    let (s, hd, b) = eventually_with(slow, "the entry expires", || async move {
+        let (s, hd, b) = get(c_ref, &gw_ref.url("/c/sie"), &[]).await;
+        (hd.get("x-cache").map(String::as_str) != Some("HIT")).then_some((s, hd, b))
+    })
+    .await;
+    assert_eq!((s, b.as_str()), (200, "/c/sie"), "the stale copy: {hd:?}");
     let (s, hd, _) = get(&c, &gw.url("/c/nocache"), &[]).await;
     assert!(s >= 500, "no-cache forbids the stale copy: {s} {hd:?}");
 }

@@ -3,9 +3,8 @@
 
 use crate::util::redis::RedisServer;
 use crate::util::upstream::Upstream;
-use crate::util::{client, Gateway};
+use crate::util::{client, eventually, Gateway};
 use std::sync::atomic::Ordering::SeqCst;
-use std::time::{Duration, Instant};
 
 /// The limit is exact across nodes, a purge on one node empties the others, and a change of the
 /// shared file reaches every node.
@@ -50,6 +49,7 @@ async fn three_nodes_from_one_file_share_limits_purges_and_config() {
         |n: &Gateway, path: &str, key: &str| c.get(n.url(path)).header("x-api-key", key).send();
 
     // 100 per minute per key for the cluster: 150 requests spread over the three nodes.
+    let started = std::time::Instant::now();
     let mut allowed = 0;
     for i in 0..150 {
         let r = get(&nodes[i % 3], &format!("/catalog/item-{}", i % 7), "k1")
@@ -61,9 +61,12 @@ async fn three_nodes_from_one_file_share_limits_purges_and_config() {
             other => panic!("unexpected status {other}"),
         }
     }
-    assert_eq!(
-        allowed, 100,
-        "the three nodes together allow exactly the limit"
+    // The bucket refills one request every 0.6 s: on a busy machine the 150 requests may take
+    // long enough for a refill to be allowed too. Counting per node would allow up to 150.
+    let refilled = (started.elapsed().as_secs_f64() / 0.6).floor() as i32;
+    assert!(
+        (100..=100 + refilled).contains(&allowed),
+        "the three nodes together allow exactly the limit: {allowed} (refills: {refilled})"
     );
     // Another key has its own budget.
     assert_eq!(
@@ -90,19 +93,12 @@ async fn three_nodes_from_one_file_share_limits_purges_and_config() {
     let status = r.status();
     assert_eq!(status, 200, "{}", r.text().await.unwrap());
     for n in &nodes[1..] {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        let what = format!("the purge reaches node {}", n.port);
+        eventually(&what, || async move {
             let r = get(n, "/catalog/p", "k3").await.unwrap();
-            if r.headers()["x-cache"] == "MISS" {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the purge never reached node {}",
-                n.port
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            (r.headers()["x-cache"] == "MISS").then_some(())
+        })
+        .await;
     }
     assert!(origin.state.hits.load(SeqCst) > hits_before);
 

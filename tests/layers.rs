@@ -1,6 +1,10 @@
 //! The module layers `src/lib.rs` declares are the ones the code has: every top-level module
 //! is in exactly one layer, and every `crate::` path in a module (a `use`, or inline) names a
 //! module of a lower layer. So no import cycle between top-level modules can come back.
+//!
+//! Test code is not part of the build and may use any layer (a plugin's unit tests compile a
+//! whole snapshot): files named `tests.rs` or under a `tests/` folder, and everything from a
+//! file's `#[cfg(test)]` on (test modules stand at the end of a file), are not scanned.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -131,8 +135,12 @@ fn module_edges(modules: &BTreeSet<String>) -> BTreeMap<String, BTreeMap<String,
         if !modules.contains(top) {
             continue; // lib.rs, main.rs (the binary crate)
         }
+        if rel.ends_with("/tests.rs") || rel.contains("/tests/") {
+            continue;
+        }
         let text = std::fs::read_to_string(&f).unwrap();
-        for m in crate_paths(&text) {
+        let text = text.split("#[cfg(test)]").next().unwrap_or("");
+        for m in crate_paths(text) {
             if m != top && modules.contains(&m) {
                 edges
                     .entry(top.to_string())

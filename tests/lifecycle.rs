@@ -8,14 +8,9 @@ use std::time::{Duration, Instant};
 
 /// Waits for the child to exit (at most `limit`); `None` if it is still running.
 fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if let Some(s) = child.try_wait().unwrap() {
-            return Some(s);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
+    crate::util::poll_until(crate::util::Poll::within(limit), || {
+        child.try_wait().unwrap()
+    })
 }
 
 fn config(
@@ -93,16 +88,15 @@ async fn sigterm_exits_once_nothing_is_in_flight() {
             .spawn()
             .unwrap(),
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !raw(
-        port,
-        "GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
-    )
-    .starts_with("HTTP/1.1 200")
-    {
-        assert!(Instant::now() < deadline, "the gateway did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let poll = crate::util::Poll::within(Duration::from_secs(20)).every(Duration::from_millis(50));
+    crate::util::eventually_blocking(poll, "the gateway starts", || {
+        raw(
+            port,
+            "GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        )
+        .starts_with("HTTP/1.1 200")
+        .then_some(())
+    });
     // A slow request is in flight when the signal arrives.
     let hits = up.hits();
     let slow = std::thread::spawn(move || {

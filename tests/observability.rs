@@ -2,9 +2,12 @@
 //! reopen on SIGUSR1).
 
 use crate::util::upstream::Upstream;
-use crate::util::{client, metric, raw, upstream_yaml, Gateway};
+use crate::util::{
+    client, eventually_blocking, eventually_with, metric, poll_until, raw, upstream_yaml, Gateway,
+    Poll,
+};
 use crate::util::{read_lines, read_until};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_a_known_sequence() {
@@ -26,20 +29,17 @@ async fn metrics_count_a_known_sequence() {
         404
     );
     // Metrics are recorded in the logging phase, just after the response went out: wait for them.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let text = loop {
+    let fetch = || {
         let resp = raw(
             gw.admin,
             "GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
         );
-        let text = resp.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-        if metric(&text, "postern_http_requests_in_flight") == Some(0.0)
-            || Instant::now() > deadline
-        {
-            break text;
-        }
-        std::thread::sleep(Duration::from_millis(20));
+        resp.split("\r\n\r\n").nth(1).unwrap_or("").to_string()
     };
+    let text = poll_until(Poll::DEFAULT, || {
+        Some(fetch()).filter(|t| metric(t, "postern_http_requests_in_flight") == Some(0.0))
+    })
+    .unwrap_or_else(fetch);
     let text = text.as_str();
     assert_eq!(
         metric(
@@ -168,12 +168,13 @@ async fn access_log_lines_are_json_redacted_and_reopened() {
     // logrotate: move the file away, SIGUSR1, the next line goes to a new file.
     std::fs::rename(&log, dir.path().join("access.log.1")).unwrap();
     gw.signal("USR1");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !log.exists() {
-        c.get(gw.url("/users/2")).send().await.unwrap();
-        assert!(Instant::now() < deadline, "the log was not reopened");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (c, gw_ref, log_ref) = (&c, &gw, &log);
+    let poll = Poll::DEFAULT.every(Duration::from_millis(50));
+    eventually_with(poll, "the log is reopened", || async move {
+        c.get(gw_ref.url("/users/2")).send().await.unwrap();
+        log_ref.exists().then_some(())
+    })
+    .await;
     c.get(gw.url("/users/3")).send().await.unwrap();
     let after = read_until(&log, |l| l.iter().any(|l| l["path"] == "/users/3"));
     assert!(after.iter().any(|l| l["path"] == "/users/3"), "{after:?}");
@@ -187,16 +188,11 @@ async fn admin_reports_health_readiness_and_redacted_config() {
     );
     let gw = Gateway::start(&body);
     assert_eq!(gw.admin_call("GET", "/health", None).0, 200);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    let v = eventually_blocking(Poll::DEFAULT, "/ready turns 503", || {
         let (status, v) = gw.admin_call("GET", "/ready", None);
-        if status == 503 {
-            assert_eq!(v["upstreams_without_healthy_target"][0], "gone");
-            break;
-        }
-        assert!(Instant::now() < deadline, "never became unready");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        (status == 503).then_some(v)
+    });
+    assert_eq!(v["upstreams_without_healthy_target"][0], "gone");
     let (status, v) = gw.admin_call("GET", "/config", None);
     assert_eq!(status, 200);
     assert_eq!(v["config"]["admin"]["token"], "REDACTED");
@@ -295,24 +291,13 @@ async fn sampled_traces_are_exported_over_otlp_and_a_dead_collector_costs_nothin
         .await
         .unwrap();
     c.get(gw.url("/users/3")).send().await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let spans: Vec<serde_json::Value> = loop {
-        let all: Vec<serde_json::Value> = received
-            .lock()
-            .iter()
-            .flat_map(|b| {
-                let v: serde_json::Value = serde_json::from_str(b).unwrap();
-                v["resourceSpans"][0]["scopeSpans"][0]["spans"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-            })
-            .collect();
-        if all.len() >= 2 || Instant::now() > deadline {
-            break all;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let received_ref = &received;
+    let spans: Vec<serde_json::Value> =
+        crate::util::eventually("the server and client spans are exported", || async move {
+            let all = crate::util::exported_spans(received_ref);
+            (all.len() >= 2).then_some(all)
+        })
+        .await;
     assert_eq!(spans.len(), 2, "one server and one client span: {spans:?}");
     let server = spans.iter().find(|s| s["kind"] == 2).unwrap();
     let client_s = spans.iter().find(|s| s["kind"] == 3).unwrap();
@@ -356,14 +341,9 @@ async fn access_log_writes_the_configured_fields_in_order() {
         .send()
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let text = loop {
-        let t = std::fs::read_to_string(&log).unwrap_or_default();
-        if t.ends_with('\n') || Instant::now() > deadline {
-            break t;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    let text = poll_until(Poll::DEFAULT, || Some(read()).filter(|t| t.ends_with('\n')))
+        .unwrap_or_else(read);
     assert_eq!(
         text.trim(),
         r#"{"status":200,"route":"users","request_id":"f-1","cache":null}"#

@@ -3,7 +3,7 @@
 
 use crate::util::redis::{RedisCluster, RedisServer};
 use crate::util::upstream::Upstream;
-use crate::util::{client, metric, upstream_yaml, Gateway};
+use crate::util::{client, eventually, eventually_with, metric, upstream_yaml, Gateway, Poll};
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::{Duration, Instant};
 
@@ -255,15 +255,11 @@ async fn concurrency_limit_releases_on_completion_and_on_client_abort() {
     assert_eq!(get(&c, &gw.url("/api/x"), None).await.status(), 429);
     up.state.delay_ms.store(0, SeqCst);
     drop(s);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let code = get(&c, &gw.url("/api/x"), None).await.status();
-        if code == 200 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "slot never released after abort");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (c, gw) = (&c, &gw);
+    eventually("the slot is released after the abort", || async move {
+        (get(c, &gw.url("/api/x"), None).await.status() == 200).then_some(())
+    })
+    .await;
 }
 
 fn cluster_body(up: &Upstream, redis: &RedisServer, timeout: &str) -> String {
@@ -319,14 +315,12 @@ async fn cluster_limit_holds_across_two_gateways_and_survives_redis_outages() {
 
     // Redis back: the cluster path is used again (state was lost with the restart).
     redis.restart();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if get(&c, &a.url("/strict/x"), None).await.status() == 200 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "never recovered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (c_ref, a_ref) = (&c, &a);
+    let poll = Poll::within(Duration::from_secs(20)).every(Duration::from_millis(50));
+    eventually_with(poll, "requests recover with Redis", || async move {
+        (get(c_ref, &a_ref.url("/strict/x"), None).await.status() == 200).then_some(())
+    })
+    .await;
     a.wait_metric("postern_redis_up", 1.0);
     let text = a.metrics();
     assert!(metric(&text, "postern_redis_errors_total").unwrap() >= 1.0);

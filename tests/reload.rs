@@ -2,8 +2,8 @@
 //! is lost while the configuration is swapped repeatedly under load.
 
 use crate::util::upstream::Upstream;
-use crate::util::{client, upstream_yaml, Gateway, ADMIN_TOKEN};
-use std::time::{Duration, Instant};
+use crate::util::{client, eventually, eventually_with, upstream_yaml, Gateway, Poll, ADMIN_TOKEN};
+use std::time::Duration;
 
 fn body(tag: &str, up: &Upstream) -> String {
     format!(
@@ -27,11 +27,11 @@ async fn sighup_reloads_and_a_broken_file_keeps_the_running_config() {
     assert_eq!(tag_of(&gw).await, "one");
     gw.rewrite(&body("two", &up));
     gw.signal("HUP");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tag_of(&gw).await != "two" {
-        assert!(Instant::now() < deadline, "SIGHUP did not reload");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let gw_ref = &gw;
+    eventually("SIGHUP reloads", || async move {
+        (tag_of(gw_ref).await == "two").then_some(())
+    })
+    .await;
     // A broken file: the admin endpoint reports every error, the old config keeps serving.
     gw.rewrite(&body("three", &up).replace("upstream: u", "upstream: nope"));
     let (status, v) = gw.admin_call("POST", "/reload", Some(ADMIN_TOKEN));
@@ -140,11 +140,12 @@ async fn a_changed_file_is_reloaded_when_watched() {
     gw.rewrite(&routes(
         "  - { name: b, match: { path: /b/* }, upstream: u }\n",
     ));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while c.get(gw.url("/b/x")).send().await.unwrap().status() != 200 {
-        assert!(Instant::now() < deadline, "the change was never picked up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (c_ref, gw_ref) = (&c, &gw);
+    let poll = Poll::DEFAULT.every(Duration::from_millis(50));
+    eventually_with(poll, "the watcher picks the change up", || async move {
+        (c_ref.get(gw_ref.url("/b/x")).send().await.unwrap().status() == 200).then_some(())
+    })
+    .await;
     // A broken file is refused; the running configuration stays.
     gw.rewrite_raw("routes: [ this is not valid");
     gw.wait_metric("postern_config_reloads_total{result=\"failure\"}", 1.0);

@@ -4,12 +4,15 @@
 
 pub mod redis;
 pub mod upstream;
+pub mod wait;
+
+pub use wait::{eventually, eventually_blocking, eventually_with, poll_until, Poll};
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_postern");
 
@@ -148,23 +151,19 @@ impl Gateway {
 
     /// Polls the admin readiness endpoint until it answers (or the process died).
     fn wait_ready(&mut self, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
+        poll_until(Poll::within(limit), || {
             if let Ok(Some(_)) = self.child.try_wait() {
-                return false;
+                return Some(false);
             }
-            if raw(
+            let ready = raw(
                 self.admin,
                 "GET /health HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
             )
             .starts_with("HTTP/1.1 200")
-                && TcpStream::connect(("127.0.0.1", self.port)).is_ok()
-            {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
+                && TcpStream::connect(("127.0.0.1", self.port)).is_ok();
+            ready.then_some(true)
+        })
+        .unwrap_or(false)
     }
 
     /// Rewrites the config file with a new body (same listeners, admin and server section).
@@ -230,18 +229,15 @@ impl Gateway {
 
     /// Waits until a metric (name with labels, as printed) has the value.
     pub fn wait_metric(&self, name: &str, value: f64) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let text = self.metrics();
-            if metric(&text, name) == Some(value) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {name} = {value}:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let mut text = String::new();
+        let found = poll_until(Poll::within(Duration::from_secs(20)), || {
+            text = self.metrics();
+            (metric(&text, name) == Some(value)).then_some(())
+        });
+        assert!(
+            found.is_some(),
+            "timed out waiting for {name} = {value}:\n{text}"
+        );
     }
 
     /// The admin `/upstreams` document.
@@ -256,14 +252,14 @@ impl Gateway {
 
     /// Waits until `cond` holds on the admin `/upstreams` document (health state changes).
     pub fn wait_upstreams(&self, what: &str, cond: impl Fn(&serde_json::Value) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if cond(&self.upstreams()) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("timed out waiting for {what}: {}", self.upstreams());
+        let found = poll_until(Poll::within(Duration::from_secs(20)), || {
+            cond(&self.upstreams()).then_some(())
+        });
+        assert!(
+            found.is_some(),
+            "timed out waiting for {what}: {}",
+            self.upstreams()
+        );
     }
 }
 
@@ -420,18 +416,29 @@ pub fn read_until(
     path: &std::path::Path,
     done: impl Fn(&[serde_json::Value]) -> bool,
 ) -> Vec<serde_json::Value> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
+    let read = || {
         let text = std::fs::read_to_string(path).unwrap_or_default();
         // A line still being written has no newline yet.
         let complete = text.rfind('\n').map_or("", |end| &text[..end]);
-        let lines: Vec<serde_json::Value> = complete
+        complete
             .lines()
             .map(|l| serde_json::from_str(l).expect("each line is JSON"))
-            .collect();
-        if done(&lines) || std::time::Instant::now() > deadline {
-            return lines;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+            .collect::<Vec<serde_json::Value>>()
+    };
+    poll_until(Poll::DEFAULT, || Some(read()).filter(|l| done(l))).unwrap_or_else(read)
+}
+
+/// The spans of every OTLP/JSON export a test collector received.
+pub fn exported_spans(received: &parking_lot::Mutex<Vec<String>>) -> Vec<serde_json::Value> {
+    received
+        .lock()
+        .iter()
+        .flat_map(|b| {
+            let v: serde_json::Value = serde_json::from_str(b).unwrap();
+            v["resourceSpans"][0]["scopeSpans"][0]["spans"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect()
 }

@@ -160,15 +160,13 @@ impl RedisCluster {
             "{}",
             String::from_utf8_lossy(&out.stdout)
         );
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let poll = super::Poll::within(Duration::from_secs(20)).every(Duration::from_millis(50));
         for p in &ports {
-            while !RedisServer::cmd_on(*p, &["CLUSTER", "INFO"]).contains("cluster_state:ok") {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "cluster never became ready"
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            super::eventually_blocking(poll, "the Redis cluster becomes ready", || {
+                RedisServer::cmd_on(*p, &["CLUSTER", "INFO"])
+                    .contains("cluster_state:ok")
+                    .then_some(())
+            });
         }
         RedisCluster {
             ports,
