@@ -155,22 +155,57 @@ impl super::Build for Config {
     }
 }
 
+/// The query part of the key: `all`, `none` or a list of parameter names.
+fn query_key(c: &Config, path: &str, issues: &mut Vec<Issue>) -> QueryKey {
+    match &c.key.query {
+        QueryConfig::Mode(m) if m == "all" => QueryKey::All,
+        QueryConfig::Mode(m) if m == "none" => QueryKey::None,
+        QueryConfig::Mode(m) => {
+            issues.push(Issue::new(
+                format!("{path}.key.query"),
+                format!("invalid value \"{m}\": use all, none or a list of parameter names"),
+            ));
+            QueryKey::All
+        }
+        QueryConfig::Only(v) => QueryKey::Only(v.clone()),
+    }
+}
+
+/// Who may `PURGE`: addresses or a bearer token, at least one of them.
+fn purge_rule(
+    c: &Config,
+    path: &str,
+    issues: &mut Vec<Issue>,
+) -> Option<(Vec<ipnet::IpNet>, Option<String>)> {
+    if !c.purge.enabled {
+        return None;
+    }
+    let nets = c
+        .purge
+        .allow
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            super::ip_filter::parse_net(s)
+                .map_err(|e| issues.push(Issue::new(format!("{path}.purge.allow[{i}]"), e)))
+                .ok()
+        })
+        .collect::<Vec<_>>();
+    let token = c.purge.token.clone().filter(|t| !t.is_empty());
+    if nets.is_empty() && token.is_none() {
+        issues.push(Issue::new(
+            format!("{path}.purge"),
+            "restrict PURGE with `allow` (addresses) or `token`",
+        ));
+    }
+    Some((nets, token))
+}
+
 impl Cache {
     pub fn new(c: &Config, b: &BuildCtx) -> Result<Cache, Vec<Issue>> {
         let path = &b.path;
         let mut issues = Vec::new();
-        let query = match &c.key.query {
-            QueryConfig::Mode(m) if m == "all" => QueryKey::All,
-            QueryConfig::Mode(m) if m == "none" => QueryKey::None,
-            QueryConfig::Mode(m) => {
-                issues.push(Issue::new(
-                    format!("{path}.key.query"),
-                    format!("invalid value \"{m}\": use all, none or a list of parameter names"),
-                ));
-                QueryKey::All
-            }
-            QueryConfig::Only(v) => QueryKey::Only(v.clone()),
-        };
+        let query = query_key(c, path, &mut issues);
         for (i, s) in c.statuses.iter().flatten().enumerate() {
             if !(200..600).contains(s) || matches!(s, 206 | 304) {
                 issues.push(Issue::new(
@@ -195,29 +230,7 @@ impl Cache {
         if c.ttl.is_some_and(|t| t.0 > c.max_ttl.0) {
             issues.push(Issue::new(format!("{path}.ttl"), "ttl is above max_ttl"));
         }
-        let purge = c.purge.enabled.then(|| {
-            let nets = c
-                .purge
-                .allow
-                .iter()
-                .enumerate()
-                .filter_map(|(i, s)| {
-                    super::ip_filter::parse_net(s)
-                        .map_err(|e| issues.push(Issue::new(format!("{path}.purge.allow[{i}]"), e)))
-                        .ok()
-                })
-                .collect::<Vec<_>>();
-            (nets, c.purge.token.clone().filter(|t| !t.is_empty()))
-        });
-        if purge
-            .as_ref()
-            .is_some_and(|(n, t)| n.is_empty() && t.is_none())
-        {
-            issues.push(Issue::new(
-                format!("{path}.purge"),
-                "restrict PURGE with `allow` (addresses) or `token`",
-            ));
-        }
+        let purge = purge_rule(c, path, &mut issues);
         if !issues.is_empty() {
             return Err(issues);
         }

@@ -290,87 +290,138 @@ impl super::Build for Config {
     }
 }
 
+/// The algorithms of JWKS keys that name none, and the refresh intervals.
+fn fallback_algorithms(c: &Config, path: &str, issues: &mut Vec<Issue>) -> Vec<Algorithm> {
+    let mut fallback = Vec::new();
+    for (i, a) in c.algorithms.iter().enumerate() {
+        match parse_alg(a) {
+            Ok(a) => fallback.push(a),
+            Err(e) => issues.push(Issue::new(format!("{path}.algorithms[{i}]"), e)),
+        }
+    }
+    for (key, d) in [
+        ("jwks_refresh", c.jwks_refresh.0),
+        ("jwks_min_refetch", c.jwks_min_refetch.0),
+    ] {
+        if d < Duration::from_secs(1) {
+            issues.push(Issue::new(format!("{path}.{key}"), "must be at least 1s"));
+        }
+    }
+    fallback
+}
+
+/// The keys given inline or in a JWKS file, and the remote JWKS (shared across reloads);
+/// at least one of them.
+fn key_sets(
+    c: &Config,
+    b: &BuildCtx,
+    fallback: &[Algorithm],
+    issues: &mut Vec<Issue>,
+) -> (KeySet, Option<Arc<RemoteJwks>>) {
+    let path = &b.path;
+    let mut fixed = KeySet::default();
+    for (i, k) in c.keys.iter().enumerate() {
+        match inline_key(k, fallback) {
+            Ok(k) => fixed.keys.push(k),
+            Err(e) => issues.push(Issue::new(format!("{path}.keys[{i}]"), e)),
+        }
+    }
+    if let Some(f) = &c.jwks_file {
+        match std::fs::read(f)
+            .map_err(|e| format!("cannot read {f}: {e}"))
+            .and_then(|t| jwks::parse_set(&t, fallback))
+        {
+            Ok(s) => fixed.keys.extend(s.keys),
+            Err(e) => issues.push(Issue::new(format!("{path}.jwks_file"), e)),
+        }
+    }
+    let remote = match &c.jwks_url {
+        Some(u) if !(u.starts_with("https://") || u.starts_with("http://")) => {
+            issues.push(Issue::new(
+                format!("{path}.jwks_url"),
+                "expected an http:// or https:// URL",
+            ));
+            None
+        }
+        Some(u) => b
+            .shared
+            .jwks(u, c.jwks_refresh.0, c.jwks_min_refetch.0, fallback)
+            .map_err(|e| issues.push(Issue::new(format!("{path}.jwks_url"), e)))
+            .ok(),
+        None => None,
+    };
+    if fixed.keys.is_empty() && remote.is_none() && issues.is_empty() {
+        issues.push(Issue::new(
+            path.clone(),
+            "no verification key: give `keys`, `jwks_file` or `jwks_url`",
+        ));
+    }
+    (fixed, remote)
+}
+
+/// Where the token is read: one header (`Authorization` expects `Bearer`), cookie or query
+/// parameter.
+fn token_source(t: &TokenSource, path: &str, issues: &mut Vec<Issue>) -> Option<Source> {
+    match (&t.header, &t.cookie, &t.query) {
+        (None, None, None) => Some(Source::Header(http::header::AUTHORIZATION, true)),
+        (Some(h), None, None) => HeaderName::from_bytes(h.as_bytes())
+            .map(|n| {
+                let bearer = n == http::header::AUTHORIZATION;
+                Source::Header(n, bearer)
+            })
+            .map_err(|_| {
+                issues.push(Issue::new(
+                    format!("{path}.token.header"),
+                    "invalid header name",
+                ))
+            })
+            .ok(),
+        (None, Some(c), None) => Some(Source::Cookie(c.clone())),
+        (None, None, Some(q)) => Some(Source::Query(q.clone())),
+        _ => {
+            issues.push(Issue::new(
+                format!("{path}.token"),
+                "give one of `header`, `cookie` or `query`",
+            ));
+            None
+        }
+    }
+}
+
+/// The claim checks, one per algorithm: the algorithm list is set per token from the key, the
+/// rest is fixed here (a `Validation` holds sets that would otherwise be cloned per token).
+fn validations(c: &Config) -> Vec<(Algorithm, Validation)> {
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.leeway = c.leeway.0.as_secs();
+    validation.validate_nbf = true;
+    validation.set_required_spec_claims(&c.required_claims);
+    if !c.issuers.is_empty() {
+        validation.set_issuer(&c.issuers);
+    }
+    if c.audiences.is_empty() {
+        validation.validate_aud = false;
+    } else {
+        validation.set_audience(&c.audiences);
+    }
+    ALGORITHMS
+        .iter()
+        .map(|a| {
+            let mut v = validation.clone();
+            v.algorithms = vec![*a];
+            (*a, v)
+        })
+        .collect()
+}
+
 impl Jwt {
+    /// Checks the configuration (every problem at its path), then builds the verifier.
     pub fn new(c: &Config, b: &BuildCtx) -> Result<Jwt, Vec<Issue>> {
         crate::auth::crypto::install();
         let path = &b.path;
         let mut issues = Vec::new();
-        let mut fallback = Vec::new();
-        for (i, a) in c.algorithms.iter().enumerate() {
-            match parse_alg(a) {
-                Ok(a) => fallback.push(a),
-                Err(e) => issues.push(Issue::new(format!("{path}.algorithms[{i}]"), e)),
-            }
-        }
-        for (key, d) in [
-            ("jwks_refresh", c.jwks_refresh.0),
-            ("jwks_min_refetch", c.jwks_min_refetch.0),
-        ] {
-            if d < Duration::from_secs(1) {
-                issues.push(Issue::new(format!("{path}.{key}"), "must be at least 1s"));
-            }
-        }
-        let mut fixed = KeySet::default();
-        for (i, k) in c.keys.iter().enumerate() {
-            match inline_key(k, &fallback) {
-                Ok(k) => fixed.keys.push(k),
-                Err(e) => issues.push(Issue::new(format!("{path}.keys[{i}]"), e)),
-            }
-        }
-        if let Some(f) = &c.jwks_file {
-            match std::fs::read(f)
-                .map_err(|e| format!("cannot read {f}: {e}"))
-                .and_then(|t| jwks::parse_set(&t, &fallback))
-            {
-                Ok(s) => fixed.keys.extend(s.keys),
-                Err(e) => issues.push(Issue::new(format!("{path}.jwks_file"), e)),
-            }
-        }
-        let remote = match &c.jwks_url {
-            Some(u) if !(u.starts_with("https://") || u.starts_with("http://")) => {
-                issues.push(Issue::new(
-                    format!("{path}.jwks_url"),
-                    "expected an http:// or https:// URL",
-                ));
-                None
-            }
-            Some(u) => b
-                .shared
-                .jwks(u, c.jwks_refresh.0, c.jwks_min_refetch.0, &fallback)
-                .map_err(|e| issues.push(Issue::new(format!("{path}.jwks_url"), e)))
-                .ok(),
-            None => None,
-        };
-        if fixed.keys.is_empty() && remote.is_none() && issues.is_empty() {
-            issues.push(Issue::new(
-                path.clone(),
-                "no verification key: give `keys`, `jwks_file` or `jwks_url`",
-            ));
-        }
-        let source = match (&c.token.header, &c.token.cookie, &c.token.query) {
-            (None, None, None) => Some(Source::Header(http::header::AUTHORIZATION, true)),
-            (Some(h), None, None) => HeaderName::from_bytes(h.as_bytes())
-                .map(|n| {
-                    let bearer = n == http::header::AUTHORIZATION;
-                    Source::Header(n, bearer)
-                })
-                .map_err(|_| {
-                    issues.push(Issue::new(
-                        format!("{path}.token.header"),
-                        "invalid header name",
-                    ))
-                })
-                .ok(),
-            (None, Some(c), None) => Some(Source::Cookie(c.clone())),
-            (None, None, Some(q)) => Some(Source::Query(q.clone())),
-            _ => {
-                issues.push(Issue::new(
-                    format!("{path}.token"),
-                    "give one of `header`, `cookie` or `query`",
-                ));
-                None
-            }
-        };
+        let fallback = fallback_algorithms(c, path, &mut issues);
+        let (fixed, remote) = key_sets(c, b, &fallback, &mut issues);
+        let source = token_source(&c.token, path, &mut issues);
         if !(1 << 10..=1 << 20).contains(&c.max_token_size.0) {
             issues.push(Issue::new(
                 format!("{path}.max_token_size"),
@@ -384,30 +435,10 @@ impl Jwt {
         let (Some(source), true) = (source, issues.is_empty()) else {
             return Err(issues);
         };
-        // The algorithm list is set per token from the key; the rest is fixed here.
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = c.leeway.0.as_secs();
-        validation.validate_nbf = true;
-        validation.set_required_spec_claims(&c.required_claims);
-        if !c.issuers.is_empty() {
-            validation.set_issuer(&c.issuers);
-        }
-        if c.audiences.is_empty() {
-            validation.validate_aud = false;
-        } else {
-            validation.set_audience(&c.audiences);
-        }
         Ok(Jwt {
             fixed,
             remote,
-            validations: ALGORITHMS
-                .iter()
-                .map(|a| {
-                    let mut v = validation.clone();
-                    v.algorithms = vec![*a];
-                    (*a, v)
-                })
-                .collect(),
+            validations: validations(c),
             scopes_any: c.scopes_any.clone(),
             scopes_all: c.scopes_all.clone(),
             consumer_claim: c.consumer_claim.clone(),

@@ -160,127 +160,158 @@ impl super::Build for Config {
     }
 }
 
+/// The rule's name in headers and metrics (default: its key).
+fn rule_name(c: &Config, path: &str, issues: &mut Vec<Issue>) -> String {
+    let name = c.name.clone().unwrap_or_else(|| match &c.key {
+        KeyConfig::One(s) => s.clone(),
+        KeyConfig::All(v) => v.join("+"),
+    });
+    let ok = |ch: char| ch.is_ascii_alphanumeric() || "_.:+-".contains(ch);
+    if name.is_empty() || !name.chars().all(ok) {
+        issues.push(Issue::new(
+            format!("{path}.name"),
+            format!("invalid rule name \"{name}\": use letters, digits and _.:+-"),
+        ));
+    }
+    name
+}
+
+/// The limits, each a window of 1 s to 1 d with at least one request.
+fn quotas(c: &Config, path: &str, issues: &mut Vec<Issue>) -> Vec<Quota> {
+    if c.limits.is_empty() || c.limits.len() > MAX_LIMITS {
+        issues.push(Issue::new(
+            format!("{path}.limits"),
+            format!("give between 1 and {MAX_LIMITS} limits"),
+        ));
+    }
+    let mut quotas = Vec::new();
+    for (i, l) in c.limits.iter().enumerate() {
+        let p = format!("{path}.limits[{i}]");
+        if l.requests == 0 {
+            issues.push(Issue::new(format!("{p}.requests"), "must be at least 1"));
+        }
+        if l.per.0 < Duration::from_secs(1) || l.per.0 > Duration::from_secs(86_400) {
+            issues.push(Issue::new(
+                format!("{p}.per"),
+                format!("window {} is outside 1s..1d", l.per),
+            ));
+        }
+        if l.burst == Some(0) {
+            issues.push(Issue::new(format!("{p}.burst"), "must be at least 1"));
+        }
+        quotas.push(Quota {
+            requests: l.requests.max(1),
+            per: l.per.0,
+            burst: l.burst.unwrap_or(l.requests).max(1),
+        });
+    }
+    quotas
+}
+
+/// How long a request may be held (`action: delay`); zero for `reject`.
+fn max_delay(c: &Config, path: &str, issues: &mut Vec<Issue>) -> Duration {
+    match (c.action, c.max_delay) {
+        (Action::Reject, None) => Duration::ZERO,
+        (Action::Reject, Some(_)) => {
+            issues.push(Issue::new(
+                format!("{path}.max_delay"),
+                "max_delay needs `action: delay`",
+            ));
+            Duration::ZERO
+        }
+        (Action::Delay, d) => {
+            let d = d.map_or(Duration::from_secs(1), |d| d.0);
+            if d.is_zero() || d > Duration::from_secs(60) {
+                issues.push(Issue::new(
+                    format!("{path}.max_delay"),
+                    "max_delay must be between 1ms and 60s",
+                ));
+            }
+            d
+        }
+    }
+}
+
+/// The cluster-wide state of a `scope: cluster` rule (it needs `cluster.redis`).
+fn cluster_rule(
+    c: &Config,
+    b: &BuildCtx,
+    name: &str,
+    issues: &mut Vec<Issue>,
+) -> Option<ClusterRule> {
+    let path = &b.path;
+    let rule = match (c.scope, b.redis) {
+        (Scope::Local, _) => None,
+        (Scope::Cluster, None) => {
+            issues.push(
+                Issue::new(
+                    format!("{path}.scope"),
+                    "scope: cluster needs a `cluster.redis` section",
+                )
+                .hint("add `cluster: { redis: { url: \"redis://127.0.0.1:6379\" } }`"),
+            );
+            None
+        }
+        (Scope::Cluster, Some((redis, on_error))) => Some(ClusterRule {
+            prefix: format!("{}:rl:{}:{}:", redis.prefix, b.route, name),
+            redis: redis.clone(),
+            deny: DenyCache::default(),
+            on_error: c.on_error.unwrap_or(on_error),
+        }),
+    };
+    if c.on_error.is_some() && c.scope == Scope::Local {
+        issues.push(Issue::new(
+            format!("{path}.on_error"),
+            "on_error applies to `scope: cluster` rules only",
+        ));
+    }
+    rule
+}
+
+/// The name of each limit in the `RateLimit` field and the `RateLimit-Policy` field listing
+/// them (`None` when the name cannot be a field value).
+fn policy_header(name: &str, quotas: &[Quota]) -> Option<(Vec<String>, HeaderValue)> {
+    let items: Vec<String> = if quotas.len() == 1 {
+        vec![name.to_string()]
+    } else {
+        quotas
+            .iter()
+            .map(|q| format!("{name}-{}", Dur(q.per)).replace(' ', ""))
+            .collect()
+    };
+    let policy = items
+        .iter()
+        .zip(quotas)
+        .map(|(n, q)| format!("\"{n}\";q={};w={}", q.requests, ceil_secs(q.per)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let policy = HeaderValue::from_str(&policy).ok()?;
+    Some((items, policy))
+}
+
 impl RateLimit {
+    /// Checks the rule (every problem at its path), then builds it from the checked parts.
     pub fn new(c: &Config, b: &BuildCtx) -> Result<RateLimit, Vec<Issue>> {
         let path = &b.path;
         let mut issues = Vec::new();
         let key = Key::parse(&c.key)
             .map_err(|e| issues.push(Issue::new(format!("{path}.key"), e)))
             .ok();
-        let name = c.name.clone().unwrap_or_else(|| match &c.key {
-            KeyConfig::One(s) => s.clone(),
-            KeyConfig::All(v) => v.join("+"),
-        });
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || "_.:+-".contains(ch))
-        {
-            issues.push(Issue::new(
-                format!("{path}.name"),
-                format!("invalid rule name \"{name}\": use letters, digits and _.:+-"),
-            ));
-        }
-        if c.limits.is_empty() || c.limits.len() > MAX_LIMITS {
-            issues.push(Issue::new(
-                format!("{path}.limits"),
-                format!("give between 1 and {MAX_LIMITS} limits"),
-            ));
-        }
-        let mut quotas = Vec::new();
-        for (i, l) in c.limits.iter().enumerate() {
-            let p = format!("{path}.limits[{i}]");
-            if l.requests == 0 {
-                issues.push(Issue::new(format!("{p}.requests"), "must be at least 1"));
-            }
-            if l.per.0 < Duration::from_secs(1) || l.per.0 > Duration::from_secs(86_400) {
-                issues.push(Issue::new(
-                    format!("{p}.per"),
-                    format!("window {} is outside 1s..1d", l.per),
-                ));
-            }
-            if l.burst == Some(0) {
-                issues.push(Issue::new(format!("{p}.burst"), "must be at least 1"));
-            }
-            quotas.push(Quota {
-                requests: l.requests.max(1),
-                per: l.per.0,
-                burst: l.burst.unwrap_or(l.requests).max(1),
-            });
-        }
-        let max_delay = match (c.action, c.max_delay) {
-            (Action::Reject, None) => Duration::ZERO,
-            (Action::Reject, Some(_)) => {
-                issues.push(Issue::new(
-                    format!("{path}.max_delay"),
-                    "max_delay needs `action: delay`",
-                ));
-                Duration::ZERO
-            }
-            (Action::Delay, d) => {
-                let d = d.map_or(Duration::from_secs(1), |d| d.0);
-                if d.is_zero() || d > Duration::from_secs(60) {
-                    issues.push(Issue::new(
-                        format!("{path}.max_delay"),
-                        "max_delay must be between 1ms and 60s",
-                    ));
-                }
-                d
-            }
-        };
+        let name = rule_name(c, path, &mut issues);
+        let quotas = quotas(c, path, &mut issues);
+        let max_delay = max_delay(c, path, &mut issues);
         if c.max_keys < 64 {
             issues.push(Issue::new(
                 format!("{path}.max_keys"),
                 "must be at least 64",
             ));
         }
-        let cluster = match (c.scope, b.redis) {
-            (Scope::Local, _) => None,
-            (Scope::Cluster, None) => {
-                issues.push(
-                    Issue::new(
-                        format!("{path}.scope"),
-                        "scope: cluster needs a `cluster.redis` section",
-                    )
-                    .hint("add `cluster: { redis: { url: \"redis://127.0.0.1:6379\" } }`"),
-                );
-                None
-            }
-            (Scope::Cluster, Some((redis, on_error))) => Some(ClusterRule {
-                prefix: format!("{}:rl:{}:{}:", redis.prefix, b.route, name),
-                redis: redis.clone(),
-                deny: DenyCache::default(),
-                on_error: c.on_error.unwrap_or(on_error),
-            }),
-        };
-        if c.on_error.is_some() && c.scope == Scope::Local {
-            issues.push(Issue::new(
-                format!("{path}.on_error"),
-                "on_error applies to `scope: cluster` rules only",
-            ));
-        }
-        let Some(key) = key else {
+        let cluster = cluster_rule(c, b, &name, &mut issues);
+        let Some(key) = key.filter(|_| issues.is_empty()) else {
             return Err(issues);
         };
-        if !issues.is_empty() {
-            return Err(issues);
-        }
-        let items: Vec<String> = if quotas.len() == 1 {
-            vec![name.clone()]
-        } else {
-            quotas
-                .iter()
-                .map(|q| format!("{name}-{}", Dur(q.per)).replace(' ', ""))
-                .collect()
-        };
-        let policy = items
-            .iter()
-            .zip(&quotas)
-            .map(|(n, q)| format!("\"{n}\";q={};w={}", q.requests, ceil_secs(q.per)))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let policy = HeaderValue::from_str(&policy)
-            .map_err(|_| vec![Issue::new(format!("{path}.name"), "invalid rule name")])?;
+        let (items, policy) = policy_header(&name, &quotas)
+            .ok_or_else(|| vec![Issue::new(format!("{path}.name"), "invalid rule name")])?;
         let id = format!(
             "{}\n{}\n{:?}\n{:?}\n{}",
             b.route, b.index, quotas, max_delay, c.max_keys

@@ -114,22 +114,7 @@ fn carries_credentials(names: &[HeaderName]) -> bool {
 pub fn compile(a: &schema::Aggregate, env: &Env, issues: &mut Vec<Issue>) -> Option<Composite> {
     let before = issues.len();
     let at = format!("{}.aggregate", env.path);
-    let max_calls = a.max_calls.unwrap_or(DEFAULT_MAX_CALLS);
-    if a.calls.is_empty() {
-        issues.push(Issue::new(
-            format!("{at}.calls"),
-            "a composite needs at least one call",
-        ));
-    }
-    if a.calls.len() > max_calls {
-        issues.push(
-            Issue::new(
-                format!("{at}.calls"),
-                format!("{} calls, more than max_calls ({max_calls})", a.calls.len()),
-            )
-            .hint("raise `max_calls` or split the composite"),
-        );
-    }
+    check_call_count(a, &at, issues);
     let names: Vec<&str> = a.calls.keys().map(String::as_str).collect();
     let params: Vec<&str> = env.params.iter().map(|p| &**p).collect();
     let default_pass = header_list(
@@ -141,40 +126,19 @@ pub fn compile(a: &schema::Aggregate, env: &Env, issues: &mut Vec<Issue>) -> Opt
     );
     let deadline = a.deadline.map_or(DEFAULT_DEADLINE, |d| d.0);
     let mut calls = Vec::new();
-    let mut template_headers = Vec::new();
-    let mut reads_identity = false;
-    let mut reads_query = Vec::new();
-    let mut vary: Vec<HeaderName> = Vec::new();
     for (name, c) in &a.calls {
         let cat = format!("{at}.calls.{name}");
-        if let Some(call) = compile_call(name, c, &cat, &names, &params, &default_pass, env, issues)
-        {
-            let mut requests: Vec<&crate::transform::template::Template> =
-                call.path.requests().collect();
-            for (_, t) in &call.headers {
-                requests.extend(t.requests());
-            }
-            if let Some(b) = &call.body {
-                b.requests(&mut requests);
-            }
-            use crate::transform::template::Source as S;
-            for src in requests.iter().flat_map(|t| t.sources()) {
-                match src {
-                    S::Header(h) => template_headers.push(h.clone()),
-                    S::Query(q) => reads_query.push(q.clone()),
-                    S::Consumer | S::ConsumerGroups | S::Claim(_) => reads_identity = true,
-                    _ => {}
-                }
-            }
-            vary.extend(call.pass_headers.iter().cloned());
-            if call.timeout.is_some_and(|t| t > deadline) {
-                issues.push(Issue::new(
-                    format!("{cat}.timeout"),
-                    "longer than the composite's deadline (the deadline ends the call first)",
-                ));
-            }
-            calls.push(call);
+        let Some(call) = compile_call(name, c, &cat, &names, &params, &default_pass, env, issues)
+        else {
+            continue;
+        };
+        if call.timeout.is_some_and(|t| t > deadline) {
+            issues.push(Issue::new(
+                format!("{cat}.timeout"),
+                "longer than the composite's deadline (the deadline ends the call first)",
+            ));
         }
+        calls.push(call);
     }
     if issues.len() > before {
         return None;
@@ -193,31 +157,96 @@ pub fn compile(a: &schema::Aggregate, env: &Env, issues: &mut Vec<Issue>) -> Opt
     for i in read {
         calls[i].referenced = true;
     }
-    template_headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-    template_headers.dedup();
-    reads_query.sort();
-    reads_query.dedup();
-    vary.extend(template_headers.iter().cloned());
-    vary.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-    vary.dedup();
-    let vary = (!vary.is_empty())
-        .then(|| {
-            let names: Vec<&str> = vary.iter().map(HeaderName::as_str).collect();
-            http::HeaderValue::from_str(&names.join(", ")).ok()
-        })
-        .flatten();
+    let reads = Reads::of(&calls);
     Some(Composite {
         deadline,
         reads_body: calls
             .iter()
             .any(|c| c.body.as_ref().is_some_and(Body::reads_client_body)),
-        calls,
         include_errors: a.include_errors,
-        template_headers,
-        reads_identity,
-        reads_query,
-        vary,
+        vary: reads.vary(&calls),
+        calls,
+        template_headers: reads.headers,
+        reads_identity: reads.identity,
+        reads_query: reads.query,
     })
+}
+
+/// At least one call, at most `max_calls`.
+fn check_call_count(a: &schema::Aggregate, at: &str, issues: &mut Vec<Issue>) {
+    let max_calls = a.max_calls.unwrap_or(DEFAULT_MAX_CALLS);
+    if a.calls.is_empty() {
+        issues.push(Issue::new(
+            format!("{at}.calls"),
+            "a composite needs at least one call",
+        ));
+    }
+    if a.calls.len() > max_calls {
+        issues.push(
+            Issue::new(
+                format!("{at}.calls"),
+                format!("{} calls, more than max_calls ({max_calls})", a.calls.len()),
+            )
+            .hint("raise `max_calls` or split the composite"),
+        );
+    }
+}
+
+/// What the calls' templates read of the client's request: the answer depends on it.
+struct Reads {
+    headers: Vec<HeaderName>,
+    query: Vec<String>,
+    identity: bool,
+}
+
+impl Reads {
+    fn of(calls: &[CallSpec]) -> Reads {
+        use crate::transform::template::Source as S;
+        let mut r = Reads {
+            headers: Vec::new(),
+            query: Vec::new(),
+            identity: false,
+        };
+        for call in calls {
+            let mut requests: Vec<&crate::transform::template::Template> =
+                call.path.requests().collect();
+            for (_, t) in &call.headers {
+                requests.extend(t.requests());
+            }
+            if let Some(b) = &call.body {
+                b.requests(&mut requests);
+            }
+            for src in requests.iter().flat_map(|t| t.sources()) {
+                match src {
+                    S::Header(h) => r.headers.push(h.clone()),
+                    S::Query(q) => r.query.push(q.clone()),
+                    S::Consumer | S::ConsumerGroups | S::Claim(_) => r.identity = true,
+                    _ => {}
+                }
+            }
+        }
+        r.headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        r.headers.dedup();
+        r.query.sort();
+        r.query.dedup();
+        r
+    }
+
+    /// The answer's `Vary`: the client headers the calls carry and the ones templates read.
+    fn vary(&self, calls: &[CallSpec]) -> Option<http::HeaderValue> {
+        let mut vary: Vec<HeaderName> = calls
+            .iter()
+            .flat_map(|c| c.pass_headers.iter().cloned())
+            .chain(self.headers.iter().cloned())
+            .collect();
+        vary.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        vary.dedup();
+        if vary.is_empty() {
+            return None;
+        }
+        let names: Vec<&str> = vary.iter().map(HeaderName::as_str).collect();
+        http::HeaderValue::from_str(&names.join(", ")).ok()
+    }
 }
 
 fn header_list(list: &[String], at: &str, issues: &mut Vec<Issue>) -> Vec<HeaderName> {
@@ -250,30 +279,83 @@ fn compile_call(
     issues: &mut Vec<Issue>,
 ) -> Option<CallSpec> {
     let before = issues.len();
-    if name.is_empty()
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-    {
+    check_call_name(name, at, issues);
+    let group = env.upstreams.get(&c.upstream);
+    let method = call_method(c, at, issues);
+    let (path, body) = call_path_and_body(c, at, &method, names, params, issues);
+    let headers = call_headers(c, at, names, params, issues);
+    let pass_headers = match &c.pass_headers {
+        Some(l) => header_list(l, &format!("{at}.pass_headers"), issues),
+        None => default_pass.to_vec(),
+    };
+    let shape = call_shape(c, at, issues);
+    let max_body = check_call_contract(c, at, issues);
+    let chain = call_chain(c, at, &method, &pass_headers, env, issues);
+    if issues.len() > before {
+        return None;
+    }
+    let (group, path) = (group?.clone(), path?);
+    let deps = deps_of(&path, &headers, body.as_ref());
+    let route = call_route(format!("{}.{name}", env.route).into(), group, chain, env);
+    Some(CallSpec {
+        name: name.into(),
+        cached: route.cache.is_some(),
+        route: Arc::new(route),
+        method,
+        path,
+        body,
+        headers,
+        pass_headers,
+        deps,
+        expect: c.expect.clone(),
+        timeout: c.timeout.map(|t| t.0),
+        optional: c.optional,
+        fallback: c.fallback.as_ref().map(|f| f.body.clone()),
+        guide: shape.guide(),
+        shape,
+        group: c.group.clone(),
+        max_body: max_body as usize,
+        referenced: false,
+        metrics: crate::observability::metrics::CallMetrics::new(env.route, name),
+    })
+}
+
+fn check_call_name(name: &str, at: &str, issues: &mut Vec<Issue>) {
+    let ok = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    if name.is_empty() || !name.chars().all(ok) {
         issues.push(Issue::new(
             at.to_string(),
             format!("call name \"{name}\": use letters, digits, `_` and `-`"),
         ));
     }
-    let group = env.upstreams.get(&c.upstream);
-    let method = match c.method.as_deref() {
-        None => Method::GET,
-        Some(m) => match Method::from_bytes(m.as_bytes()) {
-            Ok(m) if !m.as_str().chars().any(|c| c.is_ascii_lowercase()) => m,
-            _ => {
-                issues.push(Issue::new(
-                    format!("{at}.method"),
-                    format!("invalid method \"{m}\""),
-                ));
-                Method::GET
-            }
-        },
+}
+
+/// The call's method (GET unless set; upper case only).
+fn call_method(c: &schema::Call, at: &str, issues: &mut Vec<Issue>) -> Method {
+    let Some(m) = c.method.as_deref() else {
+        return Method::GET;
     };
+    match Method::from_bytes(m.as_bytes()) {
+        Ok(m) if !m.as_str().chars().any(|c| c.is_ascii_lowercase()) => m,
+        _ => {
+            issues.push(Issue::new(
+                format!("{at}.method"),
+                format!("invalid method \"{m}\""),
+            ));
+            Method::GET
+        }
+    }
+}
+
+/// The path template and the body template (not on GET or HEAD).
+fn call_path_and_body(
+    c: &schema::Call,
+    at: &str,
+    method: &Method,
+    names: &[&str],
+    params: &[&str],
+    issues: &mut Vec<Issue>,
+) -> (Option<Text>, Option<Body>) {
     if !c.path.starts_with('/') {
         issues.push(Issue::new(format!("{at}.path"), "must start with /"));
     }
@@ -285,12 +367,23 @@ fn compile_call(
             .map_err(|m| issues.push(Issue::new(format!("{at}.body"), m)))
             .ok()
     });
-    if body.is_some() && matches!(method, Method::GET | Method::HEAD) {
+    if body.is_some() && matches!(*method, Method::GET | Method::HEAD) {
         issues.push(Issue::new(
             format!("{at}.body"),
             format!("a {method} call has no body; set `method: POST` (or PUT, PATCH)"),
         ));
     }
+    (path, body)
+}
+
+/// The call's own header templates (the gateway's hop-by-hop fields excepted).
+fn call_headers(
+    c: &schema::Call,
+    at: &str,
+    names: &[&str],
+    params: &[&str],
+    issues: &mut Vec<Issue>,
+) -> Vec<(HeaderName, Text)> {
     let mut headers = Vec::new();
     for (k, v) in &c.headers {
         let hat = format!("{at}.headers.{k}");
@@ -305,10 +398,11 @@ fn compile_call(
             Err(_) => issues.push(Issue::new(hat, format!("invalid header name \"{k}\""))),
         }
     }
-    let pass_headers = match &c.pass_headers {
-        Some(l) => header_list(l, &format!("{at}.pass_headers"), issues),
-        None => default_pass.to_vec(),
-    };
+    headers
+}
+
+/// How the call's answer is shaped before the merge: target, allow/deny lists, mapping.
+fn call_shape(c: &schema::Call, at: &str, issues: &mut Vec<Issue>) -> merge::Shape {
     let parse_paths = |list: &[String], field: &str, issues: &mut Vec<Issue>| -> Vec<Path> {
         list.iter()
             .enumerate()
@@ -334,6 +428,18 @@ fn compile_call(
             Err(m) => issues.push(Issue::new(format!("{at}.mapping.{from}"), m)),
         }
     }
+    merge::Shape {
+        target,
+        flatten: c.flatten,
+        allow,
+        deny,
+        mapping,
+    }
+}
+
+/// The partial-failure contract (fallback only on optional calls, expected statuses) and the
+/// answer's size bound, which it returns.
+fn check_call_contract(c: &schema::Call, at: &str, issues: &mut Vec<Issue>) -> u64 {
     if c.fallback.is_some() && !c.optional {
         issues.push(
             Issue::new(
@@ -355,51 +461,70 @@ fn compile_call(
             "between 1 byte and 64 MiB",
         ));
     }
-    let mut chain = Vec::new();
-    if let Some(cfg) = &c.cache {
-        if carries_credentials(&pass_headers) && !cfg.key.consumer {
-            issues.push(
-                Issue::new(
-                    format!("{at}.cache.key.consumer"),
-                    "this call carries the client's credentials: its cached answers must be kept per consumer",
-                )
-                .hint("set `cache: { key: { consumer: true } }` (the route needs an authentication plugin)"),
-            );
-        }
-        if !matches!(method, Method::GET) {
-            issues.push(Issue::new(
-                format!("{at}.cache"),
-                format!("only GET calls are cached, not {method}"),
-            ));
-        }
-        match (env.cache)(cfg, format!("{at}.cache")) {
-            Ok(p) => chain.push(p),
-            Err(mut e) => issues.append(&mut e),
+    max_body
+}
+
+/// The call route's chain: its `cache`, if any (GET only; kept per consumer when the call
+/// carries the client's credentials).
+fn call_chain(
+    c: &schema::Call,
+    at: &str,
+    method: &Method,
+    pass_headers: &[HeaderName],
+    env: &Env,
+    issues: &mut Vec<Issue>,
+) -> Vec<Built> {
+    let Some(cfg) = &c.cache else {
+        return Vec::new();
+    };
+    if carries_credentials(pass_headers) && !cfg.key.consumer {
+        issues.push(
+            Issue::new(
+                format!("{at}.cache.key.consumer"),
+                "this call carries the client's credentials: its cached answers must be kept per consumer",
+            )
+            .hint("set `cache: { key: { consumer: true } }` (the route needs an authentication plugin)"),
+        );
+    }
+    if *method != Method::GET {
+        issues.push(Issue::new(
+            format!("{at}.cache"),
+            format!("only GET calls are cached, not {method}"),
+        ));
+    }
+    match (env.cache)(cfg, format!("{at}.cache")) {
+        Ok(p) => vec![p],
+        Err(mut e) => {
+            issues.append(&mut e);
+            Vec::new()
         }
     }
-    if issues.len() > before {
-        return None;
-    }
-    let group = group?.clone();
-    let path = path?;
+}
+
+/// The calls a call's templates read.
+fn deps_of(path: &Text, headers: &[(HeaderName, Text)], body: Option<&Body>) -> Vec<usize> {
     let mut deps = Vec::new();
     path.deps(&mut deps);
     headers.iter().for_each(|(_, t)| t.deps(&mut deps));
-    if let Some(b) = &body {
+    if let Some(b) = body {
         b.deps(&mut deps);
     }
     deps.sort_unstable();
     deps.dedup();
-    let route_name: Arc<str> = format!("{}.{name}", env.route).into();
+    deps
+}
+
+/// The route a call's subrequest runs: its upstream as target, its cache as its only plugin.
+fn call_route(name: Arc<str>, group: Arc<UpstreamGroup>, chain: Vec<Built>, env: &Env) -> Route {
     let chain = crate::plugins::Chain::new(chain);
     let cache = chain.cache_policy();
-    let route = Route {
+    Route {
         metrics: crate::observability::metrics::RouteMetrics::none(),
         cache_metrics: match cache {
-            Some(_) => crate::observability::metrics::CacheMetrics::new(&route_name),
+            Some(_) => crate::observability::metrics::CacheMetrics::new(&name),
             None => Default::default(),
         },
-        name: route_name,
+        name,
         target: Target::Upstream(group),
         cache,
         compression: None,
@@ -416,35 +541,7 @@ fn compile_call(
         rewrite_path: None,
         host: None,
         max_body: env.max_body,
-    };
-    let shape = merge::Shape {
-        target,
-        flatten: c.flatten,
-        allow,
-        deny,
-        mapping,
-    };
-    Some(CallSpec {
-        name: name.into(),
-        cached: route.cache.is_some(),
-        route: Arc::new(route),
-        method,
-        path,
-        body,
-        headers,
-        pass_headers,
-        deps,
-        expect: c.expect.clone(),
-        timeout: c.timeout.map(|t| t.0),
-        optional: c.optional,
-        fallback: c.fallback.as_ref().map(|f| f.body.clone()),
-        guide: shape.guide(),
-        shape,
-        group: c.group.clone(),
-        max_body: max_body as usize,
-        referenced: false,
-        metrics: crate::observability::metrics::CallMetrics::new(env.route, name),
-    })
+    }
 }
 
 /// `Err((call, "a → b → a"))` when the calls' references form a cycle.

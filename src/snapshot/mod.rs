@@ -206,95 +206,11 @@ pub fn compile(
     } = loaded;
     let mut issues = Vec::new();
     let listeners = compile_listeners(&config, &mut issues);
-    let mut upstreams = BTreeMap::new();
-    for (name, u) in &config.upstreams {
-        match UpstreamGroup::new(name, u, shared.registry.clone()) {
-            Ok(g) => {
-                upstreams.insert(name.clone(), Arc::new(g));
-            }
-            Err(mut e) => issues.append(&mut e),
-        }
-    }
-    let redis = config.cluster.redis.as_ref().and_then(|c| {
-        shared
-            .redis(c)
-            .map(|r| (r, c.on_error))
-            .map_err(|e| {
-                let at = match (&c.url, c.cluster_nodes.is_empty()) {
-                    (Some(_), true) => "cluster.redis.url",
-                    (None, false) => "cluster.redis.cluster_nodes",
-                    _ => "cluster.redis",
-                };
-                issues.push(Issue::new(at, e))
-            })
-            .ok()
-    });
-    if config
-        .cluster
-        .redis
-        .as_ref()
-        .is_some_and(|c| c.timeout.0.is_zero())
-    {
-        issues.push(Issue::new("cluster.redis.timeout", "must be above 0"));
-    }
-    if config
-        .server
-        .watch_config
-        .is_some_and(|d| d.0 < Duration::from_millis(100))
-    {
-        issues.push(Issue::new(
-            "server.watch_config",
-            "check the file at most every 100ms",
-        ));
-    }
-    let cache = &config.cache;
-    if cache.memory.0 < (1 << 20) {
-        issues.push(Issue::new("cache.memory", "give at least 1MiB"));
-    }
-    if cache.max_object_size.0 > cache.memory.0 {
-        issues.push(Issue::new(
-            "cache.max_object_size",
-            "larger than cache.memory: such an object could never be stored",
-        ));
-    }
-    if let Some(d) = &cache.disk {
-        if d.size.0 < cache.max_object_size.0 {
-            issues.push(Issue::new(
-                "cache.disk.size",
-                "smaller than cache.max_object_size",
-            ));
-        }
-        if d.path.is_empty() {
-            issues.push(Issue::new("cache.disk.path", "give a directory"));
-        }
-    }
-    if let Some(a) = &config.observability.access_log {
-        for (i, f) in a.fields.iter().enumerate() {
-            if !schema::ACCESS_LOG_FIELDS.contains(&f.as_str()) {
-                issues.push(Issue::new(
-                    format!("observability.access_log.fields[{i}]"),
-                    format!(
-                        "unknown field \"{f}\"; known: {}",
-                        schema::ACCESS_LOG_FIELDS.join(", ")
-                    ),
-                ));
-            }
-        }
-    }
-    if let Some(o) = &config.observability.tracing.otlp {
-        if !(0.0..=1.0).contains(&o.sample_ratio) {
-            issues.push(Issue::new(
-                "observability.tracing.otlp.sample_ratio",
-                "must be between 0.0 and 1.0",
-            ));
-        }
-        if !(o.endpoint.starts_with("http://") || o.endpoint.starts_with("https://")) {
-            issues.push(Issue::new(
-                "observability.tracing.otlp.endpoint",
-                "expected an http:// or https:// URL (OTLP/HTTP, e.g. http://127.0.0.1:4318/v1/traces)",
-            ));
-        }
-    }
+    let upstreams = compile_upstreams(&config, shared, &mut issues);
+    let redis = compile_redis(&config, shared, &mut issues);
+    check_server(&config.server, &mut issues);
+    check_cache(&config.cache, &mut issues);
+    check_observability(&config.observability, &mut issues);
     let server_compression = config.server.compression.as_ref().and_then(|c| {
         CompressionPolicy::compile(c, "server.compression")
             .map_err(|mut e| issues.append(&mut e))
@@ -305,17 +221,7 @@ pub fn compile(
         &config.consumers,
         &mut issues,
     ));
-    let trusted_proxies: Vec<ipnet::IpNet> = config
-        .server
-        .trusted_proxies
-        .iter()
-        .enumerate()
-        .filter_map(|(i, s)| {
-            crate::plugins::ip_filter::parse_net(s)
-                .map_err(|e| issues.push(Issue::new(format!("server.trusted_proxies[{i}]"), e)))
-                .ok()
-        })
-        .collect();
+    let trusted_proxies = compile_trusted_proxies(&config.server, &mut issues);
     let server_errors = Arc::new(
         ErrorPages::compile("server.errors", &config.server.errors)
             .map_err(|mut e| issues.append(&mut e))
@@ -343,21 +249,7 @@ pub fn compile(
             issues: cfg::locate(issues, &lines),
         });
     }
-    let s = &config.server;
-    let limits = Limits {
-        keepalive: s.keepalive_timeout.0,
-        client_read: s.client_read_timeout.0,
-        client_header: s.client_header_timeout.0,
-        client_write: s.client_write_timeout.0,
-        max_header_count: s.max_header_count,
-        max_header_size: s.max_header_size.0 as usize,
-        forwarded: s.forwarded_headers.clone(),
-        request_id: s.request_id,
-        trace: config.observability.tracing.propagate
-            || config.observability.tracing.otlp.is_some(),
-        preserve_header_case: s.preserve_header_case,
-        trusted_proxies,
-    };
+    let limits = limits(&config, trusted_proxies);
     Ok((
         Snapshot {
             router,
@@ -375,6 +267,143 @@ pub fn compile(
         },
         listeners,
     ))
+}
+
+fn compile_upstreams(
+    config: &Config,
+    shared: &Arc<Shared>,
+    issues: &mut Vec<Issue>,
+) -> BTreeMap<String, Arc<UpstreamGroup>> {
+    let mut upstreams = BTreeMap::new();
+    for (name, u) in &config.upstreams {
+        match UpstreamGroup::new(name, u, shared.registry.clone()) {
+            Ok(g) => {
+                upstreams.insert(name.clone(), Arc::new(g));
+            }
+            Err(mut e) => issues.append(&mut e),
+        }
+    }
+    upstreams
+}
+
+/// The cluster store (`cluster.redis`), taken from the shared state, and its failure policy.
+fn compile_redis(
+    config: &Config,
+    shared: &Arc<Shared>,
+    issues: &mut Vec<Issue>,
+) -> Option<(Arc<Redis>, schema::OnError)> {
+    let c = config.cluster.redis.as_ref()?;
+    let redis = shared
+        .redis(c)
+        .map(|r| (r, c.on_error))
+        .map_err(|e| {
+            let at = match (&c.url, c.cluster_nodes.is_empty()) {
+                (Some(_), true) => "cluster.redis.url",
+                (None, false) => "cluster.redis.cluster_nodes",
+                _ => "cluster.redis",
+            };
+            issues.push(Issue::new(at, e))
+        })
+        .ok();
+    if c.timeout.0.is_zero() {
+        issues.push(Issue::new("cluster.redis.timeout", "must be above 0"));
+    }
+    redis
+}
+
+fn check_server(s: &schema::Server, issues: &mut Vec<Issue>) {
+    if s.watch_config
+        .is_some_and(|d| d.0 < Duration::from_millis(100))
+    {
+        issues.push(Issue::new(
+            "server.watch_config",
+            "check the file at most every 100ms",
+        ));
+    }
+}
+
+fn check_cache(cache: &schema::CacheConfig, issues: &mut Vec<Issue>) {
+    if cache.memory.0 < (1 << 20) {
+        issues.push(Issue::new("cache.memory", "give at least 1MiB"));
+    }
+    if cache.max_object_size.0 > cache.memory.0 {
+        issues.push(Issue::new(
+            "cache.max_object_size",
+            "larger than cache.memory: such an object could never be stored",
+        ));
+    }
+    if let Some(d) = &cache.disk {
+        if d.size.0 < cache.max_object_size.0 {
+            issues.push(Issue::new(
+                "cache.disk.size",
+                "smaller than cache.max_object_size",
+            ));
+        }
+        if d.path.is_empty() {
+            issues.push(Issue::new("cache.disk.path", "give a directory"));
+        }
+    }
+}
+
+fn check_observability(o: &schema::Observability, issues: &mut Vec<Issue>) {
+    if let Some(a) = &o.access_log {
+        for (i, f) in a.fields.iter().enumerate() {
+            if !schema::ACCESS_LOG_FIELDS.contains(&f.as_str()) {
+                issues.push(Issue::new(
+                    format!("observability.access_log.fields[{i}]"),
+                    format!(
+                        "unknown field \"{f}\"; known: {}",
+                        schema::ACCESS_LOG_FIELDS.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    if let Some(o) = &o.tracing.otlp {
+        if !(0.0..=1.0).contains(&o.sample_ratio) {
+            issues.push(Issue::new(
+                "observability.tracing.otlp.sample_ratio",
+                "must be between 0.0 and 1.0",
+            ));
+        }
+        if !(o.endpoint.starts_with("http://") || o.endpoint.starts_with("https://")) {
+            issues.push(Issue::new(
+                "observability.tracing.otlp.endpoint",
+                "expected an http:// or https:// URL (OTLP/HTTP, e.g. http://127.0.0.1:4318/v1/traces)",
+            ));
+        }
+    }
+}
+
+fn compile_trusted_proxies(s: &schema::Server, issues: &mut Vec<Issue>) -> Vec<ipnet::IpNet> {
+    s.trusted_proxies
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| {
+            crate::plugins::ip_filter::parse_net(p)
+                .map_err(|e| issues.push(Issue::new(format!("server.trusted_proxies[{i}]"), e)))
+                .ok()
+        })
+        .collect()
+}
+
+/// The limits every downstream request is held to.
+fn limits(config: &Config, trusted_proxies: Vec<ipnet::IpNet>) -> Limits {
+    let s = &config.server;
+    Limits {
+        keepalive: s.keepalive_timeout.0,
+        client_read: s.client_read_timeout.0,
+        client_header: s.client_header_timeout.0,
+        client_write: s.client_write_timeout.0,
+        max_header_count: s.max_header_count,
+        max_header_size: s.max_header_size.0 as usize,
+        forwarded: s.forwarded_headers.clone(),
+        request_id: s.request_id,
+        trace: config.observability.tracing.propagate
+            || config.observability.tracing.otlp.is_some(),
+        preserve_header_case: s.preserve_header_case,
+        trusted_proxies,
+    }
 }
 
 fn compile_listeners(c: &Config, issues: &mut Vec<Issue>) -> Vec<ListenerPlan> {

@@ -76,6 +76,86 @@ impl super::Build for Config {
     }
 }
 
+/// `request.query.set`: each value a literal or a template.
+fn query_set(query: &QueryConfig, path: &str, issues: &mut Vec<Issue>) -> Vec<(String, QueryValue)> {
+    let mut out = Vec::new();
+    for (k, v) in &query.set {
+        match Template::parse(v) {
+            Ok(Some(t)) => out.push((k.clone(), QueryValue::Tpl(t))),
+            Ok(None) => out.push((k.clone(), QueryValue::Lit(v.clone()))),
+            Err(e) => issues.push(Issue::new(format!("{path}.request.query.set.{k}"), e)),
+        }
+    }
+    out
+}
+
+/// `request.method`: an upper-case method.
+fn method(req: &RequestConfig, path: &str, issues: &mut Vec<Issue>) -> Option<http::Method> {
+    let m = req.method.as_ref()?;
+    let parsed = http::Method::from_bytes(m.as_bytes())
+        .ok()
+        .filter(|m| m.as_str().bytes().all(|b| b.is_ascii_uppercase()));
+    if parsed.is_none() {
+        issues.push(Issue::new(
+            format!("{path}.request.method"),
+            format!("invalid method \"{m}\" (upper case, e.g. POST)"),
+        ));
+    }
+    parsed
+}
+
+/// The XML mapping's element names and depth.
+fn check_xml(c: &Config, path: &str, issues: &mut Vec<Issue>) {
+    let xml_names = std::iter::once(("root", &c.xml.root))
+        .chain(std::iter::once(("item", &c.xml.item)))
+        .chain(c.xml.arrays.iter().map(|a| ("arrays", a)));
+    for (field, name) in xml_names {
+        if let Err(e) = xml::check_name(name) {
+            issues.push(Issue::new(format!("{path}.xml.{field}"), e));
+        }
+    }
+    if !(1..=256).contains(&c.xml.max_depth) {
+        issues.push(Issue::new(
+            format!("{path}.xml.max_depth"),
+            "must be between 1 and 256",
+        ));
+    }
+}
+
+/// `response.status`: final statuses on both sides.
+fn check_status_map(resp: &ResponseConfig, path: &str, issues: &mut Vec<Issue>) {
+    for (from, to) in &resp.status {
+        for s in [from, to] {
+            if !(200..600).contains(s) {
+                issues.push(Issue::new(
+                    format!("{path}.response.status.{from}"),
+                    format!("{s} is not a final status (200-599)"),
+                ));
+            }
+        }
+    }
+}
+
+/// The body bound (within the route's) and the media types.
+fn check_bounds(c: &Config, b: &BuildCtx, issues: &mut Vec<Issue>) {
+    let path = &b.path;
+    if c.max_body.0 < 1 || c.max_body.0 > b.max_request_body {
+        issues.push(Issue::new(
+            format!("{path}.max_body"),
+            format!(
+                "must be between 1 and the route's max_request_body ({} bytes)",
+                b.max_request_body
+            ),
+        ));
+    }
+    if c.content_types.is_empty() {
+        issues.push(Issue::new(
+            format!("{path}.content_types"),
+            "list at least one media type",
+        ));
+    }
+}
+
 impl Transform {
     pub fn new(c: &Config, b: &BuildCtx) -> Result<Transform, Vec<Issue>> {
         let path = &b.path;
@@ -91,26 +171,8 @@ impl Transform {
         let request_json = ops(&req.json, format!("{path}.request.json"));
         let response_json = ops(&resp.json, format!("{path}.response.json"));
         let query = req.query.clone().unwrap_or_default();
-        let mut query_set = Vec::new();
-        for (k, v) in &query.set {
-            match Template::parse(v) {
-                Ok(Some(t)) => query_set.push((k.clone(), QueryValue::Tpl(t))),
-                Ok(None) => query_set.push((k.clone(), QueryValue::Lit(v.clone()))),
-                Err(e) => issues.push(Issue::new(format!("{path}.request.query.set.{k}"), e)),
-            }
-        }
-        let method = req.method.as_ref().and_then(|m| {
-            http::Method::from_bytes(m.as_bytes())
-                .ok()
-                .filter(|m| m.as_str().bytes().all(|b| b.is_ascii_uppercase()))
-                .or_else(|| {
-                    issues.push(Issue::new(
-                        format!("{path}.request.method"),
-                        format!("invalid method \"{m}\" (upper case, e.g. POST)"),
-                    ));
-                    None
-                })
-        });
+        let query_set = query_set(&query, path, &mut issues);
+        let method = method(&req, path, &mut issues);
         if req.convert == Some(Convert::Negotiate) {
             issues.push(Issue::new(
                 format!("{path}.request.convert"),
@@ -122,45 +184,9 @@ impl Transform {
                 .map_err(|errs| issues.extend(errs.into_iter().map(|(p, m)| Issue::new(p, m))))
                 .ok()
         });
-        let xml_names = std::iter::once(("root", &c.xml.root))
-            .chain(std::iter::once(("item", &c.xml.item)))
-            .chain(c.xml.arrays.iter().map(|a| ("arrays", a)));
-        for (field, name) in xml_names {
-            if let Err(e) = xml::check_name(name) {
-                issues.push(Issue::new(format!("{path}.xml.{field}"), e));
-            }
-        }
-        if !(1..=256).contains(&c.xml.max_depth) {
-            issues.push(Issue::new(
-                format!("{path}.xml.max_depth"),
-                "must be between 1 and 256",
-            ));
-        }
-        for (from, to) in &resp.status {
-            for s in [from, to] {
-                if !(200..600).contains(s) {
-                    issues.push(Issue::new(
-                        format!("{path}.response.status.{from}"),
-                        format!("{s} is not a final status (200-599)"),
-                    ));
-                }
-            }
-        }
-        if c.max_body.0 < 1 || c.max_body.0 > b.max_request_body {
-            issues.push(Issue::new(
-                format!("{path}.max_body"),
-                format!(
-                    "must be between 1 and the route's max_request_body ({} bytes)",
-                    b.max_request_body
-                ),
-            ));
-        }
-        if c.content_types.is_empty() {
-            issues.push(Issue::new(
-                format!("{path}.content_types"),
-                "list at least one media type",
-            ));
-        }
+        check_xml(c, path, &mut issues);
+        check_status_map(&resp, path, &mut issues);
+        check_bounds(c, b, &mut issues);
         if req.json.is_empty()
             && query.set.is_empty()
             && query.remove.is_empty()
@@ -183,11 +209,10 @@ impl Transform {
         }
         let mut template_headers = request_json.headers();
         template_headers.extend(response_json.headers());
-        for (_, v) in &query_set {
-            if let QueryValue::Tpl(t) = v {
-                template_headers.extend(t.headers().cloned());
-            }
-        }
+        template_headers.extend(query_set.iter().flat_map(|(_, v)| match v {
+            QueryValue::Tpl(t) => t.headers().cloned().collect::<Vec<_>>(),
+            QueryValue::Lit(_) => Vec::new(),
+        }));
         let keeps_inputs = request_json.has_templates() || response_json.has_templates();
         Ok(Transform {
             request_json,
