@@ -2,6 +2,7 @@
 //! API-key digest and by Basic user name), password hashes, JWKS key sets, and where a token is
 //! read from. Plugins resolve a request to a [`Consumer`] and record it in the request context.
 
+pub mod claims;
 pub mod config;
 pub mod crypto;
 pub mod jwks;

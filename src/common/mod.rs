@@ -6,6 +6,7 @@ pub mod clock;
 pub mod defaults;
 pub mod issue;
 pub mod lines;
+pub mod one_key;
 pub mod types;
 
 pub use clock::Clock;

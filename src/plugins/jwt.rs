@@ -19,10 +19,11 @@
 
 use super::{BuildCtx, Flow, Plugin};
 use crate::auth::jwks::{self, family, KeySet, RemoteJwks, VerifyKey};
+use crate::auth::claims::ClaimRules;
 use crate::auth::{failure, AuthFail, Consumers};
 use crate::common::issue::Issue;
 use crate::common::types::{Dur, Size};
-use crate::context::{Consumer, RequestCtx};
+use crate::context::RequestCtx;
 use crate::error::GatewayError;
 use crate::auth::AuthMetrics;
 use async_trait::async_trait;
@@ -200,13 +201,10 @@ pub struct Jwt {
     /// Claim checks, one per algorithm (built once: a `Validation` holds sets that would
     /// otherwise be cloned per token).
     validations: Vec<(Algorithm, Validation)>,
-    scopes_any: Vec<String>,
-    scopes_all: Vec<String>,
-    consumer_claim: String,
+    rules: ClaimRules,
     consumer_required: bool,
     consumers: Arc<Consumers>,
     source: Source,
-    forward: Vec<(String, HeaderName)>,
     strip: bool,
     max_token: usize,
     leeway: u64,
@@ -431,7 +429,14 @@ impl Jwt {
                 ),
             ));
         }
-        let forward = crate::auth::forward_claims(&c.forward_claims, path, &mut issues);
+        let rules = ClaimRules::new(
+            &c.scopes_any,
+            &c.scopes_all,
+            &c.consumer_claim,
+            &c.forward_claims,
+            path,
+            &mut issues,
+        );
         let (Some(source), true) = (source, issues.is_empty()) else {
             return Err(issues);
         };
@@ -439,13 +444,10 @@ impl Jwt {
             fixed,
             remote,
             validations: validations(c),
-            scopes_any: c.scopes_any.clone(),
-            scopes_all: c.scopes_all.clone(),
-            consumer_claim: c.consumer_claim.clone(),
+            rules,
             consumer_required: c.consumer_required,
             consumers: b.consumers.clone(),
             source,
-            forward,
             strip: c.strip_token,
             max_token: c.max_token_size.0 as usize,
             leeway: c.leeway.0.as_secs(),
@@ -495,24 +497,6 @@ impl Jwt {
             Some(e) => Err(e),
             None => Ok(None),
         }
-    }
-
-    fn scopes_ok(&self, claims: &Claims) -> bool {
-        if self.scopes_any.is_empty() && self.scopes_all.is_empty() {
-            return true;
-        }
-        let mut have: Vec<&str> = Vec::new();
-        for name in ["scope", "scp"] {
-            match claims.get(name) {
-                Some(serde_json::Value::String(s)) => have.extend(s.split_whitespace()),
-                Some(serde_json::Value::Array(a)) => {
-                    have.extend(a.iter().filter_map(|v| v.as_str()))
-                }
-                _ => {}
-            }
-        }
-        (self.scopes_any.is_empty() || self.scopes_any.iter().any(|s| have.contains(&s.as_str())))
-            && self.scopes_all.iter().all(|s| have.contains(&s.as_str()))
     }
 
     fn fail(&self, ctx: &mut RequestCtx, why: AuthFail) -> Result<Flow, GatewayError> {
@@ -643,27 +627,14 @@ impl Jwt {
         ctx: &mut RequestCtx,
         claims: Arc<Claims>,
     ) -> Result<Flow, GatewayError> {
-        if !self.scopes_ok(&claims) {
-            return self.fail(ctx, AuthFail::Scope);
-        }
-        let name = match claims.get(&self.consumer_claim) {
-            Some(serde_json::Value::String(s)) => Some(s.clone()),
-            Some(serde_json::Value::Number(n)) => Some(n.to_string()),
-            _ => None,
-        };
-        let consumer = match name {
-            Some(n) => match self.consumers.by_name(&n) {
-                Some(c) => Some(c.clone()),
-                None if self.consumer_required => return self.fail(ctx, AuthFail::UnknownConsumer),
-                None => Some(Arc::new(Consumer {
-                    name: n,
-                    groups: Vec::new(),
-                })),
-            },
-            None if self.consumer_required => return self.fail(ctx, AuthFail::UnknownConsumer),
-            None => None,
-        };
-        crate::auth::apply_claims(req, &self.forward, &claims);
+        let consumer =
+            match self
+                .rules
+                .accept(&claims, req, &self.consumers, self.consumer_required)
+            {
+                Ok(c) => c,
+                Err(why) => return self.fail(ctx, why),
+            };
         if self.strip {
             match &self.source {
                 Source::Header(n, _) => {

@@ -466,7 +466,15 @@ macro_rules! plugin_table {
                 }
             }
 
-            /// The value of a `name: { … }` entry; `None` for a name not in the table.
+        }
+
+        impl crate::common::one_key::OneKey for PluginSpec {
+            const NAMES: &'static [&'static str] = PLUGIN_NAMES;
+            const EXPECTING: &'static str = "plugin name ({names}) and its settings";
+            const EMPTY: &'static str = "empty plugin entry";
+            const SECOND_KEY: &'static str =
+                "one plugin per list item; start a new `- name:` item for the next plugin";
+
             fn decode<'de, A: serde::de::MapAccess<'de>>(
                 name: &str,
                 map: &mut A,
@@ -521,36 +529,7 @@ plugin_table! {
 
 impl<'de> Deserialize<'de> for PluginSpec {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = PluginSpec;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                write!(
-                    f,
-                    "a map with one plugin name ({}) and its settings",
-                    PLUGIN_NAMES.join(", ")
-                )
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<PluginSpec, A::Error> {
-                use serde::de::Error;
-                let Some(name) = map.next_key::<String>()? else {
-                    return Err(A::Error::custom("empty plugin entry"));
-                };
-                let Some(spec) = PluginSpec::decode(&name, &mut map)? else {
-                    return Err(A::Error::unknown_variant(&name, PLUGIN_NAMES));
-                };
-                if map.next_key::<String>()?.is_some() {
-                    return Err(A::Error::custom(
-                        "one plugin per list item; start a new `- name:` item for the next plugin",
-                    ));
-                }
-                Ok(spec)
-            }
-        }
-        d.deserialize_map(V)
+        crate::common::one_key::deserialize(d)
     }
 }
 

@@ -15,14 +15,14 @@
 //! ```
 
 use super::{BuildCtx, Flow, Plugin};
+use crate::auth::claims::ClaimRules;
 use crate::auth::{failure, sha256, AuthFail, Consumers};
 use crate::common::issue::Issue;
 use crate::common::types::Dur;
-use crate::context::{Consumer, RequestCtx};
+use crate::context::RequestCtx;
 use crate::error::GatewayError;
 use crate::auth::AuthMetrics;
 use async_trait::async_trait;
-use http::HeaderName;
 use parking_lot::Mutex;
 use pingora::http::RequestHeader;
 use schemars::JsonSchema;
@@ -94,10 +94,7 @@ pub struct Introspection {
     max_ttl: Duration,
     negative_ttl: Duration,
     cache_size: usize,
-    scopes_any: Vec<String>,
-    scopes_all: Vec<String>,
-    consumer_claim: String,
-    forward: Vec<(String, HeaderName)>,
+    rules: ClaimRules,
     strip: bool,
     client: reqwest::Client,
     cache: Mutex<HashMap<[u8; 32], (Instant, Answer)>>,
@@ -122,7 +119,14 @@ impl Introspection {
                 "must be at least 1",
             ));
         }
-        let forward = crate::auth::forward_claims(&c.forward_claims, path, &mut issues);
+        let rules = ClaimRules::new(
+            &c.scopes_any,
+            &c.scopes_all,
+            &c.consumer_claim,
+            &c.forward_claims,
+            path,
+            &mut issues,
+        );
         let client = crate::auth::service_client(&c.url, c.timeout.0, path, &mut issues);
         let (Some(client), true) = (client, issues.is_empty()) else {
             return Err(issues);
@@ -135,10 +139,7 @@ impl Introspection {
             max_ttl: c.cache_max_ttl.0,
             negative_ttl: c.negative_ttl.0,
             cache_size: c.cache_size,
-            scopes_any: c.scopes_any.clone(),
-            scopes_all: c.scopes_all.clone(),
-            consumer_claim: c.consumer_claim.clone(),
-            forward,
+            rules,
             strip: c.strip_token,
             client,
             cache: Mutex::new(HashMap::new()),
@@ -184,16 +185,6 @@ impl Introspection {
             None => self.max_ttl,
         };
         (Answer::Active(Arc::new(claims)), ttl)
-    }
-
-    fn scopes_ok(&self, claims: &Claims) -> bool {
-        let have: Vec<&str> = claims
-            .get("scope")
-            .and_then(|s| s.as_str())
-            .map(|s| s.split_whitespace().collect())
-            .unwrap_or_default();
-        (self.scopes_any.is_empty() || self.scopes_any.iter().any(|s| have.contains(&s.as_str())))
-            && self.scopes_all.iter().all(|s| have.contains(&s.as_str()))
     }
 
     fn fail(&self, ctx: &mut RequestCtx, why: AuthFail) -> Result<Flow, GatewayError> {
@@ -283,19 +274,11 @@ impl Introspection {
         let Answer::Active(claims) = answer else {
             return self.fail(ctx, AuthFail::Invalid);
         };
-        if !self.scopes_ok(&claims) {
-            return self.fail(ctx, AuthFail::Scope);
+        match self.rules.accept(&claims, req, &self.consumers, false) {
+            Ok(Some(c)) => ctx.consumer = Some(c),
+            Ok(None) => {}
+            Err(why) => return self.fail(ctx, why),
         }
-        if let Some(name) = claims.get(&self.consumer_claim).and_then(|v| v.as_str()) {
-            ctx.consumer = Some(match self.consumers.by_name(name) {
-                Some(c) => c.clone(),
-                None => Arc::new(Consumer {
-                    name: name.to_string(),
-                    groups: Vec::new(),
-                }),
-            });
-        }
-        crate::auth::apply_claims(req, &self.forward, &claims);
         if self.strip {
             req.remove_header(&http::header::AUTHORIZATION);
         }

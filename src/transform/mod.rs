@@ -43,42 +43,34 @@ const OPERATIONS: &[&str] = &[
     "set", "add", "default", "remove", "rename", "move", "copy", "keep",
 ];
 
+impl crate::common::one_key::OneKey for JsonOpConfig {
+    const NAMES: &'static [&'static str] = OPERATIONS;
+    const EXPECTING: &'static str = "operation ({names})";
+    const EMPTY: &'static str = "empty operation";
+    const SECOND_KEY: &'static str =
+        "one operation per list item; start a new `- op:` item for the next";
+
+    fn decode<'de, A: serde::de::MapAccess<'de>>(
+        name: &str,
+        map: &mut A,
+    ) -> Result<Option<JsonOpConfig>, A::Error> {
+        Ok(Some(match name {
+            "set" => JsonOpConfig::Set(map.next_value()?),
+            "add" => JsonOpConfig::Add(map.next_value()?),
+            "default" => JsonOpConfig::Default(map.next_value()?),
+            "remove" => JsonOpConfig::Remove(map.next_value()?),
+            "rename" => JsonOpConfig::Rename(map.next_value()?),
+            "move" => JsonOpConfig::Move(map.next_value()?),
+            "copy" => JsonOpConfig::Copy(map.next_value()?),
+            "keep" => JsonOpConfig::Keep(map.next_value()?),
+            _ => return Ok(None),
+        }))
+    }
+}
+
 impl<'de> Deserialize<'de> for JsonOpConfig {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = JsonOpConfig;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                write!(f, "a map with one operation ({})", OPERATIONS.join(", "))
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<JsonOpConfig, A::Error> {
-                use serde::de::Error;
-                let Some(name) = map.next_key::<String>()? else {
-                    return Err(A::Error::custom("empty operation"));
-                };
-                let op = match name.as_str() {
-                    "set" => JsonOpConfig::Set(map.next_value()?),
-                    "add" => JsonOpConfig::Add(map.next_value()?),
-                    "default" => JsonOpConfig::Default(map.next_value()?),
-                    "remove" => JsonOpConfig::Remove(map.next_value()?),
-                    "rename" => JsonOpConfig::Rename(map.next_value()?),
-                    "move" => JsonOpConfig::Move(map.next_value()?),
-                    "copy" => JsonOpConfig::Copy(map.next_value()?),
-                    "keep" => JsonOpConfig::Keep(map.next_value()?),
-                    other => return Err(A::Error::unknown_variant(other, OPERATIONS)),
-                };
-                if map.next_key::<String>()?.is_some() {
-                    return Err(A::Error::custom(
-                        "one operation per list item; start a new `- op:` item for the next",
-                    ));
-                }
-                Ok(op)
-            }
-        }
-        d.deserialize_map(V)
+        crate::common::one_key::deserialize(d)
     }
 }
 
