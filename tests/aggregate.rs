@@ -6,6 +6,7 @@ use crate::util::upstream::FnServer;
 use crate::util::{client, eventually, eventually_with, Gateway, Poll, ADMIN_TOKEN};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::time::Duration;
 
 const SECRET: &str = "composite-test-secret-of-32-bytes-or-more";
@@ -89,6 +90,25 @@ async fn get(gw: &Gateway, path: &str) -> (u16, reqwest::header::HeaderMap, Valu
     let text = r.text().await.unwrap();
     let v = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
     (status, headers, v)
+}
+
+/// A stale answer (`n` = 1) to every request until the upstream was asked again in the
+/// background (`n` reaches 2).
+async fn stale_until_revalidated(gw: &Gateway, n: &AtomicUsize, path: &str) {
+    let poll = Poll::DEFAULT.every(Duration::from_millis(100));
+    eventually_with(poll, "a background revalidation", || async move {
+        if n.load(SeqCst) >= 2 {
+            return Some(());
+        }
+        let (s, _, v) = get(gw, path).await;
+        assert_eq!(
+            (s, v["n"].as_u64()),
+            (200, Some(1)),
+            "the stale answer meanwhile"
+        );
+        None
+    })
+    .await;
 }
 
 fn complete(h: &reqwest::header::HeaderMap) -> &str {
@@ -493,21 +513,8 @@ async fn a_cached_call_is_served_stale_while_it_revalidates_and_when_its_upstrea
     assert_eq!(v["n"], 1);
     // Fresh for 1 s; then the first composite gets the stale answer at once and the entry is
     // refreshed in the background (found again through the call's marker).
-    let (gw_ref, n_ref) = (&gw, &n);
-    let poll = Poll::DEFAULT.every(Duration::from_millis(100));
-    eventually_with(poll, "a background revalidation", || async move {
-        if n_ref.load(SeqCst) >= 2 {
-            return Some(());
-        }
-        let (s, _, v) = get(gw_ref, "/s").await;
-        assert_eq!(
-            (s, v["n"].as_u64()),
-            (200, Some(1)),
-            "the stale answer meanwhile"
-        );
-        None
-    })
-    .await;
+    let gw_ref = &gw;
+    stale_until_revalidated(gw_ref, &n, "/s").await;
     gw.wait_metric(
         r#"postern_cache_requests_total{result="stale",route="s.v"}"#,
         1.0,
@@ -765,21 +772,8 @@ async fn a_cached_composite_is_refreshed_in_the_background_and_served_stale_on_e
     assert_eq!(v["n"], 1);
     // Once stale, the stored answer is served at once while the composite runs again in the
     // background (a subrequest through the internal socket).
-    let (gw_ref, n_ref) = (&gw, &n);
-    let poll = Poll::DEFAULT.every(Duration::from_millis(100));
-    eventually_with(poll, "a background revalidation", || async move {
-        if n_ref.load(SeqCst) >= 2 {
-            return Some(());
-        }
-        let (s, _, v) = get(gw_ref, "/swr").await;
-        assert_eq!(
-            (s, v["n"].as_u64()),
-            (200, Some(1)),
-            "the stale answer meanwhile"
-        );
-        None
-    })
-    .await;
+    let gw_ref = &gw;
+    stale_until_revalidated(gw_ref, &n, "/swr").await;
     eventually("the refreshed answer", || async move {
         let (_, _, v) = get(gw_ref, "/swr").await;
         (v["n"] == 2).then_some(())
