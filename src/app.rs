@@ -2,8 +2,8 @@
 //! supervisor (health checks, DNS). Nothing here runs per request.
 
 use crate::admin::Admin;
-use crate::gateway::head_deadline::WithHeadDeadline;
 use crate::gateway::Gateway;
+use crate::http::head_deadline::WithHeadDeadline;
 use crate::observability::access_log::{self, AccessLog, Writer};
 use crate::reload::Reloader;
 use crate::snapshot::{self, ListenerPlan, Snapshot};

@@ -6,10 +6,8 @@
 mod attempt;
 mod body;
 mod caching;
-pub mod checks;
 mod ctx;
 pub mod forward;
-pub mod head_deadline;
 mod mode;
 mod records;
 mod request;

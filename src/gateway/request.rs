@@ -2,9 +2,10 @@
 //! on it once its route's plugins let it through.
 
 use super::ctx::Ctx;
-use super::{checks, forward, Gateway};
+use super::{forward, Gateway};
 use crate::context::{ClientCert, ConnInfo};
 use crate::error::GatewayError;
+use crate::http::checks;
 use crate::observability::trace::TraceContext;
 use pingora::proxy::Session;
 use std::sync::Arc;

@@ -1,9 +1,9 @@
 //! Finding the route of a request.
 
-use super::checks;
 use super::ctx::Ctx;
 use super::forward;
 use crate::error::GatewayError;
+use crate::http::checks;
 use crate::router::{path::normalize, RequestView};
 use pingora::proxy::Session;
 use std::borrow::Cow;

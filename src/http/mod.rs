@@ -1,5 +1,12 @@
-//! Pure HTTP helpers on request heads, with no gateway state: reading cookies and query
-//! parameters. A leaf layer: imports nothing from the crate.
+//! Pure HTTP on the client side, with no gateway state: the checks every request head passes
+//! (`checks`), the deadline on reading a head (`head_deadline`), the limits both use
+//! (`limits`), and reading cookies and query parameters.
+
+pub mod checks;
+pub mod head_deadline;
+pub mod limits;
+
+pub use limits::{ForwardedHeaders, Limits};
 
 /// A cookie's value from the request.
 pub fn cookie<'a>(req: &'a pingora::http::RequestHeader, name: &str) -> Option<&'a str> {

@@ -11,6 +11,7 @@ pub use route::compile_template;
 use crate::config::schema::{self, Config};
 use crate::config::{self as cfg, ConfigError, Issue, Loaded};
 use crate::error_pages::ErrorPages;
+pub use crate::http::Limits;
 use crate::observability::metrics::RouteMetrics;
 use crate::plugins::compression::CompressionPolicy;
 use crate::plugins::{self, Built, Chain};
@@ -98,23 +99,6 @@ impl Route {
     pub fn caches_composite(&self) -> bool {
         self.cache.is_some() && self.composite().is_some()
     }
-}
-
-/// Limits applied to every downstream request.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    pub keepalive: Duration,
-    pub client_read: Duration,
-    pub client_write: Duration,
-    pub client_header: Duration,
-    pub max_header_count: usize,
-    pub max_header_size: usize,
-    pub forwarded: schema::ForwardedHeaders,
-    pub request_id: bool,
-    pub trace: bool,
-    pub preserve_header_case: bool,
-    /// `server.trusted_proxies`, parsed.
-    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 pub struct Snapshot {

@@ -13,6 +13,7 @@ pub use crate::aggregate::config::{Aggregate, Call, Fallback};
 pub use crate::auth::config::*;
 pub use crate::common::types::OnError;
 pub use crate::error_pages::{ErrorPageConfig, StatusSelector};
+pub use crate::http::ForwardedHeaders;
 pub use crate::observability::config::*;
 pub use crate::redis::config::RedisConfig;
 pub use crate::tls::{CertKey, ClientAuth, ListenerTls};
@@ -213,35 +214,6 @@ pub enum LogLevel {
     Info,
     Debug,
     Trace,
-}
-
-/// Forwarding headers added to proxied requests (each costs a header insertion per request).
-#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ForwardedHeaders {
-    /// Append the client address to `X-Forwarded-For`.
-    #[serde(default = "d::yes")]
-    pub x_forwarded_for: bool,
-    /// Set `X-Forwarded-Proto` to http or https.
-    #[serde(default = "d::yes")]
-    pub x_forwarded_proto: bool,
-    /// Set `X-Forwarded-Host` to the Host the client asked for.
-    #[serde(default = "d::yes")]
-    pub x_forwarded_host: bool,
-    /// Append `for=...;proto=...;host=...` to the RFC 7239 `Forwarded` header.
-    #[serde(default = "d::yes")]
-    pub forwarded: bool,
-}
-
-impl Default for ForwardedHeaders {
-    fn default() -> Self {
-        ForwardedHeaders {
-            x_forwarded_for: true,
-            x_forwarded_proto: true,
-            x_forwarded_host: true,
-            forwarded: true,
-        }
-    }
 }
 
 impl Default for Server {

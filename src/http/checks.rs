@@ -1,8 +1,8 @@
 //! Request checks from RFC 9110 and RFC 9112 that a proxy must enforce before forwarding:
 //! a request that fails one is answered 400 (or 431) and never reaches an upstream.
 
+use super::Limits;
 use crate::error::GatewayError;
-use crate::snapshot::Limits;
 use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::Version;
 use pingora::http::RequestHeader;
