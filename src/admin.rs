@@ -1,7 +1,7 @@
 //! The admin listener (loopback by default): liveness, readiness and upstream health as JSON.
 //! Metrics, reload and purge endpoints come with their features.
 
-use crate::observability::metrics::{self, METRICS};
+use crate::observability::metrics;
 use crate::reload::Reloader;
 use crate::snapshot::Snapshot;
 use crate::upstream::target::now_ms;
@@ -168,8 +168,8 @@ impl Admin {
 
     /// Prometheus text; target health gauges are refreshed from the registry first.
     fn metrics_text(&self) -> Response<Vec<u8>> {
-        if let Some(m) = METRICS.as_ref() {
-            let snap = self.snapshot.load();
+        let snap = self.snapshot.load();
+        if let Some(m) = &snap.metrics {
             let now = now_ms();
             for (name, g) in &snap.upstreams {
                 for t in g.targets() {
@@ -184,7 +184,7 @@ impl Admin {
                     .load(std::sync::atomic::Ordering::SeqCst) as i64,
             );
         }
-        let body = metrics::render().into_bytes();
+        let body = metrics::render(&snap.metrics).into_bytes();
         Response::builder()
             .status(200)
             .header("content-type", "text/plain; version=0.0.4")

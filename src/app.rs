@@ -50,10 +50,12 @@ pub fn run(conf_path: &str, flags: RunFlags) -> Result<(), String> {
         c.disk
             .as_ref()
             .map(|d| (std::path::Path::new(&d.path), d.size.0)),
+        shared.metrics(),
     );
     let server_conf = server_conf(&snap, flags.daemon);
     let admin = snap.config.admin.clone();
-    let metrics_enabled = snap.config.observability.metrics.enabled;
+    let metrics = shared.metrics().clone();
+    let metrics_enabled = metrics.is_some();
     let (spans, span_sender) = match &snap.config.observability.tracing.otlp {
         Some(o) => {
             let (e, s) = crate::observability::otlp::channel(
@@ -61,6 +63,7 @@ pub fn run(conf_path: &str, flags: RunFlags) -> Result<(), String> {
                 o.sample_ratio,
                 o.timeout.0,
                 &o.service_name,
+                &metrics,
             )?;
             (Some(e), Some(Arc::new(s)))
         }
@@ -68,14 +71,14 @@ pub fn run(conf_path: &str, flags: RunFlags) -> Result<(), String> {
     };
     let (access_log, log_writer) = match &snap.config.observability.access_log {
         Some(cfg) => {
-            let (log, writer) = access_log::channel(cfg);
+            let (log, writer) = access_log::channel(cfg, &metrics);
             (Some(log), Some(writer))
         }
         None => (None, None),
     };
     let snapshot = Arc::new(ArcSwap::from_pointee(snap));
     // What every listener's gateway shares: drain state, requests in flight, handoffs.
-    let state = crate::gateway::state::ServerState::new();
+    let state = crate::gateway::state::ServerState::new(&metrics);
     let reloader = Arc::new(Reloader::new(
         conf_path,
         snapshot.clone(),
@@ -248,9 +251,7 @@ fn add_listener(
     let gateway = Gateway {
         snapshot: snapshot.clone(),
         tls: l.tls.is_some(),
-        timed: crate::observability::metrics::METRICS.is_some()
-            || access_log.is_some()
-            || spans.is_some(),
+        timed: snapshot.load().metrics.is_some() || access_log.is_some() || spans.is_some(),
         access_log,
         spans,
         state: state.clone(),

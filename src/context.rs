@@ -98,9 +98,14 @@ pub struct RequestCtx {
 impl RequestCtx {
     /// Notes for the access log's `transform` that a body plugin skipped or failed on this
     /// request's body, and counts it.
-    pub fn transform_failed(&mut self, phase: &str, reason: &'static str) {
+    pub fn transform_failed(
+        &mut self,
+        metrics: &crate::observability::metrics::Metrics,
+        phase: &str,
+        reason: &'static str,
+    ) {
         self.transform = Some(reason);
-        crate::observability::metrics::transform_error(&self.route, phase, reason);
+        crate::observability::metrics::transform_error(metrics, &self.route, phase, reason);
     }
 
     pub fn param(&self, name: &str) -> Option<&str> {

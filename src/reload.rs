@@ -66,7 +66,7 @@ impl Reloader {
     /// Reloads the file. Blocking work (file read, DNS) runs on the blocking pool.
     pub async fn reload(&self) -> Result<Outcome, String> {
         let result = self.reload_inner().await;
-        if let Some(m) = crate::observability::metrics::METRICS.as_ref() {
+        if let Some(m) = self.shared.metrics() {
             m.reloads
                 .with_label_values(&[if result.is_ok() { "success" } else { "failure" }])
                 .inc();
@@ -121,8 +121,7 @@ impl Reloader {
         if format!("{:?}", old.config.admin) != format!("{:?}", compiled.config.admin) {
             not_applied.push("admin");
         }
-        if compiled.config.observability.metrics.enabled != crate::observability::metrics::enabled()
-        {
+        if compiled.config.observability.metrics.enabled != self.shared.metrics().is_some() {
             not_applied.push("observability.metrics.enabled");
         }
         if compiled.config.cache != old.config.cache {

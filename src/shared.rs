@@ -3,6 +3,7 @@
 //! change keeps its state.
 
 use crate::auth::jwks::RemoteJwks;
+use crate::observability::metrics::{Families, Metrics};
 use crate::ratelimit::Store;
 use crate::redis::config::RedisConfig;
 use crate::redis::Redis;
@@ -12,6 +13,9 @@ use std::sync::Arc;
 
 #[derive(Default)]
 pub struct Shared {
+    /// The server's metrics, decided by the first configuration loaded (reloads cannot switch
+    /// them on or off).
+    metrics: std::sync::OnceLock<Metrics>,
     pub registry: Arc<Registry>,
     pub limits: Store,
     redis: Mutex<Option<Arc<Redis>>>,
@@ -21,6 +25,18 @@ pub struct Shared {
 impl Shared {
     pub fn new() -> Arc<Shared> {
         Arc::new(Shared::default())
+    }
+
+    /// Makes the server's metrics on the first call (`observability.metrics.enabled` of the
+    /// first configuration); later calls change nothing.
+    pub fn init_metrics(&self, enabled: bool) {
+        self.metrics.get_or_init(|| Families::new(enabled));
+    }
+
+    /// The server's metrics (none before `init_metrics`).
+    pub fn metrics(&self) -> &Metrics {
+        const NONE: &Metrics = &None;
+        self.metrics.get().unwrap_or(NONE)
     }
 
     /// The JWKS of a URL with these settings: one fetcher (and key set) per distinct setting,
@@ -62,13 +78,10 @@ impl Shared {
             (Some(_), false) => return Err("give either `url` or `cluster_nodes`, not both".into()),
             (None, true) => return Err("give `url` (one server) or `cluster_nodes`".into()),
         };
-        let r = Arc::new(Redis::new(
-            id,
-            &nodes,
-            cluster,
-            c.timeout.0,
-            c.key_prefix.clone(),
-        )?);
+        let r = Arc::new(
+            Redis::new(id, &nodes, cluster, c.timeout.0, c.key_prefix.clone())?
+                .with_metrics(self.metrics().clone()),
+        );
         *slot = Some(r.clone());
         Ok(r)
     }

@@ -283,12 +283,21 @@ pub fn remove_query(req: &mut pingora::http::RequestHeader, name: &str) {
 pub struct AuthMetrics(Option<Vec<(AuthFail, prometheus::IntCounter)>>);
 
 impl AuthMetrics {
-    pub fn new(route: &str, plugin: &str) -> AuthMetrics {
+    pub fn new(
+        metrics: &crate::observability::metrics::Metrics,
+        route: &str,
+        plugin: &str,
+    ) -> AuthMetrics {
         let counters: Option<Vec<_>> = AuthFail::ALL
             .iter()
             .map(|f| {
-                crate::observability::metrics::auth_failure_counter(route, plugin, f.reason())
-                    .map(|c| (*f, c))
+                crate::observability::metrics::auth_failure_counter(
+                    metrics,
+                    route,
+                    plugin,
+                    f.reason(),
+                )
+                .map(|c| (*f, c))
             })
             .collect();
         AuthMetrics(counters)

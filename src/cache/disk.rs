@@ -95,6 +95,8 @@ pub struct Disk {
     dir: PathBuf,
     limit: u64,
     state: Mutex<State>,
+    /// The gauge of the bytes held (set by the memory tier that owns this one).
+    pub(super) metrics: crate::observability::metrics::Metrics,
 }
 
 /// What the start-up scan found, for the memory tier's URL and tag index.
@@ -157,6 +159,7 @@ impl Disk {
             dir: dir.to_path_buf(),
             limit,
             state: Mutex::new(state),
+            metrics: None,
         };
         disk.trim();
         disk.report();
@@ -264,8 +267,8 @@ impl Disk {
         self.state.lock().total
     }
 
-    fn report(&self) {
-        crate::observability::metrics::cache_disk_bytes(self.total_bytes());
+    pub(super) fn report(&self) {
+        crate::observability::metrics::cache_disk_bytes(&self.metrics, self.total_bytes());
     }
 }
 

@@ -37,11 +37,13 @@ pub fn init(
     max_object: usize,
     lock_timeout: Duration,
     disk: Option<(&std::path::Path, u64)>,
+    metrics: &crate::observability::metrics::Metrics,
 ) {
     STORE.get_or_init(|| {
-        let mut storage = MemoryStorage::new(memory, max_object);
+        let fresh = || MemoryStorage::new(memory, max_object).with_metrics(metrics.clone());
+        let mut storage = fresh();
         if let Some((dir, size)) = disk {
-            storage = match MemoryStorage::new(memory, max_object).with_disk(dir, size) {
+            storage = match fresh().with_disk(dir, size) {
                 Ok(s) => s,
                 Err(e) => {
                     log::error!(

@@ -8,6 +8,7 @@
 //! (Pingora's cache lock makes concurrent requests wait for that writer instead of reading a
 //! partial object).
 
+use crate::observability::metrics::Metrics;
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use pingora::cache::eviction::CacheEntryKey;
@@ -93,6 +94,8 @@ pub struct MemoryStorage {
     max_object: usize,
     /// Optional second tier; memory holds the hot part.
     disk: Option<super::disk::Disk>,
+    /// Counts stored bytes and evictions.
+    metrics: Metrics,
 }
 
 /// What a purge by URL, prefix or tag did.
@@ -110,12 +113,21 @@ impl MemoryStorage {
             index: Mutex::new(Index::default()),
             max_object,
             disk: None,
+            metrics: None,
         }
+    }
+
+    /// Counts stored bytes, evictions and the disk tier's size in these metrics.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Adds the disk tier; entries already on disk are indexed for lookups and purges.
     pub fn with_disk(mut self, dir: &std::path::Path, size: u64) -> std::io::Result<Self> {
-        let (disk, found) = super::disk::Disk::open(dir, size)?;
+        let (mut disk, found) = super::disk::Disk::open(dir, size)?;
+        disk.metrics = self.metrics.clone();
+        disk.report();
         {
             let mut index = self.index.lock();
             for f in found {
@@ -159,7 +171,7 @@ impl MemoryStorage {
                 .get(k)
                 .is_none_or(|cur| !Arc::ptr_eq(&cur, &evicted.data))
             {
-                crate::observability::metrics::cache_evicted();
+                crate::observability::metrics::cache_evicted(&self.metrics);
                 let on_disk = self.disk.as_ref().is_some_and(|d| d.contains(k));
                 if self.ufo.get(k).is_none() && !on_disk {
                     index.remove(k);
@@ -384,7 +396,7 @@ impl HandleMiss for Miss {
             meta,
             body,
         });
-        crate::observability::metrics::cache_stored(size);
+        crate::observability::metrics::cache_stored(&storage.metrics, size);
         Ok(MissFinishType::Created(size))
     }
 }

@@ -37,11 +37,17 @@ pub(super) struct BodyStage {
     buf: BytesMut,
     /// Over the limit with `Oversize::Pass`: the rest streams through untouched.
     passing: bool,
+    /// Counts buffered bytes and bodies left untransformed.
+    metrics: crate::observability::metrics::Metrics,
 }
 
 impl BodyStage {
     /// The stage for `plugins` that take this body, or `None` when none does.
-    pub(super) fn new(side: Side, plugins: Vec<Arc<dyn Plugin>>) -> Option<BodyStage> {
+    pub(super) fn new(
+        side: Side,
+        plugins: Vec<Arc<dyn Plugin>>,
+        metrics: &crate::observability::metrics::Metrics,
+    ) -> Option<BodyStage> {
         if plugins.is_empty() {
             return None;
         }
@@ -57,6 +63,7 @@ impl BodyStage {
             oversize,
             buf: BytesMut::new(),
             passing: false,
+            metrics: metrics.clone(),
         })
     }
 
@@ -99,7 +106,7 @@ impl BodyStage {
         if let Some(chunk) = body.take() {
             if eos && self.buf.is_empty() && chunk.len() <= max {
                 // The whole body in one piece: no copy.
-                crate::observability::metrics::body_buffered(chunk.len());
+                crate::observability::metrics::body_buffered(&self.metrics, chunk.len());
                 *body = Some(self.whole_body(chunk, ctx)?);
                 return Ok(());
             }
@@ -113,7 +120,7 @@ impl BodyStage {
             return Ok(());
         }
         let original = self.buf.split().freeze();
-        crate::observability::metrics::body_buffered(original.len());
+        crate::observability::metrics::body_buffered(&self.metrics, original.len());
         *body = Some(self.whole_body(original, ctx)?);
         Ok(())
     }
@@ -146,7 +153,7 @@ impl BodyStage {
         max: usize,
         ctx: &mut RequestCtx,
     ) -> Result<(), GatewayError> {
-        ctx.transform_failed(self.side.name(), "oversize");
+        ctx.transform_failed(&self.metrics, self.side.name(), "oversize");
         if self.side == Side::Request {
             return Err(GatewayError::PayloadTooLarge);
         }
@@ -173,6 +180,7 @@ pub(super) fn response_takers(
     head_request: bool,
     resp: &mut ResponseHeader,
     ctx: &mut RequestCtx,
+    metrics: &crate::observability::metrics::Metrics,
 ) -> Vec<Arc<dyn Plugin>> {
     let status = resp.status.as_u16();
     let encoded = resp
@@ -184,7 +192,7 @@ pub(super) fn response_takers(
     }
     if encoded {
         if !head_request {
-            ctx.transform_failed("response", "encoded");
+            ctx.transform_failed(metrics, "response", "encoded");
         }
         return Vec::new();
     }

@@ -46,7 +46,7 @@ pub(super) fn finish(gw: &Gateway, session: &Session, ctx: &mut Ctx, e: Option<&
         .as_ref()
         .map_or(&ctx.snap.unrouted, |r| &r.metrics);
     metrics.observe(status, elapsed, bytes_in, bytes_out);
-    observe_method(&session.req_header().method, status);
+    observe_method(&ctx.snap.metrics, &session.req_header().method, status);
     let group = ctx.group();
     if let (Some(group), Some(secs)) = (group, ctx.attempt.secs) {
         if let Some(h) = &group.metrics.response {

@@ -176,7 +176,9 @@ async fn body_plugins(session: &mut Session, ctx: &mut Ctx) -> pingora::Result<(
         .filter(|p| p.takes_request_body(session.req_header_mut(), &mut ctx.req))
         .cloned()
         .collect();
-    let Some(mut stage) = super::body::BodyStage::new(super::body::Side::Request, takers) else {
+    let Some(mut stage) =
+        super::body::BodyStage::new(super::body::Side::Request, takers, &ctx.snap.metrics)
+    else {
         return Ok(());
     };
     if let (Some(max), Some(len)) = (stage.limit(), length) {

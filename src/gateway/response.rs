@@ -99,13 +99,14 @@ pub(super) fn start_body(
     let route = ctx.route()?;
     let candidates = route.chain.response_body(stored);
     let head = session.req_header().method == http::Method::HEAD;
-    let takers = body::response_takers(candidates, head, resp, &mut ctx.req);
-    let Some(stage) = body::BodyStage::new(body::Side::Response, takers) else {
+    let takers = body::response_takers(candidates, head, resp, &mut ctx.req, &ctx.snap.metrics);
+    let Some(stage) = body::BodyStage::new(body::Side::Response, takers, &ctx.snap.metrics) else {
         return Ok(());
     };
     if let (Some(max), Some(len)) = (stage.limit(), body::content_length(resp)) {
         if len > max {
-            ctx.req.transform_failed("response", "oversize");
+            ctx.req
+                .transform_failed(&ctx.snap.metrics, "response", "oversize");
             return match stage.oversize() {
                 Oversize::Pass => Ok(()),
                 Oversize::Error => Err(ctx.fail(GatewayError::BadGateway)),
@@ -193,7 +194,7 @@ pub(super) async fn fallback(
     let route = ctx.route.clone()?;
     let fb = route.fallback.as_ref()?;
     let reason = Reason::of(ctx.failure.as_ref(), e).filter(|r| fb.covers(*r))?;
-    crate::observability::metrics::fallback(&route.name, reason.name());
+    crate::observability::metrics::fallback(&ctx.snap.metrics, &route.name, reason.name());
     ctx.fallback = Some(reason.name());
     let sent = send_reply(session, ctx, fb.reply()).await.is_ok();
     Some(pingora::proxy::FailToProxy {

@@ -5,6 +5,7 @@
 
 use super::mode::InnerSlot;
 use crate::context::RequestCtx;
+use crate::observability::metrics::Metrics;
 use crate::router::Captures;
 use crate::snapshot::Route;
 use http::HeaderValue;
@@ -15,6 +16,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 pub struct ServerState {
+    /// The server's metrics (the in-flight gauge).
+    metrics: Metrics,
     draining: AtomicBool,
     in_flight: AtomicUsize,
     /// The internal socket's path, once its listener is added (at start).
@@ -27,22 +30,17 @@ pub struct ServerState {
     secret: String,
 }
 
-impl Default for ServerState {
-    fn default() -> ServerState {
+impl ServerState {
+    pub fn new(metrics: &Metrics) -> Arc<ServerState> {
         let bytes: [u8; 16] = rand::random();
-        ServerState {
+        Arc::new(ServerState {
+            metrics: metrics.clone(),
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             internal_socket: OnceLock::new(),
             handoffs: Mutex::default(),
             secret: hex(&bytes),
-        }
-    }
-}
-
-impl ServerState {
-    pub fn new() -> Arc<ServerState> {
-        Arc::new(ServerState::default())
+        })
     }
 
     /// From now on every response closes its client connection (graceful upgrade or stop).
@@ -141,7 +139,7 @@ pub(crate) struct Counted(Arc<ServerState>);
 impl Counted {
     pub fn new(state: &Arc<ServerState>) -> Counted {
         state.in_flight.fetch_add(1, Ordering::SeqCst);
-        if let Some(m) = crate::observability::metrics::METRICS.as_ref() {
+        if let Some(m) = &state.metrics {
             m.in_flight.inc();
         }
         Counted(state.clone())
@@ -164,7 +162,7 @@ impl std::ops::Deref for Counted {
 impl Drop for Counted {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
-        if let Some(m) = crate::observability::metrics::METRICS.as_ref() {
+        if let Some(m) = &self.0.metrics {
             m.in_flight.dec();
         }
     }
@@ -191,7 +189,8 @@ mod tests {
     /// Two servers in one process keep their own handoffs, secrets, counts and drain state.
     #[test]
     fn two_servers_share_nothing() {
-        let (a, b) = (ServerState::new(), ServerState::new());
+        let metrics = crate::observability::metrics::Families::new(true);
+        let (a, b) = (ServerState::new(&None), ServerState::new(&metrics));
         assert_ne!(a.secret(), b.secret());
         let ticket = a.hand_off(InnerHandoff {
             header: RequestHeader::build("GET", b"/", None).unwrap(),

@@ -5,7 +5,7 @@
 //! makes the writer reopen its file (for logrotate); lines still buffered when the last handle
 //! goes away are written by its drop.
 
-use super::metrics::METRICS;
+use super::metrics::Metrics;
 use crate::observability::config::AccessLogConfig;
 use parking_lot::Mutex;
 use std::cell::RefCell;
@@ -36,6 +36,8 @@ struct Sink {
     reopen: Arc<AtomicBool>,
     /// The last write failed (logged once until a write succeeds again).
     failing: AtomicBool,
+    /// Counts the lines dropped.
+    metrics: Metrics,
 }
 
 /// The writer side, started as a background service after daemonizing.
@@ -44,7 +46,7 @@ pub struct Writer {
     pub reopen: Arc<AtomicBool>,
 }
 
-pub fn channel(cfg: &AccessLogConfig) -> (AccessLog, Writer) {
+pub fn channel(cfg: &AccessLogConfig, metrics: &Metrics) -> (AccessLog, Writer) {
     let reopen = Arc::new(AtomicBool::new(false));
     let sink = Arc::new(Sink {
         pending: Mutex::new(Vec::with_capacity(1 << 16)),
@@ -52,6 +54,7 @@ pub fn channel(cfg: &AccessLogConfig) -> (AccessLog, Writer) {
         path: cfg.path.clone(),
         reopen: reopen.clone(),
         failing: AtomicBool::new(false),
+        metrics: metrics.clone(),
     });
     let writer = Writer {
         sink: Arc::downgrade(&sink),
@@ -94,7 +97,7 @@ impl AccessLog {
             let mut pending = self.sink.pending.lock();
             if pending.len() + line.len() > MAX_PENDING {
                 drop(pending);
-                if let Some(m) = METRICS.as_ref() {
+                if let Some(m) = &self.sink.metrics {
                     m.access_log_dropped.inc();
                 }
                 return;
@@ -175,7 +178,7 @@ impl Sink {
                     Err(e) => {
                         // Counted as dropped (a partial write may have kept a few of them).
                         let lines = spare.iter().filter(|&&b| b == b'\n').count();
-                        if let Some(m) = METRICS.as_ref() {
+                        if let Some(m) = &self.metrics {
                             m.access_log_dropped.inc_by(lines as u64);
                         }
                         if !self.failing.swap(true, Ordering::Relaxed) {
@@ -300,7 +303,7 @@ mod tests {
     fn sensitive_query_values_are_redacted() {
         let cfg: AccessLogConfig =
             yaml_serde::from_str("{ path: stdout, redact_query: [token, api_key] }").unwrap();
-        let (log, _w) = channel(&cfg);
+        let (log, _w) = channel(&cfg, &None);
         assert_eq!(
             log.redacted_target("/a", Some("x=1&TOKEN=abc&api_key=k&y")),
             "/a?x=1&TOKEN=REDACTED&api_key=REDACTED&y"
@@ -340,7 +343,7 @@ mod tests {
         let cfg: AccessLogConfig =
             yaml_serde::from_str(&format!("{{ path: {}, fields: [b, a] }}", path.display()))
                 .unwrap();
-        let (log, w) = channel(&cfg);
+        let (log, w) = channel(&cfg, &None);
         let t = std::thread::spawn(move || w.run());
         for i in 0..1000 {
             log.write(&Sample { a: i, b: "x\"y" });

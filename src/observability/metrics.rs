@@ -1,13 +1,21 @@
 //! Prometheus metrics, served by the admin listener at `GET /metrics`. Handles are bound when a
 //! snapshot is compiled (per route and per upstream), so the request path only increments.
 //! Names follow Prometheus conventions: `_total` counters, seconds, bytes.
+//!
+//! The families live in a registry of their own, made by the server ([`Families::new`]) and
+//! handed down as [`Metrics`] (`None` when `observability.metrics.enabled` is off: nothing is
+//! recorded): through `Shared` to snapshot compilation and plugins, through the snapshot to the
+//! request path. Two servers in one process count apart.
 
 use pingora_prometheus::prometheus::{
-    self, register_histogram_vec, register_int_counter_vec, register_int_gauge,
-    register_int_gauge_vec, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec,
+    self, register_histogram_vec_with_registry, register_int_counter_vec_with_registry,
+    register_int_gauge_vec_with_registry, register_int_gauge_with_registry, Histogram,
+    HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry,
 };
-use std::sync::LazyLock;
+use std::sync::Arc;
+
+/// The metrics of one server; `None`: metrics are off.
+pub type Metrics = Option<Arc<Families>>;
 
 /// Request and upstream latency buckets, 1 ms to 60 s.
 pub const BUCKETS: &[f64] = &[
@@ -30,8 +38,13 @@ const METHODS: [&str; 8] = [
 ];
 
 pub struct Families {
+    registry: Registry,
+    /// `by_method` bound once per method and status class.
+    by_method_handles: Vec<IntCounter>,
+    /// Live breakers per upstream label: a reload builds the new breaker before the old one
+    /// is dropped, so the gauge series goes only when the last breaker of that upstream does.
+    live_breakers: parking_lot::Mutex<std::collections::HashMap<String, usize>>,
     requests: IntCounterVec,
-    by_method: IntCounterVec,
     duration: HistogramVec,
     bytes: IntCounterVec,
     upstream_duration: HistogramVec,
@@ -62,163 +75,211 @@ pub struct Families {
     mirrors: IntCounterVec,
 }
 
-fn families() -> Result<Families, prometheus::Error> {
-    Ok(Families {
-        requests: register_int_counter_vec!(
-            "postern_http_requests_total",
-            "Requests answered, by route and status class.",
-            &["route", "status_class"]
-        )?,
-        by_method: register_int_counter_vec!(
+impl Families {
+    /// The metrics of a server, or `None` when they are off (or could not be registered,
+    /// which is logged).
+    pub fn new(enabled: bool) -> Metrics {
+        if !enabled {
+            return None;
+        }
+        match Families::register(Registry::new()) {
+            Ok(f) => Some(Arc::new(f)),
+            Err(e) => {
+                log::error!("metrics disabled: {e}");
+                None
+            }
+        }
+    }
+
+    fn register(r: Registry) -> Result<Families, prometheus::Error> {
+        let by_method = register_int_counter_vec_with_registry!(
             "postern_http_requests_by_method_total",
             "Requests answered, by method and status class.",
-            &["method", "status_class"]
+            &["method", "status_class"],
+            r
+        )?;
+        let by_method_handles = METHODS
+            .iter()
+            .flat_map(|meth| CLASSES.map(|c| by_method.with_label_values(&[*meth, c])))
+            .collect();
+        Ok(Families {
+        by_method_handles,
+        live_breakers: Default::default(),
+        requests: register_int_counter_vec_with_registry!(
+            "postern_http_requests_total",
+            "Requests answered, by route and status class.",
+            &["route", "status_class"],
+            r
         )?,
-        duration: register_histogram_vec!(
+        duration: register_histogram_vec_with_registry!(
             "postern_http_request_duration_seconds",
             "Time from the request header to the end of the response, by route.",
             &["route"],
-            BUCKETS.to_vec()
+            BUCKETS.to_vec(),
+            r
         )?,
-        bytes: register_int_counter_vec!(
+        bytes: register_int_counter_vec_with_registry!(
             "postern_http_body_bytes_total",
             "Body bytes received from clients (in) and sent to them (out), by route.",
-            &["route", "direction"]
+            &["route", "direction"],
+            r
         )?,
-        upstream_duration: register_histogram_vec!(
+        upstream_duration: register_histogram_vec_with_registry!(
             "postern_upstream_response_seconds",
             "Time from choosing a target to its response header, by upstream.",
             &["upstream"],
-            BUCKETS.to_vec()
+            BUCKETS.to_vec(),
+            r
         )?,
-        retries: register_int_counter_vec!(
+        retries: register_int_counter_vec_with_registry!(
             "postern_upstream_retries_total",
             "Requests sent to another target after a failure, by upstream.",
-            &["upstream"]
+            &["upstream"],
+            r
         )?,
-        in_flight: register_int_gauge!(
+        in_flight: register_int_gauge_with_registry!(
             "postern_http_requests_in_flight",
-            "Requests being processed."
+            "Requests being processed.",
+            r
         )?,
-        target_up: register_int_gauge_vec!(
+        target_up: register_int_gauge_vec_with_registry!(
             "postern_upstream_target_up",
             "1 when a target receives traffic (healthy and not ejected), else 0.",
-            &["upstream", "target"]
+            &["upstream", "target"],
+            r
         )?,
-        reloads: register_int_counter_vec!(
+        reloads: register_int_counter_vec_with_registry!(
             "postern_config_reloads_total",
             "Configuration reloads, by result.",
-            &["result"]
+            &["result"],
+            r
         )?,
-        config_generation: register_int_gauge!(
+        config_generation: register_int_gauge_with_registry!(
             "postern_config_generation",
-            "Generation of the running configuration (1 at start, +1 per reload)."
+            "Generation of the running configuration (1 at start, +1 per reload).",
+            r
         )?,
         access_log_dropped: IntCounter::new(
             "postern_access_log_dropped_total",
             "Access log records dropped: the writer fell behind or the file could not be written.",
         )
-        .and_then(|c| prometheus::register(Box::new(c.clone())).map(|_| c))?,
-        ratelimit: register_int_counter_vec!(
+        .and_then(|c| r.register(Box::new(c.clone())).map(|_| c))?,
+        ratelimit: register_int_counter_vec_with_registry!(
             "postern_ratelimit_requests_total",
             "Requests checked by rate and concurrency limits, by route, rule and result \
              (allowed, delayed, rejected).",
-            &["route", "rule", "result"]
+            &["route", "rule", "result"],
+            r
         )?,
-        redis_up: register_int_gauge!(
+        redis_up: register_int_gauge_with_registry!(
             "postern_redis_up",
-            "1 while the Redis of cluster-wide rate limits answers, else 0."
+            "1 while the Redis of cluster-wide rate limits answers, else 0.",
+            r
         )?,
-        auth_failures: register_int_counter_vec!(
+        auth_failures: register_int_counter_vec_with_registry!(
             "postern_auth_failures_total",
             "Requests refused by authentication and authorization plugins, by route, plugin and \
              reason.",
-            &["route", "plugin", "reason"]
+            &["route", "plugin", "reason"],
+            r
         )?,
-        cache_requests: register_int_counter_vec!(
+        cache_requests: register_int_counter_vec_with_registry!(
             "postern_cache_requests_total",
             "Requests of cached routes by how the cache answered (hit, miss, stale, expired, \
              revalidated, bypass).",
-            &["route", "result"]
+            &["route", "result"],
+            r
         )?,
         cache_evictions: IntCounter::new(
             "postern_cache_evictions_total",
             "Cached responses evicted to stay within the memory budget.",
         )
-        .and_then(|c| prometheus::register(Box::new(c.clone())).map(|_| c))?,
+        .and_then(|c| r.register(Box::new(c.clone())).map(|_| c))?,
         cache_stored_bytes: IntCounter::new(
             "postern_cache_stored_bytes_total",
             "Bytes of responses stored in the cache (headers and bodies).",
         )
-        .and_then(|c| prometheus::register(Box::new(c.clone())).map(|_| c))?,
-        aggregate_calls: register_int_counter_vec!(
+        .and_then(|c| r.register(Box::new(c.clone())).map(|_| c))?,
+        aggregate_calls: register_int_counter_vec_with_registry!(
             "postern_aggregate_calls_total",
             "Calls made by composite routes, by route, call and result (ok or the failure reason).",
-            &["route", "call", "result"]
+            &["route", "call", "result"],
+            r
         )?,
-        aggregate_call_duration: register_histogram_vec!(
+        aggregate_call_duration: register_histogram_vec_with_registry!(
             "postern_aggregate_call_duration_seconds",
             "Time of a composite's call, from its start to its complete answer, by route and call.",
             &["route", "call"],
-            BUCKETS.to_vec()
+            BUCKETS.to_vec(),
+            r
         )?,
-        circuit_state: register_int_gauge_vec!(
+        circuit_state: register_int_gauge_vec_with_registry!(
             "postern_circuit_state",
             "Circuit breaker state of an upstream on this node: 0 closed, 1 half-open, 2 open.",
-            &["upstream"]
+            &["upstream"],
+            r
         )?,
-        circuit_transitions: register_int_counter_vec!(
+        circuit_transitions: register_int_counter_vec_with_registry!(
             "postern_circuit_transitions_total",
             "Circuit breaker transitions, by upstream and the state entered.",
-            &["upstream", "to"]
+            &["upstream", "to"],
+            r
         )?,
-        retry_results: register_int_counter_vec!(
+        retry_results: register_int_counter_vec_with_registry!(
             "postern_retries_total",
             "Retry decisions after a failed try, by upstream and result (retried, \
              budget_exhausted).",
-            &["upstream", "result"]
+            &["upstream", "result"],
+            r
         )?,
-        fallbacks: register_int_counter_vec!(
+        fallbacks: register_int_counter_vec_with_registry!(
             "postern_fallbacks_total",
             "Requests answered by a route's static fallback, by route and reason.",
-            &["route", "reason"]
+            &["route", "reason"],
+            r
         )?,
-        mirrors: register_int_counter_vec!(
+        mirrors: register_int_counter_vec_with_registry!(
             "postern_mirror_requests_total",
             "Request copies sent to a route's shadow upstream, by route and result (sent, failed, \
              dropped, too_large, no_healthy_target).",
-            &["route", "result"]
+            &["route", "result"],
+            r
         )?,
-        faults: register_int_counter_vec!(
+        faults: register_int_counter_vec_with_registry!(
             "postern_faults_injected_total",
             "Requests the fault plugin delayed or aborted, by route and fault.",
-            &["route", "fault"]
+            &["route", "fault"],
+            r
         )?,
-        transform_errors: register_int_counter_vec!(
+        transform_errors: register_int_counter_vec_with_registry!(
             "postern_transform_errors_total",
             "Bodies a body plugin left untransformed or failed on, by route, phase and reason.",
-            &["route", "phase", "reason"]
+            &["route", "phase", "reason"],
+            r
         )?,
         body_buffered: IntCounter::new(
             "postern_body_buffered_bytes_total",
             "Body bytes buffered whole for body plugins.",
         )
-        .and_then(|c| prometheus::register(Box::new(c.clone())).map(|_| c))?,
+        .and_then(|c| r.register(Box::new(c.clone())).map(|_| c))?,
         spans_dropped: IntCounter::new(
             "postern_trace_spans_dropped_total",
             "Spans not exported: the export queue was full or the collector failed.",
         )
-        .and_then(|c| prometheus::register(Box::new(c.clone())).map(|_| c))?,
-        cache_disk_bytes: register_int_gauge!(
+        .and_then(|c| r.register(Box::new(c.clone())).map(|_| c))?,
+        cache_disk_bytes: register_int_gauge_with_registry!(
             "postern_cache_disk_bytes",
-            "Bytes held by the cache's disk tier."
+            "Bytes held by the cache's disk tier.",
+            r
         )?,
         redis_errors: IntCounter::new(
             "postern_redis_errors_total",
             "Redis calls of cluster-wide rate limits that failed or timed out.",
         )
-        .and_then(|c| prometheus::register(Box::new(c.clone())).map(|_| c))?,
-    })
+        .and_then(|c| r.register(Box::new(c.clone())).map(|_| c))?,
+        registry: r,
+        })
+    }
 }
 
 /// Counters of one rate-limit rule on one route: allowed, delayed, rejected.
@@ -226,8 +287,8 @@ fn families() -> Result<Families, prometheus::Error> {
 pub struct LimitMetrics(Option<[IntCounter; 3]>);
 
 impl LimitMetrics {
-    pub fn new(route: &str, rule: &str) -> LimitMetrics {
-        LimitMetrics(METRICS.as_ref().map(|m| {
+    pub fn new(metrics: &Metrics, route: &str, rule: &str) -> LimitMetrics {
+        LimitMetrics(metrics.as_ref().map(|m| {
             ["allowed", "delayed", "rejected"]
                 .map(|r| m.ratelimit.with_label_values(&[route, rule, r]))
         }))
@@ -251,23 +312,28 @@ impl LimitMetrics {
 
 /// The failure counter of one authentication or authorization plugin on one route, for one
 /// reason (`auth::AuthMetrics` binds one per reason); `None` without metrics.
-pub fn auth_failure_counter(route: &str, plugin: &str, reason: &str) -> Option<IntCounter> {
-    METRICS
+pub fn auth_failure_counter(
+    metrics: &Metrics,
+    route: &str,
+    plugin: &str,
+    reason: &str,
+) -> Option<IntCounter> {
+    metrics
         .as_ref()
         .map(|m| m.auth_failures.with_label_values(&[route, plugin, reason]))
 }
 
 /// Counts a cache eviction.
-pub fn cache_evicted() {
-    if let Some(m) = METRICS.as_ref() {
+pub fn cache_evicted(metrics: &Metrics) {
+    if let Some(m) = metrics {
         m.cache_evictions.inc();
     }
 }
 
 /// Counts a body a plugin skipped or failed on (rare: labels bound per call); the request's
 /// own note for the access log is `RequestCtx::transform_failed`.
-pub fn transform_error(route: &str, phase: &str, reason: &'static str) {
-    if let Some(m) = METRICS.as_ref() {
+pub fn transform_error(metrics: &Metrics, route: &str, phase: &str, reason: &'static str) {
+    if let Some(m) = metrics {
         m.transform_errors
             .with_label_values(&[route, phase, reason])
             .inc();
@@ -277,18 +343,18 @@ pub fn transform_error(route: &str, phase: &str, reason: &'static str) {
 /// Handles of one call of a composite (the `ok` result and the duration bound once).
 #[derive(Clone, Default)]
 pub struct CallMetrics {
-    labels: Option<(std::sync::Arc<str>, std::sync::Arc<str>)>,
+    labels: Option<(Arc<str>, Arc<str>, IntCounterVec)>,
     ok: Option<IntCounter>,
     duration: Option<Histogram>,
 }
 
 impl CallMetrics {
-    pub fn new(route: &str, call: &str) -> CallMetrics {
-        let Some(m) = METRICS.as_ref() else {
+    pub fn new(metrics: &Metrics, route: &str, call: &str) -> CallMetrics {
+        let Some(m) = metrics else {
             return CallMetrics::default();
         };
         CallMetrics {
-            labels: Some((route.into(), call.into())),
+            labels: Some((route.into(), call.into(), m.aggregate_calls.clone())),
             ok: Some(m.aggregate_calls.with_label_values(&[route, call, "ok"])),
             duration: Some(m.aggregate_call_duration.with_label_values(&[route, call])),
         }
@@ -299,52 +365,51 @@ impl CallMetrics {
         if let Some(h) = &self.duration {
             h.observe(seconds);
         }
-        match (failure, &self.labels, METRICS.as_ref()) {
-            (None, ..) => {
+        match (failure, &self.labels) {
+            (None, _) => {
                 if let Some(c) = &self.ok {
                     c.inc();
                 }
             }
-            (Some(reason), Some((route, call)), Some(m)) => m
-                .aggregate_calls
-                .with_label_values(&[&**route, &**call, reason])
-                .inc(),
+            (Some(reason), Some((route, call, calls))) => {
+                calls.with_label_values(&[&**route, &**call, reason]).inc()
+            }
             _ => {}
         }
     }
 }
 
 /// Counts bytes buffered whole for body plugins.
-pub fn body_buffered(bytes: usize) {
-    if let Some(m) = METRICS.as_ref() {
+pub fn body_buffered(metrics: &Metrics, bytes: usize) {
+    if let Some(m) = metrics {
         m.body_buffered.inc_by(bytes as u64);
     }
 }
 
 /// Counts a span dropped by a full export queue.
-pub fn spans_dropped() {
-    if let Some(m) = METRICS.as_ref() {
+pub fn spans_dropped(metrics: &Metrics) {
+    if let Some(m) = metrics {
         m.spans_dropped.inc();
     }
 }
 
 /// Counts spans lost to a failed export.
-pub fn span_export_failed(n: usize) {
-    if let Some(m) = METRICS.as_ref() {
+pub fn span_export_failed(metrics: &Metrics, n: usize) {
+    if let Some(m) = metrics {
         m.spans_dropped.inc_by(n as u64);
     }
 }
 
 /// Counts bytes stored in the cache.
-pub fn cache_stored(bytes: usize) {
-    if let Some(m) = METRICS.as_ref() {
+pub fn cache_stored(metrics: &Metrics, bytes: usize) {
+    if let Some(m) = metrics {
         m.cache_stored_bytes.inc_by(bytes as u64);
     }
 }
 
 /// Sets the size of the cache's disk tier.
-pub fn cache_disk_bytes(bytes: u64) {
-    if let Some(m) = METRICS.as_ref() {
+pub fn cache_disk_bytes(metrics: &Metrics, bytes: u64) {
+    if let Some(m) = metrics {
         m.cache_disk_bytes.set(bytes as i64);
     }
 }
@@ -357,8 +422,8 @@ impl CacheMetrics {
     pub const RESULTS: [&'static str; 6] =
         ["HIT", "MISS", "STALE", "EXPIRED", "REVALIDATED", "BYPASS"];
 
-    pub fn new(route: &str) -> CacheMetrics {
-        CacheMetrics(METRICS.as_ref().map(|m| {
+    pub fn new(metrics: &Metrics, route: &str) -> CacheMetrics {
+        CacheMetrics(metrics.as_ref().map(|m| {
             Self::RESULTS
                 .iter()
                 .map(|r| {
@@ -382,43 +447,14 @@ impl CacheMetrics {
 }
 
 /// Records a Redis outage or recovery in the metrics.
-pub fn redis_state(up: bool, error: bool) {
-    if let Some(m) = METRICS.as_ref() {
+pub fn redis_state(metrics: &Metrics, up: bool, error: bool) {
+    if let Some(m) = metrics {
         m.redis_up.set(i64::from(up));
         if error {
             m.redis_errors.inc();
         }
     }
 }
-
-/// Whether this process records metrics: decided by the first configuration it loads
-/// (`observability.metrics.enabled`), before any metric is touched.
-static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-
-/// Records metrics or not, for the life of the process; later calls (reloads) change nothing.
-pub fn configure(enabled: bool) {
-    let _ = ENABLED.set(enabled);
-}
-
-/// Whether metrics are recorded (the first configuration's choice).
-pub fn enabled() -> bool {
-    *ENABLED.get_or_init(|| true)
-}
-
-/// The process-wide families (Pingora's exporter serves the default registry); `None` when
-/// metrics are switched off, so the request path records nothing.
-pub static METRICS: LazyLock<Option<Families>> = LazyLock::new(|| {
-    if !enabled() {
-        return None;
-    }
-    match families() {
-        Ok(f) => Some(f),
-        Err(e) => {
-            log::error!("metrics disabled: {e}");
-            None
-        }
-    }
-});
 
 /// Handles of one route.
 #[derive(Clone)]
@@ -440,8 +476,8 @@ impl RouteMetrics {
         }
     }
 
-    pub fn new(route: &str) -> RouteMetrics {
-        let Some(m) = METRICS.as_ref() else {
+    pub fn new(metrics: &Metrics, route: &str) -> RouteMetrics {
+        let Some(m) = metrics else {
             return RouteMetrics {
                 by_class: None,
                 duration: None,
@@ -477,51 +513,61 @@ impl RouteMetrics {
 pub struct UpstreamMetrics {
     pub response: Option<Histogram>,
     pub retries: Option<IntCounter>,
+    /// Retry decisions: retried, budget_exhausted.
+    retry_results: Option<[IntCounter; 2]>,
 }
 
 impl UpstreamMetrics {
-    pub fn new(upstream: &str) -> UpstreamMetrics {
-        let m = METRICS.as_ref();
+    pub fn new(metrics: &Metrics, upstream: &str) -> UpstreamMetrics {
+        let m = metrics.as_ref();
         UpstreamMetrics {
             response: m.map(|m| m.upstream_duration.with_label_values(&[upstream])),
             retries: m.map(|m| m.retries.with_label_values(&[upstream])),
+            retry_results: m.map(|m| {
+                ["retried", "budget_exhausted"]
+                    .map(|r| m.retry_results.with_label_values(&[upstream, r]))
+            }),
+        }
+    }
+
+    /// Counts a retry decision: allowed by the budget, or not.
+    pub fn retry_result(&self, allowed: bool) {
+        if let Some(c) = &self.retry_results {
+            c[usize::from(!allowed)].inc();
         }
     }
 }
 
 /// A circuit breaker's state gauge and transition counters.
-pub struct BreakerMetrics(Option<(prometheus::IntGauge, IntCounterVec, String)>);
-
-/// Live breakers per upstream label: a reload builds the new breaker before the old one is
-/// dropped, so the gauge series goes only when the last breaker of that upstream does.
-static LIVE_BREAKERS: LazyLock<parking_lot::Mutex<std::collections::HashMap<String, usize>>> =
-    LazyLock::new(Default::default);
+pub struct BreakerMetrics(Option<(Arc<Families>, prometheus::IntGauge, String)>);
 
 impl BreakerMetrics {
-    pub fn new(upstream: &str) -> BreakerMetrics {
-        BreakerMetrics(METRICS.as_ref().map(|m| {
-            *LIVE_BREAKERS
+    pub fn new(metrics: &Metrics, upstream: &str) -> BreakerMetrics {
+        BreakerMetrics(metrics.as_ref().map(|m| {
+            *m.live_breakers
                 .lock()
                 .entry(upstream.to_string())
                 .or_default() += 1;
             (
+                m.clone(),
                 m.circuit_state.with_label_values(&[upstream]),
-                m.circuit_transitions.clone(),
                 upstream.to_string(),
             )
         }))
     }
 
     pub fn set_state(&self, state: i64) {
-        if let Some((g, _, _)) = &self.0 {
+        if let Some((_, g, _)) = &self.0 {
             g.set(state);
         }
     }
 
     pub fn transition(&self, state: i64, name: &str) {
-        if let Some((g, c, up)) = &self.0 {
+        if let Some((m, g, up)) = &self.0 {
             g.set(state);
-            c.with_label_values(&[up.as_str(), name]).inc();
+            m.circuit_transitions
+                .with_label_values(&[up.as_str(), name])
+                .inc();
         }
     }
 }
@@ -529,10 +575,10 @@ impl BreakerMetrics {
 impl Drop for BreakerMetrics {
     /// An upstream whose breaker left the configuration stops reporting a state.
     fn drop(&mut self) {
-        let (Some((_, _, up)), Some(m)) = (&self.0, METRICS.as_ref()) else {
+        let Some((m, _, up)) = &self.0 else {
             return;
         };
-        let mut live = LIVE_BREAKERS.lock();
+        let mut live = m.live_breakers.lock();
         let n = live.entry(up.clone()).or_insert(1);
         *n = n.saturating_sub(1);
         if *n == 0 {
@@ -542,57 +588,46 @@ impl Drop for BreakerMetrics {
     }
 }
 
-/// Counts a retry decision (`retried`, `budget_exhausted`) of an upstream.
-pub fn retry_result(upstream: &str, result: &str) {
-    if let Some(m) = METRICS.as_ref() {
-        m.retry_results.with_label_values(&[upstream, result]).inc();
-    }
-}
-
 /// Counts a mirrored request copy by result.
-pub fn mirror(route: &str, result: &str) {
-    if let Some(m) = METRICS.as_ref() {
+pub fn mirror(metrics: &Metrics, route: &str, result: &str) {
+    if let Some(m) = metrics {
         m.mirrors.with_label_values(&[route, result]).inc();
     }
 }
 
 /// Counts a fault the `fault` plugin injected.
-pub fn fault(route: &str, what: &str) {
-    if let Some(m) = METRICS.as_ref() {
+pub fn fault(metrics: &Metrics, route: &str, what: &str) {
+    if let Some(m) = metrics {
         m.faults.with_label_values(&[route, what]).inc();
     }
 }
 
 /// Counts a fallback answer of a route.
-pub fn fallback(route: &str, reason: &str) {
-    if let Some(m) = METRICS.as_ref() {
+pub fn fallback(metrics: &Metrics, route: &str, reason: &str) {
+    if let Some(m) = metrics {
         m.fallbacks.with_label_values(&[route, reason]).inc();
     }
 }
 
-/// Counts a request by method and status class (handles bound once, on first use).
-pub fn observe_method(method: &http::Method, status: u16) {
-    static HANDLES: LazyLock<Option<Vec<IntCounter>>> = LazyLock::new(|| {
-        let m = METRICS.as_ref()?;
-        Some(
-            METHODS
-                .iter()
-                .flat_map(|meth| CLASSES.map(|c| m.by_method.with_label_values(&[*meth, c])))
-                .collect(),
-        )
-    });
-    let Some(h) = HANDLES.as_ref() else { return };
+/// Counts a request by method and status class.
+pub fn observe_method(metrics: &Metrics, method: &http::Method, status: u16) {
+    let Some(m) = metrics else { return };
     let mi = METHODS
         .iter()
         .position(|m| *m == method.as_str())
         .unwrap_or(METHODS.len() - 1);
-    h[mi * CLASSES.len() + class_index(status)].inc();
+    m.by_method_handles[mi * CLASSES.len() + class_index(status)].inc();
 }
 
-/// The text exposition of every registered metric.
-pub fn render() -> String {
+/// The text exposition of a server's metrics, with whatever the process registered in
+/// Prometheus' default registry (Pingora's own).
+pub fn render(metrics: &Metrics) -> String {
     use prometheus::Encoder;
+    let mut families = metrics
+        .as_ref()
+        .map_or_else(Vec::new, |m| m.registry.gather());
+    families.extend(prometheus::gather());
     let mut out = Vec::new();
-    let _ = prometheus::TextEncoder::new().encode(&prometheus::gather(), &mut out);
+    let _ = prometheus::TextEncoder::new().encode(&families, &mut out);
     String::from_utf8(out).unwrap_or_default()
 }

@@ -71,12 +71,13 @@ impl Span {
 pub struct Exporter {
     tx: mpsc::Sender<Span>,
     pub sample_ratio: f64,
+    metrics: super::metrics::Metrics,
 }
 
 impl Exporter {
     pub fn send(&self, span: Span) {
         if self.tx.try_send(span).is_err() {
-            crate::observability::metrics::spans_dropped();
+            crate::observability::metrics::spans_dropped(&self.metrics);
         }
     }
 
@@ -94,6 +95,7 @@ pub struct Sender {
     service: String,
     client: reqwest::Client,
     down: AtomicBool,
+    metrics: super::metrics::Metrics,
 }
 
 pub fn channel(
@@ -101,6 +103,7 @@ pub fn channel(
     sample_ratio: f64,
     timeout: Duration,
     service: &str,
+    metrics: &super::metrics::Metrics,
 ) -> Result<(Exporter, Sender), String> {
     crate::common::http_client_ready();
     let client = reqwest::Client::builder()
@@ -109,13 +112,18 @@ pub fn channel(
         .map_err(|e| e.to_string())?;
     let (tx, rx) = mpsc::channel(QUEUE);
     Ok((
-        Exporter { tx, sample_ratio },
+        Exporter {
+            tx,
+            sample_ratio,
+            metrics: metrics.clone(),
+        },
         Sender {
             rx: tokio::sync::Mutex::new(rx),
             endpoint: endpoint.to_string(),
             service: service.to_string(),
             client,
             down: AtomicBool::new(false),
+            metrics: metrics.clone(),
         },
     ))
 }
@@ -166,7 +174,7 @@ impl Sender {
                 }
             }
             Some(why) => {
-                crate::observability::metrics::span_export_failed(spans.len());
+                crate::observability::metrics::span_export_failed(&self.metrics, spans.len());
                 if !self.down.swap(true, Ordering::Relaxed) {
                     log::warn!(
                         "span export to {} failed ({why}); spans are dropped until it answers",

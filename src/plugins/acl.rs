@@ -58,7 +58,7 @@ impl Acl {
         }
         Ok(Acl {
             c: c.clone(),
-            metrics: AuthMetrics::new(b.route, "acl"),
+            metrics: AuthMetrics::new(b.shared.metrics(), b.route, "acl"),
         })
     }
 }

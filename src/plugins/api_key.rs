@@ -68,7 +68,7 @@ impl ApiKey {
             query: c.query.clone().filter(|q| !q.is_empty()),
             keep: c.keep_credentials,
             consumers: b.consumers.clone(),
-            metrics: AuthMetrics::new(b.route, "api_key"),
+            metrics: AuthMetrics::new(b.shared.metrics(), b.route, "api_key"),
         })
     }
 }

@@ -81,7 +81,7 @@ impl BasicAuth {
             keep: c.keep_credentials,
             consumers: b.consumers.clone(),
             verified: Mutex::new(HashMap::new()),
-            metrics: AuthMetrics::new(b.route, "basic_auth"),
+            metrics: AuthMetrics::new(b.shared.metrics(), b.route, "basic_auth"),
         })
     }
 

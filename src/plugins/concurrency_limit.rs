@@ -87,7 +87,7 @@ impl ConcurrencyLimit {
             missing: c.missing_key,
             engine: b.shared.limits.concurrency(&id, || Concurrency::new(c.max)),
             status: c.status,
-            metrics: LimitMetrics::new(b.route, &name),
+            metrics: LimitMetrics::new(b.shared.metrics(), b.route, &name),
         })
     }
 }

@@ -69,6 +69,7 @@ pub struct Fault {
     when_header: Option<HeaderName>,
     rng: Option<Mutex<rand::rngs::StdRng>>,
     route: String,
+    metrics: crate::observability::metrics::Metrics,
 }
 
 impl super::Build for Config {
@@ -137,6 +138,7 @@ impl Fault {
                 .seed
                 .map(|s| Mutex::new(rand::rngs::StdRng::seed_from_u64(s))),
             route: b.route.to_string(),
+            metrics: b.shared.metrics().clone(),
         })
     }
 
@@ -178,7 +180,7 @@ impl Plugin for Fault {
             (true, true) => "delay+abort",
         };
         ctx.ext.insert(Injected(what));
-        crate::observability::metrics::fault(&self.route, what);
+        crate::observability::metrics::fault(&self.metrics, &self.route, what);
         if let Some((d, _)) = delayed {
             tokio::time::sleep(d).await;
         }

@@ -156,7 +156,7 @@ impl ForwardAuth {
             client,
             cache: Mutex::new(HashMap::new()),
             consumers: b.consumers.clone(),
-            metrics: AuthMetrics::new(b.route, "forward_auth"),
+            metrics: AuthMetrics::new(b.shared.metrics(), b.route, "forward_auth"),
         })
     }
 

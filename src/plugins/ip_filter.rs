@@ -75,7 +75,7 @@ impl IpFilter {
         Ok(IpFilter {
             allow,
             deny,
-            metrics: AuthMetrics::new(b.route, "ip_filter"),
+            metrics: AuthMetrics::new(b.shared.metrics(), b.route, "ip_filter"),
         })
     }
 }

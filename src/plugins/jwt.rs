@@ -452,7 +452,7 @@ impl Jwt {
             max_token: c.max_token_size.0 as usize,
             leeway: c.leeway.0.as_secs(),
             cache: parking_lot::Mutex::new(VerifiedCache::default()),
-            metrics: AuthMetrics::new(b.route, "jwt"),
+            metrics: AuthMetrics::new(b.shared.metrics(), b.route, "jwt"),
         })
     }
 

@@ -96,7 +96,7 @@ impl Mtls {
             sans,
             sha256,
             consumers: b.consumers.clone(),
-            metrics: AuthMetrics::new(b.route, "mtls"),
+            metrics: AuthMetrics::new(b.shared.metrics(), b.route, "mtls"),
         })
     }
 }

@@ -144,7 +144,7 @@ impl Introspection {
             client,
             cache: Mutex::new(HashMap::new()),
             consumers: b.consumers.clone(),
-            metrics: AuthMetrics::new(b.route, "oauth2_introspection"),
+            metrics: AuthMetrics::new(b.shared.metrics(), b.route, "oauth2_introspection"),
         })
     }
 

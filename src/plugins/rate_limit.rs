@@ -331,7 +331,7 @@ impl RateLimit {
             profile: c.headers,
             policy,
             items,
-            metrics: LimitMetrics::new(b.route, &name),
+            metrics: LimitMetrics::new(b.shared.metrics(), b.route, &name),
         })
     }
 

@@ -154,7 +154,7 @@ impl TimeWindow {
                 tz,
                 allow,
                 deny,
-                metrics: AuthMetrics::new(b.route, "time_window"),
+                metrics: AuthMetrics::new(b.shared.metrics(), b.route, "time_window"),
             }),
             _ => Err(issues),
         }

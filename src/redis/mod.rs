@@ -7,7 +7,7 @@
 pub mod config;
 
 use crate::common::Clock;
-use crate::observability::metrics::redis_state;
+use crate::observability::metrics::{redis_state, Metrics};
 use arc_swap::ArcSwapOption;
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
@@ -53,6 +53,7 @@ pub struct Redis {
     up: AtomicBool,
     bypass_until: AtomicU64,
     clock: Clock,
+    metrics: Metrics,
 }
 
 impl Redis {
@@ -88,7 +89,14 @@ impl Redis {
             up: AtomicBool::new(false),
             bypass_until: AtomicU64::new(0),
             clock: Clock::new(),
+            metrics: None,
         })
+    }
+
+    /// Counts outages and recoveries in these metrics.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Redis {
+        self.metrics = metrics;
+        self
     }
 
     pub fn is_up(&self) -> bool {
@@ -127,14 +135,14 @@ impl Redis {
     }
 
     fn mark_up(&self) {
-        redis_state(true, false);
+        redis_state(&self.metrics, true, false);
         if !self.up.swap(true, Ordering::AcqRel) {
             log::info!("Redis for cluster-wide rate limits is reachable");
         }
     }
 
     fn mark_down(&self, why: &str) {
-        redis_state(false, true);
+        redis_state(&self.metrics, false, true);
         self.bypass_until.store(
             self.clock.now() + RECHECK.as_nanos() as u64,
             Ordering::Relaxed,

@@ -85,6 +85,7 @@ pub struct Env<'a> {
     /// Builds the `cache` plugin of a call (errors at the given config path).
     pub cache: &'a CacheBuilder<'a>,
     pub max_body: u64,
+    pub metrics: &'a crate::observability::metrics::Metrics,
 }
 
 const HOP_BY_HOP: [&str; 11] = [
@@ -316,7 +317,7 @@ fn compile_call(
         group: c.group.clone(),
         max_body: max_body as usize,
         referenced: false,
-        metrics: crate::observability::metrics::CallMetrics::new(env.route, name),
+        metrics: crate::observability::metrics::CallMetrics::new(env.metrics, env.route, name),
     })
 }
 
@@ -521,7 +522,7 @@ fn call_route(name: Arc<str>, group: Arc<UpstreamGroup>, chain: Vec<Built>, env:
     Route {
         metrics: crate::observability::metrics::RouteMetrics::none(),
         cache_metrics: match cache {
-            Some(_) => crate::observability::metrics::CacheMetrics::new(&name),
+            Some(_) => crate::observability::metrics::CacheMetrics::new(env.metrics, &name),
             None => Default::default(),
         },
         name,

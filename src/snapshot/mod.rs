@@ -12,6 +12,7 @@ use crate::config::schema::{self, Config};
 use crate::config::{self as cfg, ConfigError, Issue, Loaded};
 use crate::error_pages::ErrorPages;
 pub use crate::http::Limits;
+use crate::observability::metrics::Metrics;
 use crate::observability::metrics::RouteMetrics;
 use crate::plugins::compression::CompressionPolicy;
 use crate::plugins::{self, Built, Chain};
@@ -102,6 +103,8 @@ impl Route {
 }
 
 pub struct Snapshot {
+    /// The server's metrics (the request path records through these).
+    pub metrics: Metrics,
     pub router: Router<Arc<Route>>,
     /// Metrics of requests that matched no route.
     pub unrouted: RouteMetrics,
@@ -150,6 +153,7 @@ struct RouteEnv<'a> {
     compression: Option<Arc<CompressionPolicy>>,
     /// `server.errors`, compiled.
     errors: &'a Arc<ErrorPages>,
+    metrics: &'a Metrics,
 }
 
 /// A listener ready to be bound.
@@ -175,7 +179,7 @@ pub fn load_and_compile(
     let loaded = cfg::load(path)?;
     // Before anything binds metric handles: a process that starts with metrics off never
     // records them.
-    crate::observability::metrics::configure(loaded.config.observability.metrics.enabled);
+    shared.init_metrics(loaded.config.observability.metrics.enabled);
     compile(loaded, shared)
 }
 
@@ -189,6 +193,7 @@ pub fn compile(
         file,
     } = loaded;
     let mut issues = Vec::new();
+    let metrics = shared.metrics();
     let listeners = compile_listeners(&config, &mut issues);
     let upstreams = compile_upstreams(&config, shared, &mut issues);
     let redis = compile_redis(&config, shared, &mut issues);
@@ -222,6 +227,7 @@ pub fn compile(
             shared,
             redis: redis.as_ref().map(|(r, e)| (r, *e)),
             compression: server_compression.clone(),
+            metrics,
         };
         if let Some(route) = compile_route(i, r, &env, &mut router, &mut issues) {
             routes.push(route);
@@ -236,8 +242,9 @@ pub fn compile(
     let limits = limits(&config, trusted_proxies);
     Ok((
         Snapshot {
+            unrouted: RouteMetrics::new(metrics, "(none)"),
+            metrics: metrics.clone(),
             router,
-            unrouted: RouteMetrics::new("(none)"),
             redis: redis.map(|(r, _)| r),
             defers: routes
                 .iter()
@@ -260,7 +267,7 @@ fn compile_upstreams(
 ) -> BTreeMap<String, Arc<UpstreamGroup>> {
     let mut upstreams = BTreeMap::new();
     for (name, u) in &config.upstreams {
-        match UpstreamGroup::new(name, u, shared.registry.clone()) {
+        match UpstreamGroup::new(name, u, shared.registry.clone(), shared.metrics()) {
             Ok(g) => {
                 upstreams.insert(name.clone(), Arc::new(g));
             }

@@ -55,9 +55,9 @@ pub(super) fn compile_route(
         .filter(|p| p.enabled);
     let route = Arc::new(Route {
         compression,
-        metrics: RouteMetrics::new(&name),
+        metrics: RouteMetrics::new(env.metrics, &name),
         cache_metrics: match cache {
-            Some(_) => crate::observability::metrics::CacheMetrics::new(&name),
+            Some(_) => crate::observability::metrics::CacheMetrics::new(env.metrics, &name),
             None => Default::default(),
         },
         name,
@@ -221,6 +221,7 @@ fn compile_target(
                 upstreams: env.upstreams,
                 cache: &cache,
                 max_body: max_request_body,
+                metrics: env.metrics,
             };
             super::composite::compile(a, &aenv, issues).map(|c| Target::Aggregate(Arc::new(c)))
         }
@@ -291,10 +292,16 @@ fn compile_mirror(
 ) -> Option<Arc<crate::upstream::mirror::Mirror>> {
     let m = r.mirror.as_ref()?;
     let g = env.upstreams.get(&m.upstream)?;
-    crate::upstream::mirror::Mirror::new(&format!("{path}.mirror"), m, g.clone(), name.clone())
-        .map_err(|mut e| issues.append(&mut e))
-        .ok()
-        .map(Arc::new)
+    crate::upstream::mirror::Mirror::new(
+        &format!("{path}.mirror"),
+        m,
+        g.clone(),
+        name.clone(),
+        env.metrics,
+    )
+    .map_err(|mut e| issues.append(&mut e))
+    .ok()
+    .map(Arc::new)
 }
 
 fn compile_conditions(

@@ -172,7 +172,11 @@ pub struct Refused {
 }
 
 impl Breaker {
-    pub fn new(upstream: &str, c: &CircuitBreaker) -> Breaker {
+    pub fn new(
+        upstream: &str,
+        c: &CircuitBreaker,
+        metrics: &crate::observability::metrics::Metrics,
+    ) -> Breaker {
         let ms = |d: std::time::Duration| d.as_millis() as u64;
         let b = Breaker {
             upstream: upstream.to_string(),
@@ -194,7 +198,7 @@ impl Breaker {
                 successes: 0,
                 generation: 0,
             }),
-            metrics: BreakerMetrics::new(upstream),
+            metrics: BreakerMetrics::new(metrics, upstream),
         };
         b.metrics.set_state(State::Closed as i64);
         b
@@ -340,7 +344,11 @@ mod tests {
     use super::*;
 
     fn breaker(yaml: &str) -> Arc<Breaker> {
-        Arc::new(Breaker::new("u", &yaml_serde::from_str(yaml).unwrap()))
+        Arc::new(Breaker::new(
+            "u",
+            &yaml_serde::from_str(yaml).unwrap(),
+            &None,
+        ))
     }
 
     fn run(b: &Arc<Breaker>, o: Outcome, now: u64) -> bool {

@@ -21,6 +21,7 @@ pub struct Mirror {
     in_flight: Arc<AtomicUsize>,
     client: reqwest::Client,
     route: Arc<str>,
+    metrics: crate::observability::metrics::Metrics,
 }
 
 /// A request being copied: its head, and its body as it streams (main requests only).
@@ -37,6 +38,7 @@ impl Mirror {
         c: &MirrorConfig,
         group: Arc<UpstreamGroup>,
         route: Arc<str>,
+        metrics: &crate::observability::metrics::Metrics,
     ) -> Result<Mirror, Vec<Issue>> {
         let mut issues = Vec::new();
         if !(c.percent > 0.0 && c.percent <= 100.0) {
@@ -70,6 +72,7 @@ impl Mirror {
                 in_flight: Arc::new(AtomicUsize::new(0)),
                 client,
                 route,
+                metrics: metrics.clone(),
             }),
             _ => Err(issues),
         }
@@ -107,15 +110,15 @@ impl Mirror {
     /// no healthy shadow target).
     pub fn send(&self, c: Capture) {
         if c.over {
-            return count(&self.route, "too_large");
+            return count(&self.metrics, &self.route, "too_large");
         }
         if self.in_flight.fetch_add(1, Relaxed) >= self.max_in_flight {
             self.in_flight.fetch_sub(1, Relaxed);
-            return count(&self.route, "dropped");
+            return count(&self.metrics, &self.route, "dropped");
         }
         let Ok(target) = self.group.select(&c.head, c.client_ip, &[]) else {
             self.in_flight.fetch_sub(1, Relaxed);
-            return count(&self.route, "no_healthy_target");
+            return count(&self.metrics, &self.route, "no_healthy_target");
         };
         let scheme = if self.group.peer.tls { "https" } else { "http" };
         let pq = c
@@ -136,6 +139,7 @@ impl Mirror {
             req = req.body(body);
         }
         let (in_flight, route) = (self.in_flight.clone(), self.route.clone());
+        let metrics = self.metrics.clone();
         tokio::spawn(async move {
             let result = match req.send().await {
                 Ok(r) => {
@@ -149,7 +153,7 @@ impl Mirror {
                 }
             };
             in_flight.fetch_sub(1, Relaxed);
-            count(&route, result);
+            count(&metrics, &route, result);
         });
     }
 }
@@ -166,6 +170,6 @@ const HOP_BY_HOP: [&str; 8] = [
     "content-length",
 ];
 
-fn count(route: &str, result: &str) {
-    crate::observability::metrics::mirror(route, result);
+fn count(metrics: &crate::observability::metrics::Metrics, route: &str, result: &str) {
+    crate::observability::metrics::mirror(metrics, route, result);
 }

@@ -136,6 +136,7 @@ impl UpstreamGroup {
         name: &str,
         c: &schema::Upstream,
         registry: Arc<Registry>,
+        metrics: &crate::observability::metrics::Metrics,
     ) -> Result<UpstreamGroup, Vec<Issue>> {
         let path = format!("upstreams.{name}");
         let mut issues = Vec::new();
@@ -177,12 +178,12 @@ impl UpstreamGroup {
             breaker: c
                 .circuit_breaker
                 .as_ref()
-                .map(|b| registry.breaker(name, b)),
+                .map(|b| registry.breaker(name, b, metrics)),
             passive: c.health.passive.clone(),
             active: c.health.active.clone(),
             resolve_interval: c.resolve_interval.0,
             registry,
-            metrics: UpstreamMetrics::new(name),
+            metrics: UpstreamMetrics::new(metrics, name),
             pool_key: {
                 use std::hash::{Hash, Hasher};
                 let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -357,10 +358,7 @@ impl UpstreamGroup {
     /// `budget_exhausted` in `postern_retries_total`.
     pub fn budget_allows_retry(&self) -> bool {
         let ok = self.budget.as_ref().is_none_or(|b| b.try_retry(now_ms()));
-        crate::observability::metrics::retry_result(
-            &self.name,
-            if ok { "retried" } else { "budget_exhausted" },
-        );
+        self.metrics.retry_result(ok);
         if !ok {
             log::debug!("upstream {}: retry budget exhausted", self.name);
         }

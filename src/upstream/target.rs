@@ -173,6 +173,7 @@ impl Registry {
         &self,
         upstream: &str,
         c: &crate::upstream::config::CircuitBreaker,
+        metrics: &crate::observability::metrics::Metrics,
     ) -> Arc<super::breaker::Breaker> {
         let id = format!("{upstream}\n{c:?}");
         let mut m = self.breakers.lock();
@@ -180,7 +181,7 @@ impl Registry {
         if let Some(b) = m.get(&id).and_then(std::sync::Weak::upgrade) {
             return b;
         }
-        let b = Arc::new(super::breaker::Breaker::new(upstream, c));
+        let b = Arc::new(super::breaker::Breaker::new(upstream, c, metrics));
         m.insert(id, Arc::downgrade(&b));
         b
     }

@@ -179,6 +179,7 @@ async fn respond(
         head,
         &mut h,
         &mut ctx.req,
+        &ctx.snap.metrics,
     );
     if head {
         h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;

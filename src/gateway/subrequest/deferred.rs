@@ -242,17 +242,25 @@ impl<'a> Output<'a> {
             return Ok(());
         }
         self.head = session.req_header().method == http::Method::HEAD;
-        let takers = body::response_takers(self.candidates, self.head, &mut h, &mut ctx.req);
+        let takers = body::response_takers(
+            self.candidates,
+            self.head,
+            &mut h,
+            &mut ctx.req,
+            &ctx.snap.metrics,
+        );
         let limit = BodyStage::limit_of(&takers);
         let oversize = BodyStage::oversize_of(&takers);
         let known_over = body::content_length(&h).is_some_and(|l| l > limit);
         if known_over && oversize == Oversize::Error {
-            ctx.req.transform_failed("response", "oversize");
+            ctx.req
+                .transform_failed(&ctx.snap.metrics, "response", "oversize");
             return Err(ctx.fail(GatewayError::BadGateway));
         }
         if takers.is_empty() || known_over || end {
             if known_over {
-                ctx.req.transform_failed("response", "oversize");
+                ctx.req
+                    .transform_failed(&ctx.snap.metrics, "response", "oversize");
             }
             return self.write_header(h, end, session, ctx).await;
         }
@@ -324,7 +332,8 @@ impl<'a> Output<'a> {
         session: &mut Session,
         ctx: &mut Ctx,
     ) -> pingora::Result<()> {
-        ctx.req.transform_failed("response", "oversize");
+        ctx.req
+            .transform_failed(&ctx.snap.metrics, "response", "oversize");
         let State::Collecting { header, buf, .. } = std::mem::replace(&mut self.state, State::Done)
         else {
             return Ok(());
@@ -355,7 +364,7 @@ impl<'a> Output<'a> {
                 ..
             } => {
                 let body = buf.freeze();
-                crate::observability::metrics::body_buffered(body.len());
+                crate::observability::metrics::body_buffered(&ctx.snap.metrics, body.len());
                 write_whole(session, ctx, header, body, &takers).await
             }
             State::Waiting => {

@@ -67,6 +67,7 @@ pub struct Transform {
     /// Some body operation reads the request through a template: capture its inputs.
     keeps_inputs: bool,
     route: String,
+    metrics: crate::observability::metrics::Metrics,
 }
 
 impl super::Build for Config {
@@ -233,6 +234,7 @@ impl Transform {
             keeps_inputs,
             template_headers,
             route: b.route.to_string(),
+            metrics: b.shared.metrics().clone(),
         })
     }
 
@@ -476,7 +478,7 @@ impl Transform {
         reason: &'static str,
         why: &str,
     ) -> Result<Option<Bytes>, GatewayError> {
-        ctx.transform_failed( "response", reason);
+        ctx.transform_failed(&self.metrics, "response", reason);
         log::debug!("route {}: response body not transformed: {why}", self.route);
         match self.on_error {
             Oversize::Pass => Ok(None),
