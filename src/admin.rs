@@ -264,7 +264,7 @@ impl ServeHttp for Admin {
             if let Some(rejection) = self.reject_unauthorized(req) {
                 return rejection;
             }
-            return purge(req.uri.query());
+            return purge(&self.snapshot.load().shared, req.uri.query());
         }
         if req.method != http::Method::GET {
             return problem(405, "method-not-allowed", ENDPOINTS);
@@ -288,7 +288,7 @@ impl ServeHttp for Admin {
 /// `DELETE /cache?url=host/path?q` (every variant of one URL), `?prefix=host/path/`, or
 /// `?tag=name` (`Surrogate-Key` / `Cache-Tag` of the responses); `&soft=true` marks entries stale
 /// (URL only) instead of removing them.
-fn purge(query: Option<&str>) -> Response<Vec<u8>> {
+fn purge(shared: &crate::shared::Shared, query: Option<&str>) -> Response<Vec<u8>> {
     use crate::cache::PurgeKind;
     let params: Vec<(String, String)> = query
         .unwrap_or("")
@@ -310,7 +310,7 @@ fn purge(query: Option<&str>) -> Response<Vec<u8>> {
             )
         }
     };
-    match crate::cache::purge(kind, value, soft) {
+    match shared.http_cache().map(|c| c.purge(kind, value, soft)) {
         Some(purged) => reply(
             200,
             json!({ "purged": purged.entries, kind.as_str(): value, "soft": soft }),

@@ -43,15 +43,17 @@ pub fn run(conf_path: &str, flags: RunFlags) -> Result<(), String> {
         }
     }
     let c = &snap.config.cache;
-    crate::cache::init(
-        c.memory.0 as usize,
-        c.max_object_size.0 as usize,
-        c.lock_timeout.0,
-        c.disk
-            .as_ref()
-            .map(|d| (std::path::Path::new(&d.path), d.size.0)),
-        shared.metrics(),
-    );
+    shared.init_cache(|| {
+        crate::cache::HttpCache::new(
+            c.memory.0 as usize,
+            c.max_object_size.0 as usize,
+            c.lock_timeout.0,
+            c.disk
+                .as_ref()
+                .map(|d| (std::path::Path::new(&d.path), d.size.0)),
+            shared.metrics(),
+        )
+    });
     let server_conf = server_conf(&snap, flags.daemon);
     let admin = snap.config.admin.clone();
     let metrics = shared.metrics().clone();
@@ -308,14 +310,20 @@ impl BackgroundService for Supervisor {
                 tasks.spawn(health::run_active(g.clone()));
                 tasks.spawn(health::run_dns(g.clone()));
             }
-            if let Some(r) = &snap.redis {
+            let cache = snap.shared.http_cache().cloned();
+            if let (Some(r), Some(c)) = (&snap.redis, &cache) {
                 r.connect_in_background();
+                let c = c.clone();
                 tasks.spawn(
                     r.clone()
-                        .subscribe(crate::cache::PURGE_CHANNEL, crate::cache::apply_remote),
+                        .subscribe(crate::cache::PURGE_CHANNEL, move |m| c.apply_remote(m)),
                 );
+            } else if let Some(r) = &snap.redis {
+                r.connect_in_background();
             }
-            crate::cache::set_broadcast(snap.redis.clone());
+            if let Some(c) = &cache {
+                c.set_broadcast(snap.redis.clone());
+            }
             for route in &snap.routes {
                 route.chain.start();
             }

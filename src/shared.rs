@@ -3,6 +3,7 @@
 //! change keeps its state.
 
 use crate::auth::jwks::RemoteJwks;
+use crate::cache::HttpCache;
 use crate::observability::metrics::{Families, Metrics};
 use crate::ratelimit::Store;
 use crate::redis::config::RedisConfig;
@@ -16,6 +17,8 @@ pub struct Shared {
     /// The server's metrics, decided by the first configuration loaded (reloads cannot switch
     /// them on or off).
     metrics: std::sync::OnceLock<Metrics>,
+    /// The server's HTTP cache, made at start from the first configuration.
+    http_cache: std::sync::OnceLock<Arc<HttpCache>>,
     pub registry: Arc<Registry>,
     pub limits: Store,
     redis: Mutex<Option<Arc<Redis>>>,
@@ -31,6 +34,17 @@ impl Shared {
     /// first configuration); later calls change nothing.
     pub fn init_metrics(&self, enabled: bool) {
         self.metrics.get_or_init(|| Families::new(enabled));
+    }
+
+    /// Makes the server's HTTP cache on the first call; later calls change nothing (a new
+    /// size needs a restart or an upgrade).
+    pub fn init_cache(&self, make: impl FnOnce() -> HttpCache) {
+        self.http_cache.get_or_init(|| Arc::new(make()));
+    }
+
+    /// The server's HTTP cache (none before `init_cache`: `postern check`, unit tests).
+    pub fn http_cache(&self) -> Option<&Arc<HttpCache>> {
+        self.http_cache.get()
     }
 
     /// The server's metrics (none before `init_metrics`).

@@ -1,5 +1,5 @@
-//! HTTP caching on top of Pingora's cache state machine: the process-wide storage and cache
-//! lock, the per-route policy (from the `cache` plugin), cache keys, the RFC 9111 storability
+//! HTTP caching on top of Pingora's cache state machine: each server's storage and cache
+//! lock ([`HttpCache`]), the per-route policy (from the `cache` plugin), cache keys, the RFC 9111 storability
 //! decision with the route's overrides, `Vary`, and `Cache-Status` (RFC 9211).
 //!
 //! Pingora runs lookup, freshness, revalidation (`ETag` / `Last-Modified`, 304 handling),
@@ -17,29 +17,29 @@ use pingora::cache::{
     CacheKey, CacheMeta, CachePhase, NoCacheReason, RespCacheable, VarianceBuilder,
 };
 use pingora::http::{RequestHeader, ResponseHeader};
-use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 use storage::MemoryStorage;
 
-/// The storage and lock, created once per process from the first configuration loaded.
-struct Store {
+/// One server's HTTP cache: the storage and the cache lock, and where purges are broadcast.
+/// Pingora's cache phases take `&'static` storage and lock, so each is leaked once per server
+/// (made from the first configuration; its size is fixed for the life of the server).
+pub struct HttpCache {
     storage: &'static MemoryStorage,
     lock: &'static CacheKeyLockImpl,
     max_object: usize,
+    /// The `cluster.redis` of the running configuration.
+    broadcast: arc_swap::ArcSwapOption<crate::redis::Redis>,
 }
 
-static STORE: OnceLock<Store> = OnceLock::new();
-
-/// Creates the storage (first call wins: its size is fixed for the life of the process).
-/// A disk tier that cannot be opened is reported and left out (memory only).
-pub fn init(
-    memory: usize,
-    max_object: usize,
-    lock_timeout: Duration,
-    disk: Option<(&std::path::Path, u64)>,
-    metrics: &crate::observability::metrics::Metrics,
-) {
-    STORE.get_or_init(|| {
+impl HttpCache {
+    /// A disk tier that cannot be opened is reported and left out (memory only).
+    pub fn new(
+        memory: usize,
+        max_object: usize,
+        lock_timeout: Duration,
+        disk: Option<(&std::path::Path, u64)>,
+        metrics: &crate::observability::metrics::Metrics,
+    ) -> HttpCache {
         let fresh = || MemoryStorage::new(memory, max_object).with_metrics(metrics.clone());
         let mut storage = fresh();
         if let Some((dir, size)) = disk {
@@ -54,17 +54,71 @@ pub fn init(
                 }
             };
         }
-        Store {
+        HttpCache {
             storage: Box::leak(Box::new(storage)),
             lock: Box::leak(CacheLock::new_boxed(lock_timeout)),
             max_object,
+            broadcast: arc_swap::ArcSwapOption::empty(),
         }
-    });
-}
+    }
 
-/// The storage, for purges and tests; `None` before [`init`].
-pub fn storage() -> Option<&'static MemoryStorage> {
-    STORE.get().map(|s| s.storage)
+    pub fn storage(&self) -> &'static MemoryStorage {
+        self.storage
+    }
+
+    /// Where purges are broadcast (the `cluster.redis` of the running configuration).
+    pub fn set_broadcast(&self, redis: Option<std::sync::Arc<crate::redis::Redis>>) {
+        self.broadcast.store(redis);
+    }
+
+    fn apply(&self, kind: PurgeKind, value: &str, soft: bool) -> storage::Purged {
+        let keys = self.storage.select(kind, value);
+        if soft {
+            self.storage.expire_keys(&keys)
+        } else {
+            self.storage.remove_keys(&keys)
+        }
+    }
+
+    /// Purges on this node and, with `cluster.redis`, on every other node.
+    pub fn purge(&self, kind: PurgeKind, value: &str, soft: bool) -> storage::Purged {
+        let done = self.apply(kind, value, soft);
+        if let Some(r) = self.broadcast.load_full() {
+            r.publish(
+                PURGE_CHANNEL,
+                &format!("{}\t{soft}\t{value}", kind.as_str()),
+            );
+        }
+        done
+    }
+
+    /// Applies a purge broadcast by another node.
+    pub fn apply_remote(&self, message: &str) {
+        let mut parts = message.splitn(3, '\t');
+        let (Some(kind), Some(soft), Some(value)) = (
+            parts.next().and_then(PurgeKind::parse),
+            parts.next(),
+            parts.next(),
+        ) else {
+            log::warn!("ignored a malformed purge message");
+            return;
+        };
+        let done = self.apply(kind, value, soft == "true");
+        log::debug!("remote purge {} {value}: {done:?}", kind.as_str());
+    }
+
+    /// Turns the cache on for a request of a cached route (GET and HEAD only).
+    pub fn enable(&self, session: &mut pingora::proxy::Session, policy: &CachePolicy) -> bool {
+        let req = session.req_header();
+        if !matches!(req.method, Method::GET | Method::HEAD) || bypassed(policy, req) {
+            return false;
+        }
+        session
+            .cache
+            .enable(self.storage, None, None, Some(self.lock), None);
+        session.cache.set_max_file_size_bytes(self.max_object);
+        true
+    }
 }
 
 /// What a purge targets.
@@ -99,51 +153,6 @@ impl PurgeKind {
 
 /// Purges are broadcast to the other nodes on this Redis channel (under the key prefix).
 pub const PURGE_CHANNEL: &str = "cache:purge";
-
-static BROADCAST: arc_swap::ArcSwapOption<crate::redis::Redis> =
-    arc_swap::ArcSwapOption::const_empty();
-
-/// Where purges are broadcast (the `cluster.redis` of the running configuration).
-pub fn set_broadcast(redis: Option<std::sync::Arc<crate::redis::Redis>>) {
-    BROADCAST.store(redis);
-}
-
-fn apply(kind: PurgeKind, value: &str, soft: bool) -> Option<storage::Purged> {
-    let s = storage()?;
-    let keys = s.select(kind, value);
-    Some(if soft {
-        s.expire_keys(&keys)
-    } else {
-        s.remove_keys(&keys)
-    })
-}
-
-/// Purges on this node and, with `cluster.redis`, on every other node.
-pub fn purge(kind: PurgeKind, value: &str, soft: bool) -> Option<storage::Purged> {
-    let done = apply(kind, value, soft)?;
-    if let Some(r) = BROADCAST.load_full() {
-        r.publish(
-            PURGE_CHANNEL,
-            &format!("{}\t{soft}\t{value}", kind.as_str()),
-        );
-    }
-    Some(done)
-}
-
-/// Applies a purge broadcast by another node.
-pub fn apply_remote(message: &str) {
-    let mut parts = message.splitn(3, '\t');
-    let (Some(kind), Some(soft), Some(value)) = (
-        parts.next().and_then(PurgeKind::parse),
-        parts.next(),
-        parts.next(),
-    ) else {
-        log::warn!("ignored a malformed purge message");
-        return;
-    };
-    let done = apply(kind, value, soft == "true");
-    log::debug!("remote purge {} {value}: {done:?}", kind.as_str());
-}
 
 /// Which query parameters are part of the key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,22 +231,6 @@ pub fn bypassed(policy: &CachePolicy, req: &RequestHeader) -> bool {
             .bypass_cookies
             .iter()
             .any(|c| crate::http::cookie(req, c).is_some())
-}
-
-/// Turns the cache on for a request of a cached route (GET and HEAD only).
-pub fn enable(session: &mut pingora::proxy::Session, policy: &CachePolicy) -> bool {
-    let Some(store) = STORE.get() else {
-        return false;
-    };
-    let req = session.req_header();
-    if !matches!(req.method, Method::GET | Method::HEAD) || bypassed(policy, req) {
-        return false;
-    }
-    session
-        .cache
-        .enable(store.storage, None, None, Some(store.lock), None);
-    session.cache.set_max_file_size_bytes(store.max_object);
-    true
 }
 
 /// The cache key: length-prefixed parts (method class, host, path, query, chosen request
@@ -517,6 +510,7 @@ pub fn vary(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
 /// RFC 9111 §4.4: a successful unsafe request (POST, PUT, PATCH, DELETE...) invalidates the
 /// stored responses of its URL.
 pub fn invalidate_after(
+    cache: &HttpCache,
     policy: &CachePolicy,
     req: &RequestHeader,
     host: Option<&str>,
@@ -527,9 +521,7 @@ pub fn invalidate_after(
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
     );
     if !safe && (200..400).contains(&status) {
-        if let Some(storage) = storage() {
-            storage.purge_url(&url(policy, req, host));
-        }
+        cache.storage.purge_url(&url(policy, req, host));
     }
 }
 

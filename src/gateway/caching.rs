@@ -11,7 +11,9 @@ use pingora::Error;
 /// `request_cache_filter`.
 pub(super) fn enable(session: &mut Session, ctx: &Ctx) {
     if let Some(policy) = ctx.route.as_ref().and_then(|r| r.cache.as_ref()) {
-        crate::cache::enable(session, policy);
+        if let Some(cache) = ctx.snap.shared.http_cache() {
+            cache.enable(session, policy);
+        }
     }
 }
 

@@ -69,7 +69,9 @@ pub(super) fn finish(gw: &Gateway, session: &Session, ctx: &mut Ctx, e: Option<&
         if let Some(s) = ctx.cache.status {
             route.cache_metrics.observe(s);
         }
-        crate::cache::invalidate_after(policy, session.req_header(), ctx.host(), status);
+        if let Some(cache) = ctx.snap.shared.http_cache() {
+            crate::cache::invalidate_after(cache, policy, session.req_header(), ctx.host(), status);
+        }
     }
 }
 

@@ -142,6 +142,8 @@ fn default_targeted() -> Vec<String> {
 pub struct Cache {
     policy: Arc<CachePolicy>,
     purge: Option<(Vec<ipnet::IpNet>, Option<String>)>,
+    /// The server's shared state: its HTTP cache answers PURGE.
+    shared: Arc<crate::shared::Shared>,
 }
 
 impl super::Build for Config {
@@ -236,6 +238,7 @@ impl Cache {
         }
         Ok(Cache {
             purge,
+            shared: b.shared.clone(),
             policy: Arc::new(CachePolicy {
                 ttl: c.ttl.map(|d| d.0),
                 max_ttl: c.max_ttl.0,
@@ -298,8 +301,9 @@ impl Plugin for Cache {
             .or_else(|| req.uri.host())
             .map(String::from);
         let url = crate::cache::url(&self.policy, req, host.as_deref());
-        let purged =
-            crate::cache::purge(crate::cache::PurgeKind::Url, &url, false).map_or(0, |p| p.entries);
+        let purged = self.shared.http_cache().map_or(0, |c| {
+            c.purge(crate::cache::PurgeKind::Url, &url, false).entries
+        });
         let body = serde_json::json!({ "purged": purged, "url": url }).to_string();
         Ok(Flow::Respond(Reply {
             status: 200,

@@ -105,6 +105,8 @@ impl Route {
 pub struct Snapshot {
     /// The server's metrics (the request path records through these).
     pub metrics: Metrics,
+    /// What outlives snapshots, the HTTP cache among it.
+    pub shared: Arc<Shared>,
     pub router: Router<Arc<Route>>,
     /// Metrics of requests that matched no route.
     pub unrouted: RouteMetrics,
@@ -244,6 +246,7 @@ pub fn compile(
         Snapshot {
             unrouted: RouteMetrics::new(metrics, "(none)"),
             metrics: metrics.clone(),
+            shared: shared.clone(),
             router,
             redis: redis.map(|(r, _)| r),
             defers: routes
@@ -481,6 +484,50 @@ pub(crate) mod testing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two servers in one process: each compiles against its own shared state and counts in
+    /// its own registry.
+    #[test]
+    fn two_servers_in_one_process_count_apart() {
+        let yaml = r#"
+listeners: [{ addr: "127.0.0.1:0" }]
+upstreams: { u: { targets: [{ addr: "127.0.0.1:1" }] } }
+routes: [{ name: r, match: { path: /x }, upstream: u }]
+"#;
+        let server = || {
+            let shared = Shared::new();
+            shared.init_metrics(true);
+            let loaded = cfg::load_str(yaml, "t.yaml").unwrap();
+            compile(loaded, &shared).unwrap().0
+        };
+        let (a, b) = (server(), server());
+        let route = a.router.values().next().unwrap().clone();
+        route.metrics.observe(200, 0.01, 10, 20);
+        route.metrics.observe(503, 0.01, 10, 20);
+        let line = |s: &Snapshot, class: &str| {
+            let text = crate::observability::metrics::render(&s.metrics);
+            let key =
+                format!("postern_http_requests_total{{route=\"r\",status_class=\"{class}\"}}");
+            text.lines()
+                .find(|l| l.starts_with(&key))
+                .map(|l| l.rsplit(' ').next().unwrap_or("").to_string())
+        };
+        assert_eq!(line(&a, "2xx").as_deref(), Some("1"));
+        assert_eq!(line(&a, "5xx").as_deref(), Some("1"));
+        assert_eq!(
+            line(&b, "2xx").as_deref(),
+            Some("0"),
+            "the other server counted nothing"
+        );
+        // Metrics off: nothing is bound, nothing is rendered of Postern's.
+        let off = Shared::new();
+        off.init_metrics(false);
+        let s = compile(cfg::load_str(yaml, "t.yaml").unwrap(), &off)
+            .unwrap()
+            .0;
+        assert!(s.metrics.is_none());
+        assert!(!crate::observability::metrics::render(&s.metrics).contains("postern_"));
+    }
 
     #[test]
     fn templates() {
