@@ -91,24 +91,21 @@ impl Reloader {
         .map_err(|e| format!("reload task failed: {e}"))??;
         let old = self.snapshot.load();
         let mut not_applied = Vec::new();
-        if format!("{:?}", old.config.listeners) != format!("{:?}", compiled.config.listeners) {
+        if old.config.listeners != compiled.config.listeners {
             not_applied.push("listeners");
         }
         // Per-request limits (bodies, headers, keep-alive, forwarding) come from the snapshot and
         // do apply; these are bound to the process.
         let fixed = |s: &crate::config::schema::Server| {
-            format!(
-                "{:?}",
-                (
-                    s.threads,
-                    s.grace_period,
-                    s.graceful_shutdown_timeout,
-                    &s.pid_file,
-                    &s.upgrade_sock,
-                    &s.internal_sock,
-                    &s.error_log,
-                    s.upstream_pool_size
-                )
+            (
+                s.threads,
+                s.grace_period,
+                s.graceful_shutdown_timeout,
+                s.pid_file.clone(),
+                s.upgrade_sock.clone(),
+                s.internal_sock.clone(),
+                s.error_log.clone(),
+                s.upstream_pool_size,
             )
         };
         if fixed(&old.config.server) != fixed(&compiled.config.server) {
@@ -118,7 +115,7 @@ impl Reloader {
             // Those composites are answered, uncached, until a restart or an upgrade.
             not_applied.push("cache of composite routes (the internal socket opens at start)");
         }
-        if format!("{:?}", old.config.admin) != format!("{:?}", compiled.config.admin) {
+        if old.config.admin != compiled.config.admin {
             not_applied.push("admin");
         }
         if compiled.config.observability.metrics.enabled != self.shared.metrics().is_some() {

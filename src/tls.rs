@@ -208,7 +208,7 @@ impl pingora::listeners::TlsAccept for ClientCertCallbacks {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerTls {
     /// Certificates; the one whose names match the client's SNI is served, the first otherwise.
@@ -234,7 +234,7 @@ pub enum ClientAuth {
     Required,
 }
 
-#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct CertKey {
     /// PEM certificate chain.

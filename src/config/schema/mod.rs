@@ -247,7 +247,7 @@ impl Default for Server {
 }
 
 /// One listening address.
-#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Listener {
     /// Name used in logs; defaults to the address.
@@ -263,7 +263,7 @@ pub struct Listener {
     pub h2c: bool,
 }
 
-#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Admin {
     /// Address of the admin listener, loopback by default.
