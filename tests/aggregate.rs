@@ -84,12 +84,9 @@ fn config(svc: &FnServer, routes: &str) -> String {
 }
 
 async fn get(gw: &Gateway, path: &str) -> (u16, reqwest::header::HeaderMap, Value) {
-    let r = client().get(gw.url(path)).send().await.unwrap();
-    let status = r.status().as_u16();
-    let headers = r.headers().clone();
-    let text = r.text().await.unwrap();
-    let v = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
-    (status, headers, v)
+    let a = crate::util::http::get(&client(), &gw.url(path), &[]).await;
+    let v = serde_json::from_str(&a.body).unwrap_or_else(|_| panic!("not JSON: {}", a.body));
+    (a.status, a.headers, v)
 }
 
 /// A stale answer (`n` = 1) to every request until the upstream was asked again in the

@@ -62,15 +62,8 @@ async fn call(
     url: &str,
     headers: &[(&str, &str)],
 ) -> (u16, reqwest::header::HeaderMap, Value) {
-    let mut r = c.get(url);
-    for (k, v) in headers {
-        r = r.header(*k, *v);
-    }
-    let resp = r.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let h = resp.headers().clone();
-    let v = resp.json().await.unwrap_or(Value::Null);
-    (status, h, v)
+    let a = crate::util::http::get(c, url, headers).await;
+    (a.status, a.headers.clone(), a.json())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -125,18 +125,8 @@ async fn get(
     url: &str,
     headers: &[(&str, &str)],
 ) -> (u16, HashMap<String, String>, String) {
-    let mut r = c.get(url);
-    for (k, v) in headers {
-        r = r.header(*k, *v);
-    }
-    let resp = r.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let h = resp
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
-        .collect();
-    (status, h, resp.text().await.unwrap())
+    let a = crate::util::http::get(c, url, headers).await;
+    (a.status, a.header_map(), a.body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
