@@ -194,8 +194,10 @@ impl Admin {
     }
 }
 
+/// A JSON answer, ending with a newline (as `curl` users expect of a text answer).
 fn reply(status: u16, v: serde_json::Value) -> Response<Vec<u8>> {
-    let body = v.to_string().into_bytes();
+    let mut body = v.to_string().into_bytes();
+    body.push(b'\n');
     Response::builder()
         .status(status)
         .header("content-type", "application/json")

@@ -449,9 +449,13 @@ fn render_reference(schema: &serde_json::Value) -> String {
             out.push_str("One of:\n\n");
             for v in vs {
                 let desc = v.get("description").and_then(|d| d.as_str()).unwrap_or("");
+                // A key whose value has a section of its own links to it (the plugin list).
                 let keys = v.get("properties").and_then(|p| p.as_object()).map(|p| {
-                    p.keys()
-                        .map(|k| format!("`{k}`"))
+                    p.iter()
+                        .map(|(k, pv)| match pv.get("$ref") {
+                            Some(_) => format!("`{k}` ({})", type_of(pv)),
+                            None => format!("`{k}`"),
+                        })
                         .collect::<Vec<_>>()
                         .join(", ")
                 });

@@ -188,6 +188,17 @@ async fn admin_reports_health_readiness_and_redacted_config() {
     );
     let gw = Gateway::start(&body);
     assert_eq!(gw.admin_call("GET", "/health", None).0, 200);
+    // JSON answers end with a newline (a shell prompt after `curl` starts on its own line).
+    let raw_health = crate::util::raw(
+        gw.admin,
+        "GET /health HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
+    assert!(raw_health.ends_with("}\n"), "{raw_health:?}");
+    let raw_404 = crate::util::raw(
+        gw.admin,
+        "GET /nope HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
+    assert!(raw_404.ends_with("}\n"), "{raw_404:?}");
     let v = eventually_blocking(Poll::DEFAULT, "/ready turns 503", || {
         let (status, v) = gw.admin_call("GET", "/ready", None);
         (status == 503).then_some(v)

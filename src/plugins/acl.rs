@@ -21,6 +21,7 @@ use serde::Deserialize;
 
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "acl")]
 pub struct Config {
     #[serde(default)]
     pub allow_consumers: Vec<String>,

@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "api_key")]
 pub struct Config {
     /// Header carrying the key.
     #[serde(default = "default_header")]

@@ -25,6 +25,7 @@ use std::sync::Arc;
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "auth")]
 pub struct Config {
     /// Authentication plugins, one of which must accept the request.
     pub any: Vec<PluginSpec>,

@@ -32,6 +32,7 @@ const CACHE_MAX: usize = 10_000;
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "basic_auth")]
 pub struct Config {
     /// The realm of the `WWW-Authenticate` challenge.
     #[serde(default = "default_realm")]

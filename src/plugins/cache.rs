@@ -31,6 +31,7 @@ use std::sync::Arc;
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "cache")]
 pub struct Config {
     /// Freshness when the origin sends none (no `max-age`, `s-maxage` or `Expires`).
     #[serde(default)]
@@ -82,6 +83,7 @@ pub struct PurgeMethod {
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "CacheKey")]
 pub struct KeyConfig {
     #[serde(default = "yes")]
     pub host: bool,
@@ -109,6 +111,7 @@ impl Default for KeyConfig {
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema, PartialEq)]
 #[serde(untagged)]
+#[schemars(rename = "CacheQuery")]
 pub enum QueryConfig {
     Mode(String),
     Only(Vec<String>),

@@ -29,6 +29,7 @@ use std::sync::Arc;
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "compression")]
 pub struct Config {
     /// `false` turns compression off (on a route: also the server-wide one).
     #[serde(default = "yes")]

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "concurrency_limit")]
 pub struct Config {
     /// Names the rule in metrics (default: the key).
     #[serde(default)]

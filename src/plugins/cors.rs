@@ -26,6 +26,7 @@ use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "cors")]
 pub struct Config {
     /// Allowed origins: exact (`https://app.example.com`), a wildcard subdomain
     /// (`https://*.example.com`, or `*.example.com` for any scheme), a regex (`~^https://...$`),

@@ -27,6 +27,7 @@ use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "fault")]
 pub struct Config {
     /// Hold a share of requests before proxying them.
     #[serde(default)]

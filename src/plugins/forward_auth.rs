@@ -42,6 +42,7 @@ const MAX_BODY: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "forward_auth")]
 pub struct Config {
     /// The authorization endpoint (http or https).
     pub url: String,

@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "headers")]
 pub struct Config {
     #[serde(default)]
     pub request: Ops,

@@ -22,6 +22,7 @@ use serde::Deserialize;
 
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "ip_filter")]
 pub struct Config {
     /// Addresses or CIDR blocks let through (everyone when empty).
     #[serde(default)]

@@ -76,6 +76,7 @@ fn unix_now() -> u64 {
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "jwt")]
 pub struct Config {
     /// Keys given inline (secret, PEM, PEM file or JWK).
     #[serde(default)]
@@ -135,6 +136,7 @@ pub struct Config {
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "JwtKey")]
 pub struct KeyConfig {
     #[serde(default)]
     pub kid: Option<String>,

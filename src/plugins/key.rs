@@ -14,6 +14,7 @@ use std::sync::LazyLock;
 /// One key part or a list of them, as written in YAML.
 #[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(untagged)]
+#[schemars(rename = "LimitKey")]
 pub enum KeyConfig {
     One(String),
     All(Vec<String>),

@@ -30,6 +30,7 @@ use std::sync::Arc;
 
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "mtls")]
 pub struct Config {
     /// Refuse certificates that identify no configured consumer.
     #[serde(default)]

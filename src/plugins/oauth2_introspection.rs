@@ -35,6 +35,7 @@ type Claims = serde_json::Map<String, serde_json::Value>;
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "oauth2_introspection")]
 pub struct Config {
     pub url: String,
     pub client_id: String,

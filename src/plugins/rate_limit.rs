@@ -46,6 +46,7 @@ const MAX_LIMITS: usize = 8;
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "rate_limit")]
 pub struct Config {
     /// Names the rule in `RateLimit` headers and metrics; letters, digits and `_.:+-`.
     #[serde(default)]

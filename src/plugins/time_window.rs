@@ -27,6 +27,7 @@ use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "time_window")]
 pub struct Config {
     /// IANA zone name, e.g. `Europe/Berlin` or `UTC`.
     #[serde(default = "default_tz")]

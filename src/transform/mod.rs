@@ -91,6 +91,7 @@ pub struct FromTo {
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(untagged)]
+#[schemars(rename = "PathOrPaths")]
 pub enum OneOrMany {
     One(String),
     Many(Vec<String>),

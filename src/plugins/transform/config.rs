@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "transform")]
 pub struct Config {
     #[serde(default)]
     pub request: Option<RequestConfig>,
@@ -64,6 +65,7 @@ pub enum Convert {
 
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "QueryEdits")]
 pub struct QueryConfig {
     /// Parameters to set (replacing any of the same name); values may be templates.
     #[serde(default)]
