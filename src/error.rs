@@ -341,8 +341,11 @@ pub async fn respond(
     let Ok((header, body)) = ge.response(request_id, pages) else {
         return closed;
     };
-    let reusable = matches!(ge, GatewayError::NoRoute | GatewayError::NoHealthyTarget)
-        && session.is_body_empty();
+    // The request was read whole and well framed: the connection can serve the next one.
+    let reusable = matches!(
+        ge,
+        GatewayError::NoRoute | GatewayError::NoHealthyTarget | GatewayError::InvalidQuery(_)
+    ) && session.is_body_empty();
     if !reusable {
         session.set_keepalive(None);
     }

@@ -217,6 +217,12 @@ async fn collections_are_filtered_sorted_paged_trimmed_and_wrapped() {
             .unwrap();
         assert_eq!(r.status(), 400, "{q}");
         assert_eq!(r.headers()["content-type"], "application/problem+json");
+        // A client error in a query is no reason to drop a keep-alive connection.
+        assert_ne!(
+            r.headers().get("connection").map(|v| v.as_bytes()),
+            Some(&b"close"[..]),
+            "{q}"
+        );
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["type"], "urn:postern:problem:invalid-query");
         assert!(v["detail"].as_str().unwrap().contains(want), "{q}: {v}");
