@@ -53,7 +53,7 @@ impl Admin {
                 let mut v = json!({ "balance": g.balance, "targets": targets });
                 if let Some(b) = &g.breaker {
                     v["circuit"] = json!({
-                        "state": b.state().name(),
+                        "state": b.refresh(now).name(),
                         "retry_after_ms": b.retry_after_ms(now),
                     });
                 }
@@ -172,6 +172,9 @@ impl Admin {
         if let Some(m) = &snap.metrics {
             let now = now_ms();
             for (name, g) in &snap.upstreams {
+                if let Some(b) = &g.breaker {
+                    b.refresh(now);
+                }
                 for t in g.targets() {
                     m.target_up
                         .with_label_values(&[name.as_str(), &t.addr.to_string()])

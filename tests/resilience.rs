@@ -33,6 +33,38 @@ fn circuit(gw: &Gateway) -> serde_json::Value {
     gw.upstreams()["upstreams"]["svc"]["circuit"].clone()
 }
 
+/// Issue 27: an open breaker of an idle upstream moved to half-open only when a request came,
+/// so the admin view said `open, retry_after_ms: 0` and `postern_circuit_state` stayed 2 (and
+/// the PosternCircuitOpen alert fired) long after the upstream recovered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_open_breaker_reports_half_open_after_open_for() {
+    let up = DocServer::start(503, r#"{"down":true}"#).await;
+    let body = format!(
+        "upstreams:\n  svc:\n    targets: [ {{ addr: \"{}\" }} ]\n    retry: {{ attempts: 1 }}\n    circuit_breaker: {{ consecutive_failures: 1, open_for: 200ms, max_open_for: 1s }}\nroutes:\n  - {{ name: r, match: {{ path: /* }}, upstream: svc }}\n",
+        up.addr
+    );
+    let gw = Gateway::start(&body);
+    let c = client();
+    assert_eq!(c.get(gw.url("/x")).send().await.unwrap().status(), 503);
+    assert_eq!(circuit(&gw)["state"], "open");
+    // No request reaches the gateway from now on: the metric and the view move by themselves.
+    crate::util::eventually_blocking(
+        crate::util::Poll::DEFAULT,
+        "the gauge reports half-open",
+        || {
+            (metric(&gw.metrics(), "postern_circuit_state{upstream=\"svc\"}") == Some(1.0))
+                .then_some(())
+        },
+    );
+    let v = circuit(&gw);
+    assert_eq!(
+        (v["state"].as_str(), v["retry_after_ms"].as_u64()),
+        (Some("half_open"), Some(0)),
+        "{v}"
+    );
+    assert_eq!(up.hits(), 1, "half-opened without a request");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn breaker_opens_fails_fast_then_half_opens_doubles_and_closes() {
     let up = DocServer::start(503, r#"{"down":true}"#).await;

@@ -208,6 +208,26 @@ impl Breaker {
         State::from_u8(self.state.load(Relaxed))
     }
 
+    /// The state at `now`: an open breaker whose `open_for` has passed half-opens now, with or
+    /// without a request, so that what the admin view and `postern_circuit_state` report is
+    /// true of an idle upstream too (the admin view and each metrics scrape call this).
+    pub fn refresh(&self, now: u64) -> State {
+        if self.state() == State::Open {
+            let mut g = self.inner.lock();
+            if self.state() == State::Open && now >= g.until {
+                self.half_open(&mut g, now);
+            }
+        }
+        self.state()
+    }
+
+    fn half_open(&self, g: &mut Inner, now: u64) {
+        g.permits = self.half_open_requests;
+        g.successes = 0;
+        g.until = now;
+        self.transition(g, State::HalfOpen);
+    }
+
     /// Milliseconds until an open breaker half-opens (0 when not open).
     pub fn retry_after_ms(&self, now: u64) -> u64 {
         match self.state() {
@@ -228,10 +248,7 @@ impl Breaker {
                 retry_after_ms: g.until - now,
             }),
             State::Open => {
-                g.permits = self.half_open_requests;
-                g.successes = 0;
-                g.until = now;
-                self.transition(&mut g, State::HalfOpen);
+                self.half_open(&mut g, now);
                 self.take_trial(&mut g)
             }
             State::HalfOpen => self.take_trial(&mut g),
@@ -409,6 +426,29 @@ mod tests {
         assert_eq!(b.state(), State::Closed);
         run(&b, Outcome::ConnectError, 0);
         assert_eq!(b.state(), State::Open);
+    }
+
+    /// An idle upstream's breaker half-opens when read after `open_for`, and its gauge moves.
+    #[test]
+    fn an_idle_open_breaker_half_opens_when_read() {
+        let metrics = crate::observability::metrics::Families::new(true);
+        let c = yaml_serde::from_str("{ consecutive_failures: 1, open_for: 1s }").unwrap();
+        let b = Arc::new(Breaker::new("idle", &c, &metrics));
+        run(&b, Outcome::Timeout, 0);
+        let gauge = || {
+            crate::observability::metrics::render(&metrics)
+                .lines()
+                .find(|l| l.starts_with("postern_circuit_state{upstream=\"idle\"}"))
+                .map(|l| l.rsplit(' ').next().unwrap_or("").to_string())
+        };
+        assert_eq!(gauge().as_deref(), Some("2"));
+        assert_eq!(b.refresh(999), State::Open);
+        assert_eq!(b.retry_after_ms(999), 1);
+        assert_eq!(b.refresh(1000), State::HalfOpen);
+        assert_eq!(gauge().as_deref(), Some("1"));
+        assert_eq!(b.retry_after_ms(1000), 0);
+        // The trials are still there for the next requests.
+        assert!(b.admit(1001).is_ok());
     }
 
     #[test]
