@@ -10,7 +10,7 @@ enum Frame {
 }
 
 /// Path → 1-based line of the key (for map entries) or of the item (for sequence items).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct LineIndex(HashMap<String, usize>);
 
 impl LineIndex {

@@ -29,6 +29,59 @@ pub fn load(path: &str) -> Result<Loaded, ConfigError> {
 
 /// Same as [`load`] on text already in memory; `file` names it in errors.
 pub fn load_str(text: &str, file: &str) -> Result<Loaded, ConfigError> {
+    let partial = load_partial(text, file)?;
+    if !partial.issues.is_empty() {
+        return Err(ConfigError {
+            file: file.to_string(),
+            issues: partial.issues,
+        });
+    }
+    Ok(partial.loaded)
+}
+
+/// A configuration read with its problems stepped over: what could be built, every problem
+/// found so far (located), and what was stepped over, so that a later stage (snapshot
+/// compilation) can check the rest and leave out what follows from a step.
+pub struct Partial {
+    pub loaded: Loaded,
+    pub issues: Vec<Issue>,
+    removed: Vec<String>,
+    items: Vec<(String, usize)>,
+}
+
+impl Partial {
+    /// Issues of a later stage, in the file's coordinates, without those that follow from a
+    /// step over an earlier problem, located.
+    pub fn add_later(&mut self, later: Vec<Issue>) {
+        let (removed, items) = (&self.removed, &self.items);
+        let kept = later.into_iter().filter_map(|mut i| {
+            i.path = parse::to_original(&i.path, items);
+            i.line = None; // located below, at the path in the file
+                           // Below a removed key, or a plugin entry judged as a whole after one of its keys
+                           // was removed ("nothing to do" once its only operation went).
+            let follows = removed.iter().any(|r| {
+                i.path == *r
+                    || i.path.starts_with(&format!("{r}."))
+                    || i.path.starts_with(&format!("{r}["))
+                    || (i.path.contains(".plugins[")
+                        && (r.starts_with(&format!("{}.", i.path))
+                            || r.starts_with(&format!("{}[", i.path))))
+            });
+            (!follows).then_some(i)
+        });
+        let kept: Vec<Issue> = kept.collect();
+        let kept = locate(kept, &self.loaded.lines);
+        for i in kept {
+            if !self.issues.contains(&i) {
+                self.issues.push(i);
+            }
+        }
+    }
+}
+
+/// [`load_str`], keeping what could be built past its problems (see [`Partial`]); `Err` when
+/// nothing could (a syntax error, a missing variable, a file too large).
+pub fn load_partial(text: &str, file: &str) -> Result<Partial, ConfigError> {
     let fail = |issues: Vec<Issue>| ConfigError {
         file: file.to_string(),
         issues,
@@ -39,27 +92,22 @@ pub fn load_str(text: &str, file: &str) -> Result<Loaded, ConfigError> {
     let lines = LineIndex::build(&expanded);
     let parsed = parse::parse(&expanded, &lines).map_err(fail)?;
     let config = parsed.config;
-    let mut issues = Issues(parsed.issues);
     let mut checks = Issues::default();
     validate::check(&config, &mut checks);
     plain_keys_from_env(&config, text, &lines, &mut checks);
+    let mut partial = Partial {
+        loaded: Loaded {
+            config,
+            lines,
+            file: file.to_string(),
+        },
+        issues: parsed.issues,
+        removed: parsed.removed,
+        items: parsed.items,
+    };
     // What follows from a key removed to step over its error is not a problem of its own.
-    let removed = parsed.removed;
-    issues.0.extend(checks.0.into_iter().filter(|i| {
-        !removed.iter().any(|r| {
-            i.path == *r
-                || i.path.starts_with(&format!("{r}."))
-                || i.path.starts_with(&format!("{r}["))
-        })
-    }));
-    if !issues.is_empty() {
-        return Err(fail(locate(issues.0, &lines)));
-    }
-    Ok(Loaded {
-        config,
-        lines,
-        file: file.to_string(),
-    })
+    partial.add_later(checks.0);
+    Ok(partial)
 }
 
 /// A plain API key (`key:`) must come from the environment: the raw line has to hold `${VAR}`

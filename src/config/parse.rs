@@ -75,12 +75,33 @@ pub fn check_shape(text: &str) -> Result<(), Issue> {
 pub struct Parsed {
     pub config: Config,
     pub issues: Vec<Issue>,
+    /// Paths stepped over, in the file's coordinates.
     pub removed: Vec<String>,
+    /// List items taken out to step over them: (the list's path, the item's index), in the
+    /// file's coordinates. Paths of later checks are mapped back with [`to_original`].
+    pub items: Vec<(String, usize)>,
+}
+
+/// Values tried, in order, for a required field that is missing, so that the rest of the
+/// document can still be checked (the field is reported once, and what follows from the
+/// stand-in is not).
+fn stand_ins() -> [Value; 5] {
+    [
+        Value::Sequence(Vec::new()),
+        Value::Mapping(Default::default()),
+        Value::String(String::new()),
+        Value::Number(0.into()),
+        Value::Bool(false),
+    ]
 }
 
 pub fn parse(text: &str, lines: &LineIndex) -> Result<Parsed, Vec<Issue>> {
     let mut issues: Vec<Issue> = Vec::new();
     let mut removed = Vec::new();
+    let mut items: Vec<(String, usize)> = Vec::new();
+    // The stand-in being tried for a missing field: its map and key (current coordinates),
+    // and which one.
+    let mut standing: Option<(Vec<Segment>, String, usize)> = None;
     // The text deserialized: the file itself first (exact YAML-to-type semantics: `30` read as
     // the string "30" by a string field, an empty value as ""); after an error, the document
     // with the offending keys removed, written back as YAML.
@@ -94,6 +115,7 @@ pub fn parse(text: &str, lines: &LineIndex) -> Result<Parsed, Vec<Issue>> {
                     config,
                     issues,
                     removed,
+                    items,
                 })
             }
             Err(e) => e,
@@ -106,31 +128,6 @@ pub fn parse(text: &str, lines: &LineIndex) -> Result<Parsed, Vec<Issue>> {
                 return Err(vec![syntax_issue(&inner)]);
             }
         }
-        let message = plain_message(&inner.to_string());
-        if let Some(field) = quoted_after(&message, "missing field `") {
-            // Not steppable: the map needs the field. Already reported when it was removed.
-            let path = join(&path_string(&segments), &field);
-            if !removed.contains(&path) {
-                issues.push(locate(
-                    Issue::new(path_string(&segments), message).hint("add the required key"),
-                    lines,
-                ));
-            }
-            return Err(issues);
-        }
-        if let Some(field) = quoted_after(&message, "unknown field `") {
-            let names_it = matches!(segments.last(), Some(Segment::Map { key }) if *key == field);
-            if !names_it {
-                segments.push(Segment::Map { key: field });
-            }
-        }
-        let path = path_string(&segments);
-        let hint = message
-            .contains("unknown field")
-            .then_some("remove the key or fix its spelling; see conf/postern.example.yaml");
-        let mut issue = Issue::new(path.clone(), message);
-        issue.hint = hint.map(String::from);
-        issues.push(locate(issue, lines));
         if issues.len() >= MAX_ERRORS {
             return Err(issues);
         }
@@ -141,15 +138,176 @@ pub fn parse(text: &str, lines: &LineIndex) -> Result<Parsed, Vec<Issue>> {
                 Err(_) => return Err(issues),
             },
         };
-        if !remove(tree, &segments) {
+        let message = plain_message(&inner.to_string());
+        let at = path_string(&segments);
+        // The stand-in of a missing field has the wrong type: the next one.
+        if let Some((parent, field, n)) = standing.take() {
+            let path = join(&path_string(&parent), &field);
+            let inside = at == path
+                || at.starts_with(&format!("{path}."))
+                || at.starts_with(&format!("{path}["));
+            if inside {
+                let stand_ins = stand_ins();
+                if n + 1 < stand_ins.len()
+                    && insert(tree, &parent, &field, stand_ins[n + 1].clone())
+                {
+                    standing = Some((parent, field, n + 1));
+                    current = std::borrow::Cow::Owned(write(tree).ok_or_else(|| issues.clone())?);
+                    continue;
+                }
+                // No stand-in fits: the item holding the field goes.
+                if !remove_item(tree, &parent, &mut items, &mut removed) {
+                    return Err(issues);
+                }
+                current = std::borrow::Cow::Owned(write(tree).ok_or_else(|| issues.clone())?);
+                continue;
+            }
+        }
+        if let Some(field) = quoted_after(&message, "missing field `") {
+            let path = join(&at, &field);
+            let original = to_original(&path, &items);
+            if !removed.contains(&original) {
+                issues.push(locate(
+                    Issue::new(to_original(&at, &items), message).hint("add the required key"),
+                    lines,
+                ));
+                removed.push(original);
+            }
+            if insert(tree, &segments, &field, stand_ins()[0].clone()) {
+                standing = Some((segments, field, 0));
+            } else if !remove_item(tree, &segments, &mut items, &mut removed) {
+                return Err(issues);
+            }
+            current = std::borrow::Cow::Owned(write(tree).ok_or_else(|| issues.clone())?);
+            continue;
+        }
+        if let Some(field) = quoted_after(&message, "unknown field `") {
+            let names_it = matches!(segments.last(), Some(Segment::Map { key }) if *key == field);
+            if !names_it {
+                segments.push(Segment::Map { key: field });
+            }
+        }
+        let path = to_original(&path_string(&segments), &items);
+        let hint = message
+            .contains("unknown field")
+            .then_some("remove the key or fix its spelling; see conf/postern.example.yaml");
+        let mut issue = Issue::new(path.clone(), message);
+        issue.hint = hint.map(String::from);
+        issues.push(locate(issue, lines));
+        if remove(tree, &segments) {
+            removed.push(path);
+        } else if !remove_item(tree, &segments, &mut items, &mut removed) {
             return Err(issues);
         }
-        let Ok(next) = yaml_serde::to_string(tree) else {
-            return Err(issues);
-        };
-        current = std::borrow::Cow::Owned(next);
-        removed.push(path);
+        current = std::borrow::Cow::Owned(write(tree).ok_or_else(|| issues.clone())?);
     }
+}
+
+fn write(tree: &Value) -> Option<String> {
+    yaml_serde::to_string(tree).ok()
+}
+
+/// Sets `key` of the map at `segments` (current coordinates).
+fn insert(value: &mut Value, segments: &[Segment], key: &str, v: Value) -> bool {
+    match walk(value, segments) {
+        Some(Value::Mapping(m)) => {
+            m.insert(Value::String(key.to_string()), v);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Takes the innermost list item of `segments` out of the document, and remembers it so that
+/// the paths of later errors are given in the file's coordinates.
+fn remove_item(
+    value: &mut Value,
+    segments: &[Segment],
+    items: &mut Vec<(String, usize)>,
+    removed: &mut Vec<String>,
+) -> bool {
+    let Some(k) = segments
+        .iter()
+        .rposition(|s| matches!(s, Segment::Seq { .. }))
+    else {
+        return false;
+    };
+    let Segment::Seq { index } = segments[k] else {
+        return false;
+    };
+    let Some(Value::Sequence(list)) = walk(value, &segments[..k]) else {
+        return false;
+    };
+    if index >= list.len() {
+        return false;
+    }
+    list.remove(index);
+    let item = to_original(&path_string(&segments[..=k]), items);
+    let (list_path, original) = split_index(&item);
+    items.push((list_path, original));
+    removed.push(item);
+    true
+}
+
+/// `a.b[3]` → (`a.b`, 3).
+fn split_index(path: &str) -> (String, usize) {
+    let open = path.rfind('[').unwrap_or(path.len());
+    let index = path[open..]
+        .trim_matches(|c| c == '[' || c == ']')
+        .parse()
+        .unwrap_or(0);
+    (path[..open].to_string(), index)
+}
+
+/// A path of the document as it is now (some list items taken out) in the file's coordinates.
+pub fn to_original(path: &str, items: &[(String, usize)]) -> String {
+    if items.is_empty() {
+        return path.to_string();
+    }
+    let mut out = String::with_capacity(path.len());
+    let mut rest = path;
+    while let Some(open) = rest.find('[') {
+        let Some(close) = rest[open..].find(']').map(|c| open + c) else {
+            break;
+        };
+        out.push_str(&rest[..open]);
+        let Ok(mut index) = rest[open + 1..close].parse::<usize>() else {
+            out.push_str(&rest[open..=close]);
+            rest = &rest[close + 1..];
+            continue;
+        };
+        let mut gone: Vec<usize> = items
+            .iter()
+            .filter(|(list, _)| *list == out)
+            .map(|(_, i)| *i)
+            .collect();
+        gone.sort_unstable();
+        for g in gone {
+            if g <= index {
+                index += 1;
+            }
+        }
+        out.push_str(&format!("[{index}]"));
+        rest = &rest[close + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The value at `segments` (current coordinates).
+fn walk<'a>(value: &'a mut Value, segments: &[Segment]) -> Option<&'a mut Value> {
+    let mut v = value;
+    for s in segments {
+        v = match (s, v) {
+            (Segment::Map { key } | Segment::Enum { variant: key }, Value::Mapping(m)) => {
+                m.get_mut(key.as_str())?
+            }
+            (Segment::Enum { .. }, Value::Tagged(t)) => &mut t.value,
+            (Segment::Seq { index }, Value::Sequence(items)) => items.get_mut(*index)?,
+            _ => return None,
+        };
+    }
+    Some(v)
 }
 
 /// yaml_serde's message without its own position (`at line 7 column 3`) and path prefix
@@ -260,6 +418,45 @@ mod tests {
             ],
             "{found:?}"
         );
+    }
+
+    /// A missing field no longer ends the pass: a stand-in lets the rest be read; a list item
+    /// that cannot be read is taken out, and the paths after it keep the file's indexes.
+    #[test]
+    fn errors_after_a_missing_field_or_a_bad_item_are_still_found() {
+        let text = "listeners: [ { addr: \"127.0.0.1:1\" } ]\nroutes:\n  - match: { path: /a }\n    plugins:\n      - nope: {}\n      - cors: { origin: [x] }\n      - cors: { origins: [x], max_age: forever }\n";
+        let found: Vec<String> = errors(text).into_iter().map(|i| i.path).collect();
+        assert_eq!(
+            found,
+            [
+                "routes[0].plugins[0]",
+                "routes[0].plugins[1].cors.origin",
+                "routes[0].plugins[1].cors",
+                "routes[0].plugins[2].cors.max_age",
+            ],
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn paths_after_a_removed_item_map_back_to_the_file() {
+        let items = vec![
+            ("routes[0].plugins".to_string(), 0),
+            ("routes[0].plugins".to_string(), 2),
+        ];
+        assert_eq!(
+            to_original("routes[0].plugins[0].x", &items),
+            "routes[0].plugins[1].x"
+        );
+        assert_eq!(
+            to_original("routes[0].plugins[1]", &items),
+            "routes[0].plugins[3]"
+        );
+        assert_eq!(
+            to_original("routes[1].plugins[0]", &items),
+            "routes[1].plugins[0]"
+        );
+        assert_eq!(to_original("server.threads", &items), "server.threads");
     }
 
     #[test]

@@ -178,11 +178,32 @@ pub fn load_and_compile(
     path: &str,
     shared: &Arc<Shared>,
 ) -> Result<(Snapshot, Vec<ListenerPlan>), ConfigError> {
-    let loaded = cfg::load(path)?;
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_string(),
+        issues: vec![Issue::new("", format!("cannot read the file: {e}"))],
+    })?;
+    let mut partial = cfg::load_partial(&text, path)?;
     // Before anything binds metric handles: a process that starts with metrics off never
     // records them.
-    shared.init_metrics(loaded.config.observability.metrics.enabled);
-    compile(loaded, shared)
+    shared.init_metrics(partial.loaded.config.observability.metrics.enabled);
+    if partial.issues.is_empty() {
+        return compile(partial.loaded, shared);
+    }
+    // The document has problems: compile what could be read anyway, so that one run lists
+    // the problems compilation finds too (plugin settings, references), not only the first
+    // round.
+    let loaded = cfg::Loaded {
+        config: partial.loaded.config.clone(),
+        lines: partial.loaded.lines.clone(),
+        file: partial.loaded.file.clone(),
+    };
+    if let Err(e) = compile(loaded, shared) {
+        partial.add_later(e.issues);
+    }
+    Err(ConfigError {
+        file: path.to_string(),
+        issues: partial.issues,
+    })
 }
 
 pub fn compile(
