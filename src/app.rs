@@ -27,9 +27,19 @@ pub struct RunFlags {
     pub test: bool,
 }
 
-/// Loads the config, builds every service and runs until shutdown. Returns an error message when
-/// the configuration is invalid (nothing is started then).
+/// Loads the config, builds every service and runs until shutdown (signals: see `lifecycle`).
+/// Returns an error message when the configuration is invalid (nothing is started then).
 pub fn run(conf_path: &str, flags: RunFlags) -> Result<(), String> {
+    run_with(conf_path, flags, None)
+}
+
+/// [`run`] stopped by `shutdown` instead of the process's signals: several servers can run in
+/// one process (each owns its state), which the in-process tests do. Returns once it stopped.
+pub fn run_with(
+    conf_path: &str,
+    flags: RunFlags,
+    shutdown: Option<Box<dyn pingora::server::ShutdownSignalWatch>>,
+) -> Result<(), String> {
     let shared = crate::shared::Shared::new();
     let (snap, listeners) =
         snapshot::load_and_compile(conf_path, &shared).map_err(|e| e.to_string())?;
@@ -184,7 +194,8 @@ pub fn run(conf_path: &str, flags: RunFlags) -> Result<(), String> {
         server.add_service(background_service("access log", LogWriter(Arc::new(w))));
     }
     server.run(pingora::server::RunArgs {
-        shutdown_signal: Box::new(crate::lifecycle::Signals { upgrade_sock }),
+        shutdown_signal: shutdown
+            .unwrap_or_else(|| Box::new(crate::lifecycle::Signals { upgrade_sock })),
     });
     Ok(())
 }

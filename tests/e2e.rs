@@ -23,6 +23,8 @@ mod cors;
 mod formats;
 #[path = "health.rs"]
 mod health;
+#[path = "inprocess.rs"]
+mod inprocess;
 #[path = "layers.rs"]
 mod layers;
 #[path = "lifecycle.rs"]
