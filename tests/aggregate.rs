@@ -117,7 +117,14 @@ async fn independent_calls_run_in_parallel() {
     let svc = services().await;
     let gw = Gateway::start(&config(
         &svc,
-        "  - name: par\n    match: { path: /par }\n    aggregate:\n      calls:\n        a: { upstream: svc, path: /slow/a }\n        b: { upstream: svc, path: /slow/b }\n        c: { upstream: svc, path: /slow/c }\n",
+        r#"  - name: par
+    match: { path: /par }
+    aggregate:
+      calls:
+        a: { upstream: svc, path: /slow/a }
+        b: { upstream: svc, path: /slow/b }
+        c: { upstream: svc, path: /slow/c }
+"#,
     ));
     let (s, h, v) = get(&gw, "/par").await;
     assert_eq!(s, 200);
@@ -177,7 +184,15 @@ async fn a_failed_required_call_is_a_502_listing_the_failures() {
     let svc = services().await;
     let gw = Gateway::start(&config(
         &svc,
-        "  - name: req\n    match: { path: /req }\n    aggregate:\n      calls:\n        ok: { upstream: svc, path: /users/1 }\n        down: { upstream: svc, path: /fail }\n        gone: { upstream: dead, path: /x, optional: true }\n        text: { upstream: svc, path: /text, optional: true }\n",
+        r#"  - name: req
+    match: { path: /req }
+    aggregate:
+      calls:
+        ok: { upstream: svc, path: /users/1 }
+        down: { upstream: svc, path: /fail }
+        gone: { upstream: dead, path: /x, optional: true }
+        text: { upstream: svc, path: /text, optional: true }
+"#,
     ));
     let (s, h, v) = get(&gw, "/req").await;
     assert_eq!(s, 502, "{v}");
@@ -260,7 +275,20 @@ async fn the_deadline_ends_the_composite_with_504_and_cancels_calls() {
     let svc = services().await;
     let gw = Gateway::start(&config(
         &svc,
-        "  - name: dl\n    match: { path: /dl }\n    aggregate:\n      deadline: 300ms\n      calls:\n        fast: { upstream: svc, path: /users/1 }\n        slow: { upstream: svc, path: /hang }\n  - name: opt-timeout\n    match: { path: /ot }\n    aggregate:\n      calls:\n        fast: { upstream: svc, path: /users/1, allow: [id] }\n        slow: { upstream: svc, path: /hang, optional: true, timeout: 200ms }\n",
+        r#"  - name: dl
+    match: { path: /dl }
+    aggregate:
+      deadline: 300ms
+      calls:
+        fast: { upstream: svc, path: /users/1 }
+        slow: { upstream: svc, path: /hang }
+  - name: opt-timeout
+    match: { path: /ot }
+    aggregate:
+      calls:
+        fast: { upstream: svc, path: /users/1, allow: [id] }
+        slow: { upstream: svc, path: /hang, optional: true, timeout: 200ms }
+"#,
     ));
     let started = std::time::Instant::now();
     let (s, _, v) = get(&gw, "/dl").await;
@@ -437,7 +465,15 @@ async fn a_composite_behind_jwt_and_a_rate_limit() {
     let gw = Gateway::start(&config(
         &svc,
         &format!(
-            "  - name: secure\n    match: {{ path: /secure }}\n    plugins:\n      - jwt: {{ keys: [ {{ alg: HS256, secret: \"{SECRET}\" }} ] }}\n      - rate_limit: {{ key: client_ip, limits: [ {{ requests: 2, per: 1h }} ] }}\n    aggregate:\n      calls:\n        points: {{ upstream: svc, path: \"/points/${{claim.sub}}\" }}\n"
+            r#"  - name: secure
+    match: {{ path: /secure }}
+    plugins:
+      - jwt: {{ keys: [ {{ alg: HS256, secret: "{SECRET}" }} ] }}
+      - rate_limit: {{ key: client_ip, limits: [ {{ requests: 2, per: 1h }} ] }}
+    aggregate:
+      calls:
+        points: {{ upstream: svc, path: "/points/${{claim.sub}}" }}
+"#
         ),
     ));
     let token = encode(
@@ -762,7 +798,19 @@ async fn a_cached_composite_is_refreshed_in_the_background_and_served_stale_on_e
         "cache: {{ memory: 16MiB }}\n{}",
         config(
             &svc,
-            "  - name: swr\n    match: { path: /swr }\n    plugins: [ { cache: { ttl: 1s, stale_while_revalidate: 60s, x_cache: true } } ]\n    aggregate:\n      calls:\n        v: { upstream: svc, path: /v }\n  - name: sie\n    match: { path: /sie }\n    plugins: [ { cache: { ttl: 1s, stale_if_error: 60s, x_cache: true } } ]\n    aggregate:\n      calls:\n        v: { upstream: svc, path: /v }\n",
+            r#"  - name: swr
+    match: { path: /swr }
+    plugins: [ { cache: { ttl: 1s, stale_while_revalidate: 60s, x_cache: true } } ]
+    aggregate:
+      calls:
+        v: { upstream: svc, path: /v }
+  - name: sie
+    match: { path: /sie }
+    plugins: [ { cache: { ttl: 1s, stale_if_error: 60s, x_cache: true } } ]
+    aggregate:
+      calls:
+        v: { upstream: svc, path: /v }
+"#,
         )
     ));
     let (_, _, v) = get(&gw, "/swr").await;
@@ -842,7 +890,15 @@ async fn a_cached_composite_behind_jwt_is_kept_per_consumer() {
         config(
             &svc,
             &format!(
-                "  - name: mine\n    match: {{ path: /mine }}\n    plugins:\n      - jwt: {{ keys: [ {{ alg: HS256, secret: \"{SECRET}\" }} ], consumer_claim: sub }}\n      - cache: {{ ttl: 30s, key: {{ consumer: true }}, x_cache: true }}\n    aggregate:\n      calls:\n        points: {{ upstream: svc, path: \"/points/${{claim.sub}}\" }}\n"
+                r#"  - name: mine
+    match: {{ path: /mine }}
+    plugins:
+      - jwt: {{ keys: [ {{ alg: HS256, secret: "{SECRET}" }} ], consumer_claim: sub }}
+      - cache: {{ ttl: 30s, key: {{ consumer: true }}, x_cache: true }}
+    aggregate:
+      calls:
+        points: {{ upstream: svc, path: "/points/${{claim.sub}}" }}
+"#
             ),
         )
     ));

@@ -45,7 +45,16 @@ fn consumers() -> String {
     };
     let bcrypt = bcrypt::hash("hunter2", 4).unwrap();
     format!(
-        "consumers:\n  - name: alice\n    groups: [gold]\n    api_keys: [ {{ sha256: \"{}\" }} ]\n    basic: {{ password_hash: \"{argon}\" }}\n  - name: bob\n    groups: [silver]\n    api_keys: [ {{ sha256: \"{}\" }} ]\n    basic: {{ username: robert, password_hash: \"{bcrypt}\" }}\n",
+        r#"consumers:
+  - name: alice
+    groups: [gold]
+    api_keys: [ {{ sha256: "{}" }} ]
+    basic: {{ password_hash: "{argon}" }}
+  - name: bob
+    groups: [silver]
+    api_keys: [ {{ sha256: "{}" }} ]
+    basic: {{ username: robert, password_hash: "{bcrypt}" }}
+"#,
         sha256_hex("key-alice"),
         sha256_hex("key-bob"),
     )
@@ -181,7 +190,15 @@ async fn api_keys_basic_credentials_and_acls() {
 async fn jwt_claims_scopes_and_algorithm_pinning() {
     let up = Upstream::start("u").await;
     let jwt = format!(
-        "      - jwt:\n          keys: [ {{ kid: k1, alg: HS256, secret: \"{SECRET}\" }} ]\n          issuers: [ \"https://issuer.test/\" ]\n          audiences: [ api ]\n          leeway: 0s\n          scopes_any: [ \"orders:read\", \"orders:admin\" ]\n          forward_claims: {{ sub: x-user-id }}\n          strip_token: true\n"
+        r#"      - jwt:
+          keys: [ {{ kid: k1, alg: HS256, secret: "{SECRET}" }} ]
+          issuers: [ "https://issuer.test/" ]
+          audiences: [ api ]
+          leeway: 0s
+          scopes_any: [ "orders:read", "orders:admin" ]
+          forward_claims: {{ sub: x-user-id }}
+          strip_token: true
+"#
     );
     let body = format!(
         "{}upstreams:\n{}routes:\n{}",
@@ -611,7 +628,12 @@ async fn forward_auth_decides_copies_headers_and_caches() {
         route(
             "fa",
             "/fa/*",
-            &format!("      - forward_auth: {{ url: \"http://{}/check\", request_headers: [authorization], response_headers: [x-user, x-seen], consumer_header: x-user, timeout: 300ms, cache_ttl: 1h }}\n      - rate_limit: {{ key: consumer, limits: [ {{ requests: 2, per: 1h }} ] }}\n", authz.addr)
+            &format!(
+                r#"      - forward_auth: {{ url: "http://{}/check", request_headers: [authorization], response_headers: [x-user, x-seen], consumer_header: x-user, timeout: 300ms, cache_ttl: 1h }}
+      - rate_limit: {{ key: consumer, limits: [ {{ requests: 2, per: 1h }} ] }}
+"#,
+                authz.addr
+            )
         ),
     );
     let gw = Gateway::start(&body);
@@ -696,7 +718,12 @@ async fn introspection_maps_active_tokens_and_caches_answers() {
         route(
             "intro",
             "/intro/*",
-            &format!("      - oauth2_introspection: {{ url: \"http://{}/introspect\", client_id: gw, client_secret: gw-secret, scopes_any: [\"orders:read\"], forward_claims: {{ sub: x-user-id, client_id: x-client-id }}, strip_token: true }}\n      - acl: {{ allow_groups: [gold] }}\n", idp.addr)
+            &format!(
+                r#"      - oauth2_introspection: {{ url: "http://{}/introspect", client_id: gw, client_secret: gw-secret, scopes_any: ["orders:read"], forward_claims: {{ sub: x-user-id, client_id: x-client-id }}, strip_token: true }}
+      - acl: {{ allow_groups: [gold] }}
+"#,
+                idp.addr
+            )
         ),
     );
     let gw = Gateway::start(&body);

@@ -111,7 +111,15 @@ async fn origin(hits: Hits, fail: Arc<AtomicU16>) -> FnServer {
 
 fn config(origin: &FnServer, cache_section: &str) -> String {
     format!(
-        "{cache_section}upstreams:\n  o: {{ targets: [ {{ addr: \"{}\" }} ] }}\nroutes:\n  - name: cached\n    match: {{ path: /c/* }}\n    upstream: o\n    plugins:\n      - cache: {{ ttl: 30s, x_cache: true, bypass: {{ headers: [x-no-cache] }} }}\n",
+        r#"{cache_section}upstreams:
+  o: {{ targets: [ {{ addr: "{}" }} ] }}
+routes:
+  - name: cached
+    match: {{ path: /c/* }}
+    upstream: o
+    plugins:
+      - cache: {{ ttl: 30s, x_cache: true, bypass: {{ headers: [x-no-cache] }} }}
+"#,
         origin.addr
     )
 }
@@ -365,7 +373,17 @@ async fn purges_reach_every_node_through_redis_and_the_purge_method() {
     let h: Hits = Arc::default();
     let o = origin(h.clone(), Arc::default()).await;
     let body = format!(
-        "cluster:\n  redis: {{ url: \"{}\" }}\nupstreams:\n  o: {{ targets: [ {{ addr: \"{}\" }} ] }}\nroutes:\n  - name: cached\n    match: {{ path: /c/* }}\n    upstream: o\n    plugins:\n      - cache: {{ x_cache: true, purge: {{ enabled: true, allow: [10.9.9.9/32], token: purge-secret }} }}\n",
+        r#"cluster:
+  redis: {{ url: "{}" }}
+upstreams:
+  o: {{ targets: [ {{ addr: "{}" }} ] }}
+routes:
+  - name: cached
+    match: {{ path: /c/* }}
+    upstream: o
+    plugins:
+      - cache: {{ x_cache: true, purge: {{ enabled: true, allow: [10.9.9.9/32], token: purge-secret }} }}
+"#,
         redis.url(),
         o.addr
     );
@@ -538,7 +556,15 @@ async fn stale_if_error_after_retries_and_never_for_no_cache() {
     .await;
     // Two targets of one origin and the default retry policy: a failure goes through retries.
     let body = format!(
-        "upstreams:\n  o: {{ targets: [ {{ addr: \"{a}\" }}, {{ addr: \"{a}\", weight: 1 }} ] }}\nroutes:\n  - name: cached\n    match: {{ path: /c/* }}\n    upstream: o\n    plugins:\n      - cache: {{ x_cache: true }}\n",
+        r#"upstreams:
+  o: {{ targets: [ {{ addr: "{a}" }}, {{ addr: "{a}", weight: 1 }} ] }}
+routes:
+  - name: cached
+    match: {{ path: /c/* }}
+    upstream: o
+    plugins:
+      - cache: {{ x_cache: true }}
+"#,
         a = o.addr
     );
     let gw = Gateway::start(&body);
@@ -653,7 +679,15 @@ async fn rfc9111_age_expires_304_merge_targeted_fields_and_statuses() {
     })
     .await;
     let body = format!(
-        "upstreams:\n  o: {{ targets: [ {{ addr: \"{}\" }} ] }}\nroutes:\n  - name: cached\n    match: {{ path: /c/* }}\n    upstream: o\n    plugins:\n      - cache: {{ ttl: 30s, x_cache: true, targeted: [x-postern-cc, cdn-cache-control] }}\n",
+        r#"upstreams:
+  o: {{ targets: [ {{ addr: "{}" }} ] }}
+routes:
+  - name: cached
+    match: {{ path: /c/* }}
+    upstream: o
+    plugins:
+      - cache: {{ ttl: 30s, x_cache: true, targeted: [x-postern-cc, cdn-cache-control] }}
+"#,
         o.addr
     );
     let gw = Gateway::start(&body);

@@ -322,7 +322,17 @@ fn process_logs_can_be_json() {
     std::fs::write(
         &conf,
         format!(
-            "version: 1\nlisteners: [ {{ addr: \"127.0.0.1:{port}\" }} ]\nserver:\n  pid_file: {d}/p.pid\n  upgrade_sock: {d}/u.sock\n  log: {{ format: json, level: info }}\nupstreams:\n  a: {{ targets: [ {{ addr: \"127.0.0.1:1\" }} ] }}\nroutes:\n  - {{ match: {{ path: /* }}, upstream: a }}\n",
+            r#"version: 1
+listeners: [ {{ addr: "127.0.0.1:{port}" }} ]
+server:
+  pid_file: {d}/p.pid
+  upgrade_sock: {d}/u.sock
+  log: {{ format: json, level: info }}
+upstreams:
+  a: {{ targets: [ {{ addr: "127.0.0.1:1" }} ] }}
+routes:
+  - {{ match: {{ path: /* }}, upstream: a }}
+"#,
             d = dir.path().display()
         ),
     )
@@ -403,7 +413,13 @@ fn cell(s: &str) -> String {
 /// The configuration reference, rendered from the JSON Schema: every key of every section.
 fn render_reference(schema: &serde_json::Value) -> String {
     let mut out = String::from(
-        "# Configuration reference\n\nGenerated from `postern schema` (the JSON Schema of the configuration) by the test\n`configuration_reference_matches_the_schema`; do not edit by hand: after changing the\nschema, run `UPDATE_DOCS=1 cargo test --test e2e configuration_reference` and commit the\nresult. The walk-through with examples is [configuration.md](configuration.md).\n",
+        r#"# Configuration reference
+
+Generated from `postern schema` (the JSON Schema of the configuration) by the test
+`configuration_reference_matches_the_schema`; do not edit by hand: after changing the
+schema, run `UPDATE_DOCS=1 cargo test --test e2e configuration_reference` and commit the
+result. The walk-through with examples is [configuration.md](configuration.md).
+"#,
     );
     let mut sections: Vec<(String, &serde_json::Value)> = vec![("Config".into(), schema)];
     if let Some(defs) = schema.get("$defs").and_then(|d| d.as_object()) {

@@ -8,7 +8,19 @@ use crate::util::{client, upstream_yaml, Gateway};
 async fn preflight_actual_credentials_and_disallowed_origins() {
     let up = Upstream::start("u").await;
     let body = format!(
-        "upstreams:\n{}routes:\n  - name: app\n    match: {{ path: /app/* }}\n    upstream: u\n    plugins:\n      - cors: {{ origins: [\"https://app.example.com\", \"https://*.example.org\"], methods: [GET, PUT], headers: [content-type, authorization], expose_headers: [x-request-id], credentials: true, max_age: 10m }}\n  - name: open\n    match: {{ path: /open/* }}\n    upstream: u\n    plugins:\n      - cors: {{ origins: [\"*\"] }}\n",
+        r#"upstreams:
+{}routes:
+  - name: app
+    match: {{ path: /app/* }}
+    upstream: u
+    plugins:
+      - cors: {{ origins: ["https://app.example.com", "https://*.example.org"], methods: [GET, PUT], headers: [content-type, authorization], expose_headers: [x-request-id], credentials: true, max_age: 10m }}
+  - name: open
+    match: {{ path: /open/* }}
+    upstream: u
+    plugins:
+      - cors: {{ origins: ["*"] }}
+"#,
         upstream_yaml("u", &[up.addr], "")
     );
     let gw = Gateway::start(&body);

@@ -454,7 +454,23 @@ async fn five_mib_against_a_one_mib_cap_and_compressed_upstreams() {
         format!("      - transform: {{ response: {{ json: [ {{ remove: secret }} ] }}, max_body: 1MiB{extra} }}\n")
     };
     let gw = Gateway::start(&format!(
-        "upstreams:\n  big: {{ targets: [ {{ addr: \"{big}\" }} ] }}\n  gz: {{ targets: [ {{ addr: \"{zipped_origin}\" }} ] }}\nroutes:\n  - name: pass\n    match: {{ path: /pass }}\n    upstream: big\n    plugins:\n{}  - name: error\n    match: {{ path: /error }}\n    upstream: big\n    plugins:\n{}  - name: gz\n    match: {{ path: /gz }}\n    upstream: gz\n    plugins:\n{}",
+        r#"upstreams:
+  big: {{ targets: [ {{ addr: "{big}" }} ] }}
+  gz: {{ targets: [ {{ addr: "{zipped_origin}" }} ] }}
+routes:
+  - name: pass
+    match: {{ path: /pass }}
+    upstream: big
+    plugins:
+{}  - name: error
+    match: {{ path: /error }}
+    upstream: big
+    plugins:
+{}  - name: gz
+    match: {{ path: /gz }}
+    upstream: gz
+    plugins:
+{}"#,
         t(""),
         t(", on_oversize: error"),
         t("")
@@ -637,7 +653,22 @@ async fn deferred_routes_carry_request_bodies_of_every_size() {
     let last: Last = Arc::default();
     let o = origin(last.clone()).await;
     let gw = Gateway::start(&format!(
-        "upstreams:\n  o: {{ targets: [ {{ addr: \"{}\" }} ] }}\nroutes:\n  - name: both\n    match: {{ path: /both }}\n    upstream: o\n    rewrite: {{ path: /echo }}\n    plugins:\n      - transform: {{ request: {{ json: [ {{ remove: debug }} ] }}, response: {{ convert: xml, json: [ {{ remove: pad }} ] }} }}\n  - name: plain-body\n    match: {{ path: /raw }}\n    upstream: o\n    rewrite: {{ path: /echo }}\n    plugins:\n      - transform: {{ response: {{ convert: xml }} }}\n",
+        r#"upstreams:
+  o: {{ targets: [ {{ addr: "{}" }} ] }}
+routes:
+  - name: both
+    match: {{ path: /both }}
+    upstream: o
+    rewrite: {{ path: /echo }}
+    plugins:
+      - transform: {{ request: {{ json: [ {{ remove: debug }} ] }}, response: {{ convert: xml, json: [ {{ remove: pad }} ] }} }}
+  - name: plain-body
+    match: {{ path: /raw }}
+    upstream: o
+    rewrite: {{ path: /echo }}
+    plugins:
+      - transform: {{ response: {{ convert: xml }} }}
+"#,
         o.addr
     ));
     let c = client();

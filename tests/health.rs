@@ -16,7 +16,14 @@ fn healthy(v: &serde_json::Value, up: &str, addr: &str) -> Option<bool> {
 async fn active_checks_eject_and_restore_a_target() {
     let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
     let body = format!(
-        "upstreams:\n  pool:\n    targets: [ {{ addr: \"{}\" }}, {{ addr: \"{}\" }} ]\n    health:\n      active: {{ type: http, path: /healthz, interval: 50ms, timeout: 500ms, healthy_after: 2, unhealthy_after: 2 }}\nroutes:\n  - {{ match: {{ path: /* }}, upstream: pool }}\n",
+        r#"upstreams:
+  pool:
+    targets: [ {{ addr: "{}" }}, {{ addr: "{}" }} ]
+    health:
+      active: {{ type: http, path: /healthz, interval: 50ms, timeout: 500ms, healthy_after: 2, unhealthy_after: 2 }}
+routes:
+  - {{ match: {{ path: /* }}, upstream: pool }}
+"#,
         a.addr, b.addr
     );
     let gw = Gateway::start(&body);
@@ -47,7 +54,14 @@ async fn active_checks_eject_and_restore_a_target() {
 async fn tcp_checks_notice_a_stopped_target() {
     let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
     let body = format!(
-        "upstreams:\n  pool:\n    targets: [ {{ addr: \"{}\" }}, {{ addr: \"{}\" }} ]\n    health:\n      active: {{ type: tcp, interval: 50ms, timeout: 500ms, healthy_after: 1, unhealthy_after: 1 }}\nroutes:\n  - {{ match: {{ path: /* }}, upstream: pool }}\n",
+        r#"upstreams:
+  pool:
+    targets: [ {{ addr: "{}" }}, {{ addr: "{}" }} ]
+    health:
+      active: {{ type: tcp, interval: 50ms, timeout: 500ms, healthy_after: 1, unhealthy_after: 1 }}
+routes:
+  - {{ match: {{ path: /* }}, upstream: pool }}
+"#,
         a.addr, b.addr
     );
     let gw = Gateway::start(&body);
@@ -60,7 +74,14 @@ async fn passive_failures_eject_for_a_while() {
     let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
     b.state.status.store(502, SeqCst);
     let body = format!(
-        "upstreams:\n  pool:\n    targets: [ {{ addr: \"{}\" }}, {{ addr: \"{}\" }} ]\n    health:\n      passive: {{ unhealthy_after: 3, eject_for: 1m }}\nroutes:\n  - {{ match: {{ path: /* }}, upstream: pool }}\n",
+        r#"upstreams:
+  pool:
+    targets: [ {{ addr: "{}" }}, {{ addr: "{}" }} ]
+    health:
+      passive: {{ unhealthy_after: 3, eject_for: 1m }}
+routes:
+  - {{ match: {{ path: /* }}, upstream: pool }}
+"#,
         a.addr, b.addr
     );
     let gw = Gateway::start(&body);
@@ -101,7 +122,14 @@ async fn connect_failures_are_retried_on_another_target() {
 async fn all_targets_down_gives_a_quick_503_problem() {
     let dead = format!("127.0.0.1:{}", free_port());
     let body = format!(
-        "upstreams:\n  pool:\n    targets: [ {{ addr: \"{dead}\" }} ]\n    health:\n      active: {{ type: tcp, interval: 50ms, timeout: 200ms, healthy_after: 1, unhealthy_after: 1 }}\nroutes:\n  - {{ match: {{ path: /* }}, upstream: pool }}\n"
+        r#"upstreams:
+  pool:
+    targets: [ {{ addr: "{dead}" }} ]
+    health:
+      active: {{ type: tcp, interval: 50ms, timeout: 200ms, healthy_after: 1, unhealthy_after: 1 }}
+routes:
+  - {{ match: {{ path: /* }}, upstream: pool }}
+"#
     );
     let gw = Gateway::start(&body);
     gw.wait_upstreams("target down", |v| healthy(v, "pool", &dead) == Some(false));

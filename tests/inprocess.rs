@@ -36,7 +36,13 @@ impl InProcess {
         std::fs::write(
             &conf,
             format!(
-                "listeners: [ {{ addr: \"127.0.0.1:{port}\" }} ]\nadmin: {{ addr: \"127.0.0.1:{admin}\" }}\nserver: {{ threads: 1, pid_file: {d}/p.pid, upgrade_sock: {d}/u.sock, grace_period: 1s, graceful_shutdown_timeout: 1s }}\nupstreams: {{ u: {{ targets: [ {{ addr: \"{upstream}\" }} ] }} }}\nroutes:\n  - {{ name: r, match: {{ path: /* }}, upstream: u, plugins: [ {{ cache: {{ ttl: 30s, x_cache: true }} }} ] }}\n"
+                r#"listeners: [ {{ addr: "127.0.0.1:{port}" }} ]
+admin: {{ addr: "127.0.0.1:{admin}" }}
+server: {{ threads: 1, pid_file: {d}/p.pid, upgrade_sock: {d}/u.sock, grace_period: 1s, graceful_shutdown_timeout: 1s }}
+upstreams: {{ u: {{ targets: [ {{ addr: "{upstream}" }} ] }} }}
+routes:
+  - {{ name: r, match: {{ path: /* }}, upstream: u, plugins: [ {{ cache: {{ ttl: 30s, x_cache: true }} }} ] }}
+"#
             ),
         )
         .unwrap();

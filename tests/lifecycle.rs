@@ -24,7 +24,16 @@ fn config(
     std::fs::write(
         &conf,
         format!(
-            "listeners:\n  - {{ name: main, addr: \"127.0.0.1:{port}\" }}\nadmin: {{ addr: \"127.0.0.1:{admin}\" }}\nserver:\n  threads: 2\n  grace_period: {grace}\n  graceful_shutdown_timeout: 1s\n  pid_file: {d}/postern.pid\n  upgrade_sock: {d}/upgrade.sock\n{body}",
+            r#"listeners:
+  - {{ name: main, addr: "127.0.0.1:{port}" }}
+admin: {{ addr: "127.0.0.1:{admin}" }}
+server:
+  threads: 2
+  grace_period: {grace}
+  graceful_shutdown_timeout: 1s
+  pid_file: {d}/postern.pid
+  upgrade_sock: {d}/upgrade.sock
+{body}"#,
             d = dir.display()
         ),
     )

@@ -184,7 +184,14 @@ async fn access_log_lines_are_json_redacted_and_reopened() {
 async fn admin_reports_health_readiness_and_redacted_config() {
     let dead = format!("127.0.0.1:{}", crate::util::free_port());
     let body = format!(
-        "upstreams:\n  gone:\n    targets: [ {{ addr: \"{dead}\" }} ]\n    health:\n      active: {{ type: tcp, interval: 50ms, timeout: 200ms, healthy_after: 1, unhealthy_after: 1 }}\nroutes:\n  - {{ match: {{ path: /* }}, upstream: gone }}\n"
+        r#"upstreams:
+  gone:
+    targets: [ {{ addr: "{dead}" }} ]
+    health:
+      active: {{ type: tcp, interval: 50ms, timeout: 200ms, healthy_after: 1, unhealthy_after: 1 }}
+routes:
+  - {{ match: {{ path: /* }}, upstream: gone }}
+"#
     );
     let gw = Gateway::start(&body);
     assert_eq!(gw.admin_call("GET", "/health", None).0, 200);

@@ -223,7 +223,27 @@ async fn tls_to_the_upstream_verifies_sni_and_ca() {
     .await;
     let other = pki_other(dir.path());
     let body = format!(
-        "upstreams:\n  good:\n    targets: [ {{ addr: \"{addr}\" }} ]\n    tls: {{ sni: backend.test, ca: \"{d}/ca.pem\" }}\n  wrong-name:\n    targets: [ {{ addr: \"{addr}\" }} ]\n    tls: {{ sni: other.test, ca: \"{d}/ca.pem\" }}\n    retry: {{ attempts: 1 }}\n  wrong-ca:\n    targets: [ {{ addr: \"{addr}\" }} ]\n    tls: {{ sni: backend.test, ca: \"{other}\" }}\n    retry: {{ attempts: 1 }}\n  unverified:\n    targets: [ {{ addr: \"{addr}\" }} ]\n    tls: {{ sni: whatever.test, verify: false }}\nroutes:\n  - {{ match: {{ path: /good }}, upstream: good }}\n  - {{ match: {{ path: /wrong-name }}, upstream: wrong-name }}\n  - {{ match: {{ path: /wrong-ca }}, upstream: wrong-ca }}\n  - {{ match: {{ path: /unverified }}, upstream: unverified }}\n",
+        r#"upstreams:
+  good:
+    targets: [ {{ addr: "{addr}" }} ]
+    tls: {{ sni: backend.test, ca: "{d}/ca.pem" }}
+  wrong-name:
+    targets: [ {{ addr: "{addr}" }} ]
+    tls: {{ sni: other.test, ca: "{d}/ca.pem" }}
+    retry: {{ attempts: 1 }}
+  wrong-ca:
+    targets: [ {{ addr: "{addr}" }} ]
+    tls: {{ sni: backend.test, ca: "{other}" }}
+    retry: {{ attempts: 1 }}
+  unverified:
+    targets: [ {{ addr: "{addr}" }} ]
+    tls: {{ sni: whatever.test, verify: false }}
+routes:
+  - {{ match: {{ path: /good }}, upstream: good }}
+  - {{ match: {{ path: /wrong-name }}, upstream: wrong-name }}
+  - {{ match: {{ path: /wrong-ca }}, upstream: wrong-ca }}
+  - {{ match: {{ path: /unverified }}, upstream: unverified }}
+"#,
         d = dir.path().display()
     );
     let gw = Gateway::start(&body);
@@ -260,7 +280,14 @@ fn pki_other(dir: &Path) -> String {
 async fn host_name_targets_are_resolved_off_the_request_path() {
     let up = Upstream::start("named").await;
     let body = format!(
-        "upstreams:\n  named:\n    targets: [ {{ addr: \"localhost:{}\" }} ]\n    resolve_interval: 100ms\n    retry: {{ attempts: 3, on: [connect_error] }}\nroutes:\n  - {{ match: {{ path: /* }}, upstream: named }}\n",
+        r#"upstreams:
+  named:
+    targets: [ {{ addr: "localhost:{}" }} ]
+    resolve_interval: 100ms
+    retry: {{ attempts: 3, on: [connect_error] }}
+routes:
+  - {{ match: {{ path: /* }}, upstream: named }}
+"#,
         up.addr.port()
     );
     let gw = Gateway::start(&body);
@@ -344,10 +371,25 @@ async fn mutual_tls_verifies_client_certificates_and_maps_consumers() {
     let (opt_port, req_port) = (free_port(), free_port());
     let d = dir.path().display();
     let listeners = format!(
-        "  - {{ name: opt, addr: \"127.0.0.1:{opt_port}\", tls: {{ certificates: [ {{ cert: \"{d}/server.pem\", key: \"{d}/server.key\" }} ], client_auth: optional, client_ca: \"{d}/ca.pem\" }} }}\n  - {{ name: req, addr: \"127.0.0.1:{req_port}\", tls: {{ certificates: [ {{ cert: \"{d}/server.pem\", key: \"{d}/server.key\" }} ], client_auth: required, client_ca: \"{d}/ca.pem\" }} }}\n"
+        r#"  - {{ name: opt, addr: "127.0.0.1:{opt_port}", tls: {{ certificates: [ {{ cert: "{d}/server.pem", key: "{d}/server.key" }} ], client_auth: optional, client_ca: "{d}/ca.pem" }} }}
+  - {{ name: req, addr: "127.0.0.1:{req_port}", tls: {{ certificates: [ {{ cert: "{d}/server.pem", key: "{d}/server.key" }} ], client_auth: required, client_ca: "{d}/ca.pem" }} }}
+"#
     );
     let body = format!(
-        "consumers:\n  - {{ name: alice, groups: [staff], certificates: [ {{ sha256: \"{alice_fp}\" }} ] }}\n  - {{ name: billing-svc, certificates: [ {{ san: billing.internal }} ] }}\nupstreams:\n{}routes:\n  - name: svc\n    match: {{ path: /svc/* }}\n    upstream: u\n    plugins:\n      - mtls: {{ consumer_required: true, forward: {{ cn: x-client-cn, sha256: x-client-fp }} }}\n  - name: open\n    match: {{ path: /open/* }}\n    upstream: u\n",
+        r#"consumers:
+  - {{ name: alice, groups: [staff], certificates: [ {{ sha256: "{alice_fp}" }} ] }}
+  - {{ name: billing-svc, certificates: [ {{ san: billing.internal }} ] }}
+upstreams:
+{}routes:
+  - name: svc
+    match: {{ path: /svc/* }}
+    upstream: u
+    plugins:
+      - mtls: {{ consumer_required: true, forward: {{ cn: x-client-cn, sha256: x-client-fp }} }}
+  - name: open
+    match: {{ path: /open/* }}
+    upstream: u
+"#,
         upstream_yaml("u", &[up.addr], "")
     );
     let _gw = Gateway::start_with(&body, &listeners);

@@ -80,7 +80,15 @@ async fn burst_and_several_windows_with_legacy_headers() {
     let up = Upstream::start("u").await;
     let gw = Gateway::start(&body(
         &up,
-        "      - rate_limit:\n          name: fast\n          limits: [ { requests: 1, per: 1h, burst: 3 } ]\n          headers: legacy\n      - rate_limit:\n          name: two-windows\n          key: header:x-key\n          limits: [ { requests: 100, per: 1s }, { requests: 2, per: 1h } ]\n",
+        r#"      - rate_limit:
+          name: fast
+          limits: [ { requests: 1, per: 1h, burst: 3 } ]
+          headers: legacy
+      - rate_limit:
+          name: two-windows
+          key: header:x-key
+          limits: [ { requests: 100, per: 1s }, { requests: 2, per: 1h } ]
+"#,
     ));
     let c = client();
     // Burst 3 above a rate of 1/h: three at once, then none.
@@ -264,7 +272,26 @@ async fn concurrency_limit_releases_on_completion_and_on_client_abort() {
 
 fn cluster_body(up: &Upstream, redis: &RedisServer, timeout: &str) -> String {
     format!(
-        "cluster:\n  redis: {{ url: \"{}\", timeout: {timeout}, on_error: allow }}\nupstreams:\n{}routes:\n  - name: shared\n    match: {{ path: /shared/* }}\n    upstream: u\n    plugins:\n      - rate_limit: {{ scope: cluster, limits: [ {{ requests: 10, per: 1h }} ] }}\n  - name: strict\n    match: {{ path: /strict/* }}\n    upstream: u\n    plugins:\n      - rate_limit: {{ scope: cluster, on_error: deny, limits: [ {{ requests: 1000, per: 1h }} ] }}\n  - name: fallback\n    match: {{ path: /fallback/* }}\n    upstream: u\n    plugins:\n      - rate_limit: {{ scope: cluster, limits: [ {{ requests: 2, per: 1h }} ] }}\n",
+        r#"cluster:
+  redis: {{ url: "{}", timeout: {timeout}, on_error: allow }}
+upstreams:
+{}routes:
+  - name: shared
+    match: {{ path: /shared/* }}
+    upstream: u
+    plugins:
+      - rate_limit: {{ scope: cluster, limits: [ {{ requests: 10, per: 1h }} ] }}
+  - name: strict
+    match: {{ path: /strict/* }}
+    upstream: u
+    plugins:
+      - rate_limit: {{ scope: cluster, on_error: deny, limits: [ {{ requests: 1000, per: 1h }} ] }}
+  - name: fallback
+    match: {{ path: /fallback/* }}
+    upstream: u
+    plugins:
+      - rate_limit: {{ scope: cluster, limits: [ {{ requests: 2, per: 1h }} ] }}
+"#,
         redis.url(),
         upstream_yaml("u", &[up.addr], "")
     )
@@ -357,7 +384,16 @@ async fn cluster_limit_on_redis_cluster() {
     let cluster = RedisCluster::start();
     let up = Upstream::start("u").await;
     let body = format!(
-        "cluster:\n  redis: {{ cluster_nodes: {}, timeout: 200ms }}\nupstreams:\n{}routes:\n  - name: shared\n    match: {{ path: /shared/* }}\n    upstream: u\n    plugins:\n      - rate_limit: {{ scope: cluster, key: header:x-user, limits: [ {{ requests: 3, per: 1h }} ] }}\n",
+        r#"cluster:
+  redis: {{ cluster_nodes: {}, timeout: 200ms }}
+upstreams:
+{}routes:
+  - name: shared
+    match: {{ path: /shared/* }}
+    upstream: u
+    plugins:
+      - rate_limit: {{ scope: cluster, key: header:x-user, limits: [ {{ requests: 3, per: 1h }} ] }}
+"#,
         cluster.nodes_yaml(),
         upstream_yaml("u", &[up.addr], "")
     );

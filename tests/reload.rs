@@ -88,7 +88,15 @@ async fn health_state_survives_a_reload() {
     let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
     let conf = |tag: &str| {
         format!(
-            "upstreams:\n  pool:\n    targets: [ {{ addr: \"{}\" }}, {{ addr: \"{}\" }} ]\n    health:\n      active: {{ type: http, path: /healthz, interval: 1h, timeout: 500ms, healthy_after: 1, unhealthy_after: 1 }}\n      passive: {{ unhealthy_after: 1, eject_for: 1h }}\nroutes:\n  - {{ match: {{ path: /* }}, upstream: pool, plugins: [ {{ headers: {{ response: {{ set: {{ x-config: {tag} }} }} }} }} ] }}\n",
+            r#"upstreams:
+  pool:
+    targets: [ {{ addr: "{}" }}, {{ addr: "{}" }} ]
+    health:
+      active: {{ type: http, path: /healthz, interval: 1h, timeout: 500ms, healthy_after: 1, unhealthy_after: 1 }}
+      passive: {{ unhealthy_after: 1, eject_for: 1h }}
+routes:
+  - {{ match: {{ path: /* }}, upstream: pool, plugins: [ {{ headers: {{ response: {{ set: {{ x-config: {tag} }} }} }} }} ] }}
+"#,
             a.addr, b.addr
         )
     };

@@ -40,7 +40,14 @@ fn circuit(gw: &Gateway) -> serde_json::Value {
 async fn an_idle_open_breaker_reports_half_open_after_open_for() {
     let up = DocServer::start(503, r#"{"down":true}"#).await;
     let body = format!(
-        "upstreams:\n  svc:\n    targets: [ {{ addr: \"{}\" }} ]\n    retry: {{ attempts: 1 }}\n    circuit_breaker: {{ consecutive_failures: 1, open_for: 200ms, max_open_for: 1s }}\nroutes:\n  - {{ name: r, match: {{ path: /* }}, upstream: svc }}\n",
+        r#"upstreams:
+  svc:
+    targets: [ {{ addr: "{}" }} ]
+    retry: {{ attempts: 1 }}
+    circuit_breaker: {{ consecutive_failures: 1, open_for: 200ms, max_open_for: 1s }}
+routes:
+  - {{ name: r, match: {{ path: /* }}, upstream: svc }}
+"#,
         up.addr
     );
     let gw = Gateway::start(&body);
@@ -69,7 +76,14 @@ async fn an_idle_open_breaker_reports_half_open_after_open_for() {
 async fn breaker_opens_fails_fast_then_half_opens_doubles_and_closes() {
     let up = DocServer::start(503, r#"{"down":true}"#).await;
     let body = format!(
-        "upstreams:\n  svc:\n    targets: [ {{ addr: \"{}\" }} ]\n    retry: {{ attempts: 1 }}\n    circuit_breaker: {{ consecutive_failures: 3, min_requests: 100, open_for: 300ms, max_open_for: 1s, half_open_requests: 2 }}\nroutes:\n  - {{ name: r, match: {{ path: /* }}, upstream: svc }}\n",
+        r#"upstreams:
+  svc:
+    targets: [ {{ addr: "{}" }} ]
+    retry: {{ attempts: 1 }}
+    circuit_breaker: {{ consecutive_failures: 3, min_requests: 100, open_for: 300ms, max_open_for: 1s, half_open_requests: 2 }}
+routes:
+  - {{ name: r, match: {{ path: /* }}, upstream: svc }}
+"#,
         up.addr
     );
     let gw = Gateway::start(&body);
@@ -137,7 +151,13 @@ async fn breaker_state_survives_a_reload_that_keeps_its_settings() {
     let up = DocServer::start(500, "{}").await;
     let body = |extra: &str| {
         format!(
-            "upstreams:\n  svc:\n    targets: [ {{ addr: \"{}\" }} ]\n    circuit_breaker: {{ consecutive_failures: 1, open_for: 1h, max_open_for: 1h }}\nroutes:\n  - {{ name: r, match: {{ path: /* }}, upstream: svc }}\n{extra}",
+            r#"upstreams:
+  svc:
+    targets: [ {{ addr: "{}" }} ]
+    circuit_breaker: {{ consecutive_failures: 1, open_for: 1h, max_open_for: 1h }}
+routes:
+  - {{ name: r, match: {{ path: /* }}, upstream: svc }}
+{extra}"#,
             up.addr
         )
     };
@@ -251,7 +271,17 @@ routes:
 async fn an_open_breaker_takes_the_fallback() {
     let up = DocServer::start(502, "{}").await;
     let body = format!(
-        "upstreams:\n  svc:\n    targets: [ {{ addr: \"{}\" }} ]\n    retry: {{ attempts: 1 }}\n    circuit_breaker: {{ consecutive_failures: 2, open_for: 1h, max_open_for: 1h }}\nroutes:\n  - name: r\n    match: {{ path: /* }}\n    upstream: svc\n    fallback: {{ on: [circuit_open], body: '{{\"cached\":false}}' }}\n",
+        r#"upstreams:
+  svc:
+    targets: [ {{ addr: "{}" }} ]
+    retry: {{ attempts: 1 }}
+    circuit_breaker: {{ consecutive_failures: 2, open_for: 1h, max_open_for: 1h }}
+routes:
+  - name: r
+    match: {{ path: /* }}
+    upstream: svc
+    fallback: {{ on: [circuit_open], body: '{{"cached":false}}' }}
+"#,
         up.addr
     );
     let gw = Gateway::start(&body);
@@ -296,7 +326,13 @@ async fn flaky(
 async fn the_retry_budget_caps_attempts_under_a_total_outage() {
     let up = flaky(usize::MAX, 503, vec![]).await;
     let body = format!(
-        "upstreams:\n  svc:\n    targets: [ {{ addr: \"{}\" }} ]\n    retry: {{ attempts: 5, on: [503], budget: {{ ratio: 0.2, window: 1m, min_per_second: 0.1 }} }}\nroutes:\n  - {{ name: r, match: {{ path: /* }}, upstream: svc }}\n",
+        r#"upstreams:
+  svc:
+    targets: [ {{ addr: "{}" }} ]
+    retry: {{ attempts: 5, on: [503], budget: {{ ratio: 0.2, window: 1m, min_per_second: 0.1 }} }}
+routes:
+  - {{ name: r, match: {{ path: /* }}, upstream: svc }}
+"#,
         up.addr
     );
     let gw = Gateway::start(&body);
@@ -331,7 +367,13 @@ async fn retry_after_is_honoured_when_it_fits_the_deadline() {
     let soon = flaky(1, 503, vec![("retry-after", "1".into())]).await;
     let late = flaky(1, 503, vec![("retry-after", "30".into())]).await;
     let body = format!(
-        "upstreams:\n  soon: {{ targets: [ {{ addr: \"{}\" }} ], retry: {{ attempts: 2, on: [503] }} }}\n  late: {{ targets: [ {{ addr: \"{}\" }} ], retry: {{ attempts: 2, on: [503] }} }}\nroutes:\n  - {{ match: {{ path: /soon }}, upstream: soon, deadline: 5s }}\n  - {{ match: {{ path: /late }}, upstream: late, deadline: 5s }}\n",
+        r#"upstreams:
+  soon: {{ targets: [ {{ addr: "{}" }} ], retry: {{ attempts: 2, on: [503] }} }}
+  late: {{ targets: [ {{ addr: "{}" }} ], retry: {{ attempts: 2, on: [503] }} }}
+routes:
+  - {{ match: {{ path: /soon }}, upstream: soon, deadline: 5s }}
+  - {{ match: {{ path: /late }}, upstream: late, deadline: 5s }}
+"#,
         soon.addr, late.addr
     );
     let gw = Gateway::start(&body);
@@ -356,7 +398,11 @@ async fn the_route_deadline_bounds_every_try() {
     })
     .await;
     let body = format!(
-        "upstreams:\n  slow: {{ targets: [ {{ addr: \"{}\" }} ], timeouts: {{ read: 10s }}, retry: {{ attempts: 3, on: [timeout] }} }}\nroutes:\n  - {{ match: {{ path: /* }}, upstream: slow, deadline: 300ms }}\n",
+        r#"upstreams:
+  slow: {{ targets: [ {{ addr: "{}" }} ], timeouts: {{ read: 10s }}, retry: {{ attempts: 3, on: [timeout] }} }}
+routes:
+  - {{ match: {{ path: /* }}, upstream: slow, deadline: 300ms }}
+"#,
         slow.addr
     );
     let gw = Gateway::start(&body);
@@ -402,7 +448,13 @@ async fn an_idempotency_key_makes_a_post_retryable() {
     let up = flaky(1, 502, vec![]).await;
     let plain = flaky(1, 502, vec![]).await;
     let body = format!(
-        "upstreams:\n  keyed: {{ targets: [ {{ addr: \"{}\" }} ], retry: {{ attempts: 2, on: [502], idempotency_key: true }} }}\n  plain: {{ targets: [ {{ addr: \"{}\" }} ], retry: {{ attempts: 2, on: [502] }} }}\nroutes:\n  - {{ match: {{ path: /keyed }}, upstream: keyed }}\n  - {{ match: {{ path: /plain }}, upstream: plain }}\n",
+        r#"upstreams:
+  keyed: {{ targets: [ {{ addr: "{}" }} ], retry: {{ attempts: 2, on: [502], idempotency_key: true }} }}
+  plain: {{ targets: [ {{ addr: "{}" }} ], retry: {{ attempts: 2, on: [502] }} }}
+routes:
+  - {{ match: {{ path: /keyed }}, upstream: keyed }}
+  - {{ match: {{ path: /plain }}, upstream: plain }}
+"#,
         up.addr, plain.addr
     );
     let gw = Gateway::start(&body);
@@ -444,7 +496,14 @@ async fn backup_targets_serve_only_while_no_primary_is_healthy() {
     let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
     let addr_a = a.addr;
     let body = format!(
-        "upstreams:\n  pool:\n    targets: [ {{ addr: \"{}\" }}, {{ addr: \"{}\", backup: true }} ]\n    health: {{ passive: {{ unhealthy_after: 1, eject_for: 1s }} }}\n    retry: {{ attempts: 2, on: [connect_error] }}\nroutes:\n  - {{ match: {{ path: /* }}, upstream: pool }}\n",
+        r#"upstreams:
+  pool:
+    targets: [ {{ addr: "{}" }}, {{ addr: "{}", backup: true }} ]
+    health: {{ passive: {{ unhealthy_after: 1, eject_for: 1s }} }}
+    retry: {{ attempts: 2, on: [connect_error] }}
+routes:
+  - {{ match: {{ path: /* }}, upstream: pool }}
+"#,
         a.addr, b.addr
     );
     let gw = Gateway::start(&body);
@@ -480,7 +539,17 @@ async fn the_failover_upstream_takes_over() {
     let failing = DocServer::start(503, "{}").await;
     let dead = format!("127.0.0.1:{}", free_port());
     let body = format!(
-        "upstreams:\n  main: {{ targets: [ {{ addr: \"{dead}\" }} ], retry: {{ attempts: 2, on: [connect_error] }} }}\n  flaky:\n    targets: [ {{ addr: \"{}\" }} ]\n    retry: {{ attempts: 1 }}\n    circuit_breaker: {{ consecutive_failures: 1, open_for: 1h, max_open_for: 1h }}\n  dr: {{ targets: [ {{ addr: \"{}\" }} ] }}\nroutes:\n  - {{ match: {{ path: /refused }}, upstream: main, failover: dr }}\n  - {{ match: {{ path: /breaker }}, upstream: flaky, failover: dr }}\n",
+        r#"upstreams:
+  main: {{ targets: [ {{ addr: "{dead}" }} ], retry: {{ attempts: 2, on: [connect_error] }} }}
+  flaky:
+    targets: [ {{ addr: "{}" }} ]
+    retry: {{ attempts: 1 }}
+    circuit_breaker: {{ consecutive_failures: 1, open_for: 1h, max_open_for: 1h }}
+  dr: {{ targets: [ {{ addr: "{}" }} ] }}
+routes:
+  - {{ match: {{ path: /refused }}, upstream: main, failover: dr }}
+  - {{ match: {{ path: /breaker }}, upstream: flaky, failover: dr }}
+"#,
         failing.addr, dr.addr
     );
     let gw = Gateway::start(&body);
@@ -500,7 +569,20 @@ async fn fault_percentages_hold_over_ten_thousand_requests() {
     use crate::util::upstream::Upstream;
     let up = Upstream::start("a").await;
     let body = format!(
-        "upstreams:\n  svc: {{ targets: [ {{ addr: \"{}\" }} ] }}\nroutes:\n  - name: chaos\n    match: {{ path: /chaos }}\n    upstream: svc\n    plugins:\n      - fault: {{ delay: {{ duration: 1ms, percent: 10 }}, abort: {{ status: 503, percent: 5 }}, seed: 7 }}\n  - name: opt-in\n    match: {{ path: /opt-in }}\n    upstream: svc\n    plugins:\n      - fault: {{ abort: {{ status: 500, percent: 100 }}, when_header: x-postern-fault }}\n",
+        r#"upstreams:
+  svc: {{ targets: [ {{ addr: "{}" }} ] }}
+routes:
+  - name: chaos
+    match: {{ path: /chaos }}
+    upstream: svc
+    plugins:
+      - fault: {{ delay: {{ duration: 1ms, percent: 10 }}, abort: {{ status: 503, percent: 5 }}, seed: 7 }}
+  - name: opt-in
+    match: {{ path: /opt-in }}
+    upstream: svc
+    plugins:
+      - fault: {{ abort: {{ status: 500, percent: 100 }}, when_header: x-postern-fault }}
+"#,
         up.addr
     );
     let gw = Gateway::start(&body);
@@ -565,7 +647,10 @@ async fn fault_percentages_hold_over_ten_thousand_requests() {
 async fn error_pages_replace_problem_bodies_and_intercepted_upstream_errors() {
     let leaky = DocServer::start(500, "panic at db.internal:5432, stack: ...").await;
     let dead = format!("127.0.0.1:{}", free_port());
-    let server = "  errors:\n    - { status: [404], content_type: text/html, body: \"<h1>${status} ${title}</h1><p>${detail}</p><small>${request_id}</small>\" }\n    - { status: [5xx], content_type: application/json, body: '{\"error\": \"${title}\", \"status\": ${status}, \"route\": \"${route}\", \"id\": \"${request_id}\"}' }\n";
+    let server = r#"  errors:
+    - { status: [404], content_type: text/html, body: "<h1>${status} ${title}</h1><p>${detail}</p><small>${request_id}</small>" }
+    - { status: [5xx], content_type: application/json, body: '{"error": "${title}", "status": ${status}, "route": "${route}", "id": "${request_id}"}' }
+"#;
     let body = format!(
         r#"consumers:
   - {{ name: app, api_keys: [ {{ sha256: "2c70e12b7a0646f92279f427c7b38e7334d8e5389cff167a1dc30e73f826b683" }} ] }}
@@ -759,7 +844,14 @@ async fn a_weighted_split_holds_its_ratio_and_stickiness() {
     use crate::util::upstream::Upstream;
     let (v1, v2) = (Upstream::start("v1").await, Upstream::start("v2").await);
     let body = format!(
-        "upstreams:\n  v1: {{ targets: [ {{ addr: \"{}\" }} ] }}\n  v2: {{ targets: [ {{ addr: \"{}\" }} ] }}\nroutes:\n  - {{ name: canary, match: {{ path: /canary }}, upstreams: [ {{ name: v1, weight: 90 }}, {{ name: v2, weight: 10 }} ] }}\n  - {{ name: by-user, match: {{ path: /user }}, upstreams: [ {{ name: v1, weight: 50 }}, {{ name: v2, weight: 50 }} ], sticky: \"header:x-user-id\" }}\n  - {{ name: by-cookie, match: {{ path: /cookie }}, upstreams: [ {{ name: v1, weight: 50 }}, {{ name: v2, weight: 50 }} ], sticky: \"cookie:release\" }}\n",
+        r#"upstreams:
+  v1: {{ targets: [ {{ addr: "{}" }} ] }}
+  v2: {{ targets: [ {{ addr: "{}" }} ] }}
+routes:
+  - {{ name: canary, match: {{ path: /canary }}, upstreams: [ {{ name: v1, weight: 90 }}, {{ name: v2, weight: 10 }} ] }}
+  - {{ name: by-user, match: {{ path: /user }}, upstreams: [ {{ name: v1, weight: 50 }}, {{ name: v2, weight: 50 }} ], sticky: "header:x-user-id" }}
+  - {{ name: by-cookie, match: {{ path: /cookie }}, upstreams: [ {{ name: v1, weight: 50 }}, {{ name: v2, weight: 50 }} ], sticky: "cookie:release" }}
+"#,
         v1.addr, v2.addr
     );
     let gw = Gateway::start(&body);
@@ -849,7 +941,14 @@ async fn mirrors_never_delay_the_client_and_stay_bounded() {
     })
     .await;
     let body = format!(
-        "upstreams:\n  main: {{ targets: [ {{ addr: \"{}\" }} ] }}\n  hanging: {{ targets: [ {{ addr: \"{}\" }} ], timeouts: {{ read: 30s }} }}\n  recorder: {{ targets: [ {{ addr: \"{}\" }} ] }}\nroutes:\n  - {{ name: shadowed, match: {{ path: /shadowed }}, upstream: main, mirror: {{ upstream: hanging, max_in_flight: 2 }} }}\n  - {{ name: copied, match: {{ path: /api/* }}, upstream: main, rewrite: {{ strip_prefix: /api }}, mirror: {{ upstream: recorder, max_body: 16 }} }}\n",
+        r#"upstreams:
+  main: {{ targets: [ {{ addr: "{}" }} ] }}
+  hanging: {{ targets: [ {{ addr: "{}" }} ], timeouts: {{ read: 30s }} }}
+  recorder: {{ targets: [ {{ addr: "{}" }} ] }}
+routes:
+  - {{ name: shadowed, match: {{ path: /shadowed }}, upstream: main, mirror: {{ upstream: hanging, max_in_flight: 2 }} }}
+  - {{ name: copied, match: {{ path: /api/* }}, upstream: main, rewrite: {{ strip_prefix: /api }}, mirror: {{ upstream: recorder, max_body: 16 }} }}
+"#,
         main.addr, hanging.addr, recorder.addr
     );
     let gw = Gateway::start(&body);

@@ -18,7 +18,14 @@ async fn routes_by_host_path_method_header_and_query() {
         Upstream::start("wild").await,
     );
     let body = format!(
-        "upstreams:\n{}{}{}{}{}routes:\n  - {{ name: v2, match: {{ path: /users/*, headers: {{ x-api-version: \"2\" }} }}, upstream: v2 }}\n  - {{ name: beta, match: {{ path: /users/*, query: {{ beta: \"true\" }} }}, upstream: beta }}\n  - {{ name: users, match: {{ path: /users/*, methods: [GET] }}, upstream: users }}\n  - {{ name: admin, match: {{ path: /admin/* }}, upstream: admin }}\n  - {{ name: wild, match: {{ host: \"*.example.com\", path: /users/* }}, upstream: wild }}\n",
+        r#"upstreams:
+{}{}{}{}{}routes:
+  - {{ name: v2, match: {{ path: /users/*, headers: {{ x-api-version: "2" }} }}, upstream: v2 }}
+  - {{ name: beta, match: {{ path: /users/*, query: {{ beta: "true" }} }}, upstream: beta }}
+  - {{ name: users, match: {{ path: /users/*, methods: [GET] }}, upstream: users }}
+  - {{ name: admin, match: {{ path: /admin/* }}, upstream: admin }}
+  - {{ name: wild, match: {{ host: "*.example.com", path: /users/* }}, upstream: wild }}
+"#,
         upstream_yaml("users", &[users.addr], ""),
         upstream_yaml("admin", &[admin.addr], ""),
         upstream_yaml("v2", &[v2.addr], ""),
@@ -160,7 +167,17 @@ async fn forwarding_headers_request_id_and_hop_by_hop() {
 async fn strip_prefix_rewrite_host_and_headers_plugin() {
     let users = Upstream::start("users").await;
     let body = format!(
-        "upstreams:\n{}routes:\n  - match: {{ path: /api/* }}\n    upstream: users\n    rewrite: {{ strip_prefix: /api, host: users.internal }}\n    plugins:\n      - headers: {{ request: {{ set: {{ x-from: postern }}, remove: [x-debug] }}, response: {{ set: {{ x-served-by: postern }}, remove: [x-hop] }} }}\n  - match: {{ path: \"/v1/users/{{id}}/orders/*\" }}\n    upstream: users\n    rewrite: {{ path: \"/orders/{{*}}?user={{id}}\" }}\n",
+        r#"upstreams:
+{}routes:
+  - match: {{ path: /api/* }}
+    upstream: users
+    rewrite: {{ strip_prefix: /api, host: users.internal }}
+    plugins:
+      - headers: {{ request: {{ set: {{ x-from: postern }}, remove: [x-debug] }}, response: {{ set: {{ x-served-by: postern }}, remove: [x-hop] }} }}
+  - match: {{ path: "/v1/users/{{id}}/orders/*" }}
+    upstream: users
+    rewrite: {{ path: "/orders/{{*}}?user={{id}}" }}
+"#,
         upstream_yaml("users", &[users.addr], "")
     );
     let body = body.replace("?user={id}", "/by-user/{id}");

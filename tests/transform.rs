@@ -157,7 +157,19 @@ async fn json_operations_on_requests_and_responses() {
 async fn bad_bodies_other_types_head_and_oversize() {
     let last: Last = Arc::default();
     let o = origin(last.clone()).await;
-    let strict = "  - name: strict\n    match: { path: \"/s/{id}\" }\n    upstream: o\n    rewrite: { path: \"/t/{id}\" }\n    plugins:\n      - transform: { response: { json: [ { remove: secret } ] }, max_body: 1KiB, on_oversize: error, on_error: error }\n  - name: lenient\n    match: { path: \"/l/{id}\" }\n    upstream: o\n    rewrite: { path: \"/t/{id}\" }\n    plugins:\n      - transform: { response: { json: [ { remove: secret } ] }, max_body: 1KiB }\n".to_string();
+    let strict = r#"  - name: strict
+    match: { path: "/s/{id}" }
+    upstream: o
+    rewrite: { path: "/t/{id}" }
+    plugins:
+      - transform: { response: { json: [ { remove: secret } ] }, max_body: 1KiB, on_oversize: error, on_error: error }
+  - name: lenient
+    match: { path: "/l/{id}" }
+    upstream: o
+    rewrite: { path: "/t/{id}" }
+    plugins:
+      - transform: { response: { json: [ { remove: secret } ] }, max_body: 1KiB }
+"#.to_string();
     let gw = Gateway::start(&config(&o, &strict));
     let c = client();
     // A request body that is not JSON: 400 naming the position, and no upstream call.
@@ -209,7 +221,20 @@ async fn the_cache_stores_before_or_after_the_transform_as_listed() {
     let o = origin(last.clone()).await;
     let t = "      - transform: { response: { json: [ { set: { path: served, value: \"${request_id}\" } } ] } }\n";
     let body = format!(
-        "upstreams:\n  o: {{ targets: [ {{ addr: \"{a}\" }} ] }}\nroutes:\n  - name: before\n    match: {{ path: \"/b/*\" }}\n    upstream: o\n    plugins:\n{t}      - cache: {{ x_cache: true }}\n  - name: after\n    match: {{ path: \"/a/*\" }}\n    upstream: o\n    plugins:\n      - cache: {{ x_cache: true }}\n{t}",
+        r#"upstreams:
+  o: {{ targets: [ {{ addr: "{a}" }} ] }}
+routes:
+  - name: before
+    match: {{ path: "/b/*" }}
+    upstream: o
+    plugins:
+{t}      - cache: {{ x_cache: true }}
+  - name: after
+    match: {{ path: "/a/*" }}
+    upstream: o
+    plugins:
+      - cache: {{ x_cache: true }}
+{t}"#,
         a = o.addr
     );
     let gw = Gateway::start(&body);

@@ -10,7 +10,15 @@ async fn zero_loss_binary_upgrade() {
     let up = Upstream::start("u").await;
     // A cached composite: its misses are answered on the internal socket, handed over too.
     let body = format!(
-        "cache: {{ memory: 16MiB }}\nupstreams:\n{}routes:\n  - {{ match: {{ path: /* }}, upstream: u }}\n  - name: c\n    match: {{ path: \"/c/{{id}}\" }}\n    plugins: [ {{ cache: {{ ttl: 30s }} }} ]\n    aggregate: {{ calls: {{ a: {{ upstream: u, path: \"/a/{{id}}\", group: a }} }} }}\n",
+        r#"cache: {{ memory: 16MiB }}
+upstreams:
+{}routes:
+  - {{ match: {{ path: /* }}, upstream: u }}
+  - name: c
+    match: {{ path: "/c/{{id}}" }}
+    plugins: [ {{ cache: {{ ttl: 30s }} }} ]
+    aggregate: {{ calls: {{ a: {{ upstream: u, path: "/a/{{id}}", group: a }} }} }}
+"#,
         upstream_yaml("u", &[up.addr], "")
     );
     let mut gw = Gateway::start(&body);
