@@ -50,6 +50,41 @@ routes:
     assert!(b.hits() > before, "a recovered target gets traffic again");
 }
 
+/// Issue 27: a target's recovery was logged at WARN like its failure; good news is INFO.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovery_is_logged_at_info_and_a_failure_at_warn() {
+    let a = Upstream::start("a").await;
+    let body = format!(
+        r#"upstreams:
+  pool:
+    targets: [ {{ addr: "{}" }} ]
+    health:
+      active: {{ type: http, path: /healthz, interval: 50ms, timeout: 500ms, healthy_after: 1, unhealthy_after: 1 }}
+routes:
+  - {{ match: {{ path: /* }}, upstream: pool }}
+"#,
+        a.addr
+    );
+    let gw = Gateway::start_with_log(&body, "postern=info");
+    let addr = a.addr.to_string();
+    a.state.health_status.store(503, SeqCst);
+    gw.wait_upstreams("unhealthy", |v| healthy(v, "pool", &addr) == Some(false));
+    a.state.health_status.store(200, SeqCst);
+    gw.wait_upstreams("healthy again", |v| healthy(v, "pool", &addr) == Some(true));
+    let line = |what: &str| {
+        crate::util::eventually_blocking(crate::util::Poll::DEFAULT, what, || {
+            gw.log()
+                .lines()
+                .find(|l| l.contains(what))
+                .map(String::from)
+        })
+    };
+    let down = line("is now unhealthy");
+    let up = line("is now healthy");
+    assert!(down.contains("WARN"), "{down}");
+    assert!(up.contains("INFO"), "{up}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_checks_notice_a_stopped_target() {
     let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);

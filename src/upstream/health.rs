@@ -32,12 +32,20 @@ pub async fn check_all(group: &Arc<UpstreamGroup>, cfg: &ActiveHealth) {
         set.spawn(async move {
             let ok = check_one(&g, &t, &c).await;
             if let Some(up) = t.record_check(ok, c.healthy_after, c.unhealthy_after) {
-                let state = if up { "healthy" } else { "unhealthy" };
-                log::warn!(
-                    "upstream {}: target {} is now {state} (active check)",
-                    g.name,
-                    t.addr
-                );
+                // A recovery is good news (info); a target going down is a warning.
+                if up {
+                    log::info!(
+                        "upstream {}: target {} is now healthy (active check)",
+                        g.name,
+                        t.addr
+                    );
+                } else {
+                    log::warn!(
+                        "upstream {}: target {} is now unhealthy (active check)",
+                        g.name,
+                        t.addr
+                    );
+                }
             }
         });
     }

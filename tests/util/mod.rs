@@ -55,15 +55,29 @@ pub fn free_port() -> u16 {
 
 /// `postern run -c conf` with `env`, its log at `POSTERN_TEST_LOG` (default warn) on stderr.
 fn spawn_postern(conf: &std::path::Path, env: &[(&str, String)]) -> Child {
+    spawn_postern_logged(conf, env, None)
+}
+
+/// [`spawn_postern`], its log at `level` into a file when `log` is given.
+fn spawn_postern_logged(
+    conf: &std::path::Path,
+    env: &[(&str, String)],
+    log: Option<(&std::path::Path, &str)>,
+) -> Child {
+    let level = match log {
+        Some((_, level)) => level.to_string(),
+        None => std::env::var("POSTERN_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+    };
+    let stderr = match log {
+        Some((path, _)) => Stdio::from(std::fs::File::create(path).unwrap()),
+        None => Stdio::inherit(),
+    };
     Command::new(BIN)
         .args(["run", "-c", conf.to_str().unwrap()])
         .envs(env.iter().map(|(k, v)| (k, v)))
-        .env(
-            "RUST_LOG",
-            std::env::var("POSTERN_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
+        .env("RUST_LOG", level)
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .unwrap()
 }
@@ -96,6 +110,20 @@ impl Gateway {
 
     /// `server` is appended to the generated `server:` section (indented lines).
     pub fn start_full(body: &str, extra: &str, server: &str) -> Gateway {
+        Self::start_logged(body, extra, server, None)
+    }
+
+    /// The process log goes to `dir/gateway.log` at `level` (see [`Gateway::log`]).
+    pub fn start_with_log(body: &str, level: &str) -> Gateway {
+        Self::start_logged(body, "", "", Some(level))
+    }
+
+    /// What the gateway logged (started with [`Gateway::start_with_log`]).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
+    }
+
+    fn start_logged(body: &str, extra: &str, server: &str, level: Option<&str>) -> Gateway {
         for _ in 0..5 {
             let (port, admin) = (free_port(), free_port());
             let dir = tempfile::tempdir().unwrap();
@@ -106,7 +134,8 @@ impl Gateway {
             let yaml = format!("{head}{body}");
             let conf = dir.path().join("postern.yaml");
             std::fs::write(&conf, &yaml).unwrap();
-            let child = spawn_postern(&conf, &[]);
+            let log = dir.path().join("gateway.log");
+            let child = spawn_postern_logged(&conf, &[], level.map(|l| (log.as_path(), l)));
             let mut gw = Gateway {
                 child,
                 port,
