@@ -24,6 +24,44 @@ pub fn encode(v: &str) -> String {
     out
 }
 
+/// A raw query key or value as it may stand in a URI (RFC 3986 `query`): what it already
+/// escapes (`%XX`) and every character a query allows are kept, anything else (`[`, `]`, a
+/// space, a quote ...) is percent-encoded, so the text means what the client sent.
+pub fn query_safe(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    for b in raw.bytes() {
+        let allowed = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'@'
+                    | b'/'
+                    | b'?'
+            );
+        if allowed {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// The query after `set` (replace or append), `remove` and `rename` operations, in that order.
 pub fn edit(
     query: Option<&str>,

@@ -446,7 +446,7 @@ impl Shape {
                 let k = crate::router::path::form_decode(k);
                 k != p.page && k != p.size
             })
-            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .map(|(k, v)| (super::query::query_safe(k), super::query::query_safe(v)))
             .collect();
         let last_offset = if total == 0 {
             0

@@ -38,6 +38,24 @@ fn filter_sort_page_fields_wrap() {
     assert!(!links.contains("prev"));
 }
 
+/// Issue 27: kept parameters went into the Link header as the client wrote them, with raw
+/// `[` and `]`, which RFC 3986 does not allow in a query.
+#[test]
+fn link_urls_percent_encode_what_a_query_does_not_allow() {
+    let s = shape(json!({
+        "target": "data.items", "filter": ["price"], "paginate": {"default_per_page": 1}
+    }));
+    let q = "price[lt]=1000&page=1&note=a%20b";
+    let r = s.request(q).unwrap();
+    let out = s.apply(items(), &r, "/items", q).unwrap();
+    let links = out.links.unwrap();
+    assert!(
+        links.contains("</items?price%5Blt%5D=1000&note=a%20b&page=2&per_page=1>; rel=\"next\""),
+        "{links}"
+    );
+    assert!(!links.contains('[') && !links.contains(']'), "{links}");
+}
+
 #[test]
 fn typed_operators() {
     let s =
