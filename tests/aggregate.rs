@@ -210,6 +210,45 @@ async fn a_failed_required_call_is_a_502_listing_the_failures() {
     );
 }
 
+/// Issue 27: a failed optional call (an outcome the composite handles) was logged as
+/// `ERROR Fail to proxy ... (subrequest)`; it is a debug line now, while a plain route's failed
+/// request still is an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_call_is_not_logged_as_an_error() {
+    let svc = services().await;
+    let body = config(
+        &svc,
+        r#"  - name: opt
+    match: { path: /opt }
+    aggregate:
+      calls:
+        user: { upstream: svc, path: /users/1 }
+        gone: { upstream: dead, path: /x, optional: true }
+  - name: plain
+    match: { path: /plain }
+    upstream: dead
+"#,
+    );
+    let gw = Gateway::start_with_log(&body, "warn");
+    let (s, _, _) = get(&gw, "/opt").await;
+    assert_eq!(s, 200);
+    let plain = client().get(gw.url("/plain")).send().await.unwrap();
+    assert_eq!(plain.status(), 502);
+    let log = crate::util::eventually_blocking(
+        crate::util::Poll::DEFAULT,
+        "the plain failure is logged",
+        || {
+            let log = gw.log();
+            log.contains("GET /plain").then_some(log)
+        },
+    );
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("ERROR") && l.contains("(subrequest)")),
+        "{log}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_optional_calls_give_a_partial_answer() {
     let svc = services().await;

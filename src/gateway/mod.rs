@@ -252,7 +252,14 @@ impl ProxyHttp for Gateway {
     /// Client errors Postern answers itself (404, 400, 413, 431), clients that went away and
     /// requests refused by an open circuit breaker (its transitions are logged once each) are
     /// expected traffic, not gateway faults: keep them out of the error log.
-    fn suppress_error_log(&self, _s: &Session, ctx: &Ctx, _e: &Error) -> bool {
+    fn suppress_error_log(&self, _s: &Session, ctx: &Ctx, e: &Error) -> bool {
+        // A composite's call that failed is an outcome the composite handles (a partial
+        // answer, or its own 502 listing the failures) and counts
+        // (`postern_aggregate_calls_total`): not an error of its own.
+        if ctx.mode.is_composite_call() {
+            log::debug!("route {}: composite call failed: {e}", ctx.req.route);
+            return true;
+        }
         ctx.req.status.is_some_and(|s| s < 500)
             || matches!(
                 ctx.failure,

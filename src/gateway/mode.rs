@@ -46,6 +46,11 @@ impl Mode {
         self.report().is_some()
     }
 
+    /// One call of a composite.
+    pub fn is_composite_call(&self) -> bool {
+        matches!(self, Mode::CompositeCall { .. })
+    }
+
     /// The inner request of a cached composite.
     pub fn is_inner(&self) -> bool {
         matches!(self, Mode::InnerComposite(_))
