@@ -246,6 +246,11 @@ static REG_NAME: [bool; 256] = {
     t
 };
 
+/// A byte a URI query may hold as it is (RFC 3986 §3.4: pchar, `/` and `?`; `%` of an escape).
+pub fn allowed_in_query(b: u8) -> bool {
+    REG_NAME[b as usize] || matches!(b, b':' | b'@' | b'/' | b'?')
+}
+
 /// RFC 9112 §6.1 and §6.3: Content-Length with Transfer-Encoding, differing or invalid
 /// Content-Length values and transfer codings other than a final `chunked` are rejected.
 fn check_framing(req: &RequestHeader) -> Result<(), GatewayError> {
